@@ -1,0 +1,17 @@
+"""Exit codes of the ``milvus`` command, one per cause an operator (or a supervisor) acts on."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Why a ``milvus`` process ended."""
+
+    OK = 0
+    FAILURE = 1  #: an unexpected error (see the log)
+    CONFIG = 2  #: bad config, bad arguments, unknown role
+    ETCD = 3  #: etcd unreachable after the configured retries, or it refused our credentials
+    ALREADY_ACTIVE = 4  #: active-standby is off and another process of the role is running
+    SESSION_LOST = 5  #: the session was lost and ``common.session.exitOnLost`` asks to exit
+    PORT_IN_USE = 6  #: the role's gRPC port is taken

@@ -1,0 +1,48 @@
+"""The etcd session library: lease sessions, the active-standby campaign, fenced writes.
+
+Read in this order: :mod:`session.etcd` (calls with timeouts), :mod:`session.watch` (a watch
+that survives compaction), :mod:`session.lease` (the lease and its local deadline),
+:mod:`session.campaign` (ACTIVE / STANDBY), :mod:`session.fencing` (writes guarded by the epoch).
+The library takes plain parameters and reads no config file.
+"""
+
+from session.campaign import Campaign, Term, active_key
+from session.errors import (
+    AlreadyActive,
+    CorruptValue,
+    EtcdAuthError,
+    EtcdRequestFailed,
+    EtcdUnavailable,
+    LeaseNotFound,
+    NotActive,
+    SessionError,
+    SessionLost,
+)
+from session.etcd import Etcd, EtcdTLS
+from session.fencing import FencedWriter
+from session.info import SessionInfo
+from session.lease import LeaseSession, safety_margin, session_prefix
+from session.server_id import allocate_server_id
+
+__all__ = [
+    "AlreadyActive",
+    "Campaign",
+    "CorruptValue",
+    "Etcd",
+    "EtcdAuthError",
+    "EtcdRequestFailed",
+    "EtcdTLS",
+    "EtcdUnavailable",
+    "FencedWriter",
+    "LeaseNotFound",
+    "LeaseSession",
+    "NotActive",
+    "SessionError",
+    "SessionInfo",
+    "SessionLost",
+    "Term",
+    "active_key",
+    "allocate_server_id",
+    "safety_margin",
+    "session_prefix",
+]

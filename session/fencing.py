@@ -1,0 +1,76 @@
+"""Fenced writes: every metadata write of an active term compares the term's epoch.
+
+The epoch is the create revision of the ACTIVE key the term created (etcd's election idiom:
+``Compare(CreateRevision(leaderKey) == leaderRev)``). A former active that was paused or cut off
+cannot overwrite anything written after a takeover: its compare fails, the write is refused, and
+the writer ends the term so the process demotes itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from etcd3aio._protobuf import Compare, RequestOp, TxnResponse
+
+from session.campaign import Term
+from session.errors import NotActive, SessionLost
+from session.etcd import cmp_create_revision, op_delete, op_get, op_put, op_txn
+from session.lease import LeaseSession
+
+
+class FencedWriter:
+    """The only way a role writes its metadata while ACTIVE.
+
+    Every call first checks locally that the term is live and the session deadline has not passed
+    (cheap, and it covers a stalled event loop), then sends one txn whose outer compare is
+    ``create_revision(ACTIVE key) == epoch``; the caller's own compares run in a nested txn.
+
+    :raises NotActive: the term is over; the writer has ended it (``term.end``).
+    """
+
+    def __init__(self, session: LeaseSession, term: Term) -> None:
+        self.session = session
+        self.term = term
+        self.etcd = session.etcd
+
+    def check(self) -> None:
+        """Raise :class:`NotActive` unless this term may still write."""
+        if not self.term.active:
+            raise NotActive(f"{self.term.role} term {self.term.epoch} is over: {self.term.end_reason}")
+        try:
+            self.session.ensure_alive()
+        except SessionLost as exc:
+            self.term.end(f"session lost: {exc}")
+            raise NotActive(f"{self.term.role} term {self.term.epoch} is over: session lost: {exc}") from exc
+
+    async def txn(
+        self,
+        compare: Sequence[Compare],
+        success: Sequence[RequestOp],
+        failure: Sequence[RequestOp] = (),
+        *,
+        timeout: float | None = None,
+    ) -> TxnResponse:
+        """Run the caller's txn inside the epoch guard; returns the caller's txn response."""
+        self.check()
+        guard = [cmp_create_revision(self.term.key, self.term.epoch)]
+        resp = await self.etcd.txn(guard, [op_txn(compare, success, failure)], [op_get(self.term.key)], timeout=timeout)
+        if not resp.succeeded:
+            kvs = resp.responses[0].response_range.kvs
+            now = f"created at revision {kvs[0].create_revision}" if kvs else "absent"
+            reason = f"fenced write refused: the ACTIVE key is {now}, not the epoch {self.term.epoch}"
+            self.term.end(reason)
+            raise NotActive(f"{self.term.role} term {self.term.epoch} is over: {reason}")
+        inner: TxnResponse = resp.responses[0].response_txn
+        inner.header.CopyFrom(resp.header)
+        return inner
+
+    async def put(self, key: str, value: bytes | str, *, lease: int = 0, timeout: float | None = None) -> int:
+        """Fenced put; returns the revision of the write."""
+        resp = await self.txn([], [op_put(key, value, lease=lease)], timeout=timeout)
+        return int(resp.header.revision)
+
+    async def delete(self, key: str, *, timeout: float | None = None) -> int:
+        """Fenced delete of one key; returns how many keys were deleted (0 or 1)."""
+        resp = await self.txn([], [op_delete(key)], timeout=timeout)
+        return int(resp.responses[0].response_delete_range.deleted)

@@ -1,0 +1,72 @@
+"""What a process writes at its session keys, in Milvus's JSON field names."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+from session.errors import CorruptValue
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """The value at ``{metaRoot}/session/{role}-{id}`` and, for the active one, at ``.../{role}``."""
+
+    server_id: int
+    server_name: str
+    address: str
+    exclusive: bool
+    version: str
+    lease_id: int
+    hostname: str
+    stopping: bool = False
+    trigger_kill: bool = True
+
+    def to_json(self) -> bytes:
+        """Serialize with Milvus's field names, so Milvus tools can read our keys."""
+        return json.dumps(
+            {
+                "ServerID": self.server_id,
+                "ServerName": self.server_name,
+                "Address": self.address,
+                "Exclusive": self.exclusive,
+                "Stopping": self.stopping,
+                "TriggerKill": self.trigger_kill,
+                "Version": self.version,
+                "LeaseID": self.lease_id,
+                "HostName": self.hostname,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_json(cls, key: str, raw: bytes) -> SessionInfo:
+        """Parse a session value; anything else at the key is a :class:`CorruptValue`."""
+        try:
+            doc: Any = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CorruptValue(key, raw, f"not JSON: {exc.msg if isinstance(exc, json.JSONDecodeError) else exc}") from exc
+        if not isinstance(doc, dict):
+            raise CorruptValue(key, raw, "not a JSON object")
+        try:
+            server_id = doc["ServerID"]
+            if not isinstance(server_id, int) or isinstance(server_id, bool):
+                raise TypeError("ServerID is not an integer")
+            return cls(
+                server_id=server_id,
+                server_name=str(doc.get("ServerName", "")),
+                address=str(doc.get("Address", "")),
+                exclusive=bool(doc.get("Exclusive", False)),
+                version=str(doc.get("Version", "")),
+                lease_id=int(doc.get("LeaseID", 0)),
+                hostname=str(doc.get("HostName", "")),
+                stopping=bool(doc.get("Stopping", False)),
+                trigger_kill=bool(doc.get("TriggerKill", True)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptValue(key, raw, f"not a session: {exc}") from exc
+
+    def as_stopping(self) -> SessionInfo:
+        """The same session, marked as shutting down."""
+        return replace(self, stopping=True)

@@ -1,0 +1,254 @@
+"""A lease session: one process's registration in etcd, kept alive, with a local deadline.
+
+The contract: :attr:`LeaseSession.lost` is set, once and for good, as soon as this process can no
+longer be sure etcd still holds its lease: when the local deadline passes (no keep-alive was
+acknowledged for TTL minus a safety margin, measured on the monotonic clock from the moment the
+last acknowledged request was *sent*), when etcd says the lease is gone, or when the process's own
+key is deleted. Since etcd counts a lease's TTL from when it *received* the last keep-alive, the
+local deadline always falls before etcd could expire the lease: a member cut off from etcd learns
+it is lost before anybody else can take its place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Coroutine
+from contextlib import aclosing
+from typing import Any
+
+import structlog
+
+from session.errors import EtcdAuthError, EtcdUnavailable, LeaseNotFound, SessionError, SessionLost
+from session.etcd import GREATER, Etcd, cmp_version, op_put
+from session.info import SessionInfo
+from session.server_id import allocate_server_id
+from session.watch import KeyEvent, Resync, watch
+
+log = structlog.get_logger(__name__)
+
+
+def safety_margin(ttl: float) -> float:
+    """How long before the lease could expire the session gives itself up (15% of the TTL, 0.3 to 3 s)."""
+    return min(max(ttl * 0.15, 0.3), 3.0)
+
+
+def session_prefix(meta_root: str) -> str:
+    """``{metaRoot}/session/``: where every session key and the server-ID counter live."""
+    return f"{meta_root}/session/"
+
+
+class LeaseSession:
+    """One session of one process: server ID, lease, own key ``{role}-{id}``, keep-alive.
+
+    Open it with :meth:`open`, close it with :meth:`close`; it owns three tasks (keep-alive,
+    deadline watchdog, own-key watch) and cancels and awaits them on close.
+    """
+
+    def __init__(
+        self,
+        etcd: Etcd,
+        *,
+        meta_root: str,
+        role: str,
+        address: str,
+        ttl: int,
+        version: str,
+        exclusive: bool = True,
+        hostname: str | None = None,
+    ) -> None:
+        if ttl < 1:
+            raise ValueError("session TTL must be at least 1 s")
+        self.etcd = etcd
+        self.meta_root = meta_root
+        self.role = role
+        self.address = address
+        self.ttl = ttl
+        self.version = version
+        self.exclusive = exclusive
+        self.hostname = hostname or socket.gethostname()
+        self.lost = asyncio.Event()
+        self.lost_reason = ""
+        self._info: SessionInfo | None = None
+        self._granted_ttl = ttl
+        self._deadline = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- properties ------------------------------------------------------------------------
+
+    @property
+    def info(self) -> SessionInfo:
+        """What is written at the session keys (raises before :meth:`open`)."""
+        if self._info is None:
+            raise SessionError("session is not open")
+        return self._info
+
+    @property
+    def server_id(self) -> int:
+        return self.info.server_id
+
+    @property
+    def lease_id(self) -> int:
+        return self.info.lease_id
+
+    @property
+    def key(self) -> str:
+        """The process's own key, ``{metaRoot}/session/{role}-{serverID}``."""
+        return f"{session_prefix(self.meta_root)}{self.role}-{self.server_id}"
+
+    @property
+    def margin(self) -> float:
+        return safety_margin(self._granted_ttl)
+
+    @property
+    def keepalive_interval(self) -> float:
+        """A third of the TTL, as etcd's own clients do: two renewals may fail before the deadline."""
+        return self._granted_ttl / 3
+
+    @property
+    def deadline(self) -> float:
+        """Monotonic time after which the session must be presumed lost."""
+        return self._deadline
+
+    def time_left(self) -> float:
+        """Seconds before the local deadline (negative once passed)."""
+        return self._deadline - time.monotonic()
+
+    def ensure_alive(self) -> None:
+        """Raise :class:`SessionLost` unless the session is certainly still held.
+
+        Checks the deadline itself, not only the watchdog's verdict: after a stalled event loop the
+        watchdog may not have run yet.
+        """
+        if not self.lost.is_set() and self.time_left() <= 0:
+            self._lose(f"local deadline passed {-self.time_left():.3f}s ago: no keep-alive acknowledged in time")
+        if self.lost.is_set():
+            raise SessionLost(self.lost_reason)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Allocate a server ID, grant the lease, register the own key, start the keep-alive."""
+        server_id = await allocate_server_id(self.etcd, self.meta_root)
+        sent = time.monotonic()
+        lease_id, granted = await self.etcd.grant(self.ttl)
+        self._granted_ttl = granted
+        self._deadline = sent + granted - self.margin
+        self._info = SessionInfo(
+            server_id=server_id,
+            server_name=self.role,
+            address=self.address,
+            exclusive=self.exclusive,
+            version=self.version,
+            lease_id=lease_id,
+            hostname=self.hostname,
+        )
+        try:
+            resp = await self.etcd.txn(
+                [cmp_version(self.key, 0)], [op_put(self.key, self._info.to_json(), lease=lease_id)]
+            )
+            if not resp.succeeded:
+                raise SessionError(f"session key {self.key} already exists: the server-ID counter was reset?")
+        except BaseException:
+            with contextlib.suppress(SessionError):
+                await self.etcd.revoke(lease_id)
+            raise
+        log.info(
+            "service registered",
+            role=self.role,
+            ServerID=server_id,
+            key=self.key,
+            LeaseID=f"{lease_id:x}",
+            ttl=granted,
+        )
+        registered_at = int(resp.header.revision)
+        self._spawn(self._keepalive_loop(), "keepalive")
+        self._spawn(self._deadline_watchdog(), "deadline")
+        self._spawn(self._watch_own_key(registered_at + 1), "own-key")
+
+    async def mark_stopping(self) -> None:
+        """Put ``Stopping=true`` at the own key, so clients and ``milvus status`` see the shutdown."""
+        self._info = self.info.as_stopping()
+        await self.etcd.txn(
+            [cmp_version(self.key, 0, result=GREATER)],
+            [op_put(self.key, self._info.to_json(), lease=self.lease_id)],
+            timeout=min(self.etcd.timeout, self.keepalive_interval),
+        )
+
+    async def close(self, *, revoke: bool = True) -> None:
+        """Stop the tasks, then revoke the lease: both session keys vanish in one revision."""
+        await self._stop_tasks()
+        if revoke and self._info is not None:
+            try:
+                await self.etcd.revoke(self.lease_id, timeout=min(self.etcd.timeout, max(self.keepalive_interval, 1.0)))
+                log.info("session lease revoked", ServerID=self.server_id, LeaseID=f"{self.lease_id:x}")
+            except LeaseNotFound:
+                pass
+            except SessionError as exc:
+                log.warning("could not revoke the session lease; it will expire", error=str(exc), ttl=self._granted_ttl)
+        self._lose("session closed")
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=f"session-{self.role}-{name}"))
+
+    async def _stop_tasks(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _lose(self, reason: str) -> None:
+        if self.lost.is_set():
+            return
+        self.lost_reason = reason
+        self.lost.set()
+        if reason != "session closed":
+            log.error("session lost", role=self.role, ServerID=self._info.server_id if self._info else 0, reason=reason)
+
+    async def _keepalive_loop(self) -> None:
+        """Renew every TTL/3; a failed renewal is retried sooner. Each request has its own timeout."""
+        interval = self.keepalive_interval
+        while not self.lost.is_set():
+            sent = time.monotonic()
+            try:
+                granted = await self.etcd.keepalive_once(self.lease_id, timeout=interval)
+            except LeaseNotFound:
+                self._lose("etcd says the lease is gone (expired or revoked)")
+                return
+            except EtcdAuthError as exc:
+                log.warning("keep-alive refused, re-authenticating", error=str(exc))
+                with contextlib.suppress(SessionError):
+                    await self.etcd.authenticate()
+                delay = interval / 4
+            except EtcdUnavailable as exc:
+                log.warning("keep-alive failed", error=str(exc), timeLeft=round(self.time_left(), 3))
+                delay = interval / 4
+            else:
+                self._granted_ttl = granted
+                self._deadline = max(self._deadline, sent + granted - self.margin)
+                delay = interval - (time.monotonic() - sent)
+            await asyncio.sleep(max(delay, 0.0))
+
+    async def _deadline_watchdog(self) -> None:
+        """Declare the session lost when the local deadline passes, whatever etcd says."""
+        while not self.lost.is_set():
+            left = self.time_left()
+            if left <= 0:
+                self._lose(f"local deadline passed: no keep-alive acknowledged for {self._granted_ttl - self.margin:.2f}s")
+                return
+            await asyncio.sleep(left)
+
+    async def _watch_own_key(self, start_revision: int) -> None:
+        """Somebody deleting our own key (an operator, a fenced cleanup) ends the session."""
+        async with aclosing(watch(self.etcd, self.key, start_revision=start_revision, prev_kv=False)) as events:
+            async for item in events:
+                gone = (isinstance(item, KeyEvent) and item.kind == "DELETE") or (isinstance(item, Resync) and not item.kvs)
+                if gone:
+                    self._lose(f"own session key {self.key} was deleted")
+                    return

@@ -1,0 +1,47 @@
+"""Server IDs: a counter at ``{metaRoot}/session/id``, advanced by compare-and-swap.
+
+IDs are never reused, so a server ID names one session of one process for the life of the
+cluster, and clients can tell a new active from the one they were talking to.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from session.errors import CorruptValue
+from session.etcd import Etcd, cmp_value, cmp_version, op_put
+
+log = structlog.get_logger(__name__)
+
+
+def server_id_key(meta_root: str) -> str:
+    """Where the counter lives (Milvus's layout)."""
+    return f"{meta_root}/session/id"
+
+
+async def allocate_server_id(etcd: Etcd, meta_root: str, *, timeout: float | None = None, max_rounds: int = 1000) -> int:
+    """Hand out the next server ID; the first one is 1.
+
+    Read ``v``, then txn ``If(Value == v) Then Put(v + 1)``; a lost race reads again. A counter
+    that holds anything but a decimal integer is never overwritten: it raises :class:`CorruptValue`.
+    """
+    key = server_id_key(meta_root)
+    for _ in range(max_rounds):
+        resp = await etcd.get(key, timeout=timeout)
+        if not resp.kvs:
+            created = await etcd.txn([cmp_version(key, 0)], [op_put(key, b"1")], timeout=timeout)
+            if created.succeeded:
+                return 1
+            continue
+        raw = bytes(resp.kvs[0].value)
+        try:
+            current = int(raw.decode("ascii"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise CorruptValue(key, raw, "the server-ID counter must be a decimal integer") from exc
+        if current < 0:
+            raise CorruptValue(key, raw, "the server-ID counter must not be negative")
+        nxt = current + 1
+        swapped = await etcd.txn([cmp_value(key, raw)], [op_put(key, str(nxt).encode())], timeout=timeout)
+        if swapped.succeeded:
+            return nxt
+    raise RuntimeError(f"could not allocate a server ID at {key} after {max_rounds} contended rounds")

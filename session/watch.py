@@ -1,0 +1,148 @@
+"""A watch on one key (or prefix) that survives compaction and lost connections.
+
+etcd3aio's watch helper hangs when etcd cancels a watch for compaction and, on reconnect, resumes
+from the response header's revision (which can skip events). This one owns its stream: it resumes
+from the revision after the last event it delivered, and when etcd says that revision was
+compacted it re-reads the key and hands the caller a :class:`Resync` snapshot before going on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal
+
+import grpc
+import grpc.aio
+import structlog
+from etcd3aio._protobuf import WatchCreateRequest, WatchRequest
+from etcd3aio.kv import prefix_range_end
+
+from session.errors import EtcdUnavailable, SessionError
+from session.etcd import Etcd
+
+log = structlog.get_logger(__name__)
+
+_PUT, _DELETE = 0, 1  # mvccpb.Event.EventType
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    """One key as read or as carried by an event."""
+
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    lease: int
+
+
+@dataclass(frozen=True)
+class KeyEvent:
+    """A PUT or DELETE of a watched key, with the previous value when etcd sent it."""
+
+    kind: Literal["PUT", "DELETE"]
+    kv: KeyValue
+    prev: KeyValue | None
+
+    def describe(self) -> str:
+        """The event as Milvus logs it: ``key:"by-dev/meta/session/rootcoord" mod_revision:167 ``."""
+        return f'key:"{self.kv.key}" mod_revision:{self.kv.mod_revision} '
+
+
+@dataclass(frozen=True)
+class Resync:
+    """History the watch needed was compacted: the current state, read at ``revision``."""
+
+    kvs: tuple[KeyValue, ...]
+    revision: int
+    compact_revision: int
+
+
+WatchItem = KeyEvent | Resync
+
+
+def _kv(raw: object) -> KeyValue:
+    return KeyValue(
+        key=raw.key.decode("utf-8", "replace"),  # type: ignore[attr-defined]
+        value=bytes(raw.value),  # type: ignore[attr-defined]
+        create_revision=int(raw.create_revision),  # type: ignore[attr-defined]
+        mod_revision=int(raw.mod_revision),  # type: ignore[attr-defined]
+        lease=int(raw.lease),  # type: ignore[attr-defined]
+    )
+
+
+async def read_state(etcd: Etcd, key: str, *, prefix: bool = False, timeout: float | None = None) -> Resync:
+    """Read the watched key(s) now, as a :class:`Resync` snapshot."""
+    resp = await etcd.get(key, prefix=prefix, timeout=timeout)
+    return Resync(tuple(_kv(kv) for kv in resp.kvs), int(resp.header.revision), 0)
+
+
+async def watch(
+    etcd: Etcd,
+    key: str,
+    *,
+    start_revision: int,
+    prefix: bool = False,
+    prev_kv: bool = True,
+    create_timeout: float | None = None,
+    max_backoff: float = 1.0,
+) -> AsyncIterator[WatchItem]:
+    """Yield every change of ``key`` from ``start_revision`` on, forever.
+
+    Items are :class:`KeyEvent` in revision order, or a :class:`Resync` when the needed history was
+    compacted (events between are lost; the snapshot replaces them). Lost connections are retried
+    with a capped backoff from the revision after the last delivered event. Use it under
+    ``contextlib.aclosing`` so the stream is cancelled when the caller stops.
+    """
+    next_revision = start_revision
+    backoff = 0.05
+    range_end = prefix_range_end(key) if prefix else b""
+    timeout = create_timeout if create_timeout is not None else etcd.timeout
+    while True:
+        stub, metadata = etcd.watch_stub()
+        call: grpc.aio.StreamStreamCall = stub.Watch(metadata=metadata or None)
+        try:
+            create = WatchCreateRequest(
+                key=key.encode(), range_end=range_end, start_revision=next_revision, prev_kv=prev_kv
+            )
+            async with asyncio.timeout(timeout):
+                await call.write(WatchRequest(create_request=create))
+                created = await call.read()
+            if created is grpc.aio.EOF or not created.created:
+                raise EtcdUnavailable(f"etcd watch {key}: stream closed before the watch was created")
+            response = created
+            while True:
+                if response.canceled:
+                    if response.compact_revision > 0:
+                        state = await read_state(etcd, key, prefix=prefix, timeout=timeout)
+                        log.info(
+                            "watch compacted, re-read the key",
+                            key=key,
+                            wantedRevision=next_revision,
+                            compactRevision=int(response.compact_revision),
+                            readRevision=state.revision,
+                        )
+                        yield Resync(state.kvs, state.revision, int(response.compact_revision))
+                        next_revision = state.revision + 1
+                        break
+                    raise EtcdUnavailable(f"etcd watch {key} canceled: {response.cancel_reason or 'no reason given'}")
+                for event in response.events:
+                    item = KeyEvent(
+                        kind="DELETE" if event.type == _DELETE else "PUT",
+                        kv=_kv(event.kv),
+                        prev=_kv(event.prev_kv) if event.HasField("prev_kv") else None,
+                    )
+                    next_revision = item.kv.mod_revision + 1
+                    backoff = 0.05
+                    yield item
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    raise EtcdUnavailable(f"etcd watch {key}: stream closed")
+        except (grpc.aio.AioRpcError, SessionError, TimeoutError) as exc:
+            log.warning("watch interrupted, reconnecting", key=key, fromRevision=next_revision, error=str(exc) or type(exc).__name__)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff)
+        finally:
+            call.cancel()

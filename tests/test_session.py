@@ -1,0 +1,368 @@
+"""The session library against a real etcd: IDs, leases, campaign, fencing, watches."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import aclosing
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from etcd_server import EtcdCluster
+from session import (
+    Campaign,
+    CorruptValue,
+    FencedWriter,
+    NotActive,
+    SessionInfo,
+    SessionLost,
+    active_key,
+    allocate_server_id,
+    safety_margin,
+)
+from session.etcd import cmp_value, op_put
+from session.server_id import server_id_key
+from session.watch import KeyEvent, Resync, watch
+from session_helpers import connected, crash, new_session, wait_until
+
+
+@pytest.fixture(autouse=True)
+def _plain_structlog() -> None:
+    """Other test modules may have configured a level filter; start from structlog's defaults."""
+    structlog.reset_defaults()
+
+
+# -- server IDs --------------------------------------------------------------------------------
+
+
+async def test_fifty_concurrent_allocations_are_unique_and_start_at_one(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    async with connected(etcd.endpoints) as e1, connected(etcd.endpoints) as e2:
+        clients = [e1, e2]
+        ids = await asyncio.gather(*(allocate_server_id(clients[i % 2], f"{etcd_prefix}/meta") for i in range(50)))
+    assert sorted(ids) == list(range(1, 51))
+
+
+async def test_garbage_at_the_id_counter_is_reported_and_left_alone(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    key = server_id_key(f"{etcd_prefix}/meta")
+    async with connected(etcd.endpoints) as etcd_:
+        await etcd_.put(key, b"not-a-number")
+        with pytest.raises(CorruptValue, match="decimal integer"):
+            await allocate_server_id(etcd_, f"{etcd_prefix}/meta")
+        assert (await etcd_.get(key)).kvs[0].value == b"not-a-number"
+
+
+# -- lease session -----------------------------------------------------------------------------
+
+
+async def test_session_registers_its_key_on_its_lease_and_keeps_it_alive(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    async with connected(etcd.endpoints) as etcd_:
+        session = new_session(etcd_, etcd_prefix, ttl=2)
+        await session.open()
+        try:
+            resp = await etcd_.get(session.key)
+            info = SessionInfo.from_json(session.key, bytes(resp.kvs[0].value))
+            assert info.server_id == session.server_id and info.lease_id == session.lease_id
+            assert resp.kvs[0].lease == session.lease_id
+            await asyncio.sleep(3.0)  # longer than the TTL: only keep-alives can explain the key still there
+            assert (await etcd_.get(session.key)).kvs, "the key expired although the session was alive"
+            assert not session.lost.is_set()
+            assert 0 < session.time_left() <= 2 - safety_margin(2)
+        finally:
+            await session.close()
+
+
+async def test_graceful_close_revokes_both_keys_at_once(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    async with connected(etcd.endpoints) as etcd_:
+        session = new_session(etcd_, etcd_prefix, ttl=60)
+        await session.open()
+        term = await Campaign(session).try_claim()
+        assert term is not None
+        own, act = session.key, active_key(f"{etcd_prefix}/meta", "rootcoord")
+        assert (await etcd_.get(own)).kvs and (await etcd_.get(act)).kvs
+        await session.close()
+        assert not (await etcd_.get(own)).kvs and not (await etcd_.get(act)).kvs
+        assert await etcd_.time_to_live(session.lease_id) == -1
+
+
+async def test_deleting_the_own_key_loses_the_session(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    async with connected(etcd.endpoints) as etcd_:
+        session = new_session(etcd_, etcd_prefix, ttl=10)
+        await session.open()
+        try:
+            await etcd_.delete(session.key)
+            await wait_until(session.lost.is_set, timeout=2)
+            assert "own session key" in session.lost_reason
+            with pytest.raises(SessionLost):
+                session.ensure_alive()
+        finally:
+            await session.close()
+
+
+async def test_revoked_lease_is_noticed_through_keepalive(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    async with connected(etcd.endpoints) as etcd_:
+        session = new_session(etcd_, etcd_prefix, ttl=2)
+        await session.open()
+        try:
+            await etcd_.revoke(session.lease_id)
+            await wait_until(session.lost.is_set, timeout=2)
+            assert "lease" in session.lost_reason or "own session key" in session.lost_reason
+        finally:
+            await session.close()
+
+
+async def test_local_deadline_fires_before_etcd_could_expire_the_lease(
+    etcd: EtcdCluster, etcd_prefix: str, tcp_proxy
+) -> None:
+    """Cut off from etcd (a proxy that stops forwarding), the member learns first."""
+    proxy = await tcp_proxy(etcd.endpoint)
+    async with connected([proxy.endpoint], timeout=1.0) as through_proxy, connected(etcd.endpoints) as direct:
+        session = new_session(through_proxy, etcd_prefix, ttl=3)
+        await session.open()
+        try:
+            await asyncio.sleep(1.2)  # a few keep-alives acknowledged
+            proxy.blackhole()
+            cut_at = time.monotonic()
+            await wait_until(session.lost.is_set, timeout=5)
+            lost_after = time.monotonic() - cut_at
+            # etcd still holds the lease at the moment the member gives itself up
+            # (TTL is whole seconds, rounded down: 0 means under a second left, -1 gone).
+            assert await direct.time_to_live(session.lease_id) >= 0
+            assert (await direct.get(session.key)).kvs
+            assert "deadline" in session.lost_reason
+            assert lost_after < 3.0, f"lost after {lost_after:.2f}s, later than the TTL"
+            # and etcd does expire it afterwards, so nobody else is blocked for long.
+            deadline = time.monotonic() + 5
+            while (await direct.get(session.key)).kvs:
+                assert time.monotonic() < deadline, "etcd never expired the lease"
+                await asyncio.sleep(0.1)
+        finally:
+            proxy.forward()
+            await session.close(revoke=False)
+
+
+# -- campaign ----------------------------------------------------------------------------------
+
+
+async def test_one_active_among_five_campaigners_and_each_takes_its_turn(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    async with connected(etcd.endpoints) as etcd_:
+        sessions = [new_session(etcd_, etcd_prefix, ttl=5) for _ in range(5)]
+        await asyncio.gather(*(s.open() for s in sessions))
+        campaigns = [Campaign(s, standby_log_interval=60) for s in sessions]
+        tasks = [asyncio.create_task(c.acquire()) for c in campaigns]
+        seen: list[int] = []
+        try:
+            for _ in range(5):
+                done, _pending = await asyncio.wait([t for t in tasks if not t.done() or t.result().server_id not in seen],
+                                                    timeout=5, return_when=asyncio.FIRST_COMPLETED)
+                winners = [t for t in tasks if t.done() and t.result().server_id not in seen]
+                assert len(winners) == 1, f"{len(winners)} members ACTIVE at once"
+                await asyncio.sleep(0.2)  # nobody else may win meanwhile
+                assert len([t for t in tasks if t.done() and t.result().server_id not in seen]) == 1
+                term = winners[0].result()
+                seen.append(term.server_id)
+                holder = SessionInfo.from_json("k", bytes((await etcd_.get(active_key(f"{etcd_prefix}/meta", "rootcoord"))).kvs[0].value))
+                assert holder.server_id == term.server_id
+                await next(s for s in sessions if s.server_id == term.server_id).close()
+            assert sorted(seen) == sorted(s.server_id for s in sessions)
+        finally:
+            for t in tasks:
+                t.cancel()
+            for s in sessions:
+                await s.close()
+
+
+async def test_takeover_after_revoke_is_fast(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    async with connected(etcd.endpoints) as etcd_:
+        active, standby = new_session(etcd_, etcd_prefix, ttl=3), new_session(etcd_, etcd_prefix, ttl=3)
+        await active.open()
+        await standby.open()
+        assert await Campaign(active).try_claim() is not None
+        waiting = asyncio.create_task(Campaign(standby).acquire())
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        t0 = time.monotonic()
+        await active.close()
+        term = await asyncio.wait_for(waiting, 2)
+        took = time.monotonic() - t0
+        assert term.server_id == standby.server_id
+        assert took < 1.0, f"graceful handover took {took:.3f}s"
+        await standby.close()
+
+
+async def test_takeover_after_ttl_expiry(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    ttl = 2
+    async with connected(etcd.endpoints) as etcd_:
+        active, standby = new_session(etcd_, etcd_prefix, ttl=ttl), new_session(etcd_, etcd_prefix, ttl=ttl)
+        await active.open()
+        await standby.open()
+        assert await Campaign(active).try_claim() is not None
+        waiting = asyncio.create_task(Campaign(standby).acquire())
+        await asyncio.sleep(0.3)
+        await crash(active)
+        t0 = time.monotonic()
+        term = await asyncio.wait_for(waiting, ttl + 3)
+        took = time.monotonic() - t0
+        assert term.server_id == standby.server_id
+        assert ttl - 1.0 < took < ttl + 1.0, f"crash takeover took {took:.3f}s for TTL {ttl}s"
+        await standby.close()
+
+
+async def test_standby_line_cadence_and_seed_log_lines(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    async with connected(etcd.endpoints) as etcd_:
+        active, standby = new_session(etcd_, etcd_prefix, ttl=5), new_session(etcd_, etcd_prefix, ttl=5)
+        await active.open()
+        await standby.open()
+        assert await Campaign(active).try_claim() is not None
+        with capture_logs() as logs:
+            stamps: list[float] = []
+            waiting = asyncio.create_task(Campaign(standby, standby_log_interval=0.2).acquire())
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 1.1:
+                n = sum(1 for e in logs if e["event"] == "serverName: rootcoord is in STANDBY ...")
+                if n > len(stamps):
+                    stamps.append(time.monotonic())
+                await asyncio.sleep(0.01)
+            await active.close()
+            await asyncio.wait_for(waiting, 2)
+        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        assert len(stamps) >= 4, stamps
+        assert all(0.1 < g < 0.4 for g in gaps), gaps
+        events = [e["event"] for e in logs]
+        expected = [
+            "serverName: rootcoord enter STANDBY mode",
+            "ACTIVE rootcoord has already been registered",
+            "serverName: rootcoord is in STANDBY ...",
+            "watch the ACTIVE key",
+            "stop watching ACTIVE key",
+            "start retrying to register as ACTIVE service...",
+            "register ACTIVE service successfully",
+            "quit STANDBY mode, this node will become ACTIVE",
+        ]
+        positions = [events.index(line) for line in expected]
+        assert positions == sorted(positions), events
+        delete_line = next(e for e in logs if e["event"] == "watch the ACTIVE key")
+        assert delete_line["DELETE"].startswith(f'key:"{etcd_prefix}/meta/session/rootcoord" mod_revision:')
+        assert next(e for e in logs if e["event"] == "register ACTIVE service successfully")["ServerID"] == standby.server_id
+        # the ticker stops once ACTIVE
+        count = events.count("serverName: rootcoord is in STANDBY ...")
+        await asyncio.sleep(0.5)
+        assert [e["event"] for e in logs].count("serverName: rootcoord is in STANDBY ...") == count
+        await standby.close()
+
+
+async def test_garbage_at_the_active_key_is_logged_and_survived(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    async with connected(etcd.endpoints) as etcd_:
+        key = active_key(f"{etcd_prefix}/meta", "rootcoord")
+        lease, _ = await etcd_.grant(2)
+        await etcd_.put(key, b"{not json", lease=lease)
+        standby = new_session(etcd_, etcd_prefix, ttl=5)
+        await standby.open()
+        with capture_logs() as logs:
+            term = await asyncio.wait_for(Campaign(standby).acquire(), 5)
+        assert term.server_id == standby.server_id
+        garbage = [e for e in logs if "not a session" in e["event"]]
+        assert garbage and "not JSON" in garbage[0]["error"]
+        await standby.close()
+
+
+async def test_compaction_while_a_standby_watches(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    async with connected(etcd.endpoints) as etcd_:
+        active, standby = new_session(etcd_, etcd_prefix, ttl=5), new_session(etcd_, etcd_prefix, ttl=5)
+        await active.open()
+        await standby.open()
+        assert await Campaign(active).try_claim() is not None
+        waiting = asyncio.create_task(Campaign(standby).acquire())
+        for i in range(20):
+            await etcd_.put(f"{etcd_prefix}/noise", str(i))
+        rev = int((await etcd_.get(f"{etcd_prefix}/noise")).header.revision)
+        await etcd_.compact(rev)
+        await etcd_.defragment()
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        await active.close()
+        term = await asyncio.wait_for(waiting, 2)
+        assert term.server_id == standby.server_id
+        await standby.close()
+
+
+async def test_watch_from_a_compacted_revision_resyncs(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    key = f"{etcd_prefix}/watched"
+    async with connected(etcd.endpoints) as etcd_:
+        first = await etcd_.put(key, b"1")
+        await etcd_.put(key, b"2")
+        last = await etcd_.put(key, b"3")
+        await etcd_.compact(last)
+        async with aclosing(watch(etcd_, key, start_revision=first)) as events:
+            item = await asyncio.wait_for(anext(events), 3)
+            assert isinstance(item, Resync)
+            assert item.compact_revision == last and item.kvs[0].value == b"3"
+            await etcd_.delete(key)
+            item = await asyncio.wait_for(anext(events), 3)
+            assert isinstance(item, KeyEvent) and item.kind == "DELETE"
+
+
+# -- fencing -----------------------------------------------------------------------------------
+
+
+async def test_fenced_write_from_a_deposed_term_is_refused(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    data = f"{etcd_prefix}/kv/data"
+    async with connected(etcd.endpoints) as etcd_:
+        old, new = new_session(etcd_, etcd_prefix, ttl=10), new_session(etcd_, etcd_prefix, ttl=10)
+        await old.open()
+        await new.open()
+        old_term = await Campaign(old).try_claim()
+        assert old_term is not None
+        old_writer = FencedWriter(old, old_term)
+        await old_writer.put(data, b"old-1")
+        # The old term's key goes (as after an expiry) and the new member takes over; the old
+        # process has not noticed (its hold task is not running): only etcd can refuse it.
+        await etcd_.delete(old_term.key)
+        new_term = await Campaign(new).try_claim()
+        assert new_term is not None and new_term.epoch > old_term.epoch
+        await FencedWriter(new, new_term).put(data, b"new-1")
+        assert old_term.active
+        with pytest.raises(NotActive, match="fenced write refused"):
+            await old_writer.put(data, b"old-2")
+        assert not old_term.active
+        with pytest.raises(NotActive):
+            await old_writer.delete(data)
+        assert (await etcd_.get(data)).kvs[0].value == b"new-1"
+        await old.close()
+        await new.close()
+
+
+async def test_fenced_txn_runs_the_callers_compare_inside_the_guard(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    data = f"{etcd_prefix}/kv/counter"
+    async with connected(etcd.endpoints) as etcd_:
+        session = new_session(etcd_, etcd_prefix, ttl=10)
+        await session.open()
+        term = await Campaign(session).try_claim()
+        assert term is not None
+        writer = FencedWriter(session, term)
+        await writer.put(data, b"1")
+        ok = await writer.txn([cmp_value(data, b"1")], [op_put(data, b"2")])
+        assert ok.succeeded
+        stale = await writer.txn([cmp_value(data, b"1")], [op_put(data, b"3")])
+        assert not stale.succeeded and term.active  # the caller's compare failed, not the epoch
+        assert (await etcd_.get(data)).kvs[0].value == b"2"
+        await session.close()
+
+
+async def test_writes_stop_once_the_local_deadline_passed(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    """A stalled member (its keep-alive not running) refuses to write once its deadline is past."""
+    async with connected(etcd.endpoints) as etcd_:
+        session = new_session(etcd_, etcd_prefix, ttl=2)
+        await session.open()
+        term = await Campaign(session).try_claim()
+        assert term is not None
+        writer = FencedWriter(session, term)
+        await session._stop_tasks()  # keep-alive and watchdog frozen, as in a paused loop
+        await asyncio.sleep(2 - safety_margin(2) + 0.05)
+        # etcd has not expired the lease yet, the compare would pass: only the local check refuses.
+        assert await etcd_.time_to_live(session.lease_id) >= 0
+        with pytest.raises(NotActive, match="deadline"):
+            await writer.put(f"{etcd_prefix}/kv/x", b"late")
+        assert not (await etcd_.get(f"{etcd_prefix}/kv/x")).kvs
+        await session.close()
