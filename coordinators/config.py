@@ -52,7 +52,12 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         },
         "rootCoord": {"address": "localhost", "port": 53100, "enableActiveStandby": False},
         "queryCoord": {"address": "localhost", "port": 19531, "enableActiveStandby": False},
-        "dataCoord": {"address": "localhost", "port": 13333, "enableActiveStandby": False},
+        "dataCoord": {
+            "address": "localhost",
+            "port": 13333,
+            "enableActiveStandby": False,
+            "segment": {"maxRows": 1000000},
+        },
         "common": {"session": {"ttl": 60, "retryTimes": 30, "standbyLogInterval": 10, "exitOnLost": False}},
         "log": {"level": "info", "format": "text", "file": {"rootPath": "", "maxSize": 300, "maxBackups": 20}},
     }
@@ -140,12 +145,20 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class DataCoordConfig:
+    """datacoord's own settings (beyond the role's address, port and active-standby switch)."""
+
+    segment_max_rows: int  # rows a segment holds before it is sealed
+
+
+@dataclass(frozen=True)
 class Config:
     etcd: EtcdConfig
     session: SessionConfig
     log: LogConfig
     roles: Mapping[str, RoleConfig]
     source: str
+    datacoord: DataCoordConfig
 
     def role(self, name: str) -> RoleConfig:
         """The settings of one role; an unknown name is an operator typo, reported as such."""
@@ -380,6 +393,7 @@ def _build(tree: _Tree, source: str) -> Config:
         log=_log(reader),
         roles=MappingProxyType({role: _role(reader, role) for role in ROLES}),
         source=source,
+        datacoord=DataCoordConfig(segment_max_rows=reader.integer("dataCoord", "segment", "maxRows", low=1)),
     )
 
 

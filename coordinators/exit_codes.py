@@ -15,3 +15,4 @@ class ExitCode(IntEnum):
     ALREADY_ACTIVE = 4  #: active-standby is off and another process of the role is running
     SESSION_LOST = 5  #: the session was lost and ``common.session.exitOnLost`` asks to exit
     PORT_IN_USE = 6  #: the role's gRPC port is taken
+    CORRUPT_METADATA = 7  #: the role's metadata in etcd is unreadable; serving from it would be wrong

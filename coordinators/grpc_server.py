@@ -23,7 +23,7 @@ from typing import Any, cast
 import grpclib.const
 import structlog
 from grpclib.const import Status as GrpcStatus
-from grpclib.events import RecvRequest, listen
+from grpclib.events import RecvRequest, SendInitialMetadata, listen
 from grpclib.exceptions import GRPCError
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
@@ -37,7 +37,9 @@ from coordinators.proto.querycoord_grpc import QueryCoordBase
 from coordinators.proto.rootcoord_grpc import RootCoordBase
 
 __all__ = [
+    "EPOCH_HEADER",
     "ROLE_SERVICES",
+    "SERVER_ID_HEADER",
     "ComponentSnapshot",
     "CoordinatorServer",
     "PortInUseError",
@@ -53,6 +55,9 @@ ROLE_SERVICES: Mapping[str, type[Any]] = {
 }
 
 _STATES_METHOD = "GetComponentStates"
+#: Initial-metadata keys on every reply: the answering process's server ID and term epoch.
+SERVER_ID_HEADER = "x-milvus-server-id"
+EPOCH_HEADER = "x-milvus-epoch"
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
 _STOPPING = "stopping"
 # How long close() waits for cancelled handlers to finish: a handler that swallows
@@ -154,6 +159,7 @@ class CoordinatorServer:
         role: str,
         snapshot: Callable[[], ComponentSnapshot],
         extra_handlers: Sequence[object] = (),
+        gate: Callable[[], str | None] | None = None,
     ) -> None:
         base = ROLE_SERVICES.get(role)
         if base is None:
@@ -165,6 +171,7 @@ class CoordinatorServer:
                 raise TypeError(f"extra handler {handler!r} is not a grpclib service (no __mapping__)")
         self._role = role
         self._snapshot = snapshot
+        self._gate = gate
         self._role_service = _RoleStatesService(base, self._get_component_states)
         self._extra: tuple[object, ...] = tuple(extra_handlers)
         # NOT_SERVING (not UNKNOWN) until the process says otherwise: only the ACTIVE serves.
@@ -210,6 +217,7 @@ class CoordinatorServer:
         # Extra handlers first and ours last: GetComponentStates always comes from the snapshot.
         server = _TrackingServer([self._health, *self._extra, self._role_service])
         listen(server, RecvRequest, self._on_recv_request)
+        listen(server, SendInitialMetadata, self._on_send_initial_metadata)
         try:
             await server.start(host, port)
         except OSError as exc:
@@ -263,6 +271,10 @@ class CoordinatorServer:
         exempt = _is_exempt(event.method_name)
         if self._closed or (self._draining and not exempt):
             raise GRPCError(GrpcStatus.UNAVAILABLE, _STOPPING)
+        if not exempt and self._gate is not None:
+            refusal = self._gate()
+            if refusal:
+                raise GRPCError(GrpcStatus.UNAVAILABLE, refusal)
         task = asyncio.current_task()
         if task is None:
             return
@@ -273,6 +285,15 @@ class CoordinatorServer:
             self._in_flight += 1
             self._idle.clear()
             task.add_done_callback(self._call_done)
+
+    async def _on_send_initial_metadata(self, event: SendInitialMetadata) -> None:
+        """Tag every reply with who answered, so clients can check they reached the member they meant."""
+        try:
+            snap = self._snapshot()
+        except Exception:  # noqa: BLE001 - GetComponentStates reports the failure
+            return
+        event.metadata[SERVER_ID_HEADER] = str(snap.server_id)
+        event.metadata[EPOCH_HEADER] = snap.extra.get("epoch", "0")
 
     def _call_done(self, _task: asyncio.Task[Any]) -> None:
         self._in_flight -= 1

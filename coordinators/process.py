@@ -19,19 +19,24 @@ from typing import TypeVar
 
 import structlog
 
+from coordinators.client import CoordinatorClient
 from coordinators.config import Config, RoleConfig
 from coordinators.exit_codes import ExitCode
 from coordinators.grpc_server import ComponentSnapshot, CoordinatorServer, PortInUseError
 from coordinators.proto import common_pb2
+from coordinators.role import RoleContext
+from coordinators.roles import role_class
 from session import (
     AlreadyActive,
     Campaign,
+    CorruptValue,
     Etcd,
     EtcdAuthError,
     EtcdTLS,
     EtcdUnavailable,
     FencedWriter,
     LeaseSession,
+    NotActive,
     SessionError,
     SessionLost,
     Term,
@@ -70,8 +75,11 @@ class CoordinatorProcess:
         self.active_address = ""
         self.stop_requested = asyncio.Event()
         self.etcd = _make_etcd(config)
-        self.server = CoordinatorServer(role, self.snapshot)
+        self.clients: dict[str, CoordinatorClient] = {}
+        self.role_impl = role_class(role)(RoleContext(role, config, self.client))
+        self.server = CoordinatorServer(role, self.snapshot, [self.role_impl.service()], gate=self.refusal)
         self.session: LeaseSession | None = None
+        self.campaign: Campaign | None = None
         self.writer: FencedWriter | None = None
 
     # -- what GetComponentStates reports ---------------------------------------------------
@@ -82,6 +90,28 @@ class CoordinatorProcess:
         if self.active_address:
             extra["active_address"] = self.active_address
         return ComponentSnapshot(role=self.role, server_id=self.server_id, state=self.state, extra=extra)
+
+    def refusal(self) -> str | None:
+        """Why a call to the role's API is refused now (None while ACTIVE and serving)."""
+        if self.state == common_pb2.Healthy:
+            return None
+        reason = f"not serving, reason: {common_pb2.StateCode.Name(self.state)}"
+        holder = self.campaign.holder if self.campaign is not None else None
+        if holder is not None and holder.info is not None:
+            reason += f"; active: {holder.info.address} (ServerID={holder.info.server_id})"
+        return reason
+
+    def client(self, role: str) -> CoordinatorClient:
+        """A client to the ACTIVE member of ``role`` (one per role, shared, closed at exit)."""
+        if role not in self.clients:
+            self.clients[role] = CoordinatorClient(
+                self.etcd,
+                self.config.etcd.meta_root,
+                role,
+                call_timeout=min(self.config.etcd.request_timeout, 5.0),
+                failover_budget=self.config.session.ttl + 10.0,
+            )
+        return self.clients[role]
 
     def request_stop(self) -> None:
         """Ask for a graceful stop (signal handlers, tests)."""
@@ -117,6 +147,12 @@ class CoordinatorProcess:
         except EtcdUnavailable as exc:
             log.error("etcd is unreachable", endpoints=",".join(self.etcd.endpoints), error=str(exc))
             return ExitCode.ETCD
+        except CorruptValue as exc:
+            log.error(
+                f"{self.role} cannot activate: its metadata in etcd is unreadable; fix or delete the key, then restart",
+                error=str(exc),
+            )
+            return ExitCode.CORRUPT_METADATA
         except AlreadyActive as exc:
             section = {"rootcoord": "rootCoord", "querycoord": "queryCoord", "datacoord": "dataCoord"}[self.role]
             env = f"{section[:-5].upper()}_COORD_ENABLE_ACTIVE_STANDBY"
@@ -179,8 +215,10 @@ class CoordinatorProcess:
                 await self._campaign_and_serve(session)
             except SessionLost as exc:
                 log.warning("session lost, leaving ACTIVE/STANDBY", role=self.role, ServerID=self.server_id, reason=str(exc))
+            except Stopped:
+                pass  # stopped while STANDBY or while activating: the same graceful stop as an ACTIVE's
             finally:
-                self._demote()
+                await self._demote()
             if self.stop_requested.is_set():
                 await self._graceful_stop(session)
                 return ExitCode.OK
@@ -193,7 +231,7 @@ class CoordinatorProcess:
 
     async def _campaign_and_serve(self, session: LeaseSession) -> None:
         """Within one session: STANDBY -> ACTIVE -> serving, again after each ended term."""
-        campaign = Campaign(session, standby_log_interval=self.config.session.standby_log_interval)
+        self.campaign = campaign = Campaign(session, standby_log_interval=self.config.session.standby_log_interval)
         standby = self.role_config.enable_active_standby
         while not self.stop_requested.is_set():
             if standby:
@@ -206,7 +244,7 @@ class CoordinatorProcess:
             if self.stop_requested.is_set():
                 return
             session.ensure_alive()
-            self._demote()
+            await self._demote()
 
     async def _serve_term(self, session: LeaseSession, campaign: Campaign, term: Term) -> None:
         """ACTIVE: serve until the term ends or a stop is requested."""
@@ -215,9 +253,22 @@ class CoordinatorProcess:
         self.writer = FencedWriter(session, term)
         holder = asyncio.create_task(campaign.hold(term), name=f"hold-{self.role}")
         try:
+            self.state = common_pb2.Initializing  # holds the key, reloading: clients wait for it
+            t0 = time.monotonic()
+            try:
+                await self._until_stopped(self.role_impl.activate(self.writer), session)
+            except (NotActive, EtcdUnavailable) as exc:
+                term.end(f"activation failed: {exc}")
+                return
             self.state = common_pb2.Healthy
             self.server.set_serving(True)
-            log.info(f"{self.role} is ACTIVE and serving", ServerID=session.server_id, address=self.active_address, epoch=term.epoch)
+            log.info(
+                f"{self.role} is ACTIVE and serving",
+                ServerID=session.server_id,
+                address=self.active_address,
+                epoch=term.epoch,
+                reloadSeconds=round(time.monotonic() - t0, 3),
+            )
             stop = asyncio.ensure_future(self.stop_requested.wait())
             try:
                 await asyncio.wait({holder, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -233,14 +284,15 @@ class CoordinatorProcess:
             with contextlib.suppress(asyncio.CancelledError):
                 await holder
 
-    def _demote(self) -> None:
+    async def _demote(self) -> None:
         """Stop acting as ACTIVE at once and forget the term's in-memory state."""
+        if not self.stop_requested.is_set():
+            self.state = common_pb2.StandBy if self.role_config.enable_active_standby else common_pb2.Initializing
         self.server.set_serving(False)
         self.writer = None
         self.epoch = 0
         self.active_address = ""
-        if not self.stop_requested.is_set():
-            self.state = common_pb2.StandBy if self.role_config.enable_active_standby else common_pb2.Initializing
+        await self.role_impl.deactivate()
 
     async def _graceful_stop(self, session: LeaseSession) -> None:
         """Stopping=true, drain calls in flight, then revoke: the standby takes over at once."""
@@ -260,6 +312,9 @@ class CoordinatorProcess:
             await self.session.close(revoke=True)
         with contextlib.suppress(Exception):
             await self.server.drain_and_close(0)
+        await self.role_impl.close()
+        for client in self.clients.values():
+            await client.close()
         await self.etcd.close()
 
     async def _until_stopped(self, aw: Awaitable[T], session: LeaseSession | None = None) -> T:

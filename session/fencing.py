@@ -8,7 +8,7 @@ the writer ends the term so the process demotes itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from etcd3aio._protobuf import Compare, RequestOp, TxnResponse
 
@@ -19,7 +19,7 @@ from session.lease import LeaseSession
 
 
 class FencedWriter:
-    """The only way a role writes its metadata while ACTIVE.
+    """The only way a role reads and writes its metadata while ACTIVE.
 
     Every call first checks locally that the term is live and the session deadline has not passed
     (cheap, and it covers a stalled event loop), then sends one txn whose outer compare is
@@ -69,6 +69,18 @@ class FencedWriter:
         """Fenced put; returns the revision of the write."""
         resp = await self.txn([], [op_put(key, value, lease=lease)], timeout=timeout)
         return int(resp.header.revision)
+
+    async def get(self, key: str, *, timeout: float | None = None) -> bytes | None:
+        """Read one key (while the term lasts); None when absent."""
+        self.check()
+        resp = await self.etcd.get(key, timeout=timeout)
+        return bytes(resp.kvs[0].value) if resp.kvs else None
+
+    async def scan(self, prefix: str, *, page: int = 500) -> AsyncIterator[tuple[str, bytes]]:
+        """Read every key under ``prefix`` in pages, at one revision (a role's reload on activation)."""
+        self.check()
+        async for key, value, _mod in self.etcd.scan(prefix, page=page):
+            yield key, value
 
     async def delete(self, key: str, *, timeout: float | None = None) -> int:
         """Fenced delete of one key; returns how many keys were deleted (0 or 1)."""

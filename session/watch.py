@@ -141,7 +141,9 @@ async def watch(
                 if response is grpc.aio.EOF:
                     raise EtcdUnavailable(f"etcd watch {key}: stream closed")
         except (grpc.aio.AioRpcError, SessionError, TimeoutError) as exc:
-            log.warning("watch interrupted, reconnecting", key=key, fromRevision=next_revision, error=str(exc) or type(exc).__name__)
+            # The first failure of a streak is worth a warning; the retries of an outage are not.
+            report = log.warning if backoff == 0.05 else log.debug
+            report("watch interrupted, reconnecting", key=key, fromRevision=next_revision, error=str(exc) or type(exc).__name__)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, max_backoff)
         finally:

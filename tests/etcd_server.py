@@ -168,7 +168,7 @@ def etcdctl(
         f"--command-timeout={max(1, int(timeout))}s",
         *args,
     ]
-    env = {**os.environ, "ETCDCTL_API": "3"}
+    env = {**_clean_env("ETCDCTL_"), "ETCDCTL_API": "3"}
     try:
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=timeout + 5, env=env, check=False
@@ -233,6 +233,19 @@ def _pdeathsig_prefix() -> list[str]:
     if not setpriv:
         return []
     return [setpriv, "--pdeathsig", "KILL", "--"]
+
+
+def _clean_env(strip_prefix: str, keep: Sequence[str] = ()) -> dict[str, str]:
+    """The environment without ``<strip_prefix>*`` variables.
+
+    Why: etcd and etcdctl 3.5 read every ETCD_* / ETCDCTL_* variable as a flag
+    and exit with "conflicting environment variable ... is shadowed by
+    corresponding command-line flag" when one duplicates a flag we pass (say an
+    ETCD_DATA_DIR or ETCD_NAME left in the shell, or an ETCDCTL_ENDPOINTS).
+    Milvus-style overrides such as ETCD_ENDPOINTS only draw a warning, but none
+    of them is meant for the test etcd.
+    """
+    return {k: v for k, v in os.environ.items() if not k.startswith(strip_prefix) or k in keep}
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -346,6 +359,7 @@ class EtcdMember:
         self.process = subprocess.Popen(
             _pdeathsig_prefix() + self.command(),
             stdin=subprocess.DEVNULL,
+            env=_clean_env("ETCD_"),
             stdout=self._log_fh,
             stderr=subprocess.STDOUT,
             # Own session: a Ctrl-C in the terminal reaches pytest, whose teardown stops us.
@@ -369,6 +383,32 @@ class EtcdMember:
         except (OSError, ValueError, urllib.error.URLError):
             return False
         return str(body.get("health")).lower() == "true"
+
+    def peer_serving(self, timeout: float = 0.2) -> bool:
+        """True once the peer port answers HTTP (any status), i.e. raft is up."""
+        try:
+            with _URL_OPENER.open(f"{self.peer_url}/members", timeout=timeout):
+                return True
+        except urllib.error.HTTPError:
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def wait_peer_serving(self, timeout: float = DEFAULT_START_TIMEOUT) -> None:
+        """Poll the peer port until it answers; raise with the log's tail otherwise."""
+        deadline = time.monotonic() + timeout
+        while not self.peer_serving():
+            if self.process is None or self.process.poll() is not None:
+                raise EtcdError(
+                    f"etcd {self.name} exited before serving its peer port; "
+                    f"log {self.log_path}:\n{_tail(self.log_path)}"
+                )
+            if time.monotonic() >= deadline:
+                raise EtcdError(
+                    f"etcd {self.name} peer port {self.peer_port} not serving after {timeout:.1f} s; "
+                    f"log {self.log_path}:\n{_tail(self.log_path)}"
+                )
+            time.sleep(0.01)
 
     def wait_healthy(self, timeout: float = DEFAULT_START_TIMEOUT) -> None:
         """Poll /health until true; raise with the log's tail on exit or deadline."""
@@ -416,17 +456,47 @@ class EtcdMember:
             proc.wait(timeout=5)
         self._after_exit()
 
-    def pause(self) -> None:
-        """SIGSTOP: the member is frozen, its sockets stay open (a hung node)."""
+    def pause(self, timeout: float = 2.0) -> None:
+        """SIGSTOP: the member is frozen, its sockets stay open (a hung node).
+
+        Returns once every thread is stopped: signal delivery is asynchronous, and
+        a request sent right after kill() could otherwise still be answered.
+        """
         if not self.is_running:
             raise EtcdError(f"{self} is not running")
         self._signal(signal.SIGSTOP)
         self._paused = True
+        self._wait_stopped(True, timeout)
 
-    def resume(self) -> None:
-        """SIGCONT after pause()."""
+    def resume(self, timeout: float = 2.0) -> None:
+        """SIGCONT after pause(); returns once the process runs again."""
         self._signal(signal.SIGCONT)
         self._paused = False
+        if self.is_running:
+            self._wait_stopped(False, timeout)
+
+    def _thread_states(self) -> list[str]:
+        """One-letter state (R, S, T, ...) of each thread, from /proc (Linux)."""
+        if self.process is None:
+            return []
+        states: list[str] = []
+        for stat in Path(f"/proc/{self.process.pid}/task").glob("*/stat"):
+            with contextlib.suppress(OSError, IndexError):
+                states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        return states
+
+    def _wait_stopped(self, stopped: bool, timeout: float) -> None:
+        if not Path("/proc/self/task").is_dir():
+            time.sleep(0.1)  # no /proc: give the signal a moment
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            states = self._thread_states()
+            if states and all((st in "tT") == stopped for st in states):
+                return
+            if time.monotonic() >= deadline:
+                raise EtcdError(f"{self} thread states {states} after {'SIGSTOP' if stopped else 'SIGCONT'}")
+            time.sleep(0.005)
 
     def restart(self, *, wait: bool = True, timeout: float = DEFAULT_START_TIMEOUT) -> None:
         """Stop, then start again on the same ports and data dir."""
@@ -444,6 +514,12 @@ class EtcdMember:
             with contextlib.suppress(OSError):
                 self._log_fh.close()
             self._log_fh = None
+
+    def remove_data(self) -> None:
+        """Delete the data dir of a stopped member (~65 MB: etcd preallocates its WAL)."""
+        if self.is_running:
+            raise EtcdError(f"{self} is running; stop it before removing its data")
+        shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def log_tail(self, lines: int = 40) -> str:
         return _tail(self.log_path, lines)
@@ -467,6 +543,8 @@ class EtcdCluster:
         name_prefix: str = "etcd",
         cleanup: bool = True,
     ) -> None:
+        """*base_dir*: where data dirs and logs go (default: a new temp dir, removed
+        by ``close()``); *cleanup=False* keeps all data on ``close()`` for inspection."""
         if size < 1:
             raise ValueError("an etcd cluster needs at least one member")
         self._owns_dir = base_dir is None
@@ -492,6 +570,7 @@ class EtcdCluster:
             m.initial_cluster = initial
             m.cluster_token = token
         self.token = token
+        self._started_once = False
 
     def __repr__(self) -> str:
         return f"EtcdCluster({self.endpoints})"
@@ -501,7 +580,7 @@ class EtcdCluster:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.close()
 
     def __iter__(self) -> Iterator[EtcdMember]:
         return iter(self.members)
@@ -533,32 +612,93 @@ class EtcdCluster:
     def start(self, timeout: float = DEFAULT_START_TIMEOUT) -> None:
         """Spawn every member, then wait (one shared deadline) for all to be healthy.
 
-        Why not one by one: a member of a 3-member cluster has no leader, so no
-        health, until a quorum of its peers runs.
+        The first start of a cluster retries on fresh ports (up to 3 tries) when a
+        port was taken between free_port() and etcd's bind, since other processes
+        on the machine (parallel test runs, outgoing connections) draw from the
+        same port range.
         """
         deadline = time.monotonic() + timeout
-        try:
-            for m in self.members:
-                m.start(wait=False)
-            for m in self.members:
-                m.wait_healthy(max(0.1, deadline - time.monotonic()))
-        except BaseException:
+        for attempt in range(1, 4):
+            try:
+                self._start_once(deadline)
+                self._started_once = True
+                return
+            except EtcdError as exc:
+                self._kill_members()
+                retry = (
+                    not self._started_once
+                    and attempt < 3
+                    and "address already in use" in str(exc)
+                    and time.monotonic() < deadline
+                )
+                if not retry:
+                    self._after_failed_start()
+                    raise
+                self._assign_new_ports()
+            except BaseException:
+                self._after_failed_start()
+                raise
+
+    def _after_failed_start(self) -> None:
+        """Kill everything; a cluster that never ran also loses its data (the error has the log)."""
+        if self._started_once:
             self.stop(graceful=False)
-            raise
+        else:
+            self.close()
+
+    def _start_once(self, deadline: float) -> None:
+        for m in self.members:
+            m.start(wait=False)
+            # Why one at a time: a new 3.5 member first asks its peers whether it
+            # was already bootstrapped; a peer whose port is bound but not yet
+            # served makes that ask hang ~1 s per peer (starts took 1.1-2.3 s
+            # instead of 0.2-0.5 s). Refused or answered, both are fast.
+            m.wait_peer_serving(max(0.1, deadline - time.monotonic()))
+        # A 3-member cluster has no leader, so no health, until a quorum runs.
+        for m in self.members:
+            m.wait_healthy(max(0.1, deadline - time.monotonic()))
+
+    def _kill_members(self) -> None:
+        for m in self.members:
+            m.kill()
+
+    def _assign_new_ports(self) -> None:
+        """Fresh ports and empty data dirs for every member (first start only)."""
+        for m in self.members:
+            m.client_port, m.peer_port = free_port(), free_port()
+            shutil.rmtree(m.data_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                m.log_path.unlink()
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        for m in self.members:
+            m.initial_cluster = initial
 
     def stop(self, *, graceful: bool = True) -> None:
-        """Stop every member; remove the temp dir if this cluster made it.
+        """Stop every member, keeping data: ``start()`` brings the same cluster back.
 
         ``graceful=False`` SIGKILLs instead: a graceful stop of a 3.5 member that
         is (or becomes) leader spends ~1 s transferring leadership, and SIGTERM to
-        all members at once takes ~6 s; a throw-away cluster needs neither.
+        all members at once takes ~6 s.
         """
         for m in self.members:
             if graceful:
                 m.stop()
             else:
                 m.kill()
-        if self._owns_dir and self.cleanup:
+
+    def close(self) -> None:
+        """Kill every member and delete its data (unless ``cleanup=False``).
+
+        Data dirs are ~120 MB per member (etcd preallocates its WAL), so throw-away
+        clusters must not leave them behind. Logs stay when the directory is the
+        caller's (a pytest tmp dir); a temp dir this cluster made goes entirely.
+        """
+        self.stop(graceful=False)
+        if not self.cleanup:
+            return
+        for m in self.members:
+            m.remove_data()
+        if self._owns_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
     def statuses(self, timeout: float = 2.0) -> list[dict[str, Any]]:

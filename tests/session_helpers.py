@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from session import Etcd, LeaseSession
+from session import Campaign, Etcd, LeaseSession
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.01) -> float:
@@ -39,3 +39,12 @@ def new_session(etcd: Etcd, root: str, role: str = "rootcoord", ttl: int = 2, ad
 async def crash(session: LeaseSession) -> None:
     """What SIGKILL does to a session: keep-alives stop, nothing is revoked."""
     await session.close(revoke=False)
+
+
+async def active_and_standby(etcd: Etcd, root: str, ttl: int) -> tuple[LeaseSession, LeaseSession]:
+    """Two open sessions of one role; the first holds the ACTIVE key."""
+    active, standby = new_session(etcd, root, ttl=ttl), new_session(etcd, root, ttl=ttl)
+    await active.open()
+    await standby.open()
+    assert await Campaign(active).try_claim() is not None
+    return active, standby

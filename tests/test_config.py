@@ -288,3 +288,13 @@ def test_yaml_validation_errors(tmp_path: Path, text: str, key: str, requirement
     assert caught.value.key == key
     assert str(caught.value).startswith(f"config key {key}: {requirement}")
     assert str(caught.value).endswith(f"(from file {path})")
+
+
+def test_datacoord_segment_max_rows() -> None:
+    assert load_env().datacoord.segment_max_rows == 1_000_000
+    assert load_env(DATA_COORD_SEGMENT_MAX_ROWS="100").datacoord.segment_max_rows == 100
+    for bad in ("0", "-5", "many"):
+        with pytest.raises(ConfigError) as caught:
+            load_env(DATA_COORD_SEGMENT_MAX_ROWS=bad)
+        assert caught.value.key == "dataCoord.segment.maxRows"
+        assert "DATA_COORD_SEGMENT_MAX_ROWS" in str(caught.value)

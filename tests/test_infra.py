@@ -12,9 +12,12 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from etcd3aio import Etcd3Client, EtcdError
+from etcd3aio.kv import KVService
+from etcd3aio.lease import LeaseService
 
 from etcd_server import (
     EtcdCluster,
@@ -28,9 +31,21 @@ from etcd_server import (
 from tcp_proxy import ProxyMode, TcpProxy
 
 TcpProxyFactory = Callable[[str], Awaitable[TcpProxy]]
+T = TypeVar("T")
 
 
-async def _retry(op: Callable[[], Awaitable[object]], deadline_s: float) -> object:
+def kv_of(c: Etcd3Client) -> KVService:
+    """The client's KV service (etcd3aio types it Optional until connect())."""
+    assert c.kv is not None, "client not connected"
+    return c.kv
+
+
+def lease_of(c: Etcd3Client) -> LeaseService:
+    assert c.lease is not None, "client not connected"
+    return c.lease
+
+
+async def _retry(op: Callable[[], Awaitable[T]], deadline_s: float) -> T:
     """Run *op* until it succeeds or *deadline_s* passes (re-raising the last error)."""
     deadline = time.monotonic() + deadline_s
     while True:
@@ -67,28 +82,28 @@ def test_free_port_never_repeats() -> None:
 
 async def test_put_get(etcd: EtcdCluster, etcd_prefix: str) -> None:
     async with Etcd3Client([etcd.endpoint]) as c:
-        await c.kv.put(f"{etcd_prefix}/k", "v", timeout=5)
-        r = await c.kv.get(f"{etcd_prefix}/k", timeout=5)
-    assert [kv.value for kv in r.kvs] == [b"v"]
+        await kv_of(c).put(f"{etcd_prefix}/k", "v", timeout=5)
+        r = await kv_of(c).get(f"{etcd_prefix}/k", timeout=5)
+    assert [item.value for item in r.kvs] == [b"v"]
 
 
 async def test_lease_ttl_is_granted_as_asked(etcd_client: Etcd3Client) -> None:
     """etcd raises TTLs below ceil(1.5 * election timeout); ours keeps 1 s and 2 s."""
     for ttl in (1, 2):
-        lease = await etcd_client.lease.grant(ttl, timeout=5)
-        assert lease.TTL == ttl
-        info = await etcd_client.lease.time_to_live(lease.ID, timeout=5)
+        granted = await lease_of(etcd_client).grant(ttl, timeout=5)
+        assert granted.TTL == ttl
+        info = await lease_of(etcd_client).time_to_live(granted.ID, timeout=5)
         assert info.grantedTTL == ttl
-        await etcd_client.lease.revoke(lease.ID, timeout=5)
+        await lease_of(etcd_client).revoke(granted.ID, timeout=5)
 
 
 async def test_lease_expiry_floor(etcd_client: Etcd3Client, etcd_prefix: str) -> None:
     """A key on an unrenewed 1 s lease vanishes within TTL + ~0.5 s (expiry scan)."""
-    lease = await etcd_client.lease.grant(1, timeout=5)
+    granted = await lease_of(etcd_client).grant(1, timeout=5)
     key = f"{etcd_prefix}/leased"
-    await etcd_client.kv.put(key, "x", lease=lease.ID, timeout=5)
+    await kv_of(etcd_client).put(key, "x", lease=granted.ID, timeout=5)
     t0 = time.monotonic()
-    while (await etcd_client.kv.get(key, timeout=5)).kvs:
+    while (await kv_of(etcd_client).get(key, timeout=5)).kvs:
         assert time.monotonic() - t0 < 3.0, "lease did not expire"
         await asyncio.sleep(0.05)
     assert 0.8 <= time.monotonic() - t0 <= 2.0
@@ -114,22 +129,39 @@ def test_member_pause_resume_restart(tmp_path: Path) -> None:
         assert not member.is_running
     finally:
         member.kill()
+        member.remove_data()
+
+
+def test_cluster_stop_start_keeps_data_close_removes_it() -> None:
+    cluster = EtcdCluster(1)
+    try:
+        cluster.start()
+        etcdctl("put", "k", "kept", endpoints=cluster.endpoints)
+        cluster.stop()
+        assert not any(m.is_running for m in cluster)
+        cluster.start()
+        out = etcdctl("get", "k", "--print-value-only", endpoints=cluster.endpoints).stdout
+        assert out.strip() == "kept"
+    finally:
+        cluster.close()
+    assert not cluster.base_dir.exists()
+    assert not any(m.is_running for m in cluster)
 
 
 async def test_three_members_survive_leader_kill(etcd3: EtcdCluster, etcd_prefix: str) -> None:
     assert len(etcd3.endpoints) == 3
     leader = etcd3.leader()
     async with Etcd3Client(etcd3.endpoints) as c:
-        await c.kv.put(f"{etcd_prefix}/a", "1", timeout=5)
+        await kv_of(c).put(f"{etcd_prefix}/a", "1", timeout=5)
         killed = etcd3.kill_leader()
         assert killed is leader and not killed.is_running
         # A write that reaches a member mid-election hangs rather than failing fast:
         # short per-call timeouts plus retries are what get through quickly.
-        await _retry(lambda: c.kv.put(f"{etcd_prefix}/b", "2", timeout=1), 10)
+        await _retry(lambda: kv_of(c).put(f"{etcd_prefix}/b", "2", timeout=1), 10)
         new_leader = etcd3.leader()
         assert new_leader is not killed
-        r = await _retry(lambda: c.kv.get(f"{etcd_prefix}/a", timeout=2), 5)
-        assert [kv.value for kv in r.kvs] == [b"1"]  # type: ignore[attr-defined]
+        r = await _retry(lambda: kv_of(c).get(f"{etcd_prefix}/a", timeout=2), 5)
+        assert [item.value for item in r.kvs] == [b"1"]
 
 
 async def test_proxy_forward_blackhole_reset(
@@ -139,7 +171,7 @@ async def test_proxy_forward_blackhole_reset(
     assert proxy.endpoint != etcd.endpoint and proxy.mode is ProxyMode.FORWARD
     key = f"{etcd_prefix}/p"
     async with Etcd3Client([proxy.endpoint]) as c:
-        await c.kv.put(key, "1", timeout=5)
+        await kv_of(c).put(key, "1", timeout=5)
         assert proxy.bytes_forwarded > 0 and proxy.active_connections == 1
 
         # Partition: the connection stays open, nothing comes back.
@@ -147,29 +179,29 @@ async def test_proxy_forward_blackhole_reset(
         before = proxy.bytes_forwarded
         t0 = time.monotonic()
         with pytest.raises((TimeoutError, EtcdError)):
-            await c.kv.get(key, timeout=0.5, max_attempts=1)
+            await kv_of(c).get(key, timeout=0.5, max_attempts=1)
         assert time.monotonic() - t0 < 2.0
         assert proxy.bytes_forwarded == before
         assert proxy.active_connections == 1
 
         # Healed: the same connection carries traffic again.
         proxy.forward()
-        r = await _retry(lambda: c.kv.get(key, timeout=2), 5)
-        assert [kv.value for kv in r.kvs] == [b"1"]  # type: ignore[attr-defined]
+        r = await _retry(lambda: kv_of(c).get(key, timeout=2), 5)
+        assert [item.value for item in r.kvs] == [b"1"]
 
         # Reset: connections aborted, new ones reset at once (fast failure, not a timeout).
         proxy.reset()
         assert proxy.active_connections == 0
         t0 = time.monotonic()
         with pytest.raises((TimeoutError, EtcdError)):
-            await c.kv.get(key, timeout=3, max_attempts=1)
+            await kv_of(c).get(key, timeout=3, max_attempts=1)
         assert time.monotonic() - t0 < 1.0
         assert proxy.active_connections == 0
 
     proxy.forward()
     async with Etcd3Client([proxy.endpoint]) as c2:
-        r = await _retry(lambda: c2.kv.get(key, timeout=2), 5)
-        assert [kv.value for kv in r.kvs] == [b"1"]  # type: ignore[attr-defined]
+        r = await _retry(lambda: kv_of(c2).get(key, timeout=2), 5)
+        assert [item.value for item in r.kvs] == [b"1"]
 
 
 async def test_proxy_blackhole_holds_new_connections(
@@ -179,10 +211,10 @@ async def test_proxy_blackhole_holds_new_connections(
     proxy.blackhole()
     async with Etcd3Client([proxy.endpoint]) as c:
         with pytest.raises((TimeoutError, EtcdError)):
-            await c.kv.get(f"{etcd_prefix}/x", timeout=0.5, max_attempts=1)
+            await kv_of(c).get(f"{etcd_prefix}/x", timeout=0.5, max_attempts=1)
         assert proxy.total_connections >= 1 and proxy.bytes_forwarded == 0
         proxy.forward()
-        await _retry(lambda: c.kv.get(f"{etcd_prefix}/x", timeout=2), 5)
+        await _retry(lambda: kv_of(c).get(f"{etcd_prefix}/x", timeout=2), 5)
     await proxy.stop()
     assert proxy.active_connections == 0
     assert not proxy._tasks

@@ -25,7 +25,7 @@ from session import (
 from session.etcd import cmp_value, op_put
 from session.server_id import server_id_key
 from session.watch import KeyEvent, Resync, watch
-from session_helpers import connected, crash, new_session, wait_until
+from session_helpers import active_and_standby, connected, crash, new_session, wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -175,10 +175,7 @@ async def test_one_active_among_five_campaigners_and_each_takes_its_turn(etcd: E
 
 async def test_takeover_after_revoke_is_fast(etcd: EtcdCluster, etcd_prefix: str) -> None:
     async with connected(etcd.endpoints) as etcd_:
-        active, standby = new_session(etcd_, etcd_prefix, ttl=3), new_session(etcd_, etcd_prefix, ttl=3)
-        await active.open()
-        await standby.open()
-        assert await Campaign(active).try_claim() is not None
+        active, standby = await active_and_standby(etcd_, etcd_prefix, ttl=3)
         waiting = asyncio.create_task(Campaign(standby).acquire())
         await asyncio.sleep(0.3)
         assert not waiting.done()
@@ -194,10 +191,7 @@ async def test_takeover_after_revoke_is_fast(etcd: EtcdCluster, etcd_prefix: str
 async def test_takeover_after_ttl_expiry(etcd: EtcdCluster, etcd_prefix: str) -> None:
     ttl = 2
     async with connected(etcd.endpoints) as etcd_:
-        active, standby = new_session(etcd_, etcd_prefix, ttl=ttl), new_session(etcd_, etcd_prefix, ttl=ttl)
-        await active.open()
-        await standby.open()
-        assert await Campaign(active).try_claim() is not None
+        active, standby = await active_and_standby(etcd_, etcd_prefix, ttl=ttl)
         waiting = asyncio.create_task(Campaign(standby).acquire())
         await asyncio.sleep(0.3)
         await crash(active)
@@ -211,10 +205,7 @@ async def test_takeover_after_ttl_expiry(etcd: EtcdCluster, etcd_prefix: str) ->
 
 async def test_standby_line_cadence_and_seed_log_lines(etcd: EtcdCluster, etcd_prefix: str) -> None:
     async with connected(etcd.endpoints) as etcd_:
-        active, standby = new_session(etcd_, etcd_prefix, ttl=5), new_session(etcd_, etcd_prefix, ttl=5)
-        await active.open()
-        await standby.open()
-        assert await Campaign(active).try_claim() is not None
+        active, standby = await active_and_standby(etcd_, etcd_prefix, ttl=5)
         with capture_logs() as logs:
             stamps: list[float] = []
             waiting = asyncio.create_task(Campaign(standby, standby_log_interval=0.2).acquire())
@@ -269,10 +260,7 @@ async def test_garbage_at_the_active_key_is_logged_and_survived(etcd: EtcdCluste
 
 async def test_compaction_while_a_standby_watches(etcd: EtcdCluster, etcd_prefix: str) -> None:
     async with connected(etcd.endpoints) as etcd_:
-        active, standby = new_session(etcd_, etcd_prefix, ttl=5), new_session(etcd_, etcd_prefix, ttl=5)
-        await active.open()
-        await standby.open()
-        assert await Campaign(active).try_claim() is not None
+        active, standby = await active_and_standby(etcd_, etcd_prefix, ttl=5)
         waiting = asyncio.create_task(Campaign(standby).acquire())
         for i in range(20):
             await etcd_.put(f"{etcd_prefix}/noise", str(i))

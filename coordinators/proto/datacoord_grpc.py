@@ -19,6 +19,26 @@ class DataCoordBase(abc.ABC):
     async def GetComponentStates(self, stream: 'grpclib.server.Stream[coordinators.proto.common_pb2.GetComponentStatesRequest, coordinators.proto.common_pb2.ComponentStates]') -> None:
         pass
 
+    @abc.abstractmethod
+    async def AssignSegmentID(self, stream: 'grpclib.server.Stream[coordinators.proto.datacoord_pb2.AssignSegmentIDRequest, coordinators.proto.datacoord_pb2.AssignSegmentIDResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def Flush(self, stream: 'grpclib.server.Stream[coordinators.proto.datacoord_pb2.FlushRequest, coordinators.proto.datacoord_pb2.FlushResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def GetSegmentInfo(self, stream: 'grpclib.server.Stream[coordinators.proto.datacoord_pb2.GetSegmentInfoRequest, coordinators.proto.datacoord_pb2.GetSegmentInfoResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def GetFlushState(self, stream: 'grpclib.server.Stream[coordinators.proto.datacoord_pb2.GetFlushStateRequest, coordinators.proto.datacoord_pb2.GetFlushStateResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def ShowSegments(self, stream: 'grpclib.server.Stream[coordinators.proto.datacoord_pb2.ShowSegmentsRequest, coordinators.proto.datacoord_pb2.ShowSegmentsResponse]') -> None:
+        pass
+
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/milvus.coord.DataCoord/GetComponentStates': grpclib.const.Handler(
@@ -26,6 +46,36 @@ class DataCoordBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 coordinators.proto.common_pb2.GetComponentStatesRequest,
                 coordinators.proto.common_pb2.ComponentStates,
+            ),
+            '/milvus.coord.DataCoord/AssignSegmentID': grpclib.const.Handler(
+                self.AssignSegmentID,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                coordinators.proto.datacoord_pb2.AssignSegmentIDRequest,
+                coordinators.proto.datacoord_pb2.AssignSegmentIDResponse,
+            ),
+            '/milvus.coord.DataCoord/Flush': grpclib.const.Handler(
+                self.Flush,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                coordinators.proto.datacoord_pb2.FlushRequest,
+                coordinators.proto.datacoord_pb2.FlushResponse,
+            ),
+            '/milvus.coord.DataCoord/GetSegmentInfo': grpclib.const.Handler(
+                self.GetSegmentInfo,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                coordinators.proto.datacoord_pb2.GetSegmentInfoRequest,
+                coordinators.proto.datacoord_pb2.GetSegmentInfoResponse,
+            ),
+            '/milvus.coord.DataCoord/GetFlushState': grpclib.const.Handler(
+                self.GetFlushState,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                coordinators.proto.datacoord_pb2.GetFlushStateRequest,
+                coordinators.proto.datacoord_pb2.GetFlushStateResponse,
+            ),
+            '/milvus.coord.DataCoord/ShowSegments': grpclib.const.Handler(
+                self.ShowSegments,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                coordinators.proto.datacoord_pb2.ShowSegmentsRequest,
+                coordinators.proto.datacoord_pb2.ShowSegmentsResponse,
             ),
         }
 
@@ -38,4 +88,34 @@ class DataCoordStub:
             '/milvus.coord.DataCoord/GetComponentStates',
             coordinators.proto.common_pb2.GetComponentStatesRequest,
             coordinators.proto.common_pb2.ComponentStates,
+        )
+        self.AssignSegmentID = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/milvus.coord.DataCoord/AssignSegmentID',
+            coordinators.proto.datacoord_pb2.AssignSegmentIDRequest,
+            coordinators.proto.datacoord_pb2.AssignSegmentIDResponse,
+        )
+        self.Flush = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/milvus.coord.DataCoord/Flush',
+            coordinators.proto.datacoord_pb2.FlushRequest,
+            coordinators.proto.datacoord_pb2.FlushResponse,
+        )
+        self.GetSegmentInfo = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/milvus.coord.DataCoord/GetSegmentInfo',
+            coordinators.proto.datacoord_pb2.GetSegmentInfoRequest,
+            coordinators.proto.datacoord_pb2.GetSegmentInfoResponse,
+        )
+        self.GetFlushState = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/milvus.coord.DataCoord/GetFlushState',
+            coordinators.proto.datacoord_pb2.GetFlushStateRequest,
+            coordinators.proto.datacoord_pb2.GetFlushStateResponse,
+        )
+        self.ShowSegments = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/milvus.coord.DataCoord/ShowSegments',
+            coordinators.proto.datacoord_pb2.ShowSegmentsRequest,
+            coordinators.proto.datacoord_pb2.ShowSegmentsResponse,
         )

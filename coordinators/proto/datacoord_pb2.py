@@ -25,13 +25,41 @@ _sym_db = _symbol_database.Default()
 from coordinators.proto import common_pb2 as coordinators_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"coordinators/proto/datacoord.proto\x12\x0cmilvus.coord\x1a\x1f\x63oordinators/proto/common.proto2i\n\tDataCoord\x12\\\n\x12GetComponentStates\x12\'.milvus.coord.GetComponentStatesRequest\x1a\x1d.milvus.coord.ComponentStatesb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"coordinators/proto/datacoord.proto\x12\x0cmilvus.coord\x1a\x1f\x63oordinators/proto/common.proto\"d\n\x10SegmentIDRequest\x12\x15\n\rcollection_id\x18\x01 \x01(\x03\x12\x14\n\x0cpartition_id\x18\x02 \x01(\x03\x12\x14\n\x0c\x63hannel_name\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\r\"R\n\x16\x41ssignSegmentIDRequest\x12\x38\n\x10segment_requests\x18\x01 \x03(\x0b\x32\x1e.milvus.coord.SegmentIDRequest\"\x8e\x01\n\x13SegmentIDAssignment\x12\x12\n\nsegment_id\x18\x01 \x01(\x03\x12\x15\n\rcollection_id\x18\x02 \x01(\x03\x12\x14\n\x0cpartition_id\x18\x03 \x01(\x03\x12\x14\n\x0c\x63hannel_name\x18\x04 \x01(\t\x12\r\n\x05\x63ount\x18\x05 \x01(\r\x12\x11\n\tstart_row\x18\x06 \x01(\x03\"Q\n\x17\x41ssignSegmentIDResponse\x12\x36\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32!.milvus.coord.SegmentIDAssignment\"%\n\x0c\x46lushRequest\x12\x15\n\rcollection_id\x18\x01 \x01(\x03\"Q\n\rFlushResponse\x12\x1b\n\x13\x66lushed_segment_ids\x18\x01 \x03(\x03\x12#\n\x1b\x61lready_flushed_segment_ids\x18\x02 \x03(\x03\"\xab\x01\n\x0bSegmentInfo\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x15\n\rcollection_id\x18\x02 \x01(\x03\x12\x14\n\x0cpartition_id\x18\x03 \x01(\x03\x12\x14\n\x0c\x63hannel_name\x18\x04 \x01(\t\x12)\n\x05state\x18\x05 \x01(\x0e\x32\x1a.milvus.coord.SegmentState\x12\x10\n\x08num_rows\x18\x06 \x01(\x03\x12\x10\n\x08max_rows\x18\x07 \x01(\x03\",\n\x15GetSegmentInfoRequest\x12\x13\n\x0bsegment_ids\x18\x01 \x03(\x03\"B\n\x16GetSegmentInfoResponse\x12(\n\x05infos\x18\x01 \x03(\x0b\x32\x19.milvus.coord.SegmentInfo\"+\n\x14GetFlushStateRequest\x12\x13\n\x0bsegment_ids\x18\x01 \x03(\x03\"(\n\x15GetFlushStateResponse\x12\x0f\n\x07\x66lushed\x18\x01 \x01(\x08\",\n\x13ShowSegmentsRequest\x12\x15\n\rcollection_id\x18\x01 \x01(\x03\"@\n\x14ShowSegmentsResponse\x12(\n\x05infos\x18\x01 \x03(\x0b\x32\x19.milvus.coord.SegmentInfo*M\n\x0cSegmentState\x12\x17\n\x13SegmentStateUnknown\x10\x00\x12\x0b\n\x07Growing\x10\x01\x12\n\n\x06Sealed\x10\x02\x12\x0b\n\x07\x46lushed\x10\x03\x32\x99\x04\n\tDataCoord\x12\\\n\x12GetComponentStates\x12\'.milvus.coord.GetComponentStatesRequest\x1a\x1d.milvus.coord.ComponentStates\x12^\n\x0f\x41ssignSegmentID\x12$.milvus.coord.AssignSegmentIDRequest\x1a%.milvus.coord.AssignSegmentIDResponse\x12@\n\x05\x46lush\x12\x1a.milvus.coord.FlushRequest\x1a\x1b.milvus.coord.FlushResponse\x12[\n\x0eGetSegmentInfo\x12#.milvus.coord.GetSegmentInfoRequest\x1a$.milvus.coord.GetSegmentInfoResponse\x12X\n\rGetFlushState\x12\".milvus.coord.GetFlushStateRequest\x1a#.milvus.coord.GetFlushStateResponse\x12U\n\x0cShowSegments\x12!.milvus.coord.ShowSegmentsRequest\x1a\".milvus.coord.ShowSegmentsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coordinators.proto.datacoord_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DATACOORD']._serialized_start=85
-  _globals['_DATACOORD']._serialized_end=190
+  _globals['_SEGMENTSTATE']._serialized_start=1108
+  _globals['_SEGMENTSTATE']._serialized_end=1185
+  _globals['_SEGMENTIDREQUEST']._serialized_start=85
+  _globals['_SEGMENTIDREQUEST']._serialized_end=185
+  _globals['_ASSIGNSEGMENTIDREQUEST']._serialized_start=187
+  _globals['_ASSIGNSEGMENTIDREQUEST']._serialized_end=269
+  _globals['_SEGMENTIDASSIGNMENT']._serialized_start=272
+  _globals['_SEGMENTIDASSIGNMENT']._serialized_end=414
+  _globals['_ASSIGNSEGMENTIDRESPONSE']._serialized_start=416
+  _globals['_ASSIGNSEGMENTIDRESPONSE']._serialized_end=497
+  _globals['_FLUSHREQUEST']._serialized_start=499
+  _globals['_FLUSHREQUEST']._serialized_end=536
+  _globals['_FLUSHRESPONSE']._serialized_start=538
+  _globals['_FLUSHRESPONSE']._serialized_end=619
+  _globals['_SEGMENTINFO']._serialized_start=622
+  _globals['_SEGMENTINFO']._serialized_end=793
+  _globals['_GETSEGMENTINFOREQUEST']._serialized_start=795
+  _globals['_GETSEGMENTINFOREQUEST']._serialized_end=839
+  _globals['_GETSEGMENTINFORESPONSE']._serialized_start=841
+  _globals['_GETSEGMENTINFORESPONSE']._serialized_end=907
+  _globals['_GETFLUSHSTATEREQUEST']._serialized_start=909
+  _globals['_GETFLUSHSTATEREQUEST']._serialized_end=952
+  _globals['_GETFLUSHSTATERESPONSE']._serialized_start=954
+  _globals['_GETFLUSHSTATERESPONSE']._serialized_end=994
+  _globals['_SHOWSEGMENTSREQUEST']._serialized_start=996
+  _globals['_SHOWSEGMENTSREQUEST']._serialized_end=1040
+  _globals['_SHOWSEGMENTSRESPONSE']._serialized_start=1042
+  _globals['_SHOWSEGMENTSRESPONSE']._serialized_end=1106
+  _globals['_DATACOORD']._serialized_start=1188
+  _globals['_DATACOORD']._serialized_end=1725
 # @@protoc_insertion_point(module_scope)

@@ -19,6 +19,22 @@ class QueryCoordBase(abc.ABC):
     async def GetComponentStates(self, stream: 'grpclib.server.Stream[coordinators.proto.common_pb2.GetComponentStatesRequest, coordinators.proto.common_pb2.ComponentStates]') -> None:
         pass
 
+    @abc.abstractmethod
+    async def LoadCollection(self, stream: 'grpclib.server.Stream[coordinators.proto.querycoord_pb2.LoadCollectionRequest, coordinators.proto.querycoord_pb2.LoadCollectionResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def ReleaseCollection(self, stream: 'grpclib.server.Stream[coordinators.proto.querycoord_pb2.ReleaseCollectionRequest, coordinators.proto.querycoord_pb2.ReleaseCollectionResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def ShowCollections(self, stream: 'grpclib.server.Stream[coordinators.proto.querycoord_pb2.ShowCollectionsRequest, coordinators.proto.querycoord_pb2.ShowCollectionsResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def GetLoadState(self, stream: 'grpclib.server.Stream[coordinators.proto.querycoord_pb2.GetLoadStateRequest, coordinators.proto.querycoord_pb2.GetLoadStateResponse]') -> None:
+        pass
+
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/milvus.coord.QueryCoord/GetComponentStates': grpclib.const.Handler(
@@ -26,6 +42,30 @@ class QueryCoordBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 coordinators.proto.common_pb2.GetComponentStatesRequest,
                 coordinators.proto.common_pb2.ComponentStates,
+            ),
+            '/milvus.coord.QueryCoord/LoadCollection': grpclib.const.Handler(
+                self.LoadCollection,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                coordinators.proto.querycoord_pb2.LoadCollectionRequest,
+                coordinators.proto.querycoord_pb2.LoadCollectionResponse,
+            ),
+            '/milvus.coord.QueryCoord/ReleaseCollection': grpclib.const.Handler(
+                self.ReleaseCollection,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                coordinators.proto.querycoord_pb2.ReleaseCollectionRequest,
+                coordinators.proto.querycoord_pb2.ReleaseCollectionResponse,
+            ),
+            '/milvus.coord.QueryCoord/ShowCollections': grpclib.const.Handler(
+                self.ShowCollections,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                coordinators.proto.querycoord_pb2.ShowCollectionsRequest,
+                coordinators.proto.querycoord_pb2.ShowCollectionsResponse,
+            ),
+            '/milvus.coord.QueryCoord/GetLoadState': grpclib.const.Handler(
+                self.GetLoadState,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                coordinators.proto.querycoord_pb2.GetLoadStateRequest,
+                coordinators.proto.querycoord_pb2.GetLoadStateResponse,
             ),
         }
 
@@ -38,4 +78,28 @@ class QueryCoordStub:
             '/milvus.coord.QueryCoord/GetComponentStates',
             coordinators.proto.common_pb2.GetComponentStatesRequest,
             coordinators.proto.common_pb2.ComponentStates,
+        )
+        self.LoadCollection = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/milvus.coord.QueryCoord/LoadCollection',
+            coordinators.proto.querycoord_pb2.LoadCollectionRequest,
+            coordinators.proto.querycoord_pb2.LoadCollectionResponse,
+        )
+        self.ReleaseCollection = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/milvus.coord.QueryCoord/ReleaseCollection',
+            coordinators.proto.querycoord_pb2.ReleaseCollectionRequest,
+            coordinators.proto.querycoord_pb2.ReleaseCollectionResponse,
+        )
+        self.ShowCollections = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/milvus.coord.QueryCoord/ShowCollections',
+            coordinators.proto.querycoord_pb2.ShowCollectionsRequest,
+            coordinators.proto.querycoord_pb2.ShowCollectionsResponse,
+        )
+        self.GetLoadState = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/milvus.coord.QueryCoord/GetLoadState',
+            coordinators.proto.querycoord_pb2.GetLoadStateRequest,
+            coordinators.proto.querycoord_pb2.GetLoadStateResponse,
         )

@@ -19,6 +19,34 @@ class RootCoordBase(abc.ABC):
     async def GetComponentStates(self, stream: 'grpclib.server.Stream[coordinators.proto.common_pb2.GetComponentStatesRequest, coordinators.proto.common_pb2.ComponentStates]') -> None:
         pass
 
+    @abc.abstractmethod
+    async def AllocTimestamp(self, stream: 'grpclib.server.Stream[coordinators.proto.rootcoord_pb2.AllocTimestampRequest, coordinators.proto.rootcoord_pb2.AllocTimestampResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def AllocID(self, stream: 'grpclib.server.Stream[coordinators.proto.rootcoord_pb2.AllocIDRequest, coordinators.proto.rootcoord_pb2.AllocIDResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def CreateCollection(self, stream: 'grpclib.server.Stream[coordinators.proto.rootcoord_pb2.CreateCollectionRequest, coordinators.proto.rootcoord_pb2.CreateCollectionResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def DropCollection(self, stream: 'grpclib.server.Stream[coordinators.proto.rootcoord_pb2.DropCollectionRequest, coordinators.proto.rootcoord_pb2.DropCollectionResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def HasCollection(self, stream: 'grpclib.server.Stream[coordinators.proto.rootcoord_pb2.HasCollectionRequest, coordinators.proto.rootcoord_pb2.HasCollectionResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def DescribeCollection(self, stream: 'grpclib.server.Stream[coordinators.proto.rootcoord_pb2.DescribeCollectionRequest, coordinators.proto.rootcoord_pb2.DescribeCollectionResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def ShowCollections(self, stream: 'grpclib.server.Stream[coordinators.proto.rootcoord_pb2.RootShowCollectionsRequest, coordinators.proto.rootcoord_pb2.RootShowCollectionsResponse]') -> None:
+        pass
+
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/milvus.coord.RootCoord/GetComponentStates': grpclib.const.Handler(
@@ -26,6 +54,48 @@ class RootCoordBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 coordinators.proto.common_pb2.GetComponentStatesRequest,
                 coordinators.proto.common_pb2.ComponentStates,
+            ),
+            '/milvus.coord.RootCoord/AllocTimestamp': grpclib.const.Handler(
+                self.AllocTimestamp,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                coordinators.proto.rootcoord_pb2.AllocTimestampRequest,
+                coordinators.proto.rootcoord_pb2.AllocTimestampResponse,
+            ),
+            '/milvus.coord.RootCoord/AllocID': grpclib.const.Handler(
+                self.AllocID,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                coordinators.proto.rootcoord_pb2.AllocIDRequest,
+                coordinators.proto.rootcoord_pb2.AllocIDResponse,
+            ),
+            '/milvus.coord.RootCoord/CreateCollection': grpclib.const.Handler(
+                self.CreateCollection,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                coordinators.proto.rootcoord_pb2.CreateCollectionRequest,
+                coordinators.proto.rootcoord_pb2.CreateCollectionResponse,
+            ),
+            '/milvus.coord.RootCoord/DropCollection': grpclib.const.Handler(
+                self.DropCollection,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                coordinators.proto.rootcoord_pb2.DropCollectionRequest,
+                coordinators.proto.rootcoord_pb2.DropCollectionResponse,
+            ),
+            '/milvus.coord.RootCoord/HasCollection': grpclib.const.Handler(
+                self.HasCollection,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                coordinators.proto.rootcoord_pb2.HasCollectionRequest,
+                coordinators.proto.rootcoord_pb2.HasCollectionResponse,
+            ),
+            '/milvus.coord.RootCoord/DescribeCollection': grpclib.const.Handler(
+                self.DescribeCollection,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                coordinators.proto.rootcoord_pb2.DescribeCollectionRequest,
+                coordinators.proto.rootcoord_pb2.DescribeCollectionResponse,
+            ),
+            '/milvus.coord.RootCoord/ShowCollections': grpclib.const.Handler(
+                self.ShowCollections,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                coordinators.proto.rootcoord_pb2.RootShowCollectionsRequest,
+                coordinators.proto.rootcoord_pb2.RootShowCollectionsResponse,
             ),
         }
 
@@ -38,4 +108,46 @@ class RootCoordStub:
             '/milvus.coord.RootCoord/GetComponentStates',
             coordinators.proto.common_pb2.GetComponentStatesRequest,
             coordinators.proto.common_pb2.ComponentStates,
+        )
+        self.AllocTimestamp = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/milvus.coord.RootCoord/AllocTimestamp',
+            coordinators.proto.rootcoord_pb2.AllocTimestampRequest,
+            coordinators.proto.rootcoord_pb2.AllocTimestampResponse,
+        )
+        self.AllocID = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/milvus.coord.RootCoord/AllocID',
+            coordinators.proto.rootcoord_pb2.AllocIDRequest,
+            coordinators.proto.rootcoord_pb2.AllocIDResponse,
+        )
+        self.CreateCollection = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/milvus.coord.RootCoord/CreateCollection',
+            coordinators.proto.rootcoord_pb2.CreateCollectionRequest,
+            coordinators.proto.rootcoord_pb2.CreateCollectionResponse,
+        )
+        self.DropCollection = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/milvus.coord.RootCoord/DropCollection',
+            coordinators.proto.rootcoord_pb2.DropCollectionRequest,
+            coordinators.proto.rootcoord_pb2.DropCollectionResponse,
+        )
+        self.HasCollection = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/milvus.coord.RootCoord/HasCollection',
+            coordinators.proto.rootcoord_pb2.HasCollectionRequest,
+            coordinators.proto.rootcoord_pb2.HasCollectionResponse,
+        )
+        self.DescribeCollection = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/milvus.coord.RootCoord/DescribeCollection',
+            coordinators.proto.rootcoord_pb2.DescribeCollectionRequest,
+            coordinators.proto.rootcoord_pb2.DescribeCollectionResponse,
+        )
+        self.ShowCollections = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/milvus.coord.RootCoord/ShowCollections',
+            coordinators.proto.rootcoord_pb2.RootShowCollectionsRequest,
+            coordinators.proto.rootcoord_pb2.RootShowCollectionsResponse,
         )

@@ -25,13 +25,45 @@ _sym_db = _symbol_database.Default()
 from coordinators.proto import common_pb2 as coordinators_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"coordinators/proto/rootcoord.proto\x12\x0cmilvus.coord\x1a\x1f\x63oordinators/proto/common.proto2i\n\tRootCoord\x12\\\n\x12GetComponentStates\x12\'.milvus.coord.GetComponentStatesRequest\x1a\x1d.milvus.coord.ComponentStatesb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"coordinators/proto/rootcoord.proto\x12\x0cmilvus.coord\x1a\x1f\x63oordinators/proto/common.proto\"\xa6\x01\n\x0b\x46ieldSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\tdata_type\x18\x02 \x01(\x0e\x32\x16.milvus.coord.DataType\x12\x16\n\x0eis_primary_key\x18\x03 \x01(\x08\x12\x0b\n\x03\x64im\x18\x04 \x01(\x05\x12\x10\n\x08\x66ield_id\x18\x05 \x01(\x03\x12\x12\n\nmax_length\x18\x06 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\"&\n\x15\x41llocTimestampRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\r\":\n\x16\x41llocTimestampResponse\x12\x11\n\ttimestamp\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"\x1f\n\x0e\x41llocIDRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\r\"<\n\x0f\x41llocIDResponse\x12\r\n\x05\x62\x65gin\x18\x01 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x03\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"\x86\x01\n\x17\x43reateCollectionRequest\x12\x17\n\x0f\x63ollection_name\x18\x01 \x01(\t\x12)\n\x06\x66ields\x18\x02 \x03(\x0b\x32\x19.milvus.coord.FieldSchema\x12\x12\n\nshards_num\x18\x03 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"L\n\x18\x43reateCollectionResponse\x12\x15\n\rcollection_id\x18\x01 \x01(\x03\x12\x19\n\x11\x63reated_timestamp\x18\x02 \x01(\x04\"0\n\x15\x44ropCollectionRequest\x12\x17\n\x0f\x63ollection_name\x18\x01 \x01(\t\"\x18\n\x16\x44ropCollectionResponse\"/\n\x14HasCollectionRequest\x12\x17\n\x0f\x63ollection_name\x18\x01 \x01(\t\"&\n\x15HasCollectionResponse\x12\r\n\x05value\x18\x01 \x01(\x08\"K\n\x19\x44\x65scribeCollectionRequest\x12\x17\n\x0f\x63ollection_name\x18\x01 \x01(\t\x12\x15\n\rcollection_id\x18\x02 \x01(\x03\"\xbb\x01\n\x1a\x44\x65scribeCollectionResponse\x12\x15\n\rcollection_id\x18\x01 \x01(\x03\x12\x17\n\x0f\x63ollection_name\x18\x02 \x01(\t\x12)\n\x06\x66ields\x18\x03 \x03(\x0b\x32\x19.milvus.coord.FieldSchema\x12\x12\n\nshards_num\x18\x04 \x01(\x05\x12\x19\n\x11\x63reated_timestamp\x18\x05 \x01(\x04\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\"\x1c\n\x1aRootShowCollectionsRequest\"k\n\x1bRootShowCollectionsResponse\x12\x18\n\x10\x63ollection_names\x18\x01 \x03(\t\x12\x16\n\x0e\x63ollection_ids\x18\x02 \x03(\x03\x12\x1a\n\x12\x63reated_timestamps\x18\x03 \x03(\x04*\x98\x01\n\x08\x44\x61taType\x12\x10\n\x0c\x44\x61taTypeNone\x10\x00\x12\x08\n\x04\x42ool\x10\x01\x12\x08\n\x04Int8\x10\x02\x12\t\n\x05Int16\x10\x03\x12\t\n\x05Int32\x10\x04\x12\t\n\x05Int64\x10\x05\x12\t\n\x05\x46loat\x10\n\x12\n\n\x06\x44ouble\x10\x0b\x12\x0b\n\x07VarChar\x10\x15\x12\x10\n\x0c\x42inaryVector\x10\x64\x12\x0f\n\x0b\x46loatVector\x10\x65\x32\xf9\x05\n\tRootCoord\x12\\\n\x12GetComponentStates\x12\'.milvus.coord.GetComponentStatesRequest\x1a\x1d.milvus.coord.ComponentStates\x12[\n\x0e\x41llocTimestamp\x12#.milvus.coord.AllocTimestampRequest\x1a$.milvus.coord.AllocTimestampResponse\x12\x46\n\x07\x41llocID\x12\x1c.milvus.coord.AllocIDRequest\x1a\x1d.milvus.coord.AllocIDResponse\x12\x61\n\x10\x43reateCollection\x12%.milvus.coord.CreateCollectionRequest\x1a&.milvus.coord.CreateCollectionResponse\x12[\n\x0e\x44ropCollection\x12#.milvus.coord.DropCollectionRequest\x1a$.milvus.coord.DropCollectionResponse\x12X\n\rHasCollection\x12\".milvus.coord.HasCollectionRequest\x1a#.milvus.coord.HasCollectionResponse\x12g\n\x12\x44\x65scribeCollection\x12\'.milvus.coord.DescribeCollectionRequest\x1a(.milvus.coord.DescribeCollectionResponse\x12\x66\n\x0fShowCollections\x12(.milvus.coord.RootShowCollectionsRequest\x1a).milvus.coord.RootShowCollectionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coordinators.proto.rootcoord_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROOTCOORD']._serialized_start=85
-  _globals['_ROOTCOORD']._serialized_end=190
+  _globals['_DATATYPE']._serialized_start=1236
+  _globals['_DATATYPE']._serialized_end=1388
+  _globals['_FIELDSCHEMA']._serialized_start=86
+  _globals['_FIELDSCHEMA']._serialized_end=252
+  _globals['_ALLOCTIMESTAMPREQUEST']._serialized_start=254
+  _globals['_ALLOCTIMESTAMPREQUEST']._serialized_end=292
+  _globals['_ALLOCTIMESTAMPRESPONSE']._serialized_start=294
+  _globals['_ALLOCTIMESTAMPRESPONSE']._serialized_end=352
+  _globals['_ALLOCIDREQUEST']._serialized_start=354
+  _globals['_ALLOCIDREQUEST']._serialized_end=385
+  _globals['_ALLOCIDRESPONSE']._serialized_start=387
+  _globals['_ALLOCIDRESPONSE']._serialized_end=447
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_start=450
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_end=584
+  _globals['_CREATECOLLECTIONRESPONSE']._serialized_start=586
+  _globals['_CREATECOLLECTIONRESPONSE']._serialized_end=662
+  _globals['_DROPCOLLECTIONREQUEST']._serialized_start=664
+  _globals['_DROPCOLLECTIONREQUEST']._serialized_end=712
+  _globals['_DROPCOLLECTIONRESPONSE']._serialized_start=714
+  _globals['_DROPCOLLECTIONRESPONSE']._serialized_end=738
+  _globals['_HASCOLLECTIONREQUEST']._serialized_start=740
+  _globals['_HASCOLLECTIONREQUEST']._serialized_end=787
+  _globals['_HASCOLLECTIONRESPONSE']._serialized_start=789
+  _globals['_HASCOLLECTIONRESPONSE']._serialized_end=827
+  _globals['_DESCRIBECOLLECTIONREQUEST']._serialized_start=829
+  _globals['_DESCRIBECOLLECTIONREQUEST']._serialized_end=904
+  _globals['_DESCRIBECOLLECTIONRESPONSE']._serialized_start=907
+  _globals['_DESCRIBECOLLECTIONRESPONSE']._serialized_end=1094
+  _globals['_ROOTSHOWCOLLECTIONSREQUEST']._serialized_start=1096
+  _globals['_ROOTSHOWCOLLECTIONSREQUEST']._serialized_end=1124
+  _globals['_ROOTSHOWCOLLECTIONSRESPONSE']._serialized_start=1126
+  _globals['_ROOTSHOWCOLLECTIONSRESPONSE']._serialized_end=1233
+  _globals['_ROOTCOORD']._serialized_start=1391
+  _globals['_ROOTCOORD']._serialized_end=2152
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,245 @@
+"""A client that finds a role's ACTIVE member through etcd and follows it across failovers.
+
+The ACTIVE key ``{metaRoot}/session/{role}`` names the member to call (address, server ID). The
+client watches that key, so after a takeover it dials the new member without waiting for an error;
+a call that fails because the member it reached is not (or no longer) ACTIVE is retried on the
+next one within a bounded budget. Every reply carries the answering process's server ID
+(initial metadata), and a reply from another process than the one the key names is not trusted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from contextlib import aclosing
+from typing import Any
+
+import structlog
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+
+from coordinators.grpc_server import SERVER_ID_HEADER
+from coordinators.proto.datacoord_grpc import DataCoordStub
+from coordinators.proto.querycoord_grpc import QueryCoordStub
+from coordinators.proto.rootcoord_grpc import RootCoordStub
+from session import CorruptValue, Etcd, EtcdUnavailable, SessionInfo, active_key
+from session.watch import KeyEvent, Resync, read_state, watch
+
+log = structlog.get_logger(__name__)
+
+#: How a member that holds the ACTIVE key but is still reloading refuses calls.
+INITIALIZING = "reason: Initializing"
+
+STUBS: dict[str, type[Any]] = {"rootcoord": RootCoordStub, "querycoord": QueryCoordStub, "datacoord": DataCoordStub}
+
+
+class NoActiveMember(Exception):
+    """No ACTIVE member of the role answered within the failover budget."""
+
+
+class OutcomeUnknown(Exception):
+    """A non-idempotent call may or may not have been applied (the connection broke mid-call)."""
+
+
+class ActiveTracker:
+    """The current ACTIVE member of one role, kept fresh by a watch on its key."""
+
+    def __init__(self, etcd: Etcd, meta_root: str, role: str) -> None:
+        self.etcd = etcd
+        self.role = role
+        self.key = active_key(meta_root, role)
+        self._active: SessionInfo | None = None
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def active(self) -> SessionInfo | None:
+        """The member the key names now, or None (no ACTIVE, or the watch has not caught up)."""
+        return self._active
+
+    async def start(self) -> None:
+        """Read the key and start following it."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._follow(), name=f"track-{self.role}")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def wait_for_active(self, deadline: float, *, not_server: int = 0) -> SessionInfo:
+        """Wait until the key names a member (other than ``not_server``), up to ``deadline`` (monotonic)."""
+        while True:
+            current = self._active
+            if current is not None and current.server_id != not_server and not current.stopping:
+                return current
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise NoActiveMember(f"no ACTIVE {self.role} appeared in time (key {self.key})")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, 1.0)):
+                    await self._changed.wait()
+            if self._changed.is_set():
+                continue
+            await self._refresh()  # a backstop, as in the campaign
+            not_server = 0  # the key was re-read: trust it again, even if it names the one that failed
+
+    def forget(self, server_id: int) -> None:
+        """The member ``server_id`` did not serve us: stop sending to it until the key says otherwise."""
+        if self._active is not None and self._active.server_id == server_id:
+            self._set(None)
+
+    async def _refresh(self) -> int:
+        try:
+            state = await read_state(self.etcd, self.key)
+        except EtcdUnavailable as exc:
+            log.warning("cannot read the ACTIVE key", role=self.role, error=str(exc))
+            return 0
+        self._set(self._parse(state.kvs[0].value) if state.kvs else None)
+        return state.revision
+
+    async def _follow(self) -> None:
+        revision = 0
+        while revision == 0:
+            revision = await self._refresh()
+            if revision == 0:
+                await asyncio.sleep(0.2)
+        async with aclosing(watch(self.etcd, self.key, start_revision=revision + 1)) as events:
+            async for item in events:
+                if isinstance(item, Resync):
+                    self._set(self._parse(item.kvs[0].value) if item.kvs else None)
+                elif isinstance(item, KeyEvent):
+                    self._set(None if item.kind == "DELETE" else self._parse(item.kv.value))
+
+    def _parse(self, raw: bytes) -> SessionInfo | None:
+        try:
+            return SessionInfo.from_json(self.key, raw)
+        except CorruptValue as exc:
+            log.warning("the ACTIVE key is unreadable", role=self.role, error=str(exc))
+            return None
+
+    def _set(self, info: SessionInfo | None) -> None:
+        self._active = info
+        self._changed.set()
+
+
+class CoordinatorClient:
+    """Calls the ACTIVE member of ``role``; retries across a failover within ``failover_budget`` s.
+
+    :param call_timeout: timeout of one attempt.
+    :param failover_budget: how long one call may keep looking for an ACTIVE member.
+    """
+
+    def __init__(
+        self,
+        etcd: Etcd,
+        meta_root: str,
+        role: str,
+        *,
+        call_timeout: float = 5.0,
+        failover_budget: float = 70.0,
+    ) -> None:
+        if role not in STUBS:
+            raise ValueError(f"unknown role {role!r}: expected one of {', '.join(STUBS)}")
+        self.role = role
+        self.call_timeout = call_timeout
+        self.failover_budget = failover_budget
+        self.tracker = ActiveTracker(etcd, meta_root, role)
+        self._channels: dict[str, Channel] = {}
+        self.last_server_id = 0
+
+    async def start(self) -> None:
+        await self.tracker.start()
+
+    async def close(self) -> None:
+        await self.tracker.close()
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+
+    async def __aenter__(self) -> CoordinatorClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def call(self, method: str, request: Any, *, idempotent: bool = True) -> Any:
+        """Call ``method`` on the ACTIVE member and return its reply.
+
+        Retried on another member when the one reached is not serving (refused before the
+        handler ran) or unreachable; for ``idempotent`` calls also when the outcome is unknown
+        (timeout, broken connection). Other gRPC errors (INVALID_ARGUMENT, NOT_FOUND...) are
+        raised at once as :class:`GRPCError`.
+
+        :raises NoActiveMember: no member served the call within the failover budget.
+        :raises OutcomeUnknown: a non-idempotent call broke mid-way.
+        """
+        await self.start()
+        deadline = time.monotonic() + self.failover_budget
+        avoid = 0
+        last_error = ""
+        while True:
+            if time.monotonic() > deadline:
+                raise NoActiveMember(f"no ACTIVE {self.role} served {method} in time; last error: {last_error or 'none'}")
+            try:
+                target = await self.tracker.wait_for_active(deadline, not_server=avoid)
+            except NoActiveMember as exc:
+                raise NoActiveMember(f"{exc}; last error: {last_error or 'none'}") from None
+            try:
+                reply, server_id = await self._attempt(target, method, request)
+            except GRPCError as exc:
+                if exc.status != Status.UNAVAILABLE:
+                    raise
+                last_error = exc.message or "UNAVAILABLE"
+                if INITIALIZING in last_error:
+                    # The new ACTIVE is reloading its state: it is the right member, ask again shortly.
+                    await asyncio.sleep(0.01)
+                    continue
+            except (ConnectionError, OSError) as exc:
+                last_error = f"{target.address}: {exc}"  # nothing was sent
+            except (TimeoutError, StreamTerminatedError) as exc:
+                if not idempotent:
+                    raise OutcomeUnknown(f"{self.role}.{method} on {target.address}: {exc!r}") from exc
+                last_error = f"{target.address}: {exc!r}"
+            else:
+                if server_id != target.server_id:
+                    # Another process answers at that address (a restart): its reply may not be the ACTIVE's.
+                    last_error = f"{target.address} answered as ServerID={server_id}, expected {target.server_id}"
+                else:
+                    self.last_server_id = server_id
+                    return reply
+            log.debug("call failed, looking for the ACTIVE member", role=self.role, method=method, error=last_error)
+            self.tracker.forget(target.server_id)
+            avoid = target.server_id
+            self._drop_channel(target.address)
+            await asyncio.sleep(0.02)
+
+    async def _attempt(self, target: SessionInfo, method: str, request: Any) -> tuple[Any, int]:
+        stub = STUBS[self.role](self._channel(target.address))
+        rpc = getattr(stub, method)
+        async with asyncio.timeout(self.call_timeout):
+            async with rpc.open(timeout=self.call_timeout) as stream:
+                await stream.send_message(request, end=True)
+                reply = await stream.recv_message()
+                server_id = int(stream.initial_metadata.get(SERVER_ID_HEADER, "0") or 0)
+                await stream.recv_trailing_metadata()
+        return reply, server_id
+
+    def _channel(self, address: str) -> Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            host, _, port = address.rpartition(":")
+            channel = Channel(host.strip("[]") or "127.0.0.1", int(port))
+            self._channels[address] = channel
+        return channel
+
+    def _drop_channel(self, address: str) -> None:
+        channel = self._channels.pop(address, None)
+        if channel is not None:
+            channel.close()

@@ -1,0 +1,516 @@
+"""datacoord: segment allocation per collection / partition / channel, persisted and reloaded.
+
+Why it exists: writers (proxies in Milvus) ask for room for N rows of a collection's partition on a
+channel; datacoord answers with a segment and the row range in it that is theirs. The answer is
+persisted (one fenced txn per call) BEFORE the reply, so a row range once acknowledged is never
+handed out again or forgotten, whatever fails over afterwards.
+
+Segment life: Growing (takes rows) -> Sealed (full, or could not take a request) -> Flushed (by
+Flush). One Growing segment per (collection, partition, channel) at a time; a request that does not
+fit in it seals it and opens a new one whose ID comes from rootcoord's AllocID, so IDs are unique
+across the cluster and across failovers of either role. A full segment is sealed at once.
+
+etcd layout (under ``metaRoot``, default ``by-dev/meta``)::
+
+    {metaRoot}/datacoord-meta/s/{collectionID}/{partitionID}/{segmentID}
+        JSON {"id", "collection_id", "partition_id", "channel_name",
+              "state": "Growing" | "Sealed" | "Flushed", "num_rows", "max_rows"}
+
+Every write is one fenced txn (the term's epoch compare) whose own compares hold each touched key
+to the value this term last read or wrote (``Version == 0`` for a new segment): a write whose
+outcome is unknown (a timeout) marks the in-memory view stale, and it is re-read from etcd before
+the next change, so a lost reply can never make the next write undo rows already persisted.
+Activation reloads every key by paging (``store.scan``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import structlog
+from etcd3aio._protobuf import Compare, RequestOp
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Stream
+
+from coordinators.client import NoActiveMember, OutcomeUnknown
+from coordinators.proto import rootcoord_pb2
+from coordinators.proto.datacoord_grpc import DataCoordBase
+from coordinators.proto.datacoord_pb2 import (
+    AssignSegmentIDRequest,
+    AssignSegmentIDResponse,
+    FlushRequest,
+    FlushResponse,
+    GetFlushStateRequest,
+    GetFlushStateResponse,
+    GetSegmentInfoRequest,
+    GetSegmentInfoResponse,
+    SegmentIDAssignment,
+    SegmentIDRequest,
+    SegmentInfo,
+    ShowSegmentsRequest,
+    ShowSegmentsResponse,
+)
+from coordinators.proto.datacoord_pb2 import Flushed, Growing, Sealed
+from coordinators.role import Role, RoleContext
+from coordinators.rpc import NotFound, NotServing, RpcError, StatesAnsweredByServer, require, unary
+from session import CorruptValue, FencedWriter
+from session.etcd import cmp_value, cmp_version, op_put
+
+log = structlog.get_logger(__name__)
+
+#: Requests per AssignSegmentID call: each touches at most two segments (the one it seals and the
+#: one it opens), so one call's txn stays within etcd's default --max-txn-ops (128).
+MAX_REQUESTS_PER_CALL = 50
+#: Segment IDs per GetSegmentInfo / GetFlushState call.
+MAX_IDS_PER_CALL = 10_000
+#: Segments per Flush txn (one compare and one put each, within --max-txn-ops).
+FLUSH_BATCH = 64
+MAX_CHANNEL_NAME = 255
+#: Attempts of a change whose compares failed (the in-memory view was stale): reload, re-plan.
+COMMIT_ATTEMPTS = 3
+
+STATE_NAMES: Mapping[int, str] = {Growing: "Growing", Sealed: "Sealed", Flushed: "Flushed"}
+_STATE_VALUES: Mapping[str, int] = {name: value for value, name in STATE_NAMES.items()}
+
+ChannelKey = tuple[int, int, str]  # (collection, partition, channel)
+
+
+class DependencyUnavailable(RpcError):
+    """rootcoord could not answer: a transient failure the caller may retry."""
+
+    status = Status.UNAVAILABLE
+
+
+class ConcurrentChange(RpcError):
+    """The segments kept changing under us (someone else writes our keys): retry later."""
+
+    status = Status.UNAVAILABLE
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment as persisted; immutable, so a plan can build new versions without touching the view."""
+
+    id: int
+    collection_id: int
+    partition_id: int
+    channel_name: str
+    state: int
+    num_rows: int
+    max_rows: int
+
+    @property
+    def channel_key(self) -> ChannelKey:
+        return (self.collection_id, self.partition_id, self.channel_name)
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "id": self.id,
+                "collection_id": self.collection_id,
+                "partition_id": self.partition_id,
+                "channel_name": self.channel_name,
+                "state": STATE_NAMES[self.state],
+                "num_rows": self.num_rows,
+                "max_rows": self.max_rows,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, key: str, raw: bytes) -> Segment:
+        """Parse and check one stored segment; its key must name the same collection, partition and ID."""
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CorruptValue(key, raw, f"not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise CorruptValue(key, raw, "not a JSON object")
+        ints = {name: data.get(name) for name in ("id", "collection_id", "partition_id", "num_rows", "max_rows")}
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints.values()):
+            raise CorruptValue(key, raw, "id, collection_id, partition_id, num_rows, max_rows must be integers")
+        channel, state = data.get("channel_name"), data.get("state")
+        if not isinstance(channel, str) or not channel or state not in _STATE_VALUES:
+            raise CorruptValue(key, raw, "bad channel_name or state")
+        segment = cls(channel_name=channel, state=_STATE_VALUES[state], **ints)  # type: ignore[arg-type]
+        if not (segment.id > 0 and segment.collection_id > 0 and segment.partition_id >= 0
+                and 0 <= segment.num_rows <= segment.max_rows and segment.max_rows >= 1):
+            raise CorruptValue(key, raw, "values out of range")
+        if not key.endswith(f"/{segment.collection_id}/{segment.partition_id}/{segment.id}"):
+            raise CorruptValue(key, raw, "the key does not match the segment's collection, partition and ID")
+        return segment
+
+    def to_proto(self) -> SegmentInfo:
+        return SegmentInfo(
+            id=self.id,
+            collection_id=self.collection_id,
+            partition_id=self.partition_id,
+            channel_name=self.channel_name,
+            state=self.state,  # type: ignore[arg-type]
+            num_rows=self.num_rows,
+            max_rows=self.max_rows,
+        )
+
+
+class _View:
+    """One term's in-memory copy of every segment, and the raw value last read or written per key.
+
+    Changed only after etcd confirmed a write, so it never shows something etcd may not hold.
+    """
+
+    def __init__(self, store: FencedWriter, prefix: str) -> None:
+        self.store = store
+        self.prefix = prefix  # "{metaRoot}/datacoord-meta/s/"
+        self.segments: dict[int, Segment] = {}
+        self.raw: dict[int, bytes] = {}
+        self.growing: dict[ChannelKey, int] = {}
+        self.known_collections: set[int] = set()
+        self.lock = asyncio.Lock()
+        self.stale = False
+
+    def key(self, segment: Segment) -> str:
+        return f"{self.prefix}{segment.collection_id}/{segment.partition_id}/{segment.id}"
+
+    async def load(self) -> None:
+        """Read every segment (paged); a corrupt record is logged and skipped, never overwritten."""
+        segments: dict[int, Segment] = {}
+        raw: dict[int, bytes] = {}
+        async for key, value in self.store.scan(self.prefix):
+            try:
+                segment = Segment.decode(key, value)
+            except CorruptValue as exc:
+                log.error("skipping a corrupt segment record", key=key, error=str(exc))
+                continue
+            segments[segment.id], raw[segment.id] = segment, value
+        self.segments, self.raw = segments, raw
+        self.growing = {}
+        for segment in sorted(segments.values(), key=lambda s: s.id):
+            if segment.state == Growing:
+                self.growing[segment.channel_key] = segment.id  # the newest one takes the rows
+        self.stale = False
+
+    async def refresh_if_stale(self) -> None:
+        """After a write of unknown outcome, re-read etcd before trusting the view again."""
+        if self.stale:
+            log.info("re-reading segment metadata after a write of unknown outcome")
+            await self.load()
+
+    def current_growing(self, key: ChannelKey) -> Segment | None:
+        segment_id = self.growing.get(key)
+        return None if segment_id is None else self.segments[segment_id]
+
+    def of_collection(self, collection_id: int) -> list[Segment]:
+        return sorted((s for s in self.segments.values() if s.collection_id == collection_id), key=lambda s: s.id)
+
+    async def commit(self, changed: Sequence[Segment]) -> bool:
+        """Persist ``changed`` in one fenced txn, then apply it; False when a compare failed (stale view).
+
+        A failure with an unknown outcome (timeout, cancellation) marks the view stale and re-raises.
+        """
+        compares: list[Compare] = []
+        puts: list[RequestOp] = []
+        encoded: dict[int, bytes] = {}
+        for segment in changed:
+            key, value = self.key(segment), segment.encode()
+            old = self.raw.get(segment.id)
+            compares.append(cmp_version(key, 0) if old is None else cmp_value(key, old))
+            puts.append(op_put(key, value))
+            encoded[segment.id] = value
+        try:
+            resp = await self.store.txn(compares, puts)
+        except BaseException:
+            self.stale = True
+            raise
+        if not resp.succeeded:
+            self.stale = True
+            return False
+        self._apply(changed, encoded)
+        return True
+
+    def _apply(self, changed: Iterable[Segment], encoded: Mapping[int, bytes]) -> None:
+        for segment in changed:
+            self.segments[segment.id] = segment
+            self.raw[segment.id] = encoded[segment.id]
+            key = segment.channel_key
+            if segment.state == Growing:
+                self.growing[key] = segment.id
+            elif self.growing.get(key) == segment.id:
+                del self.growing[key]
+
+
+class _Plan:
+    """The segments one AssignSegmentID call changes, built on top of the view without touching it."""
+
+    def __init__(self, view: _View) -> None:
+        self.view = view
+        self.changed: dict[int, Segment] = {}
+        self.growing: dict[ChannelKey, int | None] = {}
+
+    def current(self, key: ChannelKey) -> Segment | None:
+        if key in self.growing:
+            segment_id = self.growing[key]
+            return None if segment_id is None else self.changed[segment_id]
+        segment = self.view.current_growing(key)
+        return None if segment is None else self.changed.get(segment.id, segment)
+
+    def put(self, segment: Segment) -> None:
+        self.changed[segment.id] = segment
+        self.growing[segment.channel_key] = segment.id if segment.state == Growing else None
+
+
+def _validate_request(req: SegmentIDRequest, index: int, max_rows: int) -> None:
+    where = f"segment_requests[{index}]"
+    require(req.collection_id > 0, f"{where}: collection_id must be > 0, got {req.collection_id}")
+    require(req.partition_id >= 0, f"{where}: partition_id must be >= 0, got {req.partition_id}")
+    require(req.channel_name.strip() != "", f"{where}: channel_name must not be empty")
+    require(len(req.channel_name) <= MAX_CHANNEL_NAME, f"{where}: channel_name longer than {MAX_CHANNEL_NAME} characters")
+    require(req.channel_name.isprintable(), f"{where}: channel_name must be printable text")
+    require(req.count > 0, f"{where}: count must be > 0")
+    require(
+        req.count <= max_rows,
+        f"{where}: count {req.count} exceeds the segment size dataCoord.segment.maxRows={max_rows}",
+    )
+
+
+def _validate_ids(segment_ids: Sequence[int]) -> None:
+    require(len(segment_ids) > 0, "segment_ids must not be empty")
+    require(len(segment_ids) <= MAX_IDS_PER_CALL, f"at most {MAX_IDS_PER_CALL} segment_ids per call, got {len(segment_ids)}")
+    bad = [i for i in segment_ids if i <= 0]
+    require(not bad, f"segment IDs must be > 0, got {bad[:5]}")
+
+
+def _log_changes(changed: Iterable[Segment], opened: Sequence[int]) -> None:
+    for segment in changed:
+        if segment.id in opened:
+            log.info("segment opened", segmentID=segment.id, collectionID=segment.collection_id,
+                     partitionID=segment.partition_id, channel=segment.channel_name, maxRows=segment.max_rows)
+        if segment.state == Sealed:
+            log.info("segment sealed", segmentID=segment.id, collectionID=segment.collection_id, numRows=segment.num_rows)
+
+
+def _chunks(items: Sequence[Segment], size: int) -> Iterator[Sequence[Segment]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class DataCoord(Role):
+    """The datacoord role: segment allocation, sealing, flushing, segment info."""
+
+    name = "datacoord"
+
+    def __init__(self, ctx: RoleContext) -> None:
+        super().__init__(ctx)
+        self._view: _View | None = None
+        self.max_rows = ctx.config.datacoord.segment_max_rows
+        self.prefix = f"{ctx.meta_root}/datacoord-meta/s/"
+        self.reload_seconds = 0.0  # how long the last activation's reload took (tests and logs)
+
+    def service(self) -> object:
+        return _Service(self)
+
+    async def activate(self, store: FencedWriter) -> None:
+        await super().activate(store)
+        t0 = time.monotonic()
+        view = _View(store, self.prefix)
+        await view.load()
+        self._view = view
+        self.reload_seconds = time.monotonic() - t0
+        log.info("datacoord metadata reloaded", segments=len(view.segments), growing=len(view.growing),
+                 seconds=round(self.reload_seconds, 3))
+
+    async def deactivate(self) -> None:
+        await super().deactivate()
+        self._view = None
+
+    def view(self) -> _View:
+        """The term's view; refuses outside a term (a call racing a demotion)."""
+        if self._view is None:
+            raise NotServing("StandBy")
+        return self._view
+
+    # -- rootcoord ---------------------------------------------------------------------------
+
+    async def _rootcoord(self, method: str, request: Any) -> Any:
+        """Call the ACTIVE rootcoord (the client follows its failovers); map its failures to ours."""
+        try:
+            return await self.ctx.client("rootcoord").call(method, request)
+        except GRPCError as exc:
+            if exc.status == Status.NOT_FOUND:
+                raise NotFound(exc.message or "not found") from exc
+            raise DependencyUnavailable(f"rootcoord {method}: {exc.status.name}: {exc.message}") from exc
+        except (NoActiveMember, OutcomeUnknown) as exc:
+            raise DependencyUnavailable(f"rootcoord unavailable: {exc}") from exc
+
+    async def _ensure_collection(self, view: _View, collection_id: int) -> None:
+        """NOT_FOUND unless rootcoord knows the collection (or we hold segments of it); cached for the term."""
+        if collection_id in view.known_collections:
+            return
+        if any(s.collection_id == collection_id for s in view.segments.values()):
+            view.known_collections.add(collection_id)
+            return
+        request = rootcoord_pb2.DescribeCollectionRequest(collection_id=collection_id)
+        try:
+            reply = await self._rootcoord("DescribeCollection", request)
+        except NotFound as exc:
+            raise NotFound(f"collection {collection_id} not found ({exc.message})") from exc
+        if reply.collection_id != collection_id:
+            raise NotFound(f"collection {collection_id} not found (rootcoord described {reply.collection_id})")
+        view.known_collections.add(collection_id)
+
+    async def _new_segment_id(self, view: _View) -> int:
+        """One fresh ID from rootcoord's allocator (unique across failovers of both roles)."""
+        reply = await self._rootcoord("AllocID", rootcoord_pb2.AllocIDRequest(count=1))
+        if reply.count < 1 or reply.begin <= 0 or reply.begin in view.segments:
+            raise RpcError(f"rootcoord AllocID returned an unusable ID range [{reply.begin}, {reply.end})")
+        return int(reply.begin)
+
+    # -- AssignSegmentID -----------------------------------------------------------------------
+
+    async def assign_segment_id(self, request: AssignSegmentIDRequest) -> AssignSegmentIDResponse:
+        """Rows for each request in a Growing segment with room; persisted before the reply."""
+        requests = list(request.segment_requests)
+        require(len(requests) > 0, "segment_requests must not be empty")
+        require(
+            len(requests) <= MAX_REQUESTS_PER_CALL,
+            f"at most {MAX_REQUESTS_PER_CALL} segment_requests per call, got {len(requests)}",
+        )
+        for index, req in enumerate(requests):
+            _validate_request(req, index, self.max_rows)
+        view = self.view()
+        for collection_id in sorted({req.collection_id for req in requests}):
+            await self._ensure_collection(view, collection_id)
+        async with view.lock:
+            for _attempt in range(COMMIT_ATTEMPTS):
+                await view.refresh_if_stale()
+                plan, assignments = await self._plan_assignments(view, requests)
+                opened = [i for i in plan.changed if i not in view.segments]
+                if await view.commit(list(plan.changed.values())):
+                    _log_changes(plan.changed.values(), opened)
+                    return AssignSegmentIDResponse(assignments=assignments)
+        raise ConcurrentChange("segment metadata kept changing under datacoord; retry")
+
+    async def _plan_assignments(
+        self, view: _View, requests: Sequence[SegmentIDRequest]
+    ) -> tuple[_Plan, list[SegmentIDAssignment]]:
+        plan = _Plan(view)
+        assignments = []
+        for req in requests:
+            key: ChannelKey = (req.collection_id, req.partition_id, req.channel_name)
+            segment = plan.current(key)
+            if segment is not None and segment.num_rows + req.count > segment.max_rows:
+                plan.put(replace(segment, state=Sealed))
+                segment = None
+            if segment is None:
+                segment = Segment(await self._new_segment_id(view), *key, state=Growing, num_rows=0, max_rows=self.max_rows)
+            assignments.append(
+                SegmentIDAssignment(
+                    segment_id=segment.id,
+                    collection_id=req.collection_id,
+                    partition_id=req.partition_id,
+                    channel_name=req.channel_name,
+                    count=req.count,
+                    start_row=segment.num_rows,
+                )
+            )
+            num_rows = segment.num_rows + req.count
+            plan.put(replace(segment, num_rows=num_rows, state=Sealed if num_rows >= segment.max_rows else Growing))
+        return plan, assignments
+
+    # -- Flush -----------------------------------------------------------------------------------
+
+    async def flush(self, request: FlushRequest) -> FlushResponse:
+        """Seal the collection's Growing segments and mark every segment of it Flushed."""
+        collection_id = request.collection_id
+        require(collection_id > 0, f"collection_id must be > 0, got {collection_id}")
+        view = self.view()
+        await self._ensure_collection(view, collection_id)
+        done: list[int] = []  # flushed by this call (across attempts)
+        async with view.lock:
+            for _attempt in range(COMMIT_ATTEMPTS):
+                await view.refresh_if_stale()
+                segments = view.of_collection(collection_id)
+                todo = [replace(s, state=Flushed) for s in segments if s.state != Flushed]
+                committed = await self._commit_batches(view, todo)
+                done += [s.id for s in todo[:committed]]
+                if committed == len(todo):
+                    if done:
+                        log.info("segments flushed", collectionID=collection_id, segmentIDs=done)
+                    already = [s.id for s in segments if s.state == Flushed and s.id not in done]
+                    return FlushResponse(flushed_segment_ids=done, already_flushed_segment_ids=already)
+        raise ConcurrentChange("segment metadata kept changing under datacoord; retry")
+
+    @staticmethod
+    async def _commit_batches(view: _View, segments: Sequence[Segment]) -> int:
+        """One txn when it fits etcd's op limit, else batches (each segment's change is all or nothing).
+
+        Returns how many of ``segments`` were committed: fewer than all when the view was stale.
+        """
+        committed = 0
+        for batch in _chunks(segments, FLUSH_BATCH):
+            if not await view.commit(batch):
+                break
+            committed += len(batch)
+        return committed
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    async def _fresh_view(self) -> _View:
+        view = self.view()
+        if view.stale:
+            async with view.lock:
+                await view.refresh_if_stale()
+        return view
+
+    async def _lookup(self, segment_ids: Sequence[int]) -> list[Segment]:
+        _validate_ids(segment_ids)
+        view = await self._fresh_view()
+        missing = sorted({i for i in segment_ids if i not in view.segments})
+        if missing:
+            shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+            raise NotFound(f"segment(s) not found: {shown}")
+        return [view.segments[i] for i in segment_ids]
+
+    async def get_segment_info(self, request: GetSegmentInfoRequest) -> GetSegmentInfoResponse:
+        segments = await self._lookup(list(request.segment_ids))
+        return GetSegmentInfoResponse(infos=[s.to_proto() for s in segments])
+
+    async def get_flush_state(self, request: GetFlushStateRequest) -> GetFlushStateResponse:
+        segments = await self._lookup(list(request.segment_ids))
+        return GetFlushStateResponse(flushed=all(s.state == Flushed for s in segments))
+
+    async def show_segments(self, request: ShowSegmentsRequest) -> ShowSegmentsResponse:
+        collection_id = request.collection_id
+        require(collection_id > 0, f"collection_id must be > 0, got {collection_id}")
+        view = await self._fresh_view()
+        segments = view.of_collection(collection_id)
+        if not segments:
+            await self._ensure_collection(view, collection_id)
+        return ShowSegmentsResponse(infos=[s.to_proto() for s in segments])
+
+
+class _Service(StatesAnsweredByServer, DataCoordBase):
+    """grpclib handlers: each reads the request and hands it to the role through :func:`unary`."""
+
+    def __init__(self, role: DataCoord) -> None:
+        self.role = role
+
+    async def AssignSegmentID(self, stream: Stream[Any, Any]) -> None:  # noqa: N802 - gRPC name
+        await unary(stream, self.role.assign_segment_id)
+
+    async def Flush(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
+        await unary(stream, self.role.flush)
+
+    async def GetSegmentInfo(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
+        await unary(stream, self.role.get_segment_info)
+
+    async def GetFlushState(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
+        await unary(stream, self.role.get_flush_state)
+
+    async def ShowSegments(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
+        await unary(stream, self.role.show_segments)

@@ -1,0 +1,438 @@
+"""querycoord: which collections are loaded, with how many replicas, and how far loading got.
+
+What "loading" means here. There are no query nodes in this suite, so querycoord does what it
+owns in Milvus and nothing more: the load bookkeeping. Loading a collection records the request
+(replica number, state ``Loading``, progress 0) before replying; a background loader owned by the
+role then takes each ``Loading`` collection, asks datacoord for its segments, fixes the *target*
+(the IDs of its Flushed segments at that moment, as Milvus's target manager does) and marks them
+loaded in batches, persisting the loaded IDs and the progress (loaded / target, in percent) after
+each batch. A collection with nothing to load is ``Loaded`` at 100 % at once. Growing segments
+are not part of the target (in Milvus they are served from the DML stream, not loaded).
+
+HA. Every write is fenced (the term's epoch) and every change of one record is one txn, so a
+former active can never overwrite what the new one wrote. Activation reloads every record by
+paging, and the new active's loader resumes each ``Loading`` collection from its persisted target
+and loaded IDs: progress never goes back, no segment is loaded twice.
+
+etcd layout (``meta_root`` = ``{etcd.rootPath}/meta``, e.g. ``by-dev/meta``)::
+
+    {meta_root}/querycoord-meta/collection/{collection_id}   JSON, one per loaded collection:
+        {"collection_id": 7, "collection_name": "books", "replica_number": 1,
+         "state": "Loading" | "Loaded", "progress": 0..100,
+         "target_segment_ids": [..] | null,   # null until the loader asked datacoord
+         "loaded_segment_ids": [..]}          # always a subset of the target
+
+Collections are identified by the ID rootcoord gives them; the name is resolved through
+rootcoord ``DescribeCollection`` on every call that takes one (NOT_FOUND when unknown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import structlog
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Stream
+
+from coordinators.client import NoActiveMember, OutcomeUnknown
+from coordinators.proto import datacoord_pb2, querycoord_pb2, rootcoord_pb2
+from coordinators.proto.querycoord_grpc import QueryCoordBase
+from coordinators.role import Role, RoleContext
+from coordinators.rpc import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    NotServing,
+    RpcError,
+    StatesAnsweredByServer,
+    require,
+    unary,
+)
+from session import EtcdUnavailable, FencedWriter, NotActive
+from session.etcd import GREATER, cmp_version, op_delete, op_put
+
+log = structlog.get_logger(__name__)
+
+#: Replica numbers accepted by LoadCollection (0 means 1, as in Milvus).
+MAX_REPLICAS = 10
+#: Milvus's collection-name rule: a letter or underscore, then letters, digits, underscores.
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_NAME_LEN = 255
+
+LOADING = "Loading"
+LOADED = "Loaded"
+_STATE_ENUM = {LOADING: querycoord_pb2.LoadStateLoading, LOADED: querycoord_pb2.LoadStateLoaded}
+
+
+class Unavailable(RpcError):
+    """A coordinator this call depends on (rootcoord) could not be reached: retry later."""
+
+    status = Status.UNAVAILABLE
+
+
+def collection_prefix(meta_root: str) -> str:
+    """Where the load records live (one key per collection ID)."""
+    return f"{meta_root}/querycoord-meta/collection/"
+
+
+@dataclass(frozen=True)
+class LoadRecord:
+    """One collection's load record, as persisted (immutable: every change is a new record)."""
+
+    collection_id: int
+    collection_name: str
+    replica_number: int
+    state: str = LOADING
+    progress: int = 0
+    target_segment_ids: tuple[int, ...] | None = None
+    loaded_segment_ids: tuple[int, ...] = field(default=())
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "collection_id": self.collection_id,
+                "collection_name": self.collection_name,
+                "replica_number": self.replica_number,
+                "state": self.state,
+                "progress": self.progress,
+                "target_segment_ids": None if self.target_segment_ids is None else list(self.target_segment_ids),
+                "loaded_segment_ids": list(self.loaded_segment_ids),
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> LoadRecord:
+        """Parse a persisted record; ValueError when it is not one."""
+        try:
+            d = json.loads(raw)
+            target = d.get("target_segment_ids")
+            record = cls(
+                collection_id=int(d["collection_id"]),
+                collection_name=str(d["collection_name"]),
+                replica_number=int(d["replica_number"]),
+                state=str(d["state"]),
+                progress=int(d["progress"]),
+                target_segment_ids=None if target is None else tuple(int(s) for s in target),
+                loaded_segment_ids=tuple(int(s) for s in d.get("loaded_segment_ids", ())),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not a load record: {exc!r}") from exc
+        if record.state not in (LOADING, LOADED):
+            raise ValueError(f"unknown load state {record.state!r}")
+        return record
+
+    def with_loaded(self, target: tuple[int, ...], batch: Iterable[int]) -> LoadRecord:
+        """The record after ``batch`` (IDs of ``target``) is loaded; Loaded at 100 % once all are."""
+        wanted = set(target)
+        loaded = tuple(sorted(set(self.loaded_segment_ids).union(batch) & wanted))
+        done = len(loaded) == len(target)
+        progress = 100 if done else len(loaded) * 100 // len(target)
+        return replace(
+            self,
+            state=LOADED if done else LOADING,
+            progress=progress,
+            target_segment_ids=target,
+            loaded_segment_ids=loaded,
+        )
+
+    def to_proto(self) -> querycoord_pb2.LoadedCollection:
+        return querycoord_pb2.LoadedCollection(
+            collection_id=self.collection_id,
+            collection_name=self.collection_name,
+            replica_number=self.replica_number,
+            state=_STATE_ENUM[self.state],
+            progress=self.progress,
+            loaded_segments=len(self.loaded_segment_ids),
+            target_segments=len(self.target_segment_ids or ()),
+        )
+
+
+def validate_name(name: str) -> None:
+    """INVALID_ARGUMENT unless ``name`` follows Milvus's collection-name rule."""
+    require(name != "", "collection_name must not be empty")
+    require(len(name) <= MAX_NAME_LEN, f"collection_name is longer than {MAX_NAME_LEN} characters")
+    require(
+        NAME_RE.fullmatch(name) is not None,
+        f"invalid collection_name {name!r}: the first character must be a letter or an underscore, "
+        "the others letters, digits or underscores",
+    )
+
+
+def replica_number(requested: int) -> int:
+    """0 -> 1; 1..MAX_REPLICAS as given; INVALID_ARGUMENT otherwise."""
+    if requested == 0:
+        return 1
+    require(
+        1 <= requested <= MAX_REPLICAS,
+        f"replica_number must be between 1 and {MAX_REPLICAS} (0 means 1), got {requested}",
+    )
+    return requested
+
+
+class QueryCoord(Role):
+    """The querycoord role: load records in memory, mirrored by fenced etcd writes."""
+
+    name = "querycoord"
+    #: Segments marked loaded per persisted batch.
+    LOAD_BATCH_SIZE = 64
+    #: Pause before each batch (0 in production; tests slow loading down to watch it).
+    LOAD_BATCH_PAUSE = 0.0
+    #: Back-off bounds (s) when datacoord cannot be reached.
+    RETRY_MIN, RETRY_MAX = 0.2, 5.0
+
+    def __init__(self, ctx: RoleContext) -> None:
+        super().__init__(ctx)
+        self._prefix = collection_prefix(ctx.meta_root)
+        self._records: dict[int, LoadRecord] = {}
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._loader: asyncio.Task[None] | None = None
+
+    def service(self) -> object:
+        return _Service(self)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def activate(self, store: FencedWriter) -> None:
+        """Reload every load record (paged), then start the loader on the Loading ones."""
+        await self._stop_loader()  # a term never inherits the previous one's loader
+        await super().activate(store)
+        records: dict[int, LoadRecord] = {}
+        async for key, raw in store.scan(self._prefix):
+            try:
+                record = LoadRecord.from_json(raw)
+            except ValueError as exc:
+                log.error("skipping an unreadable load record", key=key, error=str(exc))
+                continue
+            records[record.collection_id] = record
+        self._records = records
+        self._wake = asyncio.Event()
+        self._wake.set()
+        self._loader = asyncio.create_task(self._run_loader(), name="querycoord-loader")
+        loading = sum(1 for r in records.values() if r.state == LOADING)
+        log.info("querycoord state reloaded", collections=len(records), loading=loading)
+
+    async def deactivate(self) -> None:
+        """Stop the loader and forget every record: the next term reloads from etcd."""
+        await super().deactivate()
+        await self._stop_loader()
+        self._records = {}
+
+    async def close(self) -> None:
+        await self._stop_loader()
+
+    async def _stop_loader(self) -> None:
+        task, self._loader = self._loader, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- RPCs ----------------------------------------------------------------------------------
+
+    async def load_collection(self, req: querycoord_pb2.LoadCollectionRequest) -> querycoord_pb2.LoadCollectionResponse:
+        """Record the load (persisted before the reply); the loader does the rest."""
+        validate_name(req.collection_name)
+        replicas = replica_number(req.replica_number)
+        self.store.check()
+        collection_id = await self._describe(req.collection_name)
+        if collection_id is None:
+            raise NotFound(f"collection {req.collection_name!r} not found")
+        async with self._lock:
+            current = self._records.get(collection_id)
+            if current is not None:
+                if current.replica_number != replicas:
+                    raise FailedPrecondition(
+                        f"collection {req.collection_name!r} is already loaded with {current.replica_number} "
+                        f"replica(s), not {replicas}: release it first"
+                    )
+                return querycoord_pb2.LoadCollectionResponse(collection_id=collection_id)
+            record = LoadRecord(collection_id, req.collection_name, replicas)
+            await self._create(record)
+            self._records[collection_id] = record
+        self._wake.set()
+        log.info("collection load requested", collection=req.collection_name, collectionID=collection_id, replicas=replicas)
+        return querycoord_pb2.LoadCollectionResponse(collection_id=collection_id)
+
+    async def release_collection(self, req: querycoord_pb2.ReleaseCollectionRequest) -> querycoord_pb2.ReleaseCollectionResponse:
+        """Drop the load record; a collection rootcoord no longer knows is released by name."""
+        validate_name(req.collection_name)
+        self.store.check()
+        collection_id = await self._describe(req.collection_name)
+        async with self._lock:
+            if collection_id is not None:
+                ids = [collection_id] if collection_id in self._records else []
+            else:  # dropped in rootcoord: forget what is left of it under that name
+                ids = [r.collection_id for r in self._records.values() if r.collection_name == req.collection_name]
+            if ids:  # one txn, however many records
+                await self.store.txn([], [op_delete(self._key(cid)) for cid in ids])
+            for cid in ids:
+                del self._records[cid]
+        if ids:
+            log.info("collection released", collection=req.collection_name, collectionIDs=ids)
+        return querycoord_pb2.ReleaseCollectionResponse()
+
+    async def show_collections(self, req: querycoord_pb2.ShowCollectionsRequest) -> querycoord_pb2.ShowCollectionsResponse:
+        """Every loaded or loading collection, by ID."""
+        self.store.check()
+        records = sorted(self._records.values(), key=lambda r: r.collection_id)
+        return querycoord_pb2.ShowCollectionsResponse(collections=[r.to_proto() for r in records])
+
+    async def get_load_state(self, req: querycoord_pb2.GetLoadStateRequest) -> querycoord_pb2.GetLoadStateResponse:
+        """NotExist (rootcoord does not know it), NotLoad, Loading with progress, or Loaded."""
+        validate_name(req.collection_name)
+        self.store.check()
+        collection_id = await self._describe(req.collection_name)
+        if collection_id is None:
+            return querycoord_pb2.GetLoadStateResponse(state=querycoord_pb2.LoadStateNotExist)
+        record = self._records.get(collection_id)
+        if record is None:
+            return querycoord_pb2.GetLoadStateResponse(state=querycoord_pb2.LoadStateNotLoad)
+        return querycoord_pb2.GetLoadStateResponse(state=_STATE_ENUM[record.state], progress=record.progress)
+
+    # -- rootcoord / datacoord -----------------------------------------------------------------
+
+    async def _describe(self, name: str) -> int | None:
+        """The collection's ID from rootcoord; None when rootcoord does not know it."""
+        request = rootcoord_pb2.DescribeCollectionRequest(collection_name=name)
+        try:
+            reply = await self._call_other("rootcoord", "DescribeCollection", request)
+        except GRPCError as exc:
+            if exc.status == Status.NOT_FOUND:
+                return None
+            if exc.status == Status.INVALID_ARGUMENT:
+                raise InvalidArgument(f"rootcoord: {exc.message}") from exc
+            raise Unavailable(f"rootcoord DescribeCollection failed: {exc.status.name}: {exc.message}") from exc
+        return int(reply.collection_id)
+
+    async def _call_other(self, role: str, method: str, request: Any) -> Any:
+        """One call to another role's ACTIVE member; its unavailability is UNAVAILABLE for our caller."""
+        try:
+            return await self.ctx.client(role).call(method, request)
+        except (NoActiveMember, OutcomeUnknown) as exc:
+            raise Unavailable(f"{role} unavailable: {exc}") from exc
+
+    async def _flushed_segments(self, collection_id: int) -> tuple[int, ...]:
+        """IDs of the collection's Flushed segments, from datacoord (sorted)."""
+        request = datacoord_pb2.ShowSegmentsRequest(collection_id=collection_id)
+        try:
+            reply = await self._call_other("datacoord", "ShowSegments", request)
+        except GRPCError as exc:
+            if exc.status == Status.NOT_FOUND:
+                return ()
+            raise
+        flushed = datacoord_pb2.SegmentState.Value("Flushed")
+        return tuple(sorted({int(s.id) for s in reply.infos if s.state == flushed}))
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def _key(self, collection_id: int) -> str:
+        return f"{self._prefix}{collection_id}"
+
+    async def _create(self, record: LoadRecord) -> None:
+        """Persist a new record; refuses to overwrite one (memory and etcd disagree otherwise)."""
+        key = self._key(record.collection_id)
+        resp = await self.store.txn([cmp_version(key, 0)], [op_put(key, record.to_json())])
+        if not resp.succeeded:
+            raise Unavailable(f"load record {key} exists in etcd but not in memory: retry")
+
+    async def _update(self, record: LoadRecord) -> None:
+        """Persist a changed record, only if it still exists (a release may not be undone)."""
+        key = self._key(record.collection_id)
+        resp = await self.store.txn([cmp_version(key, 0, result=GREATER)], [op_put(key, record.to_json())])
+        if not resp.succeeded:
+            raise _Released(record.collection_id)
+
+    # -- the loader ----------------------------------------------------------------------------
+
+    async def _run_loader(self) -> None:
+        """Load every Loading collection, one after another, until the term ends."""
+        backoff = self.RETRY_MIN
+        while True:
+            self._wake.clear()
+            failed = False
+            for record in [r for r in self._records.values() if r.state == LOADING]:
+                try:
+                    await self._load(record)
+                except (NotActive, NotServing):
+                    return  # the term is over: deactivate() cancels us
+                except _Released:
+                    continue
+                except (RpcError, GRPCError, EtcdUnavailable) as exc:
+                    failed = True
+                    log.warning("loading paused, will retry", collectionID=record.collection_id, error=str(exc),
+                                retryIn=backoff)
+                except Exception:  # a bug must not kill the loader silently
+                    failed = True
+                    log.exception("loading failed, will retry", collectionID=record.collection_id, retryIn=backoff)
+            if failed:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(backoff):
+                        await self._wake.wait()
+                backoff = min(backoff * 2, self.RETRY_MAX)
+            else:
+                backoff = self.RETRY_MIN
+                if not any(r.state == LOADING for r in self._records.values()):
+                    await self._wake.wait()
+
+    async def _load(self, record: LoadRecord) -> None:
+        """Fix the target (once) and mark its segments loaded batch by batch, each batch persisted."""
+        target = record.target_segment_ids
+        if target is None:
+            target = await self._flushed_segments(record.collection_id)
+        if not target:
+            await self._apply(record, replace(record, state=LOADED, progress=100, target_segment_ids=(), loaded_segment_ids=()))
+            log.info("collection loaded", collection=record.collection_name, collectionID=record.collection_id, segments=0)
+            return
+        done = set(record.loaded_segment_ids)
+        remaining = [s for s in target if s not in done]
+        if not remaining:  # all loaded but not yet marked so (e.g. a crash between writes)
+            await self._apply(record, record.with_loaded(target, ()))
+            return
+        for start in range(0, len(remaining), self.LOAD_BATCH_SIZE):
+            if self.LOAD_BATCH_PAUSE:
+                await asyncio.sleep(self.LOAD_BATCH_PAUSE)
+            batch = remaining[start : start + self.LOAD_BATCH_SIZE]
+            record = await self._apply(record, record.with_loaded(target, batch))
+        log.info("collection loaded", collection=record.collection_name, collectionID=record.collection_id,
+                 segments=len(target))
+
+    async def _apply(self, old: LoadRecord, new: LoadRecord) -> LoadRecord:
+        """Persist ``new`` in place of ``old`` unless the collection was released or reloaded meanwhile."""
+        async with self._lock:
+            if self._records.get(old.collection_id) is not old:
+                raise _Released(old.collection_id)
+            await self._update(new)
+            self._records[new.collection_id] = new
+        return new
+
+
+class _Released(Exception):
+    """The collection was released while the loader worked on it: drop the work."""
+
+
+class _Service(StatesAnsweredByServer, QueryCoordBase):
+    """gRPC glue: each method hands its request to the role."""
+
+    def __init__(self, role: QueryCoord) -> None:
+        self.role = role
+
+    async def LoadCollection(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
+        await unary(stream, self.role.load_collection)
+
+    async def ReleaseCollection(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
+        await unary(stream, self.role.release_collection)
+
+    async def ShowCollections(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
+        await unary(stream, self.role.show_collections)
+
+    async def GetLoadState(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
+        await unary(stream, self.role.get_load_state)

@@ -1,0 +1,531 @@
+"""rootcoord: the timestamp oracle, the global ID allocator and collection metadata.
+
+What each piece guarantees across failovers (the new active reloads everything on activation):
+
+- Timestamps (:mod:`coordinators.tso`): strictly increasing across any number of terms, with no
+  waiting at takeover (a saved upper bound, PD / Milvus scheme).
+- IDs (:mod:`coordinators.id_allocator`): ranges persisted before use, never repeated.
+- Collections: created and dropped by one fenced txn each (both keys or neither), IDs from the
+  allocator, the created timestamp from the oracle; names unique (a create compares that the name
+  key does not exist, and creates/drops are serialized by a lock).
+
+etcd layout (``kv_root`` = ``{etcd.rootPath}/kv``, ``meta_root`` = ``{etcd.rootPath}/meta``)::
+
+    {kv_root}/tso/timestamp                      saved timestamp bound, decimal milliseconds
+    {kv_root}/gid/idTimestamp                    saved ID bound (exclusive), decimal integer
+    {meta_root}/root-coord/collection/{id}       JSON: {"id", "name", "fields": [{"name",
+        "data_type" ("Int64", "FloatVector"...), "is_primary_key", "dim", "field_id",
+        "max_length", "description"}], "shards", "created_ts", "description"}
+    {meta_root}/root-coord/collection-name/{name}   the collection's ID, decimal
+
+Every write goes through the term's fenced writer. Activation pages through both prefixes: the
+name keys give the name <-> ID index at once (no JSON), the records are kept raw and parsed on
+first use or by a background warm-up, so activating with 10k collections takes a fraction of a
+second. Deactivation drops it all and cancels the term's two background tasks (the oracle's
+keep-ahead and the warm-up). Every call first checks locally that the term is still live, so a
+former active (paused, cut off) answers nothing from memory once its session deadline passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+from typing import Any, NamedTuple
+
+import structlog
+from grpclib.server import Stream
+
+from coordinators.id_allocator import MAX_COUNT as MAX_ID_COUNT
+from coordinators.id_allocator import IDAllocator
+from coordinators.proto import rootcoord_pb2 as pb
+from coordinators.proto.rootcoord_grpc import RootCoordBase
+from coordinators.role import Role, RoleContext
+from coordinators.rpc import AlreadyExists, NotFound, NotServing, StatesAnsweredByServer, require, unary
+from coordinators.tso import MAX_LOGICAL, TimestampOracle
+from session import CorruptValue, FencedWriter
+from session.etcd import cmp_value, cmp_version, op_delete, op_put
+
+log = structlog.get_logger(__name__)
+
+MAX_NAME_LENGTH = 255
+MAX_FIELDS = 64
+MAX_DIM = 32768
+MAX_SHARDS = 16
+DEFAULT_SHARDS = 1
+MAX_VARCHAR_LENGTH = 65535
+MAX_DESCRIPTION = 65535
+FIRST_FIELD_ID = 100  # Milvus's common.StartOfUserFieldID
+RELOAD_PAGE = 1000
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_VECTOR_TYPES = frozenset({pb.FloatVector, pb.BinaryVector})
+_PRIMARY_KEY_TYPES = frozenset({pb.Int64, pb.VarChar})
+_TYPE_NAMES = frozenset(pb.DataType.keys()) - {"DataTypeNone"}
+
+
+# --------------------------------------------------------------------------- records
+
+
+class Field(NamedTuple):
+    """One field of a collection's schema, as persisted (the data type by its enum name).
+
+    NamedTuples, not frozen dataclasses: as immutable, and several times cheaper to build, which
+    is what a reload of 10k records spends its time on.
+    """
+
+    name: str
+    data_type: str
+    is_primary_key: bool
+    dim: int
+    field_id: int
+    max_length: int
+    description: str
+
+    def to_pb(self) -> pb.FieldSchema:
+        return pb.FieldSchema(
+            name=self.name,
+            data_type=pb.DataType.Value(self.data_type),
+            is_primary_key=self.is_primary_key,
+            dim=self.dim,
+            field_id=self.field_id,
+            max_length=self.max_length,
+            description=self.description,
+        )
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Field:
+        data_type = doc["data_type"]
+        if data_type not in _TYPE_NAMES:
+            raise ValueError(f"unknown data_type {data_type!r}")
+        return cls(str(doc["name"]), data_type, bool(doc["is_primary_key"]), int(doc.get("dim", 0)),
+                   int(doc.get("field_id", 0)), int(doc.get("max_length", 0)), str(doc.get("description", "")))
+
+
+class Collection(NamedTuple):
+    """A collection's metadata, as persisted at ``{meta_root}/root-coord/collection/{id}``."""
+
+    id: int
+    name: str
+    fields: tuple[Field, ...]
+    shards: int
+    created_ts: int
+    description: str
+
+    def to_json(self) -> str:
+        doc = self._asdict()
+        doc["fields"] = [f._asdict() for f in self.fields]
+        return json.dumps(doc, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, key: str, raw: bytes) -> Collection:
+        """Parse a stored record; :class:`CorruptValue` naming the key when it is not one."""
+        try:
+            doc = json.loads(raw)
+            return cls(int(doc["id"]), str(doc["name"]), tuple(map(Field.from_doc, doc["fields"])), int(doc["shards"]),
+                       int(doc["created_ts"]), str(doc.get("description", "")))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CorruptValue(key, raw, f"not a collection record: {exc!r}") from exc
+
+    def describe(self) -> pb.DescribeCollectionResponse:
+        return pb.DescribeCollectionResponse(
+            collection_id=self.id,
+            collection_name=self.name,
+            fields=[f.to_pb() for f in self.fields],
+            shards_num=self.shards,
+            created_timestamp=self.created_ts,
+            description=self.description,
+        )
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_name(name: str, what: str) -> None:
+    """Milvus's rule for collection and field names; INVALID_ARGUMENT saying which rule broke."""
+    require(bool(name), f"{what} name should not be empty")
+    require(len(name) <= MAX_NAME_LENGTH, f"the length of a {what} name must be at most {MAX_NAME_LENGTH} characters")
+    require(name[0] == "_" or name[0].isascii() and name[0].isalpha(),
+            f"invalid {what} name {name!r}: the first character must be an underscore or a letter")
+    require(_NAME.fullmatch(name) is not None,
+            f"invalid {what} name {name!r}: it can only contain numbers, letters and underscores")
+
+
+def _validate_field(index: int, field: pb.FieldSchema) -> Field:
+    """One field: name, known type, dim for vectors only, max_length for VarChar only."""
+    validate_name(field.name, "field")
+    require(field.data_type in pb.DataType.values() and field.data_type != pb.DataTypeNone,
+            f"field {field.name!r}: data_type must be set to a known type, got {field.data_type}")
+    type_name = pb.DataType.Name(field.data_type)
+    if field.data_type in _VECTOR_TYPES:
+        require(1 <= field.dim <= MAX_DIM, f"field {field.name!r}: {type_name} needs dim in 1..{MAX_DIM}, got {field.dim}")
+        require(field.data_type != pb.BinaryVector or field.dim % 8 == 0,
+                f"field {field.name!r}: BinaryVector dim must be a multiple of 8, got {field.dim}")
+    else:
+        require(field.dim == 0, f"field {field.name!r}: dim is only for vector fields, got {field.dim} for {type_name}")
+    max_length = 0
+    if field.data_type == pb.VarChar:
+        require(0 <= field.max_length <= MAX_VARCHAR_LENGTH,
+                f"field {field.name!r}: max_length must be 1..{MAX_VARCHAR_LENGTH} (0 for the maximum), got {field.max_length}")
+        max_length = field.max_length or MAX_VARCHAR_LENGTH
+    else:
+        require(field.max_length == 0, f"field {field.name!r}: max_length is only for VarChar fields")
+    if field.is_primary_key:
+        require(field.data_type in _PRIMARY_KEY_TYPES,
+                f"field {field.name!r}: a primary key must be Int64 or VarChar, not {type_name}")
+    require(len(field.description) <= MAX_DESCRIPTION, f"field {field.name!r}: description too long")
+    return Field(field.name, type_name, field.is_primary_key, field.dim, FIRST_FIELD_ID + index, max_length, field.description)
+
+
+def validate_fields(fields: list[pb.FieldSchema]) -> tuple[Field, ...]:
+    """The schema: 1..64 valid fields, unique names, exactly one primary key."""
+    require(len(fields) > 0, "a collection needs at least one field")
+    require(len(fields) <= MAX_FIELDS, f"a collection has at most {MAX_FIELDS} fields, got {len(fields)}")
+    checked = tuple(_validate_field(i, f) for i, f in enumerate(fields))
+    names = [f.name for f in checked]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    require(not duplicates, f"duplicate field names: {', '.join(duplicates)}")
+    keys = [f.name for f in checked if f.is_primary_key]
+    require(len(keys) == 1, f"a collection needs exactly one primary key field, got {len(keys)}" + (f" ({', '.join(keys)})" if keys else ""))
+    return checked
+
+
+def validate_create(req: pb.CreateCollectionRequest) -> Collection:
+    """Everything about a create that can be checked before touching etcd (no ID, no timestamp yet)."""
+    validate_name(req.collection_name, "collection")
+    fields = validate_fields(list(req.fields))
+    require(req.shards_num == 0 or 1 <= req.shards_num <= MAX_SHARDS,
+            f"shards_num must be 1..{MAX_SHARDS} (0 for the default {DEFAULT_SHARDS}), got {req.shards_num}")
+    require(len(req.description) <= MAX_DESCRIPTION, f"description too long (at most {MAX_DESCRIPTION} characters)")
+    return Collection(0, req.collection_name, fields, req.shards_num or DEFAULT_SHARDS, 0, req.description)
+
+
+def validate_count(count: int, maximum: int, what: str) -> None:
+    require(1 <= count <= maximum, f"{what} count must be 1..{maximum}, got {count}")
+
+
+# --------------------------------------------------------------------------- one term's state
+
+
+class _Catalog:
+    """The in-memory index: name <-> ID at once, records parsed on first use or by a warm-up.
+
+    Parsing JSON is what makes a reload of 10k records slow, so activation keeps the raw bytes and
+    reads the names from the name keys (no JSON); a record is parsed when a call needs it, or by
+    the term's background warm-up, whichever comes first.
+    """
+
+    def __init__(self, record_prefix: str) -> None:
+        self.record_prefix = record_prefix
+        self.ids: dict[str, int] = {}  # name -> ID, every visible collection
+        self.names: dict[int, str] = {}  # ID -> name
+        self._raw: dict[int, bytes] = {}  # records not parsed yet
+        self._parsed: dict[int, Collection] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, names: dict[str, int], records: dict[int, bytes]) -> None:
+        """Index what activation read; a name without its record is left out (and logged)."""
+        for name, cid in names.items():
+            if cid in records:
+                self.ids[name] = cid
+                self.names[cid] = name
+            else:
+                log.error("collection name key points to a missing record; ignored", name=name, id=cid)
+        self._raw = records
+        unnamed = len(records) - len(self.names)
+        if unnamed:
+            log.warning("collection records without a name key are ignored", count=unnamed)
+
+    def get(self, cid: int) -> Collection | None:
+        """The collection with this ID (parsed now if needed); CorruptValue for a broken record."""
+        coll = self._parsed.get(cid)
+        if coll is not None or cid not in self.names:
+            return coll
+        raw = self._raw[cid]
+        coll = Collection.from_json(self.record_prefix + str(cid), raw)
+        if coll.name != self.names[cid] or coll.id != cid:
+            log.error("collection record disagrees with its keys", id=cid, name=self.names[cid], record=coll.name)
+        del self._raw[cid]
+        self._parsed[cid] = coll
+        return coll
+
+    def by_name(self, name: str) -> Collection | None:
+        cid = self.ids.get(name)
+        return None if cid is None else self.get(cid)
+
+    def add(self, coll: Collection) -> None:
+        self.ids[coll.name] = coll.id
+        self.names[coll.id] = coll.name
+        self._parsed[coll.id] = coll
+
+    def remove(self, name: str, cid: int) -> None:
+        self.ids.pop(name, None)
+        self.names.pop(cid, None)
+        self._raw.pop(cid, None)
+        self._parsed.pop(cid, None)
+
+    def all(self) -> list[Collection]:
+        """Every readable collection by ID; a corrupt record is logged and left out."""
+        found = []
+        for cid in sorted(self.names):
+            try:
+                coll = self.get(cid)
+            except CorruptValue as exc:
+                log.error("unreadable collection record", error=str(exc))
+                continue
+            if coll is not None:
+                found.append(coll)
+        return found
+
+    async def warm(self, chunk: int = 500) -> None:
+        """Parse every record in the background, yielding to calls between chunks."""
+        pending = [cid for cid in self._raw if cid in self.names]
+        for i, cid in enumerate(pending, 1):
+            try:
+                self.get(cid)
+            except CorruptValue as exc:
+                log.error("unreadable collection record", error=str(exc))
+            if i % chunk == 0:
+                await asyncio.sleep(0)
+
+
+class _Term:
+    """Everything rootcoord holds during one ACTIVE term; built on activation, dropped at its end."""
+
+    def __init__(self, store: FencedWriter, ctx: RoleContext) -> None:
+        self.store = store
+        self.oracle = TimestampOracle(store, f"{ctx.kv_root}/tso/timestamp")
+        self.ids = IDAllocator(store, f"{ctx.kv_root}/gid/idTimestamp")
+        self.collection_prefix = f"{ctx.meta_root}/root-coord/collection/"
+        self.name_prefix = f"{ctx.meta_root}/root-coord/collection-name/"
+        self.catalog = _Catalog(self.collection_prefix)
+        self.ddl_lock = asyncio.Lock()  # creates and drops one at a time: one success per name
+        self._warm_up: asyncio.Task[None] | None = None
+
+    async def load(self) -> float:
+        """Oracle first (its new bound saved), then the ID bound, then the collections, by pages.
+
+        Returns the seconds spent on the collections (the part that grows with the metadata).
+        """
+        await self.oracle.activate()
+        await self.ids.activate()
+        t0 = time.monotonic()
+        names: dict[str, int] = {}
+        async for key, raw in self.store.scan(self.name_prefix, page=RELOAD_PAGE):
+            if raw.isdigit():
+                names[key[len(self.name_prefix):]] = int(raw)
+            else:
+                log.error("unreadable collection name key; ignored", key=key, value=raw[:40])
+        records: dict[int, bytes] = {}
+        async for key, raw in self.store.scan(self.collection_prefix, page=RELOAD_PAGE):
+            suffix = key[len(self.collection_prefix):]
+            if suffix.isdigit():
+                records[int(suffix)] = raw
+            else:
+                log.error("unexpected key among collection records; ignored", key=key)
+        self.catalog.load(names, records)
+        return time.monotonic() - t0
+
+    def start(self) -> None:
+        """The term's background work: keep the timestamp bound ahead, parse the records."""
+        self.oracle.start()
+        self._warm_up = asyncio.create_task(self.catalog.warm(), name="rootcoord-catalog-warm-up")
+
+    async def stop(self) -> None:
+        """Cancel and await every background task of the term."""
+        await self.oracle.stop()
+        task, self._warm_up = self._warm_up, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def lookup(self, name: str, collection_id: int) -> Collection:
+        """By name, or by ID when the name is empty; both must agree when both are given."""
+        if name:
+            validate_name(name, "collection")
+            coll = self.catalog.by_name(name)
+            if coll is None:
+                raise NotFound(f"collection {name!r} not found")
+            if collection_id and coll.id != collection_id:
+                raise NotFound(f"collection {name!r} has ID {coll.id}, not {collection_id}")
+            return coll
+        require(collection_id > 0, "give a collection_name or a positive collection_id")
+        coll = self.catalog.get(collection_id)
+        if coll is None:
+            raise NotFound(f"collection with ID {collection_id} not found")
+        return coll
+
+    def has(self, name: str) -> bool:
+        return name in self.catalog.ids
+
+    async def create(self, spec: Collection) -> Collection:
+        """One fenced txn writing both keys, if the name key does not exist yet."""
+        async with self.ddl_lock:
+            existing = self.catalog.ids.get(spec.name)
+            if existing is not None:
+                raise AlreadyExists(f"collection {spec.name!r} already exists (ID {existing})")
+            coll = spec._replace(id=await self.ids.allocate(1), created_ts=await self.oracle.allocate(1))
+            name_key = self.name_prefix + coll.name
+            resp = await self.store.txn(
+                [cmp_version(name_key, 0)],
+                [op_put(name_key, str(coll.id)), op_put(self.collection_prefix + str(coll.id), coll.to_json())],
+            )
+            if not resp.succeeded:  # e.g. an earlier create whose reply was lost: learn it now
+                await self._reload_name(coll.name)
+                raise AlreadyExists(f"collection {spec.name!r} already exists (found in etcd at {name_key})")
+            self.catalog.add(coll)
+            return coll
+
+    async def _reload_name(self, name: str) -> None:
+        """Bring one name's record from etcd into the index (after a create found it written)."""
+        raw_id = await self.store.get(self.name_prefix + name)
+        if raw_id is None or not raw_id.isdigit():
+            return
+        key = self.collection_prefix + raw_id.decode()
+        raw = await self.store.get(key)
+        if raw is not None:
+            self.catalog.add(Collection.from_json(key, raw))
+
+    async def drop(self, name: str) -> int:
+        """One fenced txn deleting both keys, if the name key still maps to the collection's ID.
+
+        Needs only the name and the ID, so even a collection whose record is unreadable can be dropped.
+        """
+        async with self.ddl_lock:
+            cid = self.catalog.ids.get(name)
+            if cid is None:
+                raise NotFound(f"collection {name!r} not found")
+            name_key = self.name_prefix + name
+            resp = await self.store.txn(
+                [cmp_value(name_key, str(cid))],
+                [op_delete(name_key), op_delete(self.collection_prefix + str(cid))],
+            )
+            self.catalog.remove(name, cid)
+            if not resp.succeeded:
+                log.error("collection name key does not match the index", name=name, id=cid, key=name_key)
+                raise NotFound(f"collection {name!r} not found in etcd")
+            return cid
+
+    def show(self) -> pb.RootShowCollectionsResponse:
+        colls = self.catalog.all()
+        return pb.RootShowCollectionsResponse(
+            collection_names=[c.name for c in colls],
+            collection_ids=[c.id for c in colls],
+            created_timestamps=[c.created_ts for c in colls],
+        )
+
+
+# --------------------------------------------------------------------------- the role
+
+
+class RootCoord(Role):
+    """rootcoord's role: see the module docstring."""
+
+    name = "rootcoord"
+
+    def __init__(self, ctx: RoleContext) -> None:
+        super().__init__(ctx)
+        self._term: _Term | None = None
+        self.reload_seconds = 0.0  # how long the last activation took (tests and logs)
+
+    def service(self) -> object:
+        return _Service(self)
+
+    async def activate(self, store: FencedWriter) -> None:
+        """Reload the bounds and the collection index, then start the term's background tasks."""
+        await super().activate(store)
+        t0 = time.monotonic()
+        term = _Term(store, self.ctx)
+        collections_s = await term.load()
+        term.start()
+        self._term = term
+        self.reload_seconds = time.monotonic() - t0
+        log.info("rootcoord metadata reloaded", collections=len(term.catalog), nextID=term.ids.next,
+                 tsoBound=term.oracle.bound, seconds=round(self.reload_seconds, 3),
+                 collectionSeconds=round(collections_s, 3))
+
+    async def deactivate(self) -> None:
+        """Forget everything at once and stop the term's background tasks."""
+        term, self._term = self._term, None
+        if term is not None:
+            await term.stop()
+        await super().deactivate()
+
+    async def close(self) -> None:
+        await self.deactivate()
+
+    def live(self) -> _Term:
+        """The current term's state; NotServing between terms (a call racing a demotion)."""
+        term = self._term
+        if term is None:
+            raise NotServing("StandBy")
+        term.store.check()  # NotActive (UNAVAILABLE) once the term or the session is over
+        return term
+
+    # -- handlers --------------------------------------------------------------------------
+
+    async def alloc_timestamp(self, req: pb.AllocTimestampRequest) -> pb.AllocTimestampResponse:
+        validate_count(req.count, MAX_LOGICAL, "timestamp")
+        ts = await self.live().oracle.allocate(req.count)
+        return pb.AllocTimestampResponse(timestamp=ts, count=req.count)
+
+    async def alloc_id(self, req: pb.AllocIDRequest) -> pb.AllocIDResponse:
+        validate_count(req.count, MAX_ID_COUNT, "ID")
+        begin = await self.live().ids.allocate(req.count)
+        return pb.AllocIDResponse(begin=begin, end=begin + req.count, count=req.count)
+
+    async def create_collection(self, req: pb.CreateCollectionRequest) -> pb.CreateCollectionResponse:
+        spec = validate_create(req)
+        coll = await self.live().create(spec)
+        log.info("collection created", name=coll.name, id=coll.id, shards=coll.shards, fields=len(coll.fields),
+                 createdTs=coll.created_ts)
+        return pb.CreateCollectionResponse(collection_id=coll.id, created_timestamp=coll.created_ts)
+
+    async def drop_collection(self, req: pb.DropCollectionRequest) -> pb.DropCollectionResponse:
+        validate_name(req.collection_name, "collection")
+        cid = await self.live().drop(req.collection_name)
+        log.info("collection dropped", name=req.collection_name, id=cid)
+        return pb.DropCollectionResponse()
+
+    async def has_collection(self, req: pb.HasCollectionRequest) -> pb.HasCollectionResponse:
+        validate_name(req.collection_name, "collection")
+        return pb.HasCollectionResponse(value=self.live().has(req.collection_name))
+
+    async def describe_collection(self, req: pb.DescribeCollectionRequest) -> pb.DescribeCollectionResponse:
+        return self.live().lookup(req.collection_name, req.collection_id).describe()
+
+    async def show_collections(self, req: pb.RootShowCollectionsRequest) -> pb.RootShowCollectionsResponse:
+        return self.live().show()
+
+
+class _Service(StatesAnsweredByServer, RootCoordBase):
+    """The grpclib servicer: each method reads the request and hands it to the role's handler."""
+
+    def __init__(self, role: RootCoord) -> None:
+        self.role = role
+
+    async def AllocTimestamp(self, stream: Stream[Any, Any]) -> None:  # noqa: N802 - gRPC names
+        await unary(stream, self.role.alloc_timestamp)
+
+    async def AllocID(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
+        await unary(stream, self.role.alloc_id)
+
+    async def CreateCollection(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
+        await unary(stream, self.role.create_collection)
+
+    async def DropCollection(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
+        await unary(stream, self.role.drop_collection)
+
+    async def HasCollection(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
+        await unary(stream, self.role.has_collection)
+
+    async def DescribeCollection(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
+        await unary(stream, self.role.describe_collection)
+
+    async def ShowCollections(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
+        await unary(stream, self.role.show_collections)

@@ -1,0 +1,97 @@
+"""Server-side plumbing every role's RPC handlers share: one way to answer, one error mapping.
+
+A handler is a plain ``async def handle(request) -> reply``; :func:`unary` reads the request,
+runs it, and turns our exceptions into gRPC status codes, so a bad argument is
+INVALID_ARGUMENT with a message (never a crash), and a write refused by fencing is UNAVAILABLE
+"not serving" (the client then looks for the new active).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import structlog
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Stream
+
+from session import CorruptValue, EtcdUnavailable, NotActive, SessionError
+
+log = structlog.get_logger(__name__)
+
+Req = TypeVar("Req")
+Rep = TypeVar("Rep")
+
+
+class RpcError(Exception):
+    """An error the caller should see as a gRPC status, with a message meant for people."""
+
+    status: Status = Status.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(RpcError):
+    status = Status.INVALID_ARGUMENT
+
+
+class NotFound(RpcError):
+    status = Status.NOT_FOUND
+
+
+class AlreadyExists(RpcError):
+    status = Status.ALREADY_EXISTS
+
+
+class FailedPrecondition(RpcError):
+    status = Status.FAILED_PRECONDITION
+
+
+class NotServing(RpcError):
+    """This process is not the ACTIVE one (or stopped being it mid-call)."""
+
+    status = Status.UNAVAILABLE
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"not serving, reason: {reason}")
+
+
+async def unary(stream: Stream[Req, Rep], handle: Callable[[Req], Awaitable[Rep]]) -> None:
+    """Answer one unary call with ``handle``; map every known failure to a gRPC status."""
+    request = await stream.recv_message()
+    if request is None:
+        raise GRPCError(Status.INVALID_ARGUMENT, "empty request")
+    try:
+        reply = await handle(request)
+    except RpcError as exc:
+        raise GRPCError(exc.status, exc.message) from exc
+    except NotActive as exc:
+        raise GRPCError(Status.UNAVAILABLE, f"not serving, reason: {exc}") from exc
+    except EtcdUnavailable as exc:
+        raise GRPCError(Status.UNAVAILABLE, f"metadata store unavailable: {exc}") from exc
+    except CorruptValue as exc:
+        log.error("corrupt metadata", error=str(exc))
+        raise GRPCError(Status.INTERNAL, str(exc)) from exc
+    except SessionError as exc:
+        raise GRPCError(Status.UNAVAILABLE, str(exc)) from exc
+    await stream.send_message(reply)
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise INVALID_ARGUMENT with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise InvalidArgument(message)
+
+
+class StatesAnsweredByServer:
+    """Mixin for a role's servicer: ``GetComponentStates`` is answered by the process's server.
+
+    The generated base declares it abstract; :class:`~coordinators.grpc_server.CoordinatorServer`
+    registers its own handler after the role's, so this one is never reached.
+    """
+
+    async def GetComponentStates(self, stream: Stream[Any, Any]) -> None:  # noqa: N802 - gRPC name
+        raise GRPCError(Status.INTERNAL, "GetComponentStates is answered by the process server")

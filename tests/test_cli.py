@@ -1,0 +1,109 @@
+"""The ``milvus`` command's failures an operator meets first: each a clear message and its own exit code.
+
+Why through the console script: exit codes and "no traceback" are properties of the installed
+command, not of ``main()``; a wrong code breaks supervisors (systemd, k8s restart policies)
+and a traceback hides the one line that says what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from etcd_server import EtcdCluster, free_port
+from procs import clean_env, run_cli
+
+pytestmark = pytest.mark.process
+
+
+def _nonblank(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _unreachable_env() -> tuple[str, dict[str, str]]:
+    """An etcd endpoint nobody listens on (a free port), two attempts only."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    return endpoint, clean_env(
+        {
+            "ETCD_ENDPOINTS": endpoint,
+            "COMMON_SESSION_RETRY_TIMES": "2",
+            "ROOT_COORD_PORT": str(free_port()),
+        }
+    )
+
+
+async def test_unknown_role_exits_2_with_one_line() -> None:
+    code, out, err, _ = await run_cli(["run", "indexcoord"], clean_env({}))
+    assert code == 2
+    assert out == ""
+    assert len(_nonblank(err)) == 1, err
+    assert "indexcoord" in err and "rootcoord" in err  # names the typo and what is expected
+    assert "Traceback" not in err
+
+
+async def test_usage_errors_exit_2() -> None:
+    for args in ([], ["run"], ["frobnicate"], ["status", "--bogus"]):
+        code, out, err, _ = await run_cli(args, clean_env({}))
+        assert code == 2, (args, out, err)
+        assert "Traceback" not in out + err
+
+
+async def test_broken_yaml_exits_2_naming_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("etcd:\n  endpoints: [localhost:2379\n  rootPath: x\n", encoding="utf-8")
+    code, out, err, _ = await run_cli(["run", "rootcoord", "--config", str(bad)], clean_env({}))
+    assert code == 2, out + err
+    assert str(bad) in err
+    assert len(_nonblank(err)) == 1, err
+    assert "Traceback" not in out + err
+
+
+async def test_missing_config_file_exits_2(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    code, out, err, _ = await run_cli(["status", "--config", str(missing)], clean_env({}))
+    assert code == 2 and str(missing) in err and "Traceback" not in out + err
+
+
+async def test_ttl_too_small_exits_2_naming_the_key() -> None:
+    code, out, err, _ = await run_cli(["run", "rootcoord"], clean_env({"COMMON_SESSION_TTL": "1"}))
+    assert code == 2, out + err
+    assert "common.session.ttl" in err and "COMMON_SESSION_TTL" in err, err
+    assert len(_nonblank(err)) == 1, err
+    assert "Traceback" not in out + err
+
+
+async def test_unreachable_etcd_exits_3_naming_the_endpoint() -> None:
+    endpoint, env = _unreachable_env()
+    t0 = time.monotonic()
+    code, out, err, elapsed = await run_cli(["run", "rootcoord"], env, timeout=30)
+    output = out + err
+    assert code == 3, output
+    assert elapsed < 15, f"took {elapsed:.1f}s to give up"
+    assert endpoint in output
+    # One line per attempt, then the final error.
+    assert output.count("etcd not reachable") == 2, output
+    assert "etcd is unreachable" in output
+    assert "Traceback" not in output
+    assert time.monotonic() - t0 < 20
+
+
+async def test_status_unreachable_etcd_exits_3() -> None:
+    endpoint, env = _unreachable_env()
+    code, out, err, elapsed = await run_cli(["status", "--json"], env, timeout=30)
+    assert code == 3, out + err
+    assert out == ""  # nothing a script could mistake for a (empty) listing
+    assert "cannot read sessions from etcd" in err and endpoint in err, err
+    assert elapsed < 15
+    assert "Traceback" not in out + err
+
+
+async def test_status_of_an_empty_cluster(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    env = clean_env({"ETCD_ENDPOINTS": etcd.endpoints_csv, "ETCD_ROOT_PATH": etcd_prefix})
+    code, out, err, _ = await run_cli(["status", "--json"], env)
+    assert code == 0, err
+    assert json.loads(out) == []
+    code, out, err, _ = await run_cli(["status"], env)
+    assert code == 0 and "(no sessions)" in out, out + err
