@@ -15,7 +15,8 @@ import pytest
 import pytest_asyncio
 from etcd3aio import Etcd3Client
 
-from etcd_server import EtcdCluster, find_etcd_binary, find_etcdctl_binary
+from etcd_server import EtcdCluster, find_etcd_binary, find_etcdctl_binary, free_port
+from procs import ENV_SECTION, STANDBY_LOG_INTERVAL, TTL, Launch, MilvusProcess, clean_env
 from tcp_proxy import TcpProxy
 
 TcpProxyFactory = Callable[[str], Awaitable[TcpProxy]]
@@ -94,3 +95,45 @@ async def tcp_proxy() -> AsyncIterator[TcpProxyFactory]:
     finally:
         for proxy in proxies:
             await proxy.stop()
+
+
+@pytest.fixture
+def base_env(etcd: EtcdCluster, etcd_prefix: str) -> dict[str, str]:
+    """The environment every process of one test shares: this test's etcd root, short timings."""
+    return clean_env(
+        {
+            "ETCD_ENDPOINTS": etcd.endpoints_csv,
+            "ETCD_ROOT_PATH": etcd_prefix,
+            "COMMON_SESSION_TTL": str(TTL),
+            "COMMON_SESSION_RETRY_TIMES": "2",
+            "COMMON_SESSION_STANDBY_LOG_INTERVAL": str(STANDBY_LOG_INTERVAL),
+        }
+    )
+
+
+@pytest.fixture
+def launch(base_env: dict[str, str], tmp_path: Path) -> Iterator[Launch]:
+    """Factory: ``launch("rootcoord", "a", active_standby=True)`` starts ``milvus run``; all killed after."""
+    started: list[MilvusProcess] = []
+
+    def start(
+        role: str,
+        name: str,
+        *,
+        active_standby: bool = True,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> MilvusProcess:
+        port = port or free_port()
+        section = ENV_SECTION[role]
+        proc_env = dict(base_env)
+        proc_env[f"{section}_PORT"] = str(port)
+        proc_env[f"{section}_ENABLE_ACTIVE_STANDBY"] = "true" if active_standby else "false"
+        proc_env.update(env or {})
+        proc = MilvusProcess(["run", role, "--alias", name], proc_env, tmp_path / f"{role}-{name}.log", port=port)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()

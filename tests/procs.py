@@ -25,6 +25,10 @@ from etcd3aio import Etcd3Client
 
 T = TypeVar("T")
 
+#: Timings every process test uses: failovers and log lines come quickly.
+TTL = 3
+STANDBY_LOG_INTERVAL = 0.5
+
 REPO = Path(__file__).resolve().parent.parent
 MILVUS = str(Path(sys.executable).parent / "milvus")
 
@@ -241,3 +245,64 @@ async def run_cli(args: list[str], env: Mapping[str, str], timeout: float = 20.0
         raise AssertionError(f"milvus {' '.join(args)} did not finish within {timeout}s") from None
     assert proc.returncode is not None
     return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"), time.monotonic() - t0
+
+
+Launch = Callable[..., MilvusProcess]
+
+
+# --------------------------------------------------------------------------- ACTIVE / STANDBY
+
+
+async def holder(client: Etcd3Client, root: str, role: str) -> Kv | None:
+    return await get_kv(client, active_key(root, role))
+
+
+async def wait_for_active(
+    client: Etcd3Client, root: str, role: str, proc: MilvusProcess, timeout: float = 10.0
+) -> Kv:
+    """Poll until ``proc`` holds the ACTIVE key; its value."""
+
+    async def probe() -> Kv | None:
+        if not proc.running():
+            raise AssertionError(f"{proc} exited with {proc.popen.returncode}; log:\n{proc.output()}")
+        kv = await holder(client, root, role)
+        return kv if kv is not None and kv.value["Address"] == proc.address else None
+
+    return await wait_until(probe, timeout=timeout, what=f"{proc} to hold the ACTIVE key")
+
+
+async def wait_for_serving(proc: MilvusProcess, role: str, timeout: float = 10.0) -> list[LogLine]:
+    """Until ``proc`` logs that it serves (the ACTIVE key alone does not mean activation is over)."""
+    return await wait_for_log(
+        proc, lambda ls: any(ln.msg == f"{role} is ACTIVE and serving" for ln in ls), timeout, f"{role} to serve"
+    )
+
+
+async def wait_for_log(proc: MilvusProcess, pred: Callable[[list[LogLine]], bool], timeout: float, what: str) -> list[LogLine]:
+    async def probe() -> list[LogLine] | None:
+        lines = proc.lines()
+        return lines if pred(lines) else None
+
+    try:
+        return await wait_until(probe, timeout=timeout, interval=0.05, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; log of {proc}:\n{proc.output()}") from None
+
+
+async def pair(
+    client: Etcd3Client, root: str, role: str, launch: Launch
+) -> tuple[MilvusProcess, MilvusProcess, Kv, dict[int, Kv]]:
+    """Start two processes of ``role`` at once; (active, standby, ACTIVE key, own keys) once both registered."""
+    a, b = launch(role, "a"), launch(role, "b")
+
+    async def settled() -> tuple[Kv, dict[int, Kv]] | None:
+        for proc in (a, b):
+            if not proc.running():
+                raise AssertionError(f"{proc} exited with {proc.popen.returncode}; log:\n{proc.output()}")
+        kv, own = await holder(client, root, role), await sessions(client, root, role)
+        return (kv, own) if kv is not None and len(own) == 2 else None
+
+    kv, own = await wait_until(settled, timeout=10, what=f"two {role} sessions and an ACTIVE key")
+    active, standby = (a, b) if kv.value["Address"] == a.address else (b, a)
+    assert kv.value["Address"] == active.address
+    return active, standby, kv, own

@@ -96,7 +96,6 @@ async def test_frozen_active_cannot_write_after_takeover_and_returns_to_standby(
         time.sleep(TTL + 1.5)  # the whole loop stalls: keep-alive, watchdog, everything
         other_loop.loop.create_task(late_write())  # first thing to run on resume
 
-    frozen_at = time.monotonic()
     other_loop.loop.call_soon_threadsafe(freeze)
     try:
         took = await wait_until(lambda: new.state == common_pb2.Healthy, timeout=TTL + 3)

@@ -15,8 +15,7 @@ import re
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -27,16 +26,20 @@ from coordinators.proto import common_pb2
 from coordinators.proto.datacoord_grpc import DataCoordStub
 from coordinators.proto.querycoord_grpc import QueryCoordStub
 from coordinators.proto.rootcoord_grpc import RootCoordStub
-from etcd_server import EtcdCluster, free_port
 from procs import (
-    ENV_SECTION,
+    TTL,
     Kv,
+    Launch,
     LogLine,
     MilvusProcess,
     active_key,
     all_keys,
-    clean_env,
     find_in_order,
+    holder,
+    pair,
+    wait_for_active,
+    wait_for_log,
+    wait_for_serving,
     get_kv,
     own_key,
     run_cli,
@@ -47,116 +50,11 @@ from procs import (
 pytestmark = pytest.mark.process
 
 ROLES = ("rootcoord", "querycoord", "datacoord")
-TTL = 3
-STANDBY_LOG_INTERVAL = 0.5
 STUBS: dict[str, Callable[[Channel], Any]] = {
     "rootcoord": RootCoordStub,
     "querycoord": QueryCoordStub,
     "datacoord": DataCoordStub,
 }
-
-Launch = Callable[..., MilvusProcess]
-
-
-@pytest.fixture
-def base_env(etcd: EtcdCluster, etcd_prefix: str) -> dict[str, str]:
-    """The environment every process of one test shares: this test's etcd root, short timings."""
-    return clean_env(
-        {
-            "ETCD_ENDPOINTS": etcd.endpoints_csv,
-            "ETCD_ROOT_PATH": etcd_prefix,
-            "COMMON_SESSION_TTL": str(TTL),
-            "COMMON_SESSION_RETRY_TIMES": "2",
-            "COMMON_SESSION_STANDBY_LOG_INTERVAL": str(STANDBY_LOG_INTERVAL),
-        }
-    )
-
-
-@pytest.fixture
-def launch(base_env: dict[str, str], tmp_path: Path) -> Iterator[Launch]:
-    """Factory: ``launch("rootcoord", "a", active_standby=True)`` starts ``milvus run``; all killed after."""
-    started: list[MilvusProcess] = []
-
-    def start(
-        role: str,
-        name: str,
-        *,
-        active_standby: bool = True,
-        port: int | None = None,
-        env: dict[str, str] | None = None,
-    ) -> MilvusProcess:
-        port = port or free_port()
-        section = ENV_SECTION[role]
-        proc_env = dict(base_env)
-        proc_env[f"{section}_PORT"] = str(port)
-        proc_env[f"{section}_ENABLE_ACTIVE_STANDBY"] = "true" if active_standby else "false"
-        proc_env.update(env or {})
-        proc = MilvusProcess(["run", role, "--alias", name], proc_env, tmp_path / f"{role}-{name}.log", port=port)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill()
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-async def holder(client: Etcd3Client, root: str, role: str) -> Kv | None:
-    return await get_kv(client, active_key(root, role))
-
-
-async def wait_for_active(
-    client: Etcd3Client, root: str, role: str, proc: MilvusProcess, timeout: float = 10.0
-) -> Kv:
-    """Poll until ``proc`` holds the ACTIVE key; its value."""
-
-    async def probe() -> Kv | None:
-        if not proc.running():
-            raise AssertionError(f"{proc} exited with {proc.popen.returncode}; log:\n{proc.output()}")
-        kv = await holder(client, root, role)
-        return kv if kv is not None and kv.value["Address"] == proc.address else None
-
-    return await wait_until(probe, timeout=timeout, what=f"{proc} to hold the ACTIVE key")
-
-
-async def wait_for_serving(proc: MilvusProcess, role: str, timeout: float = 10.0) -> list[LogLine]:
-    """Until ``proc`` logs that it serves (the ACTIVE key alone does not mean activation is over)."""
-    return await wait_for_log(
-        proc, lambda ls: any(ln.msg == f"{role} is ACTIVE and serving" for ln in ls), timeout, f"{role} to serve"
-    )
-
-
-async def wait_for_log(proc: MilvusProcess, pred: Callable[[list[LogLine]], bool], timeout: float, what: str) -> list[LogLine]:
-    async def probe() -> list[LogLine] | None:
-        lines = proc.lines()
-        return lines if pred(lines) else None
-
-    try:
-        return await wait_until(probe, timeout=timeout, interval=0.05, what=what)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; log of {proc}:\n{proc.output()}") from None
-
-
-async def pair(
-    client: Etcd3Client, root: str, role: str, launch: Launch
-) -> tuple[MilvusProcess, MilvusProcess, Kv, dict[int, Kv]]:
-    """Start two processes of ``role`` at once; (active, standby, ACTIVE key, own keys) once both registered."""
-    a, b = launch(role, "a"), launch(role, "b")
-
-    async def settled() -> tuple[Kv, dict[int, Kv]] | None:
-        for proc in (a, b):
-            if not proc.running():
-                raise AssertionError(f"{proc} exited with {proc.popen.returncode}; log:\n{proc.output()}")
-        kv, own = await holder(client, root, role), await sessions(client, root, role)
-        return (kv, own) if kv is not None and len(own) == 2 else None
-
-    kv, own = await wait_until(settled, timeout=10, what=f"two {role} sessions and an ACTIVE key")
-    active, standby = (a, b) if kv.value["Address"] == a.address else (b, a)
-    assert kv.value["Address"] == active.address
-    return active, standby, kv, own
-
 
 def server_id_of(own: dict[int, Kv], proc: MilvusProcess) -> int:
     ids = [sid for sid, kv in own.items() if kv.value["Address"] == proc.address]
