@@ -36,7 +36,6 @@ import structlog
 from etcd3aio._protobuf import Compare, RequestOp
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
-from grpclib.server import Stream
 
 from coordinators.client import NoActiveMember, OutcomeUnknown
 from coordinators.proto import rootcoord_pb2
@@ -58,7 +57,7 @@ from coordinators.proto.datacoord_pb2 import (
 )
 from coordinators.proto.datacoord_pb2 import Flushed, Growing, Sealed
 from coordinators.role import Role, RoleContext
-from coordinators.rpc import NotFound, NotServing, RpcError, StatesAnsweredByServer, require, unary
+from coordinators.rpc import NotFound, NotServing, RpcError, require, unary_service
 from session import CorruptValue, FencedWriter
 from session.etcd import cmp_value, cmp_version, op_put
 
@@ -312,7 +311,16 @@ class DataCoord(Role):
         self.reload_seconds = 0.0  # how long the last activation's reload took (tests and logs)
 
     def service(self) -> object:
-        return _Service(self)
+        return unary_service(
+            DataCoordBase,
+            {
+                "AssignSegmentID": self.assign_segment_id,
+                "Flush": self.flush,
+                "GetSegmentInfo": self.get_segment_info,
+                "GetFlushState": self.get_flush_state,
+                "ShowSegments": self.show_segments,
+            },
+        )
 
     async def activate(self, store: FencedWriter) -> None:
         await super().activate(store)
@@ -492,25 +500,3 @@ class DataCoord(Role):
         if not segments:
             await self._ensure_collection(view, collection_id)
         return ShowSegmentsResponse(infos=[s.to_proto() for s in segments])
-
-
-class _Service(StatesAnsweredByServer, DataCoordBase):
-    """grpclib handlers: each reads the request and hands it to the role through :func:`unary`."""
-
-    def __init__(self, role: DataCoord) -> None:
-        self.role = role
-
-    async def AssignSegmentID(self, stream: Stream[Any, Any]) -> None:  # noqa: N802 - gRPC name
-        await unary(stream, self.role.assign_segment_id)
-
-    async def Flush(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
-        await unary(stream, self.role.flush)
-
-    async def GetSegmentInfo(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
-        await unary(stream, self.role.get_segment_info)
-
-    async def GetFlushState(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
-        await unary(stream, self.role.get_flush_state)
-
-    async def ShowSegments(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
-        await unary(stream, self.role.show_segments)

@@ -39,7 +39,6 @@ from typing import Any
 import structlog
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
-from grpclib.server import Stream
 
 from coordinators.client import NoActiveMember, OutcomeUnknown
 from coordinators.proto import datacoord_pb2, querycoord_pb2, rootcoord_pb2
@@ -51,9 +50,8 @@ from coordinators.rpc import (
     NotFound,
     NotServing,
     RpcError,
-    StatesAnsweredByServer,
     require,
-    unary,
+    unary_service,
 )
 from session import EtcdUnavailable, FencedWriter, NotActive
 from session.etcd import GREATER, cmp_version, op_delete, op_put
@@ -197,7 +195,15 @@ class QueryCoord(Role):
         self._loader: asyncio.Task[None] | None = None
 
     def service(self) -> object:
-        return _Service(self)
+        return unary_service(
+            QueryCoordBase,
+            {
+                "LoadCollection": self.load_collection,
+                "ReleaseCollection": self.release_collection,
+                "ShowCollections": self.show_collections,
+                "GetLoadState": self.get_load_state,
+            },
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -417,22 +423,3 @@ class QueryCoord(Role):
 
 class _Released(Exception):
     """The collection was released while the loader worked on it: drop the work."""
-
-
-class _Service(StatesAnsweredByServer, QueryCoordBase):
-    """gRPC glue: each method hands its request to the role."""
-
-    def __init__(self, role: QueryCoord) -> None:
-        self.role = role
-
-    async def LoadCollection(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
-        await unary(stream, self.role.load_collection)
-
-    async def ReleaseCollection(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
-        await unary(stream, self.role.release_collection)
-
-    async def ShowCollections(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
-        await unary(stream, self.role.show_collections)
-
-    async def GetLoadState(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
-        await unary(stream, self.role.get_load_state)

@@ -3,7 +3,7 @@
 A role owns its state, its RPCs and what it reloads on activation; the process owns the rest
 (etcd, session, campaign, gRPC server, signals). The contract:
 
-- :meth:`Role.service` is the grpclib handler for the role's API; registered once at start-up.
+- :meth:`Role.service` is the grpclib handler (built with :func:`~coordinators.rpc.unary_service`) for the role's API; registered once at start-up.
   The server answers it only while the process is ACTIVE and serving; a STANDBY refuses before
   the handler runs.
 - :meth:`Role.activate` runs at the start of every ACTIVE term, before serving: reload every piece

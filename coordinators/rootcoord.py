@@ -36,14 +36,13 @@ import time
 from typing import Any, NamedTuple
 
 import structlog
-from grpclib.server import Stream
 
 from coordinators.id_allocator import MAX_COUNT as MAX_ID_COUNT
 from coordinators.id_allocator import IDAllocator
 from coordinators.proto import rootcoord_pb2 as pb
 from coordinators.proto.rootcoord_grpc import RootCoordBase
 from coordinators.role import Role, RoleContext
-from coordinators.rpc import AlreadyExists, NotFound, NotServing, StatesAnsweredByServer, require, unary
+from coordinators.rpc import AlreadyExists, NotFound, NotServing, require, unary_service
 from coordinators.tso import MAX_LOGICAL, TimestampOracle
 from session import CorruptValue, FencedWriter
 from session.etcd import cmp_value, cmp_version, op_delete, op_put
@@ -434,7 +433,18 @@ class RootCoord(Role):
         self.reload_seconds = 0.0  # how long the last activation took (tests and logs)
 
     def service(self) -> object:
-        return _Service(self)
+        return unary_service(
+            RootCoordBase,
+            {
+                "AllocTimestamp": self.alloc_timestamp,
+                "AllocID": self.alloc_id,
+                "CreateCollection": self.create_collection,
+                "DropCollection": self.drop_collection,
+                "HasCollection": self.has_collection,
+                "DescribeCollection": self.describe_collection,
+                "ShowCollections": self.show_collections,
+            },
+        )
 
     async def activate(self, store: FencedWriter) -> None:
         """Reload the bounds and the collection index, then start the term's background tasks."""
@@ -501,31 +511,3 @@ class RootCoord(Role):
 
     async def show_collections(self, req: pb.RootShowCollectionsRequest) -> pb.RootShowCollectionsResponse:
         return self.live().show()
-
-
-class _Service(StatesAnsweredByServer, RootCoordBase):
-    """The grpclib servicer: each method reads the request and hands it to the role's handler."""
-
-    def __init__(self, role: RootCoord) -> None:
-        self.role = role
-
-    async def AllocTimestamp(self, stream: Stream[Any, Any]) -> None:  # noqa: N802 - gRPC names
-        await unary(stream, self.role.alloc_timestamp)
-
-    async def AllocID(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
-        await unary(stream, self.role.alloc_id)
-
-    async def CreateCollection(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
-        await unary(stream, self.role.create_collection)
-
-    async def DropCollection(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
-        await unary(stream, self.role.drop_collection)
-
-    async def HasCollection(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
-        await unary(stream, self.role.has_collection)
-
-    async def DescribeCollection(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
-        await unary(stream, self.role.describe_collection)
-
-    async def ShowCollections(self, stream: Stream[Any, Any]) -> None:  # noqa: N802
-        await unary(stream, self.role.show_collections)

@@ -8,7 +8,7 @@ INVALID_ARGUMENT with a message (never a crash), and a write refused by fencing 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import structlog
@@ -86,12 +86,29 @@ def require(condition: bool, message: str) -> None:
         raise InvalidArgument(message)
 
 
-class StatesAnsweredByServer:
-    """Mixin for a role's servicer: ``GetComponentStates`` is answered by the process's server.
+async def _states_answered_by_server(_self: object, _stream: Stream[Any, Any]) -> None:
+    """Never reached: :class:`~coordinators.grpc_server.CoordinatorServer` registers its own
+    ``GetComponentStates`` after the role's service."""
+    raise GRPCError(Status.INTERNAL, "GetComponentStates is answered by the process server")
 
-    The generated base declares it abstract; :class:`~coordinators.grpc_server.CoordinatorServer`
-    registers its own handler after the role's, so this one is never reached.
+
+def unary_service(base: type[Any], handlers: Mapping[str, Callable[[Any], Awaitable[Any]]]) -> object:
+    """A grpclib servicer of the generated ``base`` whose method ``name`` answers with ``handlers[name]``.
+
+    One place turns a role's plain ``async def handle(request) -> reply`` functions into gRPC
+    methods, so every role answers and maps errors the same way.
     """
 
-    async def GetComponentStates(self, stream: Stream[Any, Any]) -> None:  # noqa: N802 - gRPC name
-        raise GRPCError(Status.INTERNAL, "GetComponentStates is answered by the process server")
+    def method(handle: Callable[[Any], Awaitable[Any]]) -> Callable[[object, Stream[Any, Any]], Awaitable[None]]:
+        async def answer(_self: object, stream: Stream[Any, Any]) -> None:
+            await unary(stream, handle)
+
+        return answer
+
+    attrs: dict[str, Any] = {name: method(handle) for name, handle in handlers.items()}
+    attrs.setdefault("GetComponentStates", _states_answered_by_server)
+    missing = set(getattr(base, "__abstractmethods__", ())) - attrs.keys()
+    if missing:
+        raise TypeError(f"{base.__name__}: no handler for {', '.join(sorted(missing))}")
+    service: object = type(f"{base.__name__}Service", (base,), attrs)()
+    return service

@@ -28,6 +28,8 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$SCRIPT_DIR/_venv.sh"
 # shellcheck source=scripts/find_etcd.sh
 source "$SCRIPT_DIR/find_etcd.sh"
+# shellcheck source=scripts/_procs.sh
+source "$SCRIPT_DIR/_procs.sh"
 
 ROLES=(rootcoord querycoord datacoord)
 RUN_DIR="${MILVUS_RUN_DIR:-/tmp/milvus}"
@@ -52,14 +54,6 @@ fi
 say() { echo "start_cluster: $*"; }
 die() { echo "start_cluster: $*" >&2; exit 1; }
 
-# Alive and not a zombie (kill -0 succeeds on a zombie child not yet reaped).
-pid_alive() {
-    local state
-    [ -n "${1:-}" ] || return 1
-    state="$(sed -e 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)"
-    [ -n "$state" ] && [ "$state" != Z ]
-}
-cmdline() { tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline" || true; }
 
 # pids of running `milvus run ROLE` processes whose --alias is ALIAS ("" = none):
 # from the pid files milvus keeps (/run/milvus, then $RUN_DIR), then from every
@@ -194,17 +188,7 @@ check_alive() {
 }
 
 # Roles in `milvus status --json` with a session in STATE, space-separated.
-roles_in_state() {
-    timeout 10 milvus status --json 2>/dev/null | python -c '
-import json, sys
-try:
-    rows = json.load(sys.stdin)
-except ValueError:
-    rows = []
-state = sys.argv[1]
-print(" ".join(sorted({r.get("role", "") for r in rows if r.get("state") == state})))
-' "$1" || true
-}
+roles_in_state() { sessions_in_state "$1" | tr ' ' '\n' | cut -d= -f1 | tr '\n' ' '; }
 
 # Count of sessions per role in STATE, as "role=n ...".
 sessions_in_state() {

@@ -28,14 +28,8 @@ ETCD_PIDFILE="$RUN_DIR/etcd.pid"
 STOP_TIMEOUT="${STOP_TIMEOUT:-10}"
 
 say() { echo "stop_cluster: $*"; }
-# Alive and not a zombie (kill -0 succeeds on a zombie child not yet reaped).
-pid_alive() {
-    local state
-    [ -n "${1:-}" ] || return 1
-    state="$(sed -e 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)"
-    [ -n "$state" ] && [ "$state" != Z ]
-}
-cmdline() { tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline" || true; }
+# shellcheck source=scripts/_procs.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_procs.sh"
 is_milvus_run() { [[ "$(cmdline "$1")" =~ (^|[ /])milvus\ run\  ]]; }
 ours() { tr '\0' '\n' 2>/dev/null <"/proc/$1/environ" | grep -qx 'MILVUS_CLUSTER_SCRIPT=start_cluster'; }
 
