@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from contextlib import aclosing
 from typing import Any
@@ -133,6 +134,7 @@ class CoordinatorClient:
 
     :param call_timeout: timeout of one attempt.
     :param failover_budget: how long one call may keep looking for an ACTIVE member.
+    :param ssl_context: call over TLS (``common.security.tlsMode``; see :mod:`coordinators.tls`).
     """
 
     def __init__(
@@ -143,6 +145,7 @@ class CoordinatorClient:
         *,
         call_timeout: float = 5.0,
         failover_budget: float = 70.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if role not in STUBS:
             raise ValueError(f"unknown role {role!r}: expected one of {', '.join(STUBS)}")
@@ -150,6 +153,7 @@ class CoordinatorClient:
         self.call_timeout = call_timeout
         self.failover_budget = failover_budget
         self.tracker = ActiveTracker(etcd, meta_root, role)
+        self._ssl = ssl_context
         self._channels: dict[str, Channel] = {}
         self.last_server_id = 0
 
@@ -235,7 +239,7 @@ class CoordinatorClient:
         channel = self._channels.get(address)
         if channel is None:
             host, _, port = address.rpartition(":")
-            channel = Channel(host.strip("[]") or "127.0.0.1", int(port))
+            channel = Channel(host.strip("[]") or "127.0.0.1", int(port), ssl=self._ssl)
             self._channels[address] = channel
         return channel
 

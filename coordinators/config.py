@@ -34,7 +34,7 @@ _LOG_FORMATS = ("text", "json")
 _BOOLEANS: Mapping[str, bool] = MappingProxyType(
     {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 )
-_INTEGER = re.compile(r"[+-]?\d+")
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits: int() would also read "٣"
 _HOST_PORT = re.compile(r"(?P<host>\[[^\]]*\]|[^:\[\]]*)(?::(?P<port>[^:]*))?")
 
 # The built-in defaults, so a missing config/milvus.yaml still works; the repository's
@@ -50,15 +50,20 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
             "ssl": {"enabled": False, "tlsCert": "", "tlsKey": "", "tlsCACert": "", "tlsServerName": ""},
             "auth": {"enabled": False, "userName": "", "password": ""},
         },
-        "rootCoord": {"address": "localhost", "port": 53100, "enableActiveStandby": False},
-        "queryCoord": {"address": "localhost", "port": 19531, "enableActiveStandby": False},
+        "rootCoord": {"address": "localhost", "port": 53100, "httpPort": 9101, "enableActiveStandby": False},
+        "queryCoord": {"address": "localhost", "port": 19531, "httpPort": 9102, "enableActiveStandby": False},
         "dataCoord": {
             "address": "localhost",
             "port": 13333,
+            "httpPort": 9103,
             "enableActiveStandby": False,
             "segment": {"maxRows": 1000000},
         },
-        "common": {"session": {"ttl": 60, "retryTimes": 30, "standbyLogInterval": 10, "exitOnLost": False}},
+        "common": {
+            "session": {"ttl": 60, "retryTimes": 30, "standbyLogInterval": 10, "exitOnLost": False},
+            "security": {"tlsMode": 0},
+        },
+        "tls": {"serverPemPath": "", "serverKeyPath": "", "caPemPath": ""},
         "log": {"level": "info", "format": "text", "file": {"rootPath": "", "maxSize": 300, "maxBackups": 20}},
     }
 )
@@ -109,11 +114,27 @@ class EtcdConfig:
 
 
 @dataclass(frozen=True)
+class GrpcTLSConfig:
+    """TLS on the coordinators' own gRPC ports (Milvus's ``common.security.tlsMode`` and ``tls.*``).
+
+    ``mode`` 0: plain text; 1: one-way (servers present ``server_pem``/``server_key``, clients check
+    it against ``ca_pem``); 2: two-way (servers also require a client certificate signed by
+    ``ca_pem``; coordinators and the CLI present the same ``server_pem``/``server_key`` pair).
+    """
+
+    mode: int = 0
+    server_pem: str = ""
+    server_key: str = ""
+    ca_pem: str = ""
+
+
+@dataclass(frozen=True)
 class RoleConfig:
     role: str
     address: str
     port: int
     enable_active_standby: bool
+    http_port: int = 0  # /healthz, /readyz, /metrics on the gRPC listen host; 0 = no HTTP server
 
     @property
     def advertised_address(self) -> str:
@@ -159,6 +180,7 @@ class Config:
     roles: Mapping[str, RoleConfig]
     source: str
     datacoord: DataCoordConfig
+    grpc_tls: GrpcTLSConfig = GrpcTLSConfig()
 
     def role(self, name: str) -> RoleConfig:
         """The settings of one role; an unknown name is an operator typo, reported as such."""
@@ -209,11 +231,37 @@ def _read_yaml(path: Path) -> Mapping[str, Any]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot parse config file {path}: {_yaml_problem(exc)}") from exc
+    except RecursionError:
+        raise ConfigError(f"cannot parse config file {path}: nested too deeply") from None
+    except ValueError as exc:  # a value PyYAML's constructors reject late, e.g. the date 2001-02-30
+        raise ConfigError(f"cannot parse config file {path}: {exc}") from None
+    _check_shape(data, path)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys, got a {type(data).__name__}")
     return data
+
+
+_MAX_VALUES = 100_000  # far more than any real milvus.yaml; bounds an alias "bomb"
+
+
+def _check_shape(data: Any, path: Path) -> None:
+    """Refuse what merging could not finish: an alias (``*name``) inside the node it names, or aliases
+    multiplying into more values than any real config holds."""
+    stack: list[tuple[Any, frozenset[int]]] = [(data, frozenset())]
+    seen = 0
+    while stack:
+        node, ancestors = stack.pop()
+        seen += 1
+        if seen > _MAX_VALUES:
+            raise ConfigError(f"config file {path}: more than {_MAX_VALUES} values (aliases expanding?)")
+        if not isinstance(node, (dict, list)):
+            continue
+        if id(node) in ancestors:
+            raise ConfigError(f"config file {path}: an alias (*name) refers to a mapping or list that contains it")
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, ancestors | {id(node)}) for child in children)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -316,7 +364,10 @@ class _Reader:
 
     def error(self, path: KeyPath, requirement: str) -> ConfigError:
         value, origin = self._tree.get(path)
-        return ConfigError(f"{requirement}, got {value!r} ({origin})", _dotted(path))
+        shown = "<redacted>" if path in _SECRET_KEYS else repr(value)  # never print a password
+        if len(shown) > 200:
+            shown = shown[:200] + "..."
+        return ConfigError(f"{requirement}, got {shown} ({origin})", _dotted(path))
 
     def origin(self, path: KeyPath) -> _Origin:
         return self._tree.get(path)[1]
@@ -333,7 +384,10 @@ class _Reader:
         value, _ = self._tree.get(path)
         requirement = f"must be an integer >= {low}" if high is None else f"must be an integer in {low}..{high}"
         if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
-            value = int(value)
+            try:
+                value = int(value)
+            except ValueError:  # more digits than Python converts (4300): no valid port or count anyway
+                raise self.error(path, requirement) from None
         if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
             raise self.error(path, requirement)
         return value
@@ -394,12 +448,13 @@ def _build(tree: _Tree, source: str) -> Config:
         roles=MappingProxyType({role: _role(reader, role) for role in ROLES}),
         source=source,
         datacoord=DataCoordConfig(segment_max_rows=reader.integer("dataCoord", "segment", "maxRows", low=1)),
+        grpc_tls=_grpc_tls(reader),
     )
 
 
 def _etcd(r: _Reader) -> EtcdConfig:
-    return EtcdConfig(
-        endpoints=r.strings("etcd", "endpoints"),
+    config = EtcdConfig(
+        endpoints=_endpoints(r),
         root_path=r.text("etcd", "rootPath"),
         meta_sub_path=r.text("etcd", "metaSubPath"),
         kv_sub_path=r.text("etcd", "kvSubPath"),
@@ -416,6 +471,67 @@ def _etcd(r: _Reader) -> EtcdConfig:
             user_name=r.text("etcd", "auth", "userName"),
             password=r.text("etcd", "auth", "password"),
         ),
+    )
+    _check_etcd_security(r, config)
+    return config
+
+
+# Keys whose values never appear in a message (ConfigError text ends up on terminals and in logs).
+_SECRET_KEYS: frozenset[KeyPath] = frozenset({("etcd", "auth", "password")})
+# host:port, [v6]:port, with an optional http:// or https:// (session.etcd.parse_endpoint takes the same).
+_ENDPOINT = re.compile(r"(?:(?:[hH][tT][tT][pP][sS]?)://)?(?:\[[^\]/\s]+\]|[^:/\s\[\]]+):(?P<port>\d{1,5})/?")
+
+
+def _endpoints(r: _Reader) -> tuple[str, ...]:
+    endpoints = r.strings("etcd", "endpoints")
+    for endpoint in endpoints:
+        match = _ENDPOINT.fullmatch(endpoint)
+        if match is None or not 1 <= int(match["port"]) <= 65535:
+            raise r.error(("etcd", "endpoints"), f"every endpoint must be host:port with a port in 1..65535 (not {endpoint!r})")
+    return endpoints
+
+
+def _check_etcd_security(r: _Reader, etcd: EtcdConfig) -> None:
+    """TLS needs a CA file, and a client certificate its key; auth needs a user: say so at start-up."""
+    if etcd.ssl.enabled:
+        _pem_file(r, ("etcd", "ssl", "tlsCACert"), required="etcd.ssl.enabled is true")
+        cert = _pem_file(r, ("etcd", "ssl", "tlsCert"))
+        key = _pem_file(r, ("etcd", "ssl", "tlsKey"))
+        if bool(cert) != bool(key):
+            missing = ("etcd", "ssl", "tlsKey") if cert else ("etcd", "ssl", "tlsCert")
+            raise r.error(missing, "must be set too: a client certificate needs its key (tlsCert and tlsKey go together)")
+    if etcd.auth.enabled and not etcd.auth.user_name.strip():
+        raise r.error(("etcd", "auth", "userName"), "must name a user when etcd.auth.enabled is true")
+
+
+def _pem_file(r: _Reader, path: KeyPath, *, required: str = "") -> str:
+    """The path a key names, checked to be a readable file; '' when unset (an error if ``required``)."""
+    name = r.text(*path).strip()
+    if not name:
+        if required:
+            raise r.error(path, f"must name a PEM file when {required}")
+        return ""
+    file = Path(name).expanduser()
+    if not file.is_file():
+        raise r.error(path, "must name an existing PEM file")
+    try:
+        with file.open("rb"):
+            pass
+    except OSError as exc:
+        raise r.error(path, f"cannot be read ({exc.strerror})") from None
+    return str(file)
+
+
+def _grpc_tls(r: _Reader) -> GrpcTLSConfig:
+    mode = r.integer("common", "security", "tlsMode", low=0, high=2)
+    if mode == 0:
+        return GrpcTLSConfig()
+    why = f"common.security.tlsMode is {mode}"
+    return GrpcTLSConfig(
+        mode=mode,
+        server_pem=_pem_file(r, ("tls", "serverPemPath"), required=why),
+        server_key=_pem_file(r, ("tls", "serverKeyPath"), required=why),
+        ca_pem=_pem_file(r, ("tls", "caPemPath"), required=why),
     )
 
 
@@ -444,7 +560,10 @@ def _role(r: _Reader, role: str) -> RoleConfig:
     section = _ROLE_SECTIONS[role]
     host, port = _address_and_port(r, section)
     enabled = r.boolean(section, "enableActiveStandby") or r.boolean(section, "activeStandby", "enabled")
-    return RoleConfig(role=role, address=host, port=port, enable_active_standby=enabled)
+    http_port = r.integer(section, "httpPort", low=0, high=65535)
+    if http_port == port:
+        raise r.error((section, "httpPort"), f"must differ from the gRPC port {port} ({_dotted((section, 'port'))})")
+    return RoleConfig(role=role, address=host, port=port, enable_active_standby=enabled, http_port=http_port)
 
 
 def _address_and_port(r: _Reader, section: str) -> tuple[str, int]:

@@ -16,3 +16,5 @@ class ExitCode(IntEnum):
     SESSION_LOST = 5  #: the session was lost and ``common.session.exitOnLost`` asks to exit
     PORT_IN_USE = 6  #: the role's gRPC port is taken
     CORRUPT_METADATA = 7  #: the role's metadata in etcd is unreadable; serving from it would be wrong
+    ALREADY_RUNNING = 8  #: ``run``: a process of the same role and alias holds the pid file on this host
+    NOT_RUNNING = 9  #: ``stop``: no pid file, or a stale one (removed): nothing of that role was running

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ssl
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ from typing import Any, cast
 import grpclib.const
 import structlog
 from grpclib.const import Status as GrpcStatus
-from grpclib.events import RecvRequest, SendInitialMetadata, listen
+from grpclib.events import RecvRequest, SendInitialMetadata, SendTrailingMetadata, listen
 from grpclib.exceptions import GRPCError
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
@@ -40,6 +42,7 @@ __all__ = [
     "EPOCH_HEADER",
     "ROLE_SERVICES",
     "SERVER_ID_HEADER",
+    "CallDone",
     "ComponentSnapshot",
     "CoordinatorServer",
     "PortInUseError",
@@ -65,6 +68,11 @@ _STOPPING = "stopping"
 _CANCEL_GRACE_S = 1.0
 
 _States = Stream[common_pb2.GetComponentStatesRequest, common_pb2.ComponentStates]
+
+#: ``on_call_done(method, status, seconds)``: told once per call, with the full method path
+#: (``/milvus.coord.RootCoord/AllocTimestamp``), the status sent (CANCELLED when the call
+#: ended without one) and the seconds from the request to the trailers.
+CallDone = Callable[[str, GrpcStatus, float], None]
 
 
 class PortInUseError(OSError):
@@ -160,6 +168,7 @@ class CoordinatorServer:
         snapshot: Callable[[], ComponentSnapshot],
         extra_handlers: Sequence[object] = (),
         gate: Callable[[], str | None] | None = None,
+        on_call_done: CallDone | None = None,
     ) -> None:
         base = ROLE_SERVICES.get(role)
         if base is None:
@@ -188,6 +197,9 @@ class CoordinatorServer:
         self._idle.set()
         # Every request task seen (exempt ones too), so close can wait for them, bounded.
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._on_call_done = on_call_done
+        # Per request task: [method, start, end, status] until the task ends (see _timed_call_done).
+        self._timings: dict[asyncio.Task[Any], list[Any]] = {}
 
     @property
     def role(self) -> str:
@@ -210,22 +222,29 @@ class CoordinatorServer:
             raise RuntimeError("server is not started")
         return self._server.bound_port()
 
-    async def start(self, host: str, port: int) -> None:
-        """Bind and listen; a taken port is reported as PortInUseError naming host and port."""
+    async def start(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Bind and listen; a taken port is reported as PortInUseError naming host and port.
+
+        ``ssl_context``: serve gRPC over TLS (``common.security.tlsMode``; see :mod:`coordinators.tls`).
+        """
         if self._server is not None:
             raise RuntimeError("server already started")
         # Extra handlers first and ours last: GetComponentStates always comes from the snapshot.
         server = _TrackingServer([self._health, *self._extra, self._role_service])
+        if self._on_call_done is not None:
+            # Before the gate: a call the gate refuses is still counted (with its UNAVAILABLE).
+            listen(server, RecvRequest, self._on_timed_request)
+            listen(server, SendTrailingMetadata, self._on_send_trailing_metadata)
         listen(server, RecvRequest, self._on_recv_request)
         listen(server, SendInitialMetadata, self._on_send_initial_metadata)
         try:
-            await server.start(host, port)
+            await server.start(host, port, ssl=ssl_context)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise PortInUseError(f"port {port} on {host} is already in use") from exc
             raise
         self._server = server
-        log.info("gRPC server listening", role=self._role, host=host, port=self.port)
+        log.info("gRPC server listening", role=self._role, host=host, port=self.port, tls=ssl_context is not None)
 
     def set_serving(self, serving: bool) -> None:
         """Health follows this: SERVING only while the ACTIVE member serves; draining forces NOT_SERVING."""
@@ -294,6 +313,27 @@ class CoordinatorServer:
             return
         event.metadata[SERVER_ID_HEADER] = str(snap.server_id)
         event.metadata[EPOCH_HEADER] = snap.extra.get("epoch", "0")
+
+    async def _on_timed_request(self, event: RecvRequest) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._timings[task] = [event.method_name, time.monotonic(), None, None]
+            task.add_done_callback(self._timed_call_done)
+
+    async def _on_send_trailing_metadata(self, event: SendTrailingMetadata) -> None:
+        timing = self._timings.get(asyncio.current_task())  # type: ignore[arg-type]
+        if timing is not None:
+            timing[2], timing[3] = time.monotonic(), event.status
+
+    def _timed_call_done(self, task: asyncio.Task[Any]) -> None:
+        """Report the call once its task is over (trailers sent, or cancelled without any)."""
+        method, start, end, status = self._timings.pop(task)
+        seconds = (end if end is not None else time.monotonic()) - start
+        assert self._on_call_done is not None
+        try:
+            self._on_call_done(method, status if status is not None else GrpcStatus.CANCELLED, seconds)
+        except Exception:  # noqa: BLE001 - a metrics hook must never break the server
+            log.exception("on_call_done hook failed", role=self._role, method=method)
 
     def _call_done(self, _task: asyncio.Task[Any]) -> None:
         self._in_flight -= 1

@@ -5,6 +5,9 @@ Operators compare our output with Milvus's, line for line, so the text layout is
 Code logs events with fields (``log.info("register ACTIVE service successfully", ServerID=19)``);
 both layouts are renderers over the same event dict. Every line is flushed as it is written,
 because coordinators run under ``nohup ... > /tmp/rootcoord.log 2>&1 &`` and the log is watched live.
+
+With ``log.file.rootPath`` set, the same lines go to ``<rootPath>/<role>.log`` instead of stdout,
+rotated by size as Milvus's ``log.file.maxSize`` / ``maxBackups`` do (see ``RotatingLineWriter``).
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple, TextIO
+from typing import Any, BinaryIO, NamedTuple, Protocol, TextIO
 
 import structlog
 from structlog.processors import CallsiteParameter, CallsiteParameterAdder
 from structlog.typing import EventDict
+
+from coordinators.config import LogFileConfig
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,
@@ -40,14 +45,43 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 Renderer = Callable[[Any, str, EventDict], str]
 
 
-def configure_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
-    """Send structlog events, and stdlib records at WARNING or above, to ``stream`` in one layout.
+class LogSetupError(Exception):
+    """The log file cannot be opened (directory not creatable, not writable...): the CLI prints it, exit 2."""
 
-    Safe to call again: the previous configuration and stdlib bridge are replaced, not stacked.
+    def __init__(self, message: str, path: str) -> None:
+        self.message = message
+        self.path = path
+        super().__init__(message)
+
+
+def configure_logging(
+    level: str = "info",
+    fmt: str = "text",
+    stream: TextIO | None = None,
+    file: LogFileConfig | None = None,
+    file_name: str = "milvus.log",
+) -> None:
+    """Send structlog events, and stdlib records at WARNING or above, to one output in one layout.
+
+    The output is ``<file.root_path>/<file_name>`` (rotated at ``file.max_size_mb`` MB, keeping
+    ``file.max_backups`` backups) when ``file`` has a non-empty root path, else ``stream``, else stdout.
+    Everything that can fail is checked first: a bad level or format raises ValueError, a log file
+    that cannot be opened (or a file name that is a path) raises LogSetupError, and either leaves the
+    previous configuration in place, with nothing written.
+    Safe to call again: the previous configuration, stdlib bridge and log file are replaced, not stacked.
     """
+    global _current_sink
     threshold = _threshold(level)
     renderer = _renderer(fmt)
-    sink = _LineSink(stream if stream is not None else sys.stdout)
+    if file is not None and file.root_path:
+        output: _Output = RotatingLineWriter.open(
+            Path(file.root_path) / _plain_file_name(file_name),
+            max_bytes=_max_bytes(file.max_size_mb),
+            backups=file.max_backups,
+        )
+    else:
+        output = _StreamOutput(stream if stream is not None else sys.stdout)
+    sink = _LineSink(output)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -61,6 +95,24 @@ def configure_logging(level: str = "info", fmt: str = "text", stream: TextIO | N
         cache_logger_on_first_use=False,  # reconfiguring (tests, the CLI) must reach existing loggers
     )
     _install_stdlib_bridge(_StdlibBridge(sink, renderer, max(threshold, logging.WARNING)))
+    previous, _current_sink = _current_sink, sink
+    if previous is not None:
+        previous.close()
+
+
+def _plain_file_name(file_name: str) -> str:
+    """The file (named after the role and alias) must stay inside rootPath: a name, not a path."""
+    if not file_name or file_name in (".", "..") or "/" in file_name or os.sep in file_name:
+        raise LogSetupError(f"log file name {file_name!r} must be a plain file name, without '/'", file_name)
+    return file_name
+
+
+def _max_bytes(max_size_mb: float) -> int:
+    """``log.file.maxSize`` is in megabytes, as Milvus's; fractions are allowed (tests use tiny sizes)."""
+    max_bytes = int(max_size_mb * 1024 * 1024)
+    if max_bytes < 1:
+        raise ValueError(f"log.file.maxSize must be > 0 MB, got {max_size_mb!r}")
+    return max_bytes
 
 
 def _threshold(level: str) -> int:
@@ -78,22 +130,144 @@ def _renderer(fmt: str) -> Renderer:
         raise ValueError(f"unknown log format {fmt!r}: expected text or json") from None
 
 
-class _LineSink:
-    """Writes one rendered line and flushes it; one lock so structlog and stdlib lines never interleave."""
+class _Output(Protocol):
+    """Where whole lines go: a stream or a rotating file. Called under the sink's lock."""
+
+    def write_line(self, line: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _StreamOutput:
+    """stdout (or a test's stream), flushed per line; never closed: we do not own it."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
+
+    def write_line(self, line: str) -> None:
+        self._stream.write(line)
+        self._stream.flush()
+
+    def close(self) -> None:
+        pass
+
+
+class RotatingLineWriter:
+    """Appends whole lines to a file and rotates it by size, as lumberjack does for Milvus's zap.
+
+    Why our own writer: the unit is a rendered entry (with its traceback), never split across files,
+    and the file must be opened, and fail clearly, before any line is written. Names follow logging's
+    RotatingFileHandler: ``rootcoord.log`` is current, ``rootcoord.log.1`` the newest backup and
+    ``rootcoord.log.<backups>`` the oldest; older ones are deleted. A line that would take the file
+    past ``max_bytes`` starts a new file; a line longer than ``max_bytes`` gets a file of its own.
+    ``backups=0`` keeps no backup: the file starts over (lumberjack would keep them all instead).
+
+    Each line is one unbuffered ``write`` to a local file (into the page cache: microseconds), made on
+    the calling thread, the event loop included, as zap writes synchronously; a rotation adds at most
+    ``backups`` renames and one open.
+    """
+
+    def __init__(self, path: Path, max_bytes: int, backups: int, handle: BinaryIO) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._file = handle
+        self._size = os.fstat(handle.fileno()).st_size  # appending to an existing file counts its size
+
+    @classmethod
+    def open(cls, path: Path, max_bytes: int, backups: int) -> RotatingLineWriter:
+        """Create the directory and open the file for appending, or raise LogSetupError naming the path."""
+        if max_bytes < 1 or backups < 0:
+            raise ValueError(f"log rotation needs max_bytes >= 1 and backups >= 0, got {max_bytes} and {backups}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = _open_append(path)
+        except OSError as exc:
+            raise LogSetupError(
+                f"cannot open log file {path} (log.file.rootPath {path.parent}): {exc}", str(path)
+            ) from exc
+        return cls(path, max_bytes, backups, handle)
+
+    def write_line(self, line: str) -> None:
+        """Write one complete line (or entry), rotating first if it would not fit in the current file."""
+        data = line.encode("utf-8", "backslashreplace")
+        if self._file.closed:  # a previous rotation could not reopen the file: try again
+            self._reopen()
+        if self._size > 0 and self._size + len(data) > self.max_bytes:
+            self._rotate()
+        view = memoryview(data)
+        while view:  # a regular file takes it all at once, short of a full disk
+            written = self._file.write(view) or 0
+            view = view[written:]
+        self._size += len(data)
+
+    def _rotate(self) -> None:
+        """Shift the backups up by one (the oldest falls off) and start an empty current file."""
+        self._file.close()
+        try:
+            if self.backups == 0:
+                self.path.unlink(missing_ok=True)
+            else:
+                for index in range(self.backups - 1, 0, -1):
+                    if self._backup(index).exists():
+                        os.replace(self._backup(index), self._backup(index + 1))
+                os.replace(self.path, self._backup(1))
+        finally:  # whatever failed, keep writing: to the old file if it could not be moved
+            self._reopen()
+
+    def _reopen(self) -> None:
+        self._file = _open_append(self.path)
+        self._size = os.fstat(self._file.fileno()).st_size
+
+    def _backup(self, index: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.{index}")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _open_append(path: Path) -> BinaryIO:
+    """Unbuffered: every write reaches the file at once, nothing to flush, nothing lost on a crash."""
+    return open(path, "ab", buffering=0)
+
+
+class _LineSink:
+    """Writes one rendered line and flushes it; one lock so structlog and stdlib lines never interleave."""
+
+    def __init__(self, output: _Output) -> None:
+        self._output = output
         self._lock = threading.Lock()
+        self._reported = False
 
     def msg(self, line: str) -> None:
         with self._lock:
             try:
-                self._stream.write(line + "\n")
-                self._stream.flush()
-            except (OSError, ValueError):  # a closed pipe or file must not take the coordinator down
+                self._output.write_line(line + "\n")
+            except (OSError, ValueError) as exc:  # a closed pipe or a full disk must not take the coordinator down
+                self._report_once(exc)
+
+    def _report_once(self, exc: Exception) -> None:
+        """Say once on stderr that lines are being lost, rather than lose them silently."""
+        if self._reported:
+            return
+        self._reported = True
+        try:
+            sys.stderr.write(f"milvus: cannot write log lines: {exc}\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._output.close()
+            except OSError:
                 pass
 
     debug = info = warning = warn = error = critical = exception = fatal = failure = err = log = msg
+
+
+_current_sink: _LineSink | None = None
 
 
 class _StdlibBridge(logging.Handler):

@@ -1,16 +1,30 @@
 #!/usr/bin/env bash
-# Start a local coordinator cluster: an etcd on 127.0.0.1:2379 (only if none
-# answers there), then `milvus run rootcoord|querycoord|datacoord` with nohup,
-# logs in /tmp/<role>.log. With --standby, active-standby is switched on for every
-# role and a second process per role (--alias standby, its own port, log
-# /tmp/<role>-standby.log) starts once the first one is ACTIVE.
+# Start a local coordinator cluster: an etcd (only if none answers at $ETCD_ENDPOINTS), then
+# `milvus run rootcoord|querycoord|datacoord` with nohup, logs in /tmp/<role>.log. With --standby,
+# active-standby is switched on for every role and a second process per role (--alias standby,
+# its own gRPC and HTTP ports, log /tmp/<role>-standby.log) starts once the first one is ACTIVE.
+# Waits until every role has an ACTIVE member (and a STANDBY one with --standby), then prints
+# `milvus status`.
 #
-# Re-running is safe: a process of the cluster that already runs is reported
-# and not started twice. Stop everything with scripts/stop_cluster.sh.
+# Every `milvus run` holds its pid file (<run dir>/<role>[-<alias>].pid, locked while it runs), so
+# re-running is harmless: a process whose pid file is held is reported and not started twice.
+# Stop everything with scripts/stop_cluster.sh.
 #
-# Environment: ETCD_DATA_DIR (default /tmp/milvus-etcd), MILVUS_RUN_DIR (pid
-# files, default /tmp/milvus), START_TIMEOUT (seconds per wait, default 15), and
-# any milvus config override (ETCD_ENDPOINTS, COMMON_SESSION_TTL, ...).
+# Environment (defaults in brackets):
+#   ETCD_ENDPOINTS   the etcd of the cluster [127.0.0.1:2379]; when nothing answers there and it is
+#                    one local endpoint (127.0.0.1 or localhost), an etcd is started on it
+#   ETCD_PEER_PORT   peer port of that etcd [2380]
+#   ETCD_DATA_DIR    its data dir [/tmp/milvus-etcd]
+#   CLUSTER_LOG_DIR  where the logs go, etcd.log included [/tmp]
+#   MILVUS_RUN_DIR   pid files [/run/milvus if writable, else /tmp/milvus]; the etcd started here
+#                    is recorded in etcd.pid there, for stop_cluster.sh
+#   STANDBY_ROOT_COORD_PORT, STANDBY_QUERY_COORD_PORT, STANDBY_DATA_COORD_PORT
+#                    gRPC ports of the standbys [53101, 19532, 13334]
+#   STANDBY_ROOT_COORD_HTTP_PORT, STANDBY_QUERY_COORD_HTTP_PORT, STANDBY_DATA_COORD_HTTP_PORT
+#                    HTTP (health, metrics) ports of the standbys [9111, 9112, 9113]
+#   START_TIMEOUT    seconds per wait [15]
+# and any milvus config override (ROOT_COORD_PORT, ROOT_COORD_HTTP_PORT, ETCD_ROOT_PATH,
+# COMMON_SESSION_TTL, ...), which every process inherits.
 set -euo pipefail
 
 usage() { echo "usage: $0 [--standby]" >&2; }
@@ -31,66 +45,41 @@ source "$SCRIPT_DIR/find_etcd.sh"
 # shellcheck source=scripts/_procs.sh
 source "$SCRIPT_DIR/_procs.sh"
 
+say() { echo "start_cluster: $*"; }
+die() { echo "start_cluster: $*" >&2; exit 1; }
+
 ROLES=(rootcoord querycoord datacoord)
-RUN_DIR="${MILVUS_RUN_DIR:-/tmp/milvus}"
-ETCD_ADDR=127.0.0.1:2379
-ETCD_PEER=127.0.0.1:2380
+RUN_DIR="$(milvus_run_dir)" || die "no usable pid file directory (see above)"
+export MILVUS_RUN_DIR="$RUN_DIR"   # the processes and milvus status agree with this script
+LOG_DIR="${CLUSTER_LOG_DIR:-/tmp}"
+mkdir -p "$LOG_DIR" || die "cannot create the log directory $LOG_DIR"
+export ETCD_ENDPOINTS="${ETCD_ENDPOINTS:-127.0.0.1:2379}"
+ETCD_PEER_PORT="${ETCD_PEER_PORT:-2380}"
 ETCD_DIR="${ETCD_DATA_DIR:-/tmp/milvus-etcd}"
-ETCD_LOG=/tmp/etcd.log
+ETCD_LOG="$LOG_DIR/etcd.log"
 ETCD_PIDFILE="$RUN_DIR/etcd.pid"
 TIMEOUT="${START_TIMEOUT:-15}"
-# Marks the processes this script starts, so stop_cluster.sh stops only those
-# (and pid-file owners) unless told --all.
-export MILVUS_CLUSTER_SCRIPT=start_cluster
-mkdir -p "$RUN_DIR"
 
 declare -A PORT_ENV=([rootcoord]=ROOT_COORD_PORT [querycoord]=QUERY_COORD_PORT [datacoord]=DATA_COORD_PORT)
-declare -A STANDBY_PORT=([rootcoord]=53101 [querycoord]=19532 [datacoord]=13334)
+declare -A HTTP_ENV=([rootcoord]=ROOT_COORD_HTTP_PORT [querycoord]=QUERY_COORD_HTTP_PORT [datacoord]=DATA_COORD_HTTP_PORT)
+declare -A STANDBY_PORT=(
+    [rootcoord]="${STANDBY_ROOT_COORD_PORT:-53101}"
+    [querycoord]="${STANDBY_QUERY_COORD_PORT:-19532}"
+    [datacoord]="${STANDBY_DATA_COORD_PORT:-13334}"
+)
+declare -A STANDBY_HTTP=(
+    [rootcoord]="${STANDBY_ROOT_COORD_HTTP_PORT:-9111}"
+    [querycoord]="${STANDBY_QUERY_COORD_HTTP_PORT:-9112}"
+    [datacoord]="${STANDBY_DATA_COORD_HTTP_PORT:-9113}"
+)
 declare -A STANDBY_ENV=([rootcoord]=ROOT_COORD_ENABLE_ACTIVE_STANDBY [querycoord]=QUERY_COORD_ENABLE_ACTIVE_STANDBY [datacoord]=DATA_COORD_ENABLE_ACTIVE_STANDBY)
 if [ "$STANDBY" = 1 ]; then
     for role in "${ROLES[@]}"; do export "${STANDBY_ENV[$role]}=true"; done
 fi
 
-say() { echo "start_cluster: $*"; }
-die() { echo "start_cluster: $*" >&2; exit 1; }
-
-
-# pids of running `milvus run ROLE` processes whose --alias is ALIAS ("" = none):
-# from the pid files milvus keeps (/run/milvus, then $RUN_DIR), then from every
-# process's command line (what `pgrep -f "milvus run ROLE"` sees).
-milvus_pids() {
-    local role="$1" alias="$2" name f pid cmd a
-    name="$role${alias:+-$alias}"
-    {
-        for f in "/run/milvus/$name.pid" "$RUN_DIR/$name.pid"; do
-            pid="$(head -n1 "$f" 2>/dev/null | tr -dc 0-9 || true)"
-            if pid_alive "$pid" && [[ "$(cmdline "$pid")" == *"milvus run $role"* ]]; then echo "$pid"; fi
-        done
-        all_cmdlines | while read -r pid cmd; do
-            [[ "$cmd" =~ (^|[ /])milvus\ run\ $role( |$) ]] || continue
-            a=""
-            if [[ "$cmd" =~ --alias[=\ ]([^ ]+) ]]; then a="${BASH_REMATCH[1]}"; fi
-            if [ "$a" = "$alias" ]; then echo "$pid"; fi
-        done
-    } | sort -un
-}
-
-# "pid cmdline" of every `milvus run` process: pgrep where there is one, else /proc.
-all_cmdlines() {
-    local f pid
-    if command -v pgrep >/dev/null 2>&1; then
-        pgrep -af -- "milvus run" || true
-        return 0
-    fi
-    for f in /proc/[0-9]*/cmdline; do
-        pid="${f#/proc/}"; pid="${pid%/cmdline}"
-        echo "$pid $(cmdline "$pid")"
-    done
-}
-
 etcdctl_bin="$(find_etcdctl)" || die "etcdctl not found (see above)"
 etcd_healthy() {
-    timeout 5 env -u ETCDCTL_ENDPOINTS "$etcdctl_bin" --endpoints="$ETCD_ADDR" \
+    timeout 5 env -u ETCDCTL_ENDPOINTS "$etcdctl_bin" --endpoints="$ETCD_ENDPOINTS" \
         --dial-timeout=1s --command-timeout=2s endpoint health >/dev/null 2>&1
 }
 
@@ -106,7 +95,7 @@ wait_for() {
 # ------------------------------------------------------------------ etcd
 start_etcd() {
     if etcd_healthy; then
-        say "etcd already answers on $ETCD_ADDR: using it"
+        say "etcd already answers on $ETCD_ENDPOINTS: using it"
         return 0
     fi
     local pid
@@ -114,7 +103,13 @@ start_etcd() {
     if pid_alive "$pid" && [[ "$(cmdline "$pid")" == *etcd* ]]; then
         say "etcd (pid $pid) is running but not healthy yet; waiting"
     else
-        local etcd_bin
+        local endpoint="${ETCD_ENDPOINTS#http://}" host port etcd_bin
+        endpoint="${endpoint%/}"
+        host="${endpoint%:*}"; port="${endpoint##*:}"
+        if [[ "$endpoint" == *,* ]] || [[ ! "$host" =~ ^(127\.0\.0\.1|localhost)$ ]] || [[ ! "$port" =~ ^[0-9]+$ ]]; then
+            die "no etcd answers on $ETCD_ENDPOINTS, and it is not one local endpoint (127.0.0.1:<port>) this script could start: start it first"
+        fi
+        local client="127.0.0.1:$port" peer="127.0.0.1:$ETCD_PEER_PORT"
         etcd_bin="$(find_etcd)" || die "etcd not found (see above)"
         mkdir -p "$ETCD_DIR"
         # etcd reads ETCD_* variables as flags and exits on one that repeats a flag
@@ -125,11 +120,11 @@ start_etcd() {
         env "${unset_etcd[@]}" setsid nohup "$etcd_bin" \
             --name=milvus-etcd \
             --data-dir="$ETCD_DIR" \
-            --listen-client-urls="http://$ETCD_ADDR" \
-            --advertise-client-urls="http://$ETCD_ADDR" \
-            --listen-peer-urls="http://$ETCD_PEER" \
-            --initial-advertise-peer-urls="http://$ETCD_PEER" \
-            --initial-cluster="milvus-etcd=http://$ETCD_PEER" \
+            --listen-client-urls="http://$client" \
+            --advertise-client-urls="http://$client" \
+            --listen-peer-urls="http://$peer" \
+            --initial-advertise-peer-urls="http://$peer" \
+            --initial-cluster="milvus-etcd=http://$peer" \
             --initial-cluster-state=new \
             --auto-compaction-mode=revision \
             --auto-compaction-retention=1000 \
@@ -139,31 +134,34 @@ start_etcd() {
             >"$ETCD_LOG" 2>&1 </dev/null &
         pid=$!
         echo "$pid" >"$ETCD_PIDFILE"
-        say "started etcd (pid $pid, data $ETCD_DIR, log $ETCD_LOG)"
+        say "started etcd (pid $pid, client $client, data $ETCD_DIR, log $ETCD_LOG)"
     fi
     if ! wait_for etcd_healthy; then
-        echo "start_cluster: etcd on $ETCD_ADDR not healthy after ${TIMEOUT}s; tail of $ETCD_LOG:" >&2
+        echo "start_cluster: etcd on $ETCD_ENDPOINTS not healthy after ${TIMEOUT}s; tail of $ETCD_LOG:" >&2
         tail -n 30 "$ETCD_LOG" >&2 || true
         exit 1
     fi
-    say "etcd healthy on $ETCD_ADDR"
+    say "etcd healthy on $ETCD_ENDPOINTS"
 }
 
 # ------------------------------------------------------------------ coordinators
 declare -A STARTED=()   # "role|alias" -> pid, for the processes this run started
 declare -A LOGS=()
+ALREADY=()              # names of the processes found running
 
 launch() {
-    local role="$1" alias="$2" log pids pid
+    local role="$1" alias="$2" log held pid
     local name="$role${alias:+-$alias}"
-    log="/tmp/$name.log"
-    pids="$(milvus_pids "$role" "$alias" | tr '\n' ' ')"
-    if [ -n "${pids// /}" ]; then
-        say "$name already running (pid ${pids% }): not starting another"
+    log="$LOG_DIR/$name.log"
+    if held="$(pid_holder "$role" "$alias")"; then
+        say "$name already running (pid $held, pid file $RUN_DIR/$name.pid): not starting another"
+        ALREADY+=("$name")
         return 0
     fi
     local -a envs=()
-    if [ -n "$alias" ]; then envs+=("${PORT_ENV[$role]}=${STANDBY_PORT[$role]}"); fi
+    if [ -n "$alias" ]; then
+        envs+=("${PORT_ENV[$role]}=${STANDBY_PORT[$role]}" "${HTTP_ENV[$role]}=${STANDBY_HTTP[$role]}")
+    fi
     env "${envs[@]}" setsid nohup milvus run "$role" ${alias:+--alias "$alias"} \
         >"$log" 2>&1 </dev/null &
     pid=$!
@@ -174,7 +172,7 @@ launch() {
 
 # Exit non-zero, with its log's tail, if a process this run started has died.
 check_alive() {
-    local key pid role alias
+    local key pid role alias rc
     for key in "${!STARTED[@]}"; do
         pid="${STARTED[$key]}"
         if ! pid_alive "$pid"; then
@@ -236,4 +234,7 @@ if [ "$STANDBY" = 1 ]; then
     wait_for all_standby || fail_wait "not every role has a STANDBY coordinator"
 fi
 check_alive
+if [ "${#STARTED[@]}" -eq 0 ]; then
+    say "the cluster is already running (${ALREADY[*]}): nothing started"
+fi
 milvus status

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Stop what scripts/start_cluster.sh started: SIGTERM every coordinator (standbys
-# first, so no standby takes over from an active that is stopping anyway), wait
-# up to 10 s, SIGKILL what is left, then stop the etcd that start_cluster.sh
-# started (its pid file), leaving an etcd it found running alone.
+# Stop what scripts/start_cluster.sh started: `milvus stop` for every coordinator with a pid file
+# in the run dir, standbys (the pid files with an alias) first, so no standby takes over from an
+# active that is stopping anyway; the processes of one step stop in parallel, each SIGKILLed if
+# still running after $STOP_TIMEOUT s. Stale pid files are removed. Then the etcd that
+# start_cluster.sh started (etcd.pid in the run dir) is stopped; an etcd it found running is left
+# alone. Leaves no pid file behind.
 #
-# Which coordinators: those start_cluster.sh started (they carry
-# MILVUS_CLUSTER_SCRIPT=start_cluster in their environment) and those named by
-# milvus's pid files (/run/milvus, $MILVUS_RUN_DIR or /tmp/milvus). With --all,
-# every `milvus run` process on the machine (what `pgrep -f "milvus run"` finds),
-# including ones a test run or a person started by hand.
+# With --all, also every other `milvus run` process on the machine (what `pgrep -f "milvus run"`
+# finds), including ones a test run or a person started elsewhere: SIGTERM, SIGKILL after the timeout.
+#
+# Environment: MILVUS_RUN_DIR (pid files, as start_cluster.sh and milvus run: default /run/milvus
+# if writable, else /tmp/milvus), STOP_TIMEOUT (seconds, default 10).
 set -euo pipefail
 
 usage() { echo "usage: $0 [--all] [--keep-etcd]" >&2; }
@@ -23,45 +25,48 @@ for arg in "$@"; do
     esac
 done
 
-RUN_DIR="${MILVUS_RUN_DIR:-/tmp/milvus}"
-ETCD_PIDFILE="$RUN_DIR/etcd.pid"
-STOP_TIMEOUT="${STOP_TIMEOUT:-10}"
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=scripts/_venv.sh
+source "$SCRIPT_DIR/_venv.sh"
+# shellcheck source=scripts/_procs.sh
+source "$SCRIPT_DIR/_procs.sh"
 
 say() { echo "stop_cluster: $*"; }
-# shellcheck source=scripts/_procs.sh
-source "$(dirname "${BASH_SOURCE[0]}")/_procs.sh"
-is_milvus_run() { [[ "$(cmdline "$1")" =~ (^|[ /])milvus\ run\  ]]; }
-ours() { tr '\0' '\n' 2>/dev/null <"/proc/$1/environ" | grep -qx 'MILVUS_CLUSTER_SCRIPT=start_cluster'; }
 
-# Pids whose command line may be `milvus run ...`: pgrep where there is one, else all.
-candidate_pids() {
-    if command -v pgrep >/dev/null 2>&1; then
-        pgrep -f -- "milvus run" || true
-    else
-        local f
-        for f in /proc/[0-9]*; do echo "${f#/proc/}"; done
-    fi
+RUN_DIR="$(milvus_run_dir)" || { echo "stop_cluster: no usable pid file directory (see above)" >&2; exit 1; }
+export MILVUS_RUN_DIR="$RUN_DIR"
+ETCD_PIDFILE="$RUN_DIR/etcd.pid"
+STOP_TIMEOUT="${STOP_TIMEOUT:-10}"
+RC=0
+
+# "role alias" of each coordinator pid file in the run dir (alias "" for none), standbys first.
+pid_files() {
+    local f name role
+    for f in "$RUN_DIR"/*.pid; do
+        [ -e "$f" ] || continue
+        name="$(basename "$f" .pid)"
+        role="${name%%-*}"   # role names have no '-'; an alias may
+        case "$role" in rootcoord|querycoord|datacoord) ;; *) continue ;; esac
+        if [ "$name" = "$role" ]; then echo "1 $role"; else echo "0 $role ${name#*-}"; fi
+    done | sort -k1,1n | cut -d' ' -f2-
 }
 
-# The coordinator pids to stop, one per line.
-targets() {
-    local f pid
-    {
-        for f in /run/milvus/*.pid "$RUN_DIR"/*.pid; do
-            [ -e "$f" ] || continue
-            pid="$(head -n1 "$f" 2>/dev/null | tr -dc 0-9 || true)"
-            if pid_alive "$pid" && is_milvus_run "$pid"; then echo "$pid"; fi
-        done
-        for pid in $(candidate_pids); do
-            is_milvus_run "$pid" || continue
-            if [ "$ALL" = 1 ] || ours "$pid"; then echo "$pid"; fi
-        done
-    } | sort -un
+# `milvus stop` each "role [alias]" given, in parallel; their lines prefixed with ours.
+stop_group() {
+    local line role alias
+    local -a waits=()
+    for line in "$@"; do
+        read -r role alias <<<"$line"
+        { milvus stop "$role" ${alias:+--alias "$alias"} --timeout "$STOP_TIMEOUT" --kill 2>&1 || true; } \
+            | sed 's/^\(milvus stop: \)\?/stop_cluster: /' &
+        waits+=("$!")
+    done
+    for line in "${waits[@]}"; do wait "$line" || true; done
 }
 
-# SIGTERM PIDS..., wait until all are gone or the shared deadline passes.
+# SIGTERM PIDS..., wait until all are gone or STOP_TIMEOUT passes, then SIGKILL (for --all).
 term_and_wait() {
-    local pid
+    local pid deadline=$((SECONDS + STOP_TIMEOUT))
     for pid in "$@"; do
         say "SIGTERM $(cmdline "$pid" | sed 's/.*\(milvus run\)/\1/') (pid $pid)"
         kill -TERM "$pid" 2>/dev/null || true
@@ -70,7 +75,7 @@ term_and_wait() {
         local left=()
         for pid in "$@"; do pid_alive "$pid" && left+=("$pid"); done
         [ "${#left[@]}" -eq 0 ] && return 0
-        if [ "$SECONDS" -ge "$DEADLINE" ]; then
+        if [ "$SECONDS" -ge "$deadline" ]; then
             say "still running after ${STOP_TIMEOUT}s, SIGKILL: ${left[*]}"
             kill -KILL "${left[@]}" 2>/dev/null || true
             return 0
@@ -79,27 +84,37 @@ term_and_wait() {
     done
 }
 
-mapfile -t PIDS < <(targets)
-DEADLINE=$((SECONDS + STOP_TIMEOUT))
-if [ "${#PIDS[@]}" -eq 0 ]; then
-    say "no coordinator running"
+mapfile -t FILES < <(pid_files)
+if [ "${#FILES[@]}" -eq 0 ]; then
+    say "no coordinator pid file in $RUN_DIR"
 else
-    standbys=() others=()
-    for pid in "${PIDS[@]}"; do
-        if [[ "$(cmdline "$pid")" == *--alias* ]]; then standbys+=("$pid"); else others+=("$pid"); fi
+    standbys=() actives=()
+    for line in "${FILES[@]}"; do
+        if [[ "$line" == *" "* ]]; then standbys+=("$line"); else actives+=("$line"); fi
     done
-    [ "${#standbys[@]}" -gt 0 ] && term_and_wait "${standbys[@]}"
-    [ "${#others[@]}" -gt 0 ] && term_and_wait "${others[@]}"
+    [ "${#standbys[@]}" -gt 0 ] && stop_group "${standbys[@]}"
+    [ "${#actives[@]}" -gt 0 ] && stop_group "${actives[@]}"
+    mapfile -t LEFT < <(pid_files)
+    if [ "${#LEFT[@]}" -gt 0 ]; then
+        say "pid files still in $RUN_DIR: ${LEFT[*]}"
+        RC=1
+    fi
+fi
+
+if [ "$ALL" = 1 ]; then
+    mapfile -t OTHERS < <(pgrep -f -- "milvus run" | while read -r pid; do
+        [[ "$(cmdline "$pid")" =~ (^|[ /])milvus\ run\  ]] && echo "$pid"; done || true)
+    if [ "${#OTHERS[@]}" -gt 0 ]; then term_and_wait "${OTHERS[@]}"; fi
 fi
 
 if [ "$KEEP_ETCD" = 0 ] && [ -f "$ETCD_PIDFILE" ]; then
     pid="$(head -n1 "$ETCD_PIDFILE" | tr -dc 0-9 || true)"
     if pid_alive "$pid" && [[ "$(cmdline "$pid")" == *etcd* ]]; then
         say "stopping etcd (pid $pid)"
-        DEADLINE=$((SECONDS + STOP_TIMEOUT))
+        deadline=$((SECONDS + STOP_TIMEOUT))
         kill -TERM "$pid" 2>/dev/null || true
         while pid_alive "$pid"; do
-            if [ "$SECONDS" -ge "$DEADLINE" ]; then
+            if [ "$SECONDS" -ge "$deadline" ]; then
                 say "etcd still running after ${STOP_TIMEOUT}s, SIGKILL"
                 kill -KILL "$pid" 2>/dev/null || true
                 break
@@ -110,3 +125,4 @@ if [ "$KEEP_ETCD" = 0 ] && [ -f "$ETCD_PIDFILE" ]; then
     rm -f "$ETCD_PIDFILE"
 fi
 say "done"
+exit "$RC"

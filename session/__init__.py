@@ -2,7 +2,8 @@
 
 Read in this order: :mod:`session.etcd` (calls with timeouts), :mod:`session.watch` (a watch
 that survives compaction), :mod:`session.lease` (the lease and its local deadline),
-:mod:`session.campaign` (ACTIVE / STANDBY), :mod:`session.fencing` (writes guarded by the epoch).
+:mod:`session.campaign` (ACTIVE / STANDBY), :mod:`session.fencing` (writes guarded by the epoch);
+:mod:`session.observer` is how a user hears about keep-alives, watch restarts and vacancies.
 The library takes plain parameters and reads no config file.
 """
 
@@ -22,6 +23,7 @@ from session.etcd import Etcd, EtcdTLS
 from session.fencing import FencedWriter
 from session.info import SessionInfo
 from session.lease import LeaseSession, safety_margin, session_prefix
+from session.observer import SessionObserver, WatchRestart
 from session.server_id import allocate_server_id
 
 __all__ = [
@@ -40,7 +42,9 @@ __all__ = [
     "SessionError",
     "SessionInfo",
     "SessionLost",
+    "SessionObserver",
     "Term",
+    "WatchRestart",
     "active_key",
     "allocate_server_id",
     "safety_margin",

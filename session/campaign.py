@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from session.errors import AlreadyActive, CorruptValue, EtcdUnavailable, SessionLost
-from session.etcd import cmp_version, op_get, op_put
+from session.etcd import cmp_create_revision, cmp_version, op_delete, op_get, op_put
 from session.info import SessionInfo
 from session.lease import LeaseSession, session_prefix
 from session.watch import KeyEvent, KeyValue, Resync, WatchItem, read_state, watch
@@ -44,6 +44,7 @@ class Term:
     key: str
     epoch: int
     server_id: int
+    lease: int = 0  #: the session lease the ACTIVE key must stay attached to
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     end_reason: str = ""
 
@@ -105,7 +106,7 @@ class Campaign:
         if resp.succeeded:
             self.holder = None
             log.info("register ACTIVE service successfully", ServerID=info.server_id)
-            return Term(self.role, self.key, int(resp.header.revision), info.server_id)
+            return Term(self.role, self.key, int(resp.header.revision), info.server_id, info.lease_id)
         kvs = resp.responses[0].response_range.kvs
         if not kvs:  # deleted between compare and read: cannot happen in one txn, but be safe
             return None
@@ -113,7 +114,7 @@ class Campaign:
         if kv.lease == info.lease_id:
             # An earlier attempt of ours succeeded but its answer was lost (timeout): the key is ours.
             log.info("register ACTIVE service successfully", ServerID=info.server_id, recovered=True)
-            return Term(self.role, self.key, kv.create_revision, info.server_id)
+            return Term(self.role, self.key, kv.create_revision, info.server_id, info.lease_id)
         self.holder = self._read_holder(kv)
         self._waiting_from = int(resp.header.revision) + 1
         return None
@@ -172,10 +173,11 @@ class Campaign:
         try:
             start = term.epoch + 1
             while term.active:
-                async with aclosing(watch(self.etcd, self.key, start_revision=start)) as events:
+                active = watch(self.etcd, self.key, start_revision=start, on_restart=self.session.observer.watch_restarted)
+                async with aclosing(active) as events:
                     outcome = await self._next_or(events, lost, ended)
                     while isinstance(outcome, KeyEvent | Resync):
-                        reason = _term_over(outcome, term.epoch)
+                        reason = _term_over(outcome, term)
                         if reason:
                             term.end(reason)
                             return
@@ -188,7 +190,7 @@ class Campaign:
                 # Backstop: no event for a whole interval; read the key to be sure.
                 with contextlib.suppress(EtcdUnavailable):
                     state = await read_state(self.etcd, self.key)
-                    reason = _term_over(state, term.epoch)
+                    reason = _term_over(state, term)
                     if reason:
                         term.end(reason + " (backstop read)")
                         return
@@ -197,6 +199,18 @@ class Campaign:
             for fut in (lost, ended):
                 fut.cancel()
 
+    async def resign(self, term: Term, *, timeout: float | None = None) -> bool:
+        """Give the ACTIVE key up (etcd's ``Election.Resign``): delete it only if this term created it.
+
+        For a member that must not trust its own term any more while its session is still held (a
+        stalled event loop): the key goes, so the role's election runs again and ends with a new
+        epoch, instead of this member recovering the old key as its own. Returns True if deleted.
+        """
+        resp = await self.etcd.txn([cmp_create_revision(self.key, term.epoch)], [op_delete(self.key)], timeout=timeout)
+        if resp.succeeded:
+            log.info("resigned the ACTIVE key", role=self.role, ServerID=term.server_id, epoch=term.epoch)
+        return bool(resp.succeeded)
+
     # -- waiting -----------------------------------------------------------------------------
 
     async def _wait_for_vacancy(self, start_revision: int) -> None:
@@ -204,10 +218,14 @@ class Campaign:
         lost = asyncio.ensure_future(self.session.lost.wait())
         try:
             while True:
-                async with aclosing(watch(self.etcd, self.key, start_revision=start_revision)) as events:
+                active = watch(
+                    self.etcd, self.key, start_revision=start_revision, on_restart=self.session.observer.watch_restarted
+                )
+                async with aclosing(active) as events:
                     outcome = await self._next_or(events, lost)
                     while isinstance(outcome, KeyEvent | Resync):
                         if self._vacated(outcome):
+                            self.session.observer.vacancy_seen(self.key)
                             return
                         outcome = await self._next_or(events, lost)
                 if lost.done():
@@ -219,6 +237,7 @@ class Campaign:
                     continue
                 if not state.kvs:
                     log.info("the ACTIVE key is gone (backstop read)", key=self.key, revision=state.revision)
+                    self.session.observer.vacancy_seen(self.key)
                     return
                 self._note_holder(state.kvs[0])
                 start_revision = state.revision + 1
@@ -286,6 +305,7 @@ class Campaign:
         except CorruptValue as exc:
             log.error(
                 "the ACTIVE key holds a value that is not a session; waiting for it to be deleted or to expire",
+                ServerID=self.session.server_id,
                 key=kv.key,
                 error=str(exc),
                 lease=f"{kv.lease:x}" if kv.lease else "none (will never expire: delete it by hand)",
@@ -308,17 +328,22 @@ class Campaign:
             log.info(f"ACTIVE {self.role} has already been registered")
 
 
-def _term_over(item: WatchItem, epoch: int) -> str:
-    """Why a watch item ends the term with ``epoch``, or '' when the term goes on."""
+def _term_over(item: WatchItem, term: Term) -> str:
+    """Why a watch item ends ``term``, or '' when the term goes on.
+
+    A key re-created since (another create revision) or put on another lease (someone overwrote
+    it: it would no longer vanish with our session, so no standby could ever take over) ends it.
+    """
     if isinstance(item, Resync):
         if not item.kvs:
             return "the ACTIVE key is gone"
-        if item.kvs[0].create_revision != epoch:
-            return f"the ACTIVE key was re-created at revision {item.kvs[0].create_revision}"
-        return ""
-    if item.kind == "DELETE":
+        kv = item.kvs[0]
+    elif item.kind == "DELETE":
         return f"the ACTIVE key was deleted at revision {item.kv.mod_revision}"
-    if item.kv.create_revision != epoch:
-        return f"the ACTIVE key was re-created at revision {item.kv.create_revision}"
+    else:
+        kv = item.kv
+    if kv.create_revision != term.epoch:
+        return f"the ACTIVE key was re-created at revision {kv.create_revision}"
+    if term.lease and kv.lease != term.lease:
+        return f"the ACTIVE key was overwritten at revision {kv.mod_revision} (lease {kv.lease:x}, not ours)"
     return ""
-

@@ -14,7 +14,7 @@ from etcd3aio._protobuf import Compare, RequestOp, TxnResponse
 
 from session.campaign import Term
 from session.errors import NotActive, SessionLost
-from session.etcd import cmp_create_revision, op_delete, op_get, op_put, op_txn
+from session.etcd import cmp_create_revision, cmp_lease, op_delete, op_get, op_put, op_txn
 from session.lease import LeaseSession
 
 
@@ -54,11 +54,13 @@ class FencedWriter:
         """Run the caller's txn inside the epoch guard; returns the caller's txn response."""
         self.check()
         guard = [cmp_create_revision(self.term.key, self.term.epoch)]
+        if self.term.lease:
+            guard.append(cmp_lease(self.term.key, self.term.lease))
         resp = await self.etcd.txn(guard, [op_txn(compare, success, failure)], [op_get(self.term.key)], timeout=timeout)
         if not resp.succeeded:
             kvs = resp.responses[0].response_range.kvs
             now = f"created at revision {kvs[0].create_revision}" if kvs else "absent"
-            reason = f"fenced write refused: the ACTIVE key is {now}, not the epoch {self.term.epoch}"
+            reason = f"fenced write refused: the ACTIVE key is {now}, not the epoch {self.term.epoch} on our lease"
             self.term.end(reason)
             raise NotActive(f"{self.term.role} term {self.term.epoch} is over: {reason}")
         inner: TxnResponse = resp.responses[0].response_txn

@@ -8,6 +8,8 @@ from typing import Any
 
 from session.errors import CorruptValue
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # etcd's lease IDs and Milvus's server IDs are int64
+
 
 @dataclass(frozen=True)
 class SessionInfo:
@@ -53,18 +55,21 @@ class SessionInfo:
             server_id = doc["ServerID"]
             if not isinstance(server_id, int) or isinstance(server_id, bool):
                 raise TypeError("ServerID is not an integer")
+            lease_id = int(doc.get("LeaseID", 0))
+            if not (_INT64_MIN <= server_id <= _INT64_MAX and _INT64_MIN <= lease_id <= _INT64_MAX):
+                raise ValueError("ServerID and LeaseID must fit in 64 bits")
             return cls(
                 server_id=server_id,
                 server_name=str(doc.get("ServerName", "")),
                 address=str(doc.get("Address", "")),
                 exclusive=bool(doc.get("Exclusive", False)),
                 version=str(doc.get("Version", "")),
-                lease_id=int(doc.get("LeaseID", 0)),
+                lease_id=lease_id,
                 hostname=str(doc.get("HostName", "")),
                 stopping=bool(doc.get("Stopping", False)),
                 trigger_kill=bool(doc.get("TriggerKill", True)),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: "LeaseID": 1e400
             raise CorruptValue(key, raw, f"not a session: {exc}") from exc
 
     def as_stopping(self) -> SessionInfo:

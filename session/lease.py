@@ -22,8 +22,9 @@ from typing import Any
 import structlog
 
 from session.errors import EtcdAuthError, EtcdUnavailable, LeaseNotFound, SessionError, SessionLost
-from session.etcd import GREATER, Etcd, cmp_version, op_put
+from session.etcd import GREATER, Etcd, cmp_lease, cmp_version, op_put
 from session.info import SessionInfo
+from session.observer import NO_OBSERVER, SessionObserver
 from session.server_id import allocate_server_id
 from session.watch import KeyEvent, Resync, watch
 
@@ -44,7 +45,8 @@ class LeaseSession:
     """One session of one process: server ID, lease, own key ``{role}-{id}``, keep-alive.
 
     Open it with :meth:`open`, close it with :meth:`close`; it owns three tasks (keep-alive,
-    deadline watchdog, own-key watch) and cancels and awaits them on close.
+    deadline watchdog, own-key watch) and cancels and awaits them on close. ``observer`` hears
+    about keep-alives and watch restarts (see :mod:`session.observer`); the campaign reports to it too.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class LeaseSession:
         version: str,
         exclusive: bool = True,
         hostname: str | None = None,
+        observer: SessionObserver | None = None,
     ) -> None:
         if ttl < 1:
             raise ValueError("session TTL must be at least 1 s")
@@ -69,6 +72,7 @@ class LeaseSession:
         self.version = version
         self.exclusive = exclusive
         self.hostname = hostname or socket.gethostname()
+        self.observer = observer or NO_OBSERVER
         self.lost = asyncio.Event()
         self.lost_reason = ""
         self._info: SessionInfo | None = None
@@ -169,13 +173,15 @@ class LeaseSession:
         self._spawn(self._watch_own_key(registered_at + 1), "own-key")
 
     async def mark_stopping(self) -> None:
-        """Put ``Stopping=true`` at the own key, so clients and ``milvus status`` see the shutdown."""
+        """Put ``Stopping=true`` at the own key, and at the ACTIVE key while it is on our lease, so
+        clients stop choosing this member and ``milvus status`` shows the shutdown."""
         self._info = self.info.as_stopping()
+        value, timeout = self._info.to_json(), min(self.etcd.timeout, self.keepalive_interval)
+        active = f"{session_prefix(self.meta_root)}{self.role}"
         await self.etcd.txn(
-            [cmp_version(self.key, 0, result=GREATER)],
-            [op_put(self.key, self._info.to_json(), lease=self.lease_id)],
-            timeout=min(self.etcd.timeout, self.keepalive_interval),
+            [cmp_version(self.key, 0, result=GREATER)], [op_put(self.key, value, lease=self.lease_id)], timeout=timeout
         )
+        await self.etcd.txn([cmp_lease(active, self.lease_id)], [op_put(active, value, lease=self.lease_id)], timeout=timeout)
 
     async def close(self, *, revoke: bool = True) -> None:
         """Stop the tasks, then revoke the lease: both session keys vanish in one revision."""
@@ -219,17 +225,21 @@ class LeaseSession:
             try:
                 granted = await self.etcd.keepalive_once(self.lease_id, timeout=interval)
             except LeaseNotFound:
+                self.observer.keepalive(time.monotonic() - sent, False)
                 self._lose("etcd says the lease is gone (expired or revoked)")
                 return
             except EtcdAuthError as exc:
+                self.observer.keepalive(time.monotonic() - sent, False)
                 log.warning("keep-alive refused, re-authenticating", error=str(exc))
                 with contextlib.suppress(SessionError):
                     await self.etcd.authenticate()
                 delay = interval / 4
             except EtcdUnavailable as exc:
+                self.observer.keepalive(time.monotonic() - sent, False)
                 log.warning("keep-alive failed", error=str(exc), timeLeft=round(self.time_left(), 3))
                 delay = interval / 4
             else:
+                self.observer.keepalive(time.monotonic() - sent, True)
                 self._granted_ttl = granted
                 self._deadline = max(self._deadline, sent + granted - self.margin)
                 delay = interval - (time.monotonic() - sent)
@@ -246,7 +256,8 @@ class LeaseSession:
 
     async def _watch_own_key(self, start_revision: int) -> None:
         """Somebody deleting our own key (an operator, a fenced cleanup) ends the session."""
-        async with aclosing(watch(self.etcd, self.key, start_revision=start_revision, prev_kv=False)) as events:
+        own = watch(self.etcd, self.key, start_revision=start_revision, prev_kv=False, on_restart=self.observer.watch_restarted)
+        async with aclosing(own) as events:
             async for item in events:
                 gone = (isinstance(item, KeyEvent) and item.kind == "DELETE") or (isinstance(item, Resync) and not item.kvs)
                 if gone:

@@ -34,12 +34,11 @@ async def allocate_server_id(etcd: Etcd, meta_root: str, *, timeout: float | Non
                 return 1
             continue
         raw = bytes(resp.kvs[0].value)
-        try:
-            current = int(raw.decode("ascii"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise CorruptValue(key, raw, "the server-ID counter must be a decimal integer") from exc
-        if current < 0:
-            raise CorruptValue(key, raw, "the server-ID counter must not be negative")
+        # ASCII digits only: int() would also take " 12", "+12", "1_2" and non-ASCII digits, none of
+        # which this library (or Milvus) ever writes there.
+        if not raw.isdigit() or not raw.isascii() or len(raw) > 19 or int(raw) >= 2**63 - 1:
+            raise CorruptValue(key, raw, "the server-ID counter must be a decimal integer in 0..2^63-2")
+        current = int(raw)
         nxt = current + 1
         swapped = await etcd.txn([cmp_value(key, raw)], [op_put(key, str(nxt).encode())], timeout=timeout)
         if swapped.succeeded:

@@ -9,7 +9,7 @@ compacted it re-reads the key and hands the caller a :class:`Resync` snapshot be
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,6 +21,7 @@ from etcd3aio.kv import prefix_range_end
 
 from session.errors import EtcdUnavailable, SessionError
 from session.etcd import Etcd
+from session.observer import WatchRestart
 
 log = structlog.get_logger(__name__)
 
@@ -88,13 +89,15 @@ async def watch(
     prev_kv: bool = True,
     create_timeout: float | None = None,
     max_backoff: float = 1.0,
+    on_restart: Callable[[str, WatchRestart], None] | None = None,
 ) -> AsyncIterator[WatchItem]:
     """Yield every change of ``key`` from ``start_revision`` on, forever.
 
     Items are :class:`KeyEvent` in revision order, or a :class:`Resync` when the needed history was
     compacted (events between are lost; the snapshot replaces them). Lost connections are retried
     with a capped backoff from the revision after the last delivered event. Use it under
-    ``contextlib.aclosing`` so the stream is cancelled when the caller stops.
+    ``contextlib.aclosing`` so the stream is cancelled when the caller stops. ``on_restart(key,
+    reason)`` is told each time the stream is re-created (reconnect, or resync after compaction).
     """
     next_revision = start_revision
     backoff = 0.05
@@ -124,6 +127,8 @@ async def watch(
                             compactRevision=int(response.compact_revision),
                             readRevision=state.revision,
                         )
+                        if on_restart is not None:
+                            on_restart(key, "compacted")
                         yield Resync(state.kvs, state.revision, int(response.compact_revision))
                         next_revision = state.revision + 1
                         break
@@ -144,6 +149,8 @@ async def watch(
             # The first failure of a streak is worth a warning; the retries of an outage are not.
             report = log.warning if backoff == 0.05 else log.debug
             report("watch interrupted, reconnecting", key=key, fromRevision=next_revision, error=str(exc) or type(exc).__name__)
+            if on_restart is not None:
+                on_restart(key, "reconnect")
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, max_backoff)
         finally:

@@ -98,10 +98,12 @@ async def tcp_proxy() -> AsyncIterator[TcpProxyFactory]:
 
 
 @pytest.fixture
-def base_env(etcd: EtcdCluster, etcd_prefix: str) -> dict[str, str]:
-    """The environment every process of one test shares: this test's etcd root, short timings."""
+def base_env(etcd: EtcdCluster, etcd_prefix: str, tmp_path: Path) -> dict[str, str]:
+    """The environment every process of one test shares: this test's etcd root, pid-file
+    directory and short timings, so tests never collide with each other or a real cluster."""
     return clean_env(
         {
+            "MILVUS_RUN_DIR": str(tmp_path / "run"),
             "ETCD_ENDPOINTS": etcd.endpoints_csv,
             "ETCD_ROOT_PATH": etcd_prefix,
             "COMMON_SESSION_TTL": str(TTL),
@@ -128,6 +130,7 @@ def launch(base_env: dict[str, str], tmp_path: Path) -> Iterator[Launch]:
         section = ENV_SECTION[role]
         proc_env = dict(base_env)
         proc_env[f"{section}_PORT"] = str(port)
+        proc_env[f"{section}_HTTP_PORT"] = str(free_port())
         proc_env[f"{section}_ENABLE_ACTIVE_STANDBY"] = "true" if active_standby else "false"
         proc_env.update(env or {})
         proc = MilvusProcess(["run", role, "--alias", name], proc_env, tmp_path / f"{role}-{name}.log", port=port)

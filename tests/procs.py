@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,10 @@ ENV_SECTION = {"rootcoord": "ROOT_COORD", "querycoord": "QUERY_COORD", "datacoor
 _CONFIG_PREFIXES = ("etcd", "rootcoord", "querycoord", "datacoord", "common", "log", "milvusconf")
 
 
+#: One pid-file directory per pytest run (a test may still name its own).
+_RUN_DIR = tempfile.mkdtemp(prefix="milvus-run-")
+
+
 def clean_env(overrides: Mapping[str, str]) -> dict[str, str]:
     """``os.environ`` without config-shaped variables or PYTHONUNBUFFERED, plus ``overrides``."""
     env = {
@@ -48,6 +53,9 @@ def clean_env(overrides: Mapping[str, str]) -> dict[str, str]:
         if not re.sub(r"[_./]", "", name).lower().startswith(_CONFIG_PREFIXES)
     }
     env.pop("PYTHONUNBUFFERED", None)  # log lines must be flushed by the product, not by Python
+    # Never share pid files or default HTTP ports with a real cluster or another test run.
+    env["MILVUS_RUN_DIR"] = _RUN_DIR
+    env.update({f"{section}_HTTP_PORT": "0" for section in ENV_SECTION.values()})
     env.update(overrides)
     return env
 

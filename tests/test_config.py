@@ -47,6 +47,8 @@ def test_defaults() -> None:
     assert (config.log.file.root_path, config.log.file.max_size_mb, config.log.file.max_backups) == ("", 300, 20)
     ports = {role: config.role(role).port for role in ROLES}
     assert ports == {"rootcoord": 53100, "querycoord": 19531, "datacoord": 13333}
+    http_ports = {role: config.role(role).http_port for role in ROLES}
+    assert http_ports == {"rootcoord": 9101, "querycoord": 9102, "datacoord": 9103}
     assert config.role("rootcoord").advertised_address == "localhost:53100"
     assert not any(config.role(role).enable_active_standby for role in ROLES)
 
@@ -85,6 +87,18 @@ def test_env_role_keys() -> None:
     assert config.role("rootcoord").enable_active_standby is True
     assert config.role("querycoord").address == "querycoord-1"
     assert config.role("datacoord").enable_active_standby is False
+
+
+def test_env_http_ports() -> None:
+    config = load_env(ROOT_COORD_HTTP_PORT="9201", QUERY_COORD_HTTP_PORT="0", DATA_COORD_HTTP_PORT="19103")
+    assert [config.role(role).http_port for role in ROLES] == [9201, 0, 19103]
+
+
+def test_http_port_must_differ_from_grpc_port() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_env(ROOT_COORD_PORT="9101")
+    assert caught.value.key == "rootCoord.httpPort"
+    assert "must differ from the gRPC port 9101 (rootCoord.port)" in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -235,6 +249,9 @@ ENV_ERRORS = [
     ("ROOT_COORD_PORT", "abc", "rootCoord.port", "must be an integer in 1..65535"),
     ("ROOT_COORD_PORT", "0", "rootCoord.port", "must be an integer in 1..65535"),
     ("QUERY_COORD_PORT", "65536", "queryCoord.port", "must be an integer in 1..65535"),
+    ("ROOT_COORD_HTTP_PORT", "http", "rootCoord.httpPort", "must be an integer in 0..65535"),
+    ("DATA_COORD_HTTP_PORT", "-1", "dataCoord.httpPort", "must be an integer in 0..65535"),
+    ("QUERY_COORD_HTTP_PORT", "70000", "queryCoord.httpPort", "must be an integer in 0..65535"),
     ("COMMON_SESSION_TTL", "x", "common.session.ttl", "must be an integer >= 2"),
     ("COMMON_SESSION_TTL", "1", "common.session.ttl", "must be an integer >= 2"),
     ("COMMON_SESSION_RETRY_TIMES", "0", "common.session.retryTimes", "must be an integer >= 1"),
@@ -269,6 +286,7 @@ def test_error_message_example() -> None:
 YAML_ERRORS = [
     ("rootCoord:\n  port: [1]\n", "rootCoord.port", "must be an integer in 1..65535, got [1]"),
     ("rootCoord:\n  port: true\n", "rootCoord.port", "must be an integer in 1..65535, got True"),
+    ("queryCoord:\n  httpPort: 9.5\n", "queryCoord.httpPort", "must be an integer in 0..65535, got 9.5"),
     ("common:\n  session:\n    ttl: 60.5\n", "common.session.ttl", "must be an integer >= 2, got 60.5"),
     ("etcd:\n  endpoints: []\n", "etcd.endpoints", "must not be empty"),
     ("etcd:\n  endpoints: {a: 1}\n", "etcd.endpoints", "must be a list of strings"),

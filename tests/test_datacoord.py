@@ -17,82 +17,33 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import pytest
-from grpclib.client import Channel
 from grpclib.const import Status
-from grpclib.exceptions import GRPCError
 
 from coordinators.client import CoordinatorClient
-from coordinators.config import load_config
-from coordinators.process import CoordinatorProcess
+from coordinators.datacoord import DataCoord
 from coordinators.proto import common_pb2, rootcoord_pb2
 from coordinators.proto import datacoord_pb2 as pb
-from coordinators.proto.datacoord_grpc import DataCoordStub
-from etcd_server import EtcdCluster, free_port
-from procs import clean_env, run_cli
-from session import Etcd, EtcdUnavailable
+from etcd_server import EtcdCluster
+from inproc import InProcCluster, expect_status, member_stub, role_impl
+from procs import run_cli
+from session import EtcdUnavailable
 from session.etcd import op_put
 from session_helpers import wait_until
 
 TTL = 2
 MAX_ROWS = 100
-_SECTIONS = {"rootcoord": "ROOT_COORD", "datacoord": "DATA_COORD"}
 
 
-class Cluster:
-    """In-process coordinators of one test root, and clients to their ACTIVE members."""
+class DataCluster(InProcCluster):
+    """The in-process cluster, with the datacoord calls the tests make."""
 
-    def __init__(self, etcd: EtcdCluster, root: str) -> None:
-        self.etcd_cluster = etcd
-        self.root = root
-        self.procs: list[tuple[CoordinatorProcess, asyncio.Task[Any]]] = []
-        self.etcd = Etcd(etcd.endpoints, timeout=2.0)
-        self.data = CoordinatorClient(self.etcd, f"{root}/meta", "datacoord", failover_budget=TTL + 8)
-        self.rootc = CoordinatorClient(self.etcd, f"{root}/meta", "rootcoord", failover_budget=TTL + 8)
+    @property
+    def data(self) -> CoordinatorClient:
+        return self.client("datacoord")
 
-    def env(self) -> dict[str, str]:
-        return {"ETCD_ENDPOINTS": ",".join(self.etcd_cluster.endpoints), "ETCD_ROOT_PATH": self.root}
-
-    async def start(self, role: str, *, expect: int = common_pb2.Healthy) -> CoordinatorProcess:
-        section = _SECTIONS[role]
-        config = load_config(
-            env={
-                **self.env(),
-                "COMMON_SESSION_TTL": str(TTL),
-                "DATA_COORD_SEGMENT_MAX_ROWS": str(MAX_ROWS),
-                f"{section}_ENABLE_ACTIVE_STANDBY": "true",
-                f"{section}_ADDRESS": "127.0.0.1",
-                f"{section}_PORT": str(free_port()),
-            }
-        )
-        process = CoordinatorProcess(config, role, listen_host="127.0.0.1")
-        self.procs.append((process, asyncio.create_task(process.run())))
-        await wait_until(lambda: process.state == expect, timeout=5)
-        return process
-
-    async def stop(self, process: CoordinatorProcess) -> None:
-        process.request_stop()
-        task = next(t for p, t in self.procs if p is process)
-        assert int(await asyncio.wait_for(task, 10)) == 0
-
-    async def close(self) -> None:
-        for process, _ in self.procs:
-            process.request_stop()
-        await asyncio.gather(*(asyncio.wait_for(t, 10) for _, t in self.procs), return_exceptions=True)
-        await self.data.close()
-        await self.rootc.close()
-        await self.etcd.close()
-
-    # -- calls ---------------------------------------------------------------------------------
-
-    async def create_collection(self, name: str) -> int:
-        fields = [
-            rootcoord_pb2.FieldSchema(name="pk", data_type=rootcoord_pb2.Int64, is_primary_key=True),
-            rootcoord_pb2.FieldSchema(name="vec", data_type=rootcoord_pb2.FloatVector, dim=8),
-        ]
-        request = rootcoord_pb2.CreateCollectionRequest(collection_name=name, fields=fields)
-        reply = await self.rootc.call("CreateCollection", request, idempotent=False)
-        return int(reply.collection_id)
+    @property
+    def rootc(self) -> CoordinatorClient:
+        return self.client("rootcoord")
 
     async def assign(self, *reqs: tuple[int, int, str, int]) -> list[pb.SegmentIDAssignment]:
         request = pb.AssignSegmentIDRequest(
@@ -118,17 +69,14 @@ class Cluster:
 
 
 @asynccontextmanager
-async def cluster(etcd: EtcdCluster, root: str, *, datacoords: int = 1, rootcoords: int = 1) -> AsyncIterator[Cluster]:
+async def cluster(etcd: EtcdCluster, root: str, *, datacoords: int = 1, rootcoords: int = 1) -> AsyncIterator[DataCluster]:
     """Rootcoords then datacoords (the first of each ACTIVE, the rest STANDBY), all stopped after."""
-    c = Cluster(etcd, root)
-    await c.etcd.connect()
-    try:
+    async with DataCluster(etcd, root, ttl=TTL, env={"DATA_COORD_SEGMENT_MAX_ROWS": str(MAX_ROWS)},
+                           failover_budget=TTL + 8) as c:
         for role, count in (("rootcoord", rootcoords), ("datacoord", datacoords)):
             for i in range(count):
                 await c.start(role, expect=common_pb2.Healthy if i == 0 else common_pb2.StandBy)
         yield c
-    finally:
-        await c.close()
 
 
 def _state(info: pb.SegmentInfo) -> str:
@@ -147,13 +95,6 @@ def _check_ranges(assignments: list[pb.SegmentIDAssignment], infos: dict[int, pb
             assert start == end, f"segment {segment_id}: ranges {ranges} overlap or leave a gap"
             end = stop
         assert end == infos[segment_id].num_rows <= MAX_ROWS, (segment_id, ranges, infos[segment_id])
-
-
-async def _expect_error(status: Status, text: str, call: Any) -> None:
-    with pytest.raises(GRPCError) as caught:
-        await call
-    assert caught.value.status == status, caught.value
-    assert text in (caught.value.message or ""), caught.value.message
 
 
 # ------------------------------------------------------------------------------------- tests
@@ -285,21 +226,21 @@ async def test_bad_arguments(etcd: EtcdCluster, etcd_prefix: str) -> None:
             (Status.NOT_FOUND, f"collection {bad} not found", ((coll, 0, "ch", 5), (bad, 0, "ch", 1))),
         ]
         for status, text, reqs in cases:
-            await _expect_error(status, text, c.assign(*reqs))
+            await expect_status(status, c.assign(*reqs), text)
         assert await c.show(coll) == []  # no partial write from the mixed good/bad calls
         assert [k async for k in c.etcd.scan(f"{etcd_prefix}/meta/datacoord-meta/")] == []
 
         [ok] = await c.assign((coll, 0, "ch", 5))
-        await _expect_error(invalid, "collection_id must be > 0", c.data.call("Flush", pb.FlushRequest(collection_id=0)))
-        await _expect_error(Status.NOT_FOUND, f"collection {bad} not found", c.data.call("Flush", pb.FlushRequest(collection_id=bad)))
-        await _expect_error(invalid, "collection_id must be > 0", c.show(-1))
-        await _expect_error(Status.NOT_FOUND, f"collection {bad} not found", c.show(bad))
-        await _expect_error(invalid, "segment_ids must not be empty", c.info())
-        await _expect_error(invalid, "segment IDs must be > 0", c.info(ok.segment_id, -2))
-        await _expect_error(Status.NOT_FOUND, f"segment(s) not found: {bad}", c.info(ok.segment_id, bad))
-        await _expect_error(invalid, "segment_ids must not be empty", c.flush_state())
-        await _expect_error(invalid, "at most 10000 segment_ids", c.flush_state(*range(1, 10_002)))
-        await _expect_error(Status.NOT_FOUND, f"segment(s) not found: {bad}", c.flush_state(bad))
+        await expect_status(invalid, c.data.call("Flush", pb.FlushRequest(collection_id=0)), "collection_id must be > 0")
+        await expect_status(Status.NOT_FOUND, c.data.call("Flush", pb.FlushRequest(collection_id=bad)), f"collection {bad} not found")
+        await expect_status(invalid, c.show(-1), "collection_id must be > 0")
+        await expect_status(Status.NOT_FOUND, c.show(bad), f"collection {bad} not found")
+        await expect_status(invalid, c.info(), "segment_ids must not be empty")
+        await expect_status(invalid, c.info(ok.segment_id, -2), "segment IDs must be > 0")
+        await expect_status(Status.NOT_FOUND, c.info(ok.segment_id, bad), f"segment(s) not found: {bad}")
+        await expect_status(invalid, c.flush_state(), "segment_ids must not be empty")
+        await expect_status(invalid, c.flush_state(*range(1, 10_002)), "at most 10000 segment_ids")
+        await expect_status(Status.NOT_FOUND, c.flush_state(bad), f"segment(s) not found: {bad}")
         [still] = await c.show(coll)
         assert (still.id, still.num_rows, _state(still)) == (ok.segment_id, 5, "Growing")
 
@@ -307,10 +248,8 @@ async def test_bad_arguments(etcd: EtcdCluster, etcd_prefix: str) -> None:
 async def test_standby_refuses(etcd: EtcdCluster, etcd_prefix: str) -> None:
     """A STANDBY datacoord answers every call with UNAVAILABLE "not serving, reason: StandBy"."""
     async with cluster(etcd, etcd_prefix, datacoords=2) as c:
-        standby = c.procs[-1][0]
-        channel = Channel("127.0.0.1", standby.role_config.port)
-        try:
-            stub = DataCoordStub(channel)
+        standby = c.processes[-1]
+        with member_stub(standby) as stub:
             calls = [
                 stub.AssignSegmentID(pb.AssignSegmentIDRequest(segment_requests=[pb.SegmentIDRequest(
                     collection_id=1, partition_id=0, channel_name="ch", count=1)])),
@@ -320,18 +259,16 @@ async def test_standby_refuses(etcd: EtcdCluster, etcd_prefix: str) -> None:
                 stub.ShowSegments(pb.ShowSegmentsRequest(collection_id=1)),
             ]
             for call in calls:
-                await _expect_error(Status.UNAVAILABLE, "not serving, reason: StandBy", call)
+                await expect_status(Status.UNAVAILABLE, call, "not serving, reason: StandBy")
             states = await stub.GetComponentStates(common_pb2.GetComponentStatesRequest())
             assert states.state.state_code == common_pb2.StandBy
-        finally:
-            channel.close()
 
 
 async def test_datacoord_failover_keeps_segments_and_rows(etcd: EtcdCluster, etcd_prefix: str) -> None:
     """The standby reloads every segment intact and continues the growing one where it stopped."""
     async with cluster(etcd, etcd_prefix, datacoords=2) as c:
         coll = await c.create_collection("failover")
-        first, standby = c.procs[1][0], c.procs[2][0]
+        first, standby = c.processes[1], c.processes[2]
         got = await c.assign((coll, 0, "a", 70), (coll, 0, "a", 50), (coll, 3, "b", 33), (coll, 0, "c", 100))
         flushed_coll = await c.create_collection("flushed")
         await c.assign((flushed_coll, 0, "a", 10))
@@ -357,7 +294,7 @@ async def test_rootcoord_failover_during_assignment(etcd: EtcdCluster, etcd_pref
     """New segments keep getting unique IDs after the ACTIVE rootcoord hands over to its standby."""
     async with cluster(etcd, etcd_prefix, rootcoords=2) as c:
         coll = await c.create_collection("rootfail")
-        first_root, standby_root = c.procs[0][0], c.procs[1][0]
+        first_root, standby_root = c.processes[0], c.processes[1]
         before = await c.assign(*[(coll, 0, f"ch{i}", MAX_ROWS) for i in range(3)])
         await c.stop(first_root)
         after = await c.assign(*[(coll, 0, f"ch{i}", MAX_ROWS) for i in range(3)])  # all need new IDs
@@ -373,7 +310,7 @@ async def test_cli(etcd: EtcdCluster, etcd_prefix: str) -> None:
     """`milvus datacoord assign|segments|segment-info|flush|flush-state`, JSON out; bad input exits 2."""
     async with cluster(etcd, etcd_prefix) as c:
         coll = await c.create_collection("cli")
-        env = clean_env(c.env())
+        env = c.cli_env()
 
         async def milvus(*args: str) -> Any:
             code, out, err, _ = await run_cli(["datacoord", "--timeout", "10", *args], env)
@@ -407,7 +344,7 @@ async def test_write_of_unknown_outcome_is_never_undone(etcd: EtcdCluster, etcd_
     async with cluster(etcd, etcd_prefix) as c:
         coll = await c.create_collection("lost_reply")
         [first] = await c.assign((coll, 0, "ch", 10))
-        writer = c.procs[1][0].writer
+        writer = c.processes[1].writer
         assert writer is not None
         real_txn = writer.txn
         lost: list[int] = []
@@ -446,7 +383,7 @@ async def test_reload_of_10k_segments(etcd: EtcdCluster, etcd_prefix: str) -> No
         t0 = time.monotonic()
         process = await c.start("datacoord")
         assert time.monotonic() - t0 < 2.0
-        assert process.role_impl.reload_seconds < 1.0  # type: ignore[attr-defined]
+        assert role_impl(process, DataCoord).reload_seconds < 1.0
         infos = await c.show(coll)
         assert [i.id for i in infos] == list(range(1, 10_001))
         assert not await c.flush_state(1, 5000, 10_000)

@@ -8,41 +8,20 @@ take over. When the frozen loop resumes, the first thing it runs is a fenced wri
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import pytest_asyncio
 
-from coordinators.config import load_config
-from coordinators.process import CoordinatorProcess
 from coordinators.proto import common_pb2
 from etcd_server import EtcdCluster
+from inproc import InProcCluster
 from session import NotActive
-from session_helpers import connected, wait_until
+from session_helpers import wait_until
 
 TTL = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _process(etcd: EtcdCluster, root: str) -> CoordinatorProcess:
-    config = load_config(
-        env={
-            "ETCD_ENDPOINTS": ",".join(etcd.endpoints),
-            "ETCD_ROOT_PATH": root,
-            "COMMON_SESSION_TTL": str(TTL),
-            "ROOT_COORD_ENABLE_ACTIVE_STANDBY": "true",
-            "ROOT_COORD_PORT": str(_free_port()),
-            "ROOT_COORD_ADDRESS": "127.0.0.1",
-        }
-    )
-    return CoordinatorProcess(config, "rootcoord", listen_host="127.0.0.1")
 
 
 class LoopThread:
@@ -68,21 +47,25 @@ def other_loop() -> Iterator[LoopThread]:
     lt.close()
 
 
+@pytest_asyncio.fixture
+async def cluster(etcd: EtcdCluster, etcd_prefix: str) -> AsyncIterator[InProcCluster]:
+    async with InProcCluster(etcd, etcd_prefix, ttl=TTL) as c:
+        yield c
+
+
 async def test_frozen_active_cannot_write_after_takeover_and_returns_to_standby(
-    etcd: EtcdCluster, etcd_prefix: str, other_loop: LoopThread
+    cluster: InProcCluster, other_loop: LoopThread
 ) -> None:
-    old = _process(etcd, etcd_prefix)
+    old = cluster.process("rootcoord")
     old_run = other_loop.submit(old.run())
     await wait_until(lambda: old.state == common_pb2.Healthy, timeout=5)
     old_server_id = old.server_id
 
-    new = _process(etcd, etcd_prefix)
-    new_run = asyncio.create_task(new.run())
-    await wait_until(lambda: new.state == common_pb2.StandBy, timeout=5)
+    new = await cluster.start("rootcoord", expect=common_pb2.StandBy)
 
     writer = old.writer
     assert writer is not None
-    data_key = f"{etcd_prefix}/kv/written-by"
+    data_key = f"{cluster.root}/kv/written-by"
     outcome: dict[str, object] = {}
 
     async def late_write() -> None:
@@ -109,11 +92,10 @@ async def test_frozen_active_cannot_write_after_takeover_and_returns_to_standby(
         assert str(outcome["result"]).startswith("refused"), outcome
         # Back in STANDBY, under a new session (a new server ID).
         await wait_until(lambda: old.state == common_pb2.StandBy and old.server_id not in (0, old_server_id), timeout=5)
-        async with connected(etcd.endpoints) as etcd_:
-            assert (await etcd_.get(data_key)).kvs[0].value == f"new-{new.server_id}".encode()
+        assert (await cluster.etcd.get(data_key)).kvs[0].value == f"new-{new.server_id}".encode()
         assert new.state == common_pb2.Healthy
     finally:
         other_loop.loop.call_soon_threadsafe(old.request_stop)
         new.request_stop()
-        assert int(old_run.result(10)) == 0
-        assert int(await asyncio.wait_for(new_run, 10)) == 0
+        assert int(await asyncio.wait_for(asyncio.wrap_future(old_run), 10)) == 0
+        await cluster.stop(new)

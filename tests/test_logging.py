@@ -1,4 +1,4 @@
-"""Log layout: Milvus/zap text lines, JSON lines, level filtering, stdlib routing, flushing."""
+"""Log layout: Milvus/zap text lines, JSON lines, level filtering, stdlib routing, flushing, log files."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import re
 import select
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -18,7 +19,8 @@ from typing import IO
 import pytest
 import structlog
 
-from coordinators.logging_setup import configure_logging
+from coordinators.config import LogFileConfig
+from coordinators.logging_setup import LogSetupError, RotatingLineWriter, configure_logging
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 log = structlog.get_logger(__name__)
@@ -198,7 +200,8 @@ def test_stdlib_respects_higher_level() -> None:
 CHILD = """
 import sys
 import structlog
-from coordinators.logging_setup import configure_logging
+from coordinators.config import LogFileConfig
+from coordinators.logging_setup import LogSetupError, RotatingLineWriter, configure_logging
 
 configure_logging()
 log = structlog.get_logger("child")
@@ -229,6 +232,232 @@ def test_child_process_lines_arrive_before_exit() -> None:
             child.stdin.write(b"\n")
             child.stdin.flush()
         assert child.wait(timeout=20) == 0
+    finally:
+        child.kill()
+        child.wait()
+
+
+
+# ---------------------------------------------------------------- log files (log.file.*)
+
+def files_of(path: Path) -> list[Path]:
+    """The current file and its backups, oldest first."""
+    backups = sorted(path.parent.glob(path.name + ".*"), key=lambda p: -int(p.suffix[1:]))
+    return [*backups, path]
+
+
+def numbered(count: int, width: int = 9) -> list[str]:
+    """Lines ``line-0001xxx\n`` of exactly ``width + 1`` bytes, so sizes are easy to reason about."""
+    return [f"line-{n:04d}".ljust(width, "x") + "\n" for n in range(count)]
+
+
+def test_writer_rotates_at_size_and_keeps_max_backups(tmp_path: Path) -> None:
+    path = tmp_path / "rootcoord.log"
+    writer = RotatingLineWriter.open(path, max_bytes=35, backups=2)  # 3 lines of 10 bytes per file
+    lines = numbered(20)
+    try:
+        for line in lines:
+            writer.write_line(line)
+    finally:
+        writer.close()
+    names = [p.name for p in files_of(path)]
+    assert names == ["rootcoord.log.2", "rootcoord.log.1", "rootcoord.log"]  # .3 and older deleted
+    contents = [p.read_text() for p in files_of(path)]
+    # 20 lines, 3 per file: 6 full files then 2 lines; the last 3 files hold lines 12..19, in order.
+    assert contents == ["".join(lines[12:15]), "".join(lines[15:18]), "".join(lines[18:20])]
+    assert all(p.stat().st_size <= 35 for p in files_of(path))
+
+
+def test_writer_never_splits_a_line(tmp_path: Path) -> None:
+    path = tmp_path / "querycoord.log"
+    writer = RotatingLineWriter.open(path, max_bytes=64, backups=10)
+    written = [f"entry {n} " + "é" * (n % 7) * 3 + "\n" + ("  traceback line\n" if n % 5 == 0 else "")
+               for n in range(40)]
+    written.append("a line longer than the limit: " + "z" * 100 + "\n")
+    written.append("after the long one\n")
+    try:
+        for entry in written:
+            writer.write_line(entry)
+    finally:
+        writer.close()
+    files = files_of(path)
+    assert len(files) == 11
+    for file in files:
+        text = file.read_text(encoding="utf-8")
+        assert text.endswith("\n")
+        size = file.stat().st_size
+        assert size <= 64 or text.count("\n") == 1, f"{file.name}: {size} bytes over the limit, not one long line"
+    joined = "".join(file.read_text(encoding="utf-8") for file in files)
+    assert written[-1] == files[-1].read_text()  # the long line got a file of its own, the next line a new one
+    assert "z" * 100 + "\n" == files[-2].read_text()[-101:]
+    assert joined == "".join(written)[-len(joined):]  # whole entries, in order, none split or lost within
+
+
+def test_writer_zero_backups_starts_over(tmp_path: Path) -> None:
+    path = tmp_path / "datacoord.log"
+    writer = RotatingLineWriter.open(path, max_bytes=25, backups=0)
+    try:
+        for line in numbered(5):
+            writer.write_line(line)
+    finally:
+        writer.close()
+    assert files_of(path) == [path]
+    assert path.read_text() == "".join(numbered(5)[4:])
+
+
+def test_writer_appends_and_counts_existing_file(tmp_path: Path) -> None:
+    """A restarted process continues its file and rotates at the same size, not later."""
+    path = tmp_path / "rootcoord.log"
+    path.write_text("old-0001x\nold-0002x\n")
+    writer = RotatingLineWriter.open(path, max_bytes=35, backups=1)
+    try:
+        for line in numbered(2):
+            writer.write_line(line)
+    finally:
+        writer.close()
+    assert (tmp_path / "rootcoord.log.1").read_text() == "old-0001x\nold-0002x\n" + numbered(1)[0]
+    assert path.read_text() == numbered(2)[1]
+
+
+def file_config(root: Path, max_size_mb: float = 300, max_backups: int = 20) -> LogFileConfig:
+    # max_size_mb is an int in the config; a float here gives a size of a few bytes (maxSize is in MB).
+    return LogFileConfig(root_path=str(root), max_size_mb=max_size_mb, max_backups=max_backups)  # type: ignore[arg-type]
+
+
+def masked(text: str) -> str:
+    return re.sub(TIME, "TIME", text)
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_file_gets_the_stdout_layout_and_stdout_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    def emit() -> None:
+        log.info("register ACTIVE service successfully", ServerID=19)
+        logging.getLogger("grpclib.client").warning("stream reset by %s", "peer")
+        try:
+            raise ValueError("lease not found")
+        except ValueError:
+            log.exception("session lost", ServerID=7)
+
+    configure_logging("info", fmt)  # stdout, the default
+    emit()
+    on_stdout = capsys.readouterr().out
+    configure_logging("info", fmt, file=file_config(tmp_path / "logs"), file_name="rootcoord-standby.log")
+    emit()
+    assert capsys.readouterr().out == ""
+    in_file = (tmp_path / "logs" / "rootcoord-standby.log").read_text()
+    assert on_stdout.count("\n") >= 3
+    # Same lines but for the time and the line numbers of the two emit() calls, which are the same calls.
+    assert masked(in_file) == masked(on_stdout)
+
+
+def test_configure_logging_rotates_by_max_size_in_mb(tmp_path: Path) -> None:
+    size_mb = 400 / (1024 * 1024)  # 400 bytes
+    configure_logging(file=file_config(tmp_path, max_size_mb=size_mb, max_backups=3), file_name="datacoord.log")
+    for n in range(60):
+        log.info("serverName: datacoord is in STANDBY ...", n=n)
+    files = files_of(tmp_path / "datacoord.log")
+    assert [f.name for f in files] == ["datacoord.log.3", "datacoord.log.2", "datacoord.log.1", "datacoord.log"]
+    numbers = []
+    for file in files:
+        assert file.stat().st_size <= 400
+        for line in file.read_text().splitlines():
+            match = re.fullmatch(rf'\[{TIME}\] \[INFO\] \[tests/test_logging\.py:\d+\] '
+                                 r'\["serverName: datacoord is in STANDBY \.\.\."\] \[n=(\d+)\]', line)
+            assert match, f"not a whole line: {line!r}"
+            numbers.append(int(match[1]))
+    assert numbers == list(range(60 - len(numbers), 60))  # the newest lines, consecutive, oldest files deleted
+
+
+def test_empty_root_path_keeps_stdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(file=LogFileConfig(root_path="", max_size_mb=300, max_backups=20), file_name="x.log")
+    log.info("to stdout")
+    assert '["to stdout"]' in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reconfigure_closes_the_previous_file(tmp_path: Path) -> None:
+    def open_fds() -> set[str]:
+        return {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+                if os.path.exists(f"/proc/self/fd/{fd}")}
+
+    configure_logging(file=file_config(tmp_path / "a"), file_name="rootcoord.log")
+    log.info("first")
+    held = log.bind(role="rootcoord")  # a logger kept by some object keeps the old sink alive: no GC close
+    assert str(tmp_path / "a" / "rootcoord.log") in open_fds()
+    configure_logging(file=file_config(tmp_path / "b"), file_name="rootcoord.log")
+    log.info("second")
+    assert str(tmp_path / "a" / "rootcoord.log") not in open_fds()
+    assert "first" in (tmp_path / "a" / "rootcoord.log").read_text()
+    assert "second" in (tmp_path / "b" / "rootcoord.log").read_text()
+    capture()  # back to a stream: the file in b/ is closed too
+    assert str(tmp_path / "b" / "rootcoord.log") not in open_fds()
+    assert held is not None
+
+
+@pytest.mark.parametrize("layout", ["under_a_file", "is_a_file", "is_a_directory"])
+def test_unusable_log_path_is_a_clear_error(tmp_path: Path, layout: str) -> None:
+    (tmp_path / "afile").write_text("not a directory\n")
+    if layout == "under_a_file":  # root ignores permission bits: a path under a regular file can't be made
+        root, name = tmp_path / "afile" / "logs", "rootcoord.log"
+    elif layout == "is_a_file":
+        root, name = tmp_path / "afile", "rootcoord.log"
+    else:  # the log file's own name is taken by a directory
+        root, name = tmp_path / "logs", "rootcoord.log"
+        (root / name).mkdir(parents=True)
+    before = capture()
+    with pytest.raises(LogSetupError) as caught:
+        configure_logging(file=file_config(root), file_name=name)
+    message = str(caught.value)
+    assert str(root / name) in message and caught.value.path == str(root / name)
+    assert re.search(r"Not a directory|File exists|Is a directory", message), message
+    log.info("still here")  # the previous configuration is intact, nothing went elsewhere
+    assert '["still here"]' in before.getvalue()
+    assert (tmp_path / "afile").read_text() == "not a directory\n"
+
+
+def test_file_name_must_not_be_a_path(tmp_path: Path) -> None:
+    with pytest.raises(LogSetupError, match="plain file name"):
+        configure_logging(file=file_config(tmp_path), file_name="../rootcoord.log")
+    assert list(tmp_path.iterdir()) == []
+
+
+FILE_CHILD = """
+import sys
+import structlog
+from coordinators.config import LogFileConfig
+from coordinators.logging_setup import configure_logging
+
+configure_logging(file=LogFileConfig(root_path=sys.argv[1], max_size_mb=300, max_backups=20), file_name="rootcoord.log")
+log = structlog.get_logger("child")
+for n in range(3):
+    log.info("line", n=n)
+    sys.stdin.readline()  # block until the parent has seen the line in the file
+"""
+
+
+def test_child_process_file_lines_arrive_before_exit(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    child = subprocess.Popen(
+        [sys.executable, "-c", FILE_CHILD, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        env=env, cwd=PROJECT_ROOT,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    path = tmp_path / "rootcoord.log"
+    try:
+        for n in range(3):
+            deadline = time.monotonic() + 20
+            while not (path.exists() and path.read_text().count("\n") > n):
+                assert child.poll() is None, "the child exited early"
+                assert time.monotonic() < deadline, "no log line arrived in the file: not flushed"
+                time.sleep(0.01)
+            assert path.read_text().splitlines()[n].endswith(f'["line"] [n={n}]')
+            child.stdin.write(b"\n")
+            child.stdin.flush()
+        assert child.wait(timeout=20) == 0
+        assert child.stdout.read() == b""  # nothing on stdout
     finally:
         child.kill()
         child.wait()

@@ -10,96 +10,30 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
 import pytest_asyncio
-from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from coordinators.client import CoordinatorClient
-from coordinators.config import load_config
-from coordinators.process import CoordinatorProcess
 from coordinators.proto import common_pb2, datacoord_pb2, querycoord_pb2, rootcoord_pb2
-from coordinators.proto.querycoord_grpc import QueryCoordStub
 from coordinators.querycoord import QueryCoord, collection_prefix
 from etcd_server import EtcdCluster
-from procs import clean_env, run_cli
-from session import Etcd
+from inproc import InProcCluster, grpc_error, member_stub
+from procs import run_cli
 from session.etcd import op_put
 from session_helpers import wait_until
 
 T = TypeVar("T")
 TTL = 2
-SECTION = {"rootcoord": "ROOT_COORD", "querycoord": "QUERY_COORD", "datacoord": "DATA_COORD"}
 Q = querycoord_pb2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Cluster:
-    """In-process coordinators of every role under one etcd root, and clients to them."""
-
-    def __init__(self, etcd: EtcdCluster, root: str) -> None:
-        self.etcd_cluster = etcd
-        self.root = root
-        self.meta_root = f"{root}/meta"
-        self.running: dict[CoordinatorProcess, asyncio.Task[int]] = {}
-        self.etcd = Etcd(etcd.endpoints, timeout=5.0)
-        self.clients: dict[str, CoordinatorClient] = {}
-
-    def env(self) -> dict[str, str]:
-        env = {"ETCD_ENDPOINTS": ",".join(self.etcd_cluster.endpoints), "ETCD_ROOT_PATH": self.root,
-               "COMMON_SESSION_TTL": str(TTL)}
-        for section in SECTION.values():
-            env[f"{section}_ENABLE_ACTIVE_STANDBY"] = "true"
-            env[f"{section}_ADDRESS"] = "127.0.0.1"
-        return env
-
-    async def start(self, role: str, *, expect: int = common_pb2.Healthy) -> CoordinatorProcess:
-        """Start one process of ``role`` and wait until it is ACTIVE (or STANDBY)."""
-        config = load_config(env={**self.env(), f"{SECTION[role]}_PORT": str(_free_port())})
-        process = CoordinatorProcess(config, role, listen_host="127.0.0.1")
-        self.running[process] = asyncio.create_task(process.run())
-        await wait_until(lambda: process.state == expect, timeout=5)
-        return process
-
-    async def stop(self, process: CoordinatorProcess) -> None:
-        process.request_stop()
-        code = await asyncio.wait_for(self.running.pop(process), 10)
-        assert int(code) == 0
-
-    def client(self, role: str) -> CoordinatorClient:
-        if role not in self.clients:
-            self.clients[role] = CoordinatorClient(self.etcd, self.meta_root, role, failover_budget=15.0)
-        return self.clients[role]
-
-    async def close(self) -> None:
-        for process in list(self.running):
-            process.request_stop()
-        await asyncio.gather(*self.running.values(), return_exceptions=True)
-        for client in self.clients.values():
-            await client.close()
-        await self.etcd.close()
-
-    # -- what the tests do through the other roles ------------------------------------------
-
-    async def create_collection(self, name: str) -> int:
-        fields = [
-            rootcoord_pb2.FieldSchema(name="pk", data_type=rootcoord_pb2.Int64, is_primary_key=True),
-            rootcoord_pb2.FieldSchema(name="vec", data_type=rootcoord_pb2.FloatVector, dim=8),
-        ]
-        request = rootcoord_pb2.CreateCollectionRequest(collection_name=name, fields=fields, shards_num=1)
-        reply = await self.client("rootcoord").call("CreateCollection", request, idempotent=False)
-        return int(reply.collection_id)
+class QueryCluster(InProcCluster):
+    """The in-process cluster, with the querycoord calls the tests make."""
 
     async def add_segments(self, collection_id: int, count: int, *, flush: bool = True) -> list[int]:
         """``count`` segments (one per channel), flushed unless told otherwise; their IDs."""
@@ -147,17 +81,13 @@ class Cluster:
 
 
 @pytest_asyncio.fixture
-async def cluster(etcd: EtcdCluster, etcd_prefix: str) -> AsyncIterator[Cluster]:
-    c = Cluster(etcd, etcd_prefix)
-    await c.etcd.connect()
-    try:
+async def cluster(etcd: EtcdCluster, etcd_prefix: str) -> AsyncIterator[QueryCluster]:
+    async with QueryCluster(etcd, etcd_prefix, ttl=TTL) as c:
         yield c
-    finally:
-        await c.close()
 
 
 @pytest_asyncio.fixture
-async def trio(cluster: Cluster) -> Cluster:
+async def trio(cluster: QueryCluster) -> QueryCluster:
     """One ACTIVE process of each role."""
     await cluster.start("rootcoord")
     await cluster.start("datacoord")
@@ -172,16 +102,10 @@ def slow_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(QueryCoord, "LOAD_BATCH_PAUSE", 0.2)
 
 
-async def _code(call: object) -> GRPCError:
-    with pytest.raises(GRPCError) as info:
-        await call  # type: ignore[misc]
-    return info.value
-
-
 # --------------------------------------------------------------------------- happy paths
 
 
-async def test_load_reaches_loaded_with_flushed_segments_and_release_forgets_it(trio: Cluster) -> None:
+async def test_load_reaches_loaded_with_flushed_segments_and_release_forgets_it(trio: QueryCluster) -> None:
     cid = await trio.create_collection("books")
     flushed = await trio.add_segments(cid, 5)
     growing = await trio.add_segments(cid, 1, flush=False)  # not part of what is loaded
@@ -204,7 +128,7 @@ async def test_load_reaches_loaded_with_flushed_segments_and_release_forgets_it(
 
     # Same replica number: a no-op success. Another one: release it first.
     assert await trio.load("books", replicas=2) == cid
-    err = await _code(trio.load("books", replicas=3))
+    err = await grpc_error(trio.load("books", replicas=3))
     assert err.status == Status.FAILED_PRECONDITION and "release it first" in (err.message or "")
     assert (await trio.record(cid) or {})["replica_number"] == 2
 
@@ -220,7 +144,7 @@ async def test_load_reaches_loaded_with_flushed_segments_and_release_forgets_it(
     assert [c.replica_number for c in await trio.show()] == [3]
 
 
-async def test_collection_without_segments_is_loaded_at_once_and_zero_means_one_replica(trio: Cluster) -> None:
+async def test_collection_without_segments_is_loaded_at_once_and_zero_means_one_replica(trio: QueryCluster) -> None:
     cid = await trio.create_collection("empty")
     assert await trio.load("empty") == cid
     await trio.wait_loaded("empty", timeout=3)
@@ -228,29 +152,29 @@ async def test_collection_without_segments_is_loaded_at_once_and_zero_means_one_
     assert shown.replica_number == 1 and shown.target_segments == 0
 
 
-async def test_load_state_of_an_unknown_collection_is_not_exist(trio: Cluster) -> None:
+async def test_load_state_of_an_unknown_collection_is_not_exist(trio: QueryCluster) -> None:
     assert await trio.state("nobody") == (Q.LoadStateNotExist, 0)
 
 
 # --------------------------------------------------------------------------- bad arguments
 
 
-async def test_load_of_an_unknown_collection_is_not_found(trio: Cluster) -> None:
-    err = await _code(trio.load("ghost"))
+async def test_load_of_an_unknown_collection_is_not_found(trio: QueryCluster) -> None:
+    err = await grpc_error(trio.load("ghost"))
     assert err.status == Status.NOT_FOUND and "ghost" in (err.message or "")
     assert await trio.record_count() == 0
 
 
 @pytest.mark.parametrize("replicas", [-1, 11, 1000])
-async def test_bad_replica_numbers_are_invalid(trio: Cluster, replicas: int) -> None:
+async def test_bad_replica_numbers_are_invalid(trio: QueryCluster, replicas: int) -> None:
     await trio.create_collection("books")
-    err = await _code(trio.load("books", replicas=replicas))
+    err = await grpc_error(trio.load("books", replicas=replicas))
     assert err.status == Status.INVALID_ARGUMENT and "replica_number" in (err.message or "")
     assert await trio.record_count() == 0
     assert await trio.state("books") == (Q.LoadStateNotLoad, 0)
 
 
-async def test_bad_collection_names_are_invalid_for_every_rpc(trio: Cluster) -> None:
+async def test_bad_collection_names_are_invalid_for_every_rpc(trio: QueryCluster) -> None:
     qc = trio.client("querycoord")
     for name in ["", "1books", "bad-name", "a b", "x" * 256]:
         for method, request in [
@@ -258,7 +182,7 @@ async def test_bad_collection_names_are_invalid_for_every_rpc(trio: Cluster) -> 
             ("ReleaseCollection", Q.ReleaseCollectionRequest(collection_name=name)),
             ("GetLoadState", Q.GetLoadStateRequest(collection_name=name)),
         ]:
-            err = await _code(qc.call(method, request))
+            err = await grpc_error(qc.call(method, request))
             assert err.status == Status.INVALID_ARGUMENT, (method, name, err)
             assert "collection_name" in (err.message or "")
     assert await trio.record_count() == 0
@@ -267,7 +191,7 @@ async def test_bad_collection_names_are_invalid_for_every_rpc(trio: Cluster) -> 
 # --------------------------------------------------------------------------- invariants
 
 
-async def test_release_while_loading_is_never_undone_by_the_loader(trio: Cluster, slow_loading: None) -> None:
+async def test_release_while_loading_is_never_undone_by_the_loader(trio: QueryCluster, slow_loading: None) -> None:
     cid = await trio.create_collection("books")
     await trio.add_segments(cid, 8)
     await trio.load("books")
@@ -288,7 +212,7 @@ async def wait_until_async(read: Callable[[], Awaitable[T]], done: Callable[[T],
     return value
 
 
-async def test_concurrent_loads_make_one_record(trio: Cluster) -> None:
+async def test_concurrent_loads_make_one_record(trio: QueryCluster) -> None:
     cid = await trio.create_collection("books")
     same = await asyncio.gather(*(trio.load("books", replicas=2) for _ in range(5)))
     assert same == [cid] * 5
@@ -300,7 +224,7 @@ async def test_concurrent_loads_make_one_record(trio: Cluster) -> None:
     assert await trio.record_count() == 1
 
 
-async def test_load_replies_without_datacoord_and_loads_once_it_is_back(cluster: Cluster) -> None:
+async def test_load_replies_without_datacoord_and_loads_once_it_is_back(cluster: QueryCluster) -> None:
     await cluster.start("rootcoord")
     datacoord = await cluster.start("datacoord")
     await cluster.start("querycoord")
@@ -316,13 +240,13 @@ async def test_load_replies_without_datacoord_and_loads_once_it_is_back(cluster:
     assert (await cluster.record(cid) or {})["loaded_segment_ids"] == segments
 
 
-async def test_a_collection_dropped_in_rootcoord_is_not_exist_and_released_by_name(trio: Cluster) -> None:
+async def test_a_collection_dropped_in_rootcoord_is_not_exist_and_released_by_name(trio: QueryCluster) -> None:
     cid = await trio.create_collection("books")
     await trio.load("books")
     await trio.wait_loaded("books")
     await trio.client("rootcoord").call("DropCollection", rootcoord_pb2.DropCollectionRequest(collection_name="books"))
     assert await trio.state("books") == (Q.LoadStateNotExist, 0)
-    err = await _code(trio.load("books"))
+    err = await grpc_error(trio.load("books"))
     assert err.status == Status.NOT_FOUND
     await trio.release("books")  # rootcoord no longer knows it: what is left under that name goes
     assert await trio.record(cid) is None and await trio.show() == []
@@ -331,22 +255,18 @@ async def test_a_collection_dropped_in_rootcoord_is_not_exist_and_released_by_na
 # --------------------------------------------------------------------------- HA
 
 
-async def test_standby_refuses_every_call(trio: Cluster) -> None:
+async def test_standby_refuses_every_call(trio: QueryCluster) -> None:
     standby = await trio.start("querycoord", expect=common_pb2.StandBy)
-    channel = Channel("127.0.0.1", standby.role_config.port)
-    try:
-        stub = QueryCoordStub(channel)
+    with member_stub(standby) as stub:
         for call in (stub.ShowCollections(Q.ShowCollectionsRequest()),
                      stub.LoadCollection(Q.LoadCollectionRequest(collection_name="books")),
                      stub.GetLoadState(Q.GetLoadStateRequest(collection_name="books"))):
-            err = await _code(call)
+            err = await grpc_error(call)
             assert err.status == Status.UNAVAILABLE
             assert "not serving, reason: StandBy" in (err.message or "")
-    finally:
-        channel.close()
 
 
-async def test_load_state_survives_a_querycoord_failover_and_loading_resumes(cluster: Cluster, slow_loading: None) -> None:
+async def test_load_state_survives_a_querycoord_failover_and_loading_resumes(cluster: QueryCluster, slow_loading: None) -> None:
     await cluster.start("rootcoord")
     await cluster.start("datacoord")
     old = await cluster.start("querycoord")
@@ -381,7 +301,7 @@ async def test_load_state_survives_a_querycoord_failover_and_loading_resumes(clu
     assert record is not None and record["loaded_segment_ids"] == record["target_segment_ids"] == big_segments
 
 
-async def test_querycoord_follows_a_rootcoord_failover(cluster: Cluster) -> None:
+async def test_querycoord_follows_a_rootcoord_failover(cluster: QueryCluster) -> None:
     old_rc = await cluster.start("rootcoord")
     new_rc = await cluster.start("rootcoord", expect=common_pb2.StandBy)
     await cluster.start("datacoord")
@@ -401,7 +321,7 @@ async def test_querycoord_follows_a_rootcoord_failover(cluster: Cluster) -> None
 
 
 async def test_activation_reloads_ten_thousand_records_well_under_a_second(
-    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+    cluster: QueryCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     prefix = collection_prefix(cluster.meta_root)
     ops = [
@@ -430,10 +350,10 @@ async def test_activation_reloads_ten_thousand_records_well_under_a_second(
 # --------------------------------------------------------------------------- CLI
 
 
-async def test_cli_load_show_load_state_release(trio: Cluster) -> None:
+async def test_cli_load_show_load_state_release(trio: QueryCluster) -> None:
     cid = await trio.create_collection("books")
     await trio.add_segments(cid, 2)
-    env = clean_env({"ETCD_ENDPOINTS": ",".join(trio.etcd_cluster.endpoints), "ETCD_ROOT_PATH": trio.root})
+    env = trio.cli_env()
 
     code, out, err, _ = await run_cli(["querycoord", "load", "books", "--replicas", "2"], env)
     assert code == 0, err

@@ -16,27 +16,24 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 import structlog
-from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from coordinators.client import CoordinatorClient
-from coordinators.config import load_config
 from coordinators.id_allocator import IDAllocator
 from coordinators.process import CoordinatorProcess
 from coordinators.proto import common_pb2
 from coordinators.proto import rootcoord_pb2 as pb
-from coordinators.proto.rootcoord_grpc import RootCoordStub
 from coordinators.rootcoord import Collection, Field, RootCoord
 from coordinators.tso import MAX_LOGICAL, SAVE_WINDOW_MS, TimestampOracle, compose, decompose, parse_bound
 from etcd_server import EtcdCluster, free_port
+from inproc import InProcCluster, create, expect_status, member_stub, role_impl, schema
 from procs import MilvusProcess, clean_env, run_cli
 from session import CorruptValue, Etcd, NotActive
 from session.etcd import op_put
@@ -194,97 +191,28 @@ async def test_id_allocator_persists_before_use_and_never_repeats() -> None:
 # =========================================================================== processes
 
 
-@dataclass
-class Member:
-    process: CoordinatorProcess
-    task: asyncio.Task[Any]
-    port: int
-
-    @property
-    def state(self) -> int:
-        return int(self.process.state)
-
-    @property
-    def role(self) -> RootCoord:
-        impl = self.process.role_impl
-        assert isinstance(impl, RootCoord)
-        return impl
+ROLE = "rootcoord"
 
 
-class Cluster:
-    """In-process rootcoord members under one etcd root; every member is stopped at the end."""
-
-    def __init__(self, etcd: EtcdCluster, root: str) -> None:
-        self.etcd = etcd
-        self.root = root
-        self.members: list[Member] = []
-
-    def env(self, port: int) -> dict[str, str]:
-        return {
-            "ETCD_ENDPOINTS": ",".join(self.etcd.endpoints),
-            "ETCD_ROOT_PATH": self.root,
-            "COMMON_SESSION_TTL": str(TTL),
-            "ROOT_COORD_ENABLE_ACTIVE_STANDBY": "true",
-            "ROOT_COORD_PORT": str(port),
-            "ROOT_COORD_ADDRESS": "127.0.0.1",
-        }
-
-    def start(self) -> Member:
-        port = free_port()
-        process = CoordinatorProcess(load_config(env=self.env(port)), "rootcoord", listen_host="127.0.0.1")
-        member = Member(process, asyncio.create_task(process.run()), port)
-        self.members.append(member)
-        return member
-
-    async def start_active(self) -> Member:
-        member = self.start()
-        await wait_until(lambda: member.state == common_pb2.Healthy, timeout=10)
-        return member
-
-    async def start_standby(self) -> Member:
-        member = self.start()
-        await wait_until(lambda: member.state == common_pb2.StandBy, timeout=10)
-        return member
-
-    async def stop(self, member: Member) -> None:
-        member.process.request_stop()
-        assert int(await asyncio.wait_for(member.task, 15)) == 0
-
-    async def close(self) -> None:
-        for member in self.members:
-            if not member.task.done():
-                member.process.request_stop()
-        for member in self.members:
-            await asyncio.wait_for(member.task, 15)
+def rc(process: CoordinatorProcess) -> RootCoord:
+    return role_impl(process, RootCoord)
 
 
 @pytest_asyncio.fixture
-async def cluster(etcd: EtcdCluster, etcd_prefix: str) -> AsyncIterator[Cluster]:
-    c = Cluster(etcd, etcd_prefix)
-    try:
+async def cluster(etcd: EtcdCluster, etcd_prefix: str) -> AsyncIterator[InProcCluster]:
+    """In-process rootcoord members under the test's root; every member is stopped at the end."""
+    async with InProcCluster(etcd, etcd_prefix, ttl=TTL, start_timeout=10, stop_timeout=15, call_timeout=3) as c:
         yield c
-    finally:
-        await c.close()
 
 
-@pytest_asyncio.fixture
-async def kv(etcd: EtcdCluster) -> AsyncIterator[Etcd]:
-    client = Etcd(etcd.endpoints, timeout=5)
-    await client.connect()
-    try:
-        yield client
-    finally:
-        await client.close()
+@pytest.fixture
+def kv(cluster: InProcCluster) -> Etcd:
+    return cluster.etcd
 
 
-@pytest_asyncio.fixture
-async def client(kv: Etcd, etcd_prefix: str) -> AsyncIterator[CoordinatorClient]:
-    c = CoordinatorClient(kv, f"{etcd_prefix}/meta", "rootcoord", call_timeout=3, failover_budget=15)
-    await c.start()
-    try:
-        yield c
-    finally:
-        await c.close()
+@pytest.fixture
+def client(cluster: InProcCluster) -> CoordinatorClient:
+    return cluster.client(ROLE)
 
 
 async def saved_bound(kv: Etcd, root: str) -> int:
@@ -304,36 +232,10 @@ async def alloc_ids(client: CoordinatorClient, count: int) -> tuple[int, int]:
     return int(reply.begin), int(reply.end)
 
 
-async def direct_alloc_ts(port: int) -> int:
+async def direct_alloc_ts(process: CoordinatorProcess) -> int:
     """AllocTimestamp on one given member (no client retries)."""
-    channel = Channel("127.0.0.1", port)
-    try:
-        return int((await RootCoordStub(channel).AllocTimestamp(pb.AllocTimestampRequest(count=1), timeout=2)).timestamp)
-    finally:
-        channel.close()
-
-
-def schema(dim: int = 8, *extra: pb.FieldSchema) -> list[pb.FieldSchema]:
-    return [
-        pb.FieldSchema(name="id", data_type=pb.Int64, is_primary_key=True),
-        pb.FieldSchema(name="vector", data_type=pb.FloatVector, dim=dim),
-        *extra,
-    ]
-
-
-async def create(client: CoordinatorClient, name: str, **kw: Any) -> pb.CreateCollectionResponse:
-    kw.setdefault("fields", schema())
-    return await client.call("CreateCollection", pb.CreateCollectionRequest(collection_name=name, **kw), idempotent=False)
-
-
-async def expect_status(status: Status, call: Callable[[], Any], *words: str) -> str:
-    with pytest.raises(GRPCError) as info:
-        await call()
-    assert info.value.status == status, info.value
-    message = info.value.message or ""
-    for word in words:
-        assert word in message, message
-    return message
+    with member_stub(process) as stub:
+        return int((await stub.AllocTimestamp(pb.AllocTimestampRequest(count=1), timeout=2)).timestamp)
 
 
 def assert_disjoint(ranges: list[tuple[int, int]]) -> None:
@@ -345,8 +247,8 @@ def assert_disjoint(ranges: list[tuple[int, int]]) -> None:
 # --------------------------------------------------------------------------- happy paths
 
 
-async def test_every_rpc_happy_path(cluster: Cluster, client: CoordinatorClient, kv: Etcd, etcd_prefix: str) -> None:
-    active = await cluster.start_active()
+async def test_every_rpc_happy_path(cluster: InProcCluster, client: CoordinatorClient, kv: Etcd, etcd_prefix: str) -> None:
+    active = await cluster.start(ROLE)
     t1 = await alloc_ts(client)
     t2 = await alloc_ts(client, MAX_LOGICAL)
     assert t2 > t1 and decompose(t2)[1] == 0  # a full millisecond of logical values
@@ -393,8 +295,8 @@ async def test_every_rpc_happy_path(cluster: Cluster, client: CoordinatorClient,
     assert active.state == common_pb2.Healthy
 
 
-async def test_every_bad_argument_is_refused_with_a_clear_status(cluster: Cluster, client: CoordinatorClient) -> None:
-    await cluster.start_active()
+async def test_every_bad_argument_is_refused_with_a_clear_status(cluster: InProcCluster, client: CoordinatorClient) -> None:
+    await cluster.start(ROLE)
     ia, nf, ae = Status.INVALID_ARGUMENT, Status.NOT_FOUND, Status.ALREADY_EXISTS
 
     def call(method: str, request: Any) -> Callable[[], Any]:
@@ -454,14 +356,12 @@ async def test_every_bad_argument_is_refused_with_a_clear_status(cluster: Cluste
     await expect_status(ia, call("DescribeCollection", pb.DescribeCollectionRequest(collection_id=-3)), "positive")
 
 
-async def test_standby_refuses_every_call(cluster: Cluster) -> None:
-    active = await cluster.start_active()
-    standby = await cluster.start_standby()
+async def test_standby_refuses_every_call(cluster: InProcCluster) -> None:
+    active = await cluster.start(ROLE)
+    standby = await cluster.start(ROLE, expect=common_pb2.StandBy)
     # The campaign reads who holds the ACTIVE key just after entering STANDBY.
-    await wait_until(lambda: "active:" in (standby.process.refusal() or ""), timeout=5)
-    channel = Channel("127.0.0.1", standby.port)
-    try:
-        stub = RootCoordStub(channel)
+    await wait_until(lambda: "active:" in (standby.refusal() or ""), timeout=5)
+    with member_stub(standby) as stub:
         calls = [
             lambda: stub.AllocTimestamp(pb.AllocTimestampRequest(count=1)),
             lambda: stub.AllocID(pb.AllocIDRequest(count=1)),
@@ -470,20 +370,18 @@ async def test_standby_refuses_every_call(cluster: Cluster) -> None:
         ]
         for call in calls:
             message = await expect_status(Status.UNAVAILABLE, call, "not serving, reason: StandBy")
-            assert f"127.0.0.1:{active.port}" in message and f"ServerID={active.process.server_id}" in message
+            assert f"127.0.0.1:{active.role_config.port}" in message and f"ServerID={active.server_id}" in message
         states = await stub.GetComponentStates(common_pb2.GetComponentStatesRequest())
         assert states.state.state_code == common_pb2.StandBy
-    finally:
-        channel.close()
 
 
 # --------------------------------------------------------------------------- invariants
 
 
 async def test_concurrent_timestamps_are_distinct_and_increase_in_completion_order(
-    cluster: Cluster, client: CoordinatorClient, kv: Etcd, etcd_prefix: str
+    cluster: InProcCluster, client: CoordinatorClient, kv: Etcd, etcd_prefix: str
 ) -> None:
-    await cluster.start_active()
+    await cluster.start(ROLE)
     await alloc_ts(client)  # connected
     completed: list[int] = []
 
@@ -499,8 +397,8 @@ async def test_concurrent_timestamps_are_distinct_and_increase_in_completion_ord
     assert await saved_bound(kv, etcd_prefix) > decompose(max(batches) + 999)[0]
 
 
-async def test_concurrent_creates_of_one_name_exactly_one_succeeds(cluster: Cluster, client: CoordinatorClient) -> None:
-    await cluster.start_active()
+async def test_concurrent_creates_of_one_name_exactly_one_succeeds(cluster: InProcCluster, client: CoordinatorClient) -> None:
+    await cluster.start(ROLE)
 
     async def attempt() -> int | str:
         try:
@@ -517,11 +415,11 @@ async def test_concurrent_creates_of_one_name_exactly_one_succeeds(cluster: Clus
 
 
 async def test_five_failovers_timestamps_increase_ids_never_repeat_collections_survive(
-    cluster: Cluster, client: CoordinatorClient, kv: Etcd, etcd_prefix: str
+    cluster: InProcCluster, client: CoordinatorClient, kv: Etcd, etcd_prefix: str
 ) -> None:
     """A client hammers AllocTimestamp / AllocID while the ACTIVE member is stopped five times."""
-    active = await cluster.start_active()
-    standby = await cluster.start_standby()
+    active = await cluster.start(ROLE)
+    standby = await cluster.start(ROLE, expect=common_pb2.StandBy)
     created = {f"c{i}": int((await create(client, f"c{i}")).collection_id) for i in range(3)}
     stamps: list[int] = []
     ranges: list[tuple[int, int]] = []
@@ -540,7 +438,7 @@ async def test_five_failovers_timestamps_increase_ids_never_repeat_collections_s
     try:
         for round_ in range(5):
             await wait_until(lambda n=len(stamps): len(stamps) > n + 20, timeout=10)
-            before, old_id, new_id = stamps[-1], active.process.server_id, standby.process.server_id
+            before, old_id, new_id = stamps[-1], active.server_id, standby.server_id
             old_bound = await saved_bound(kv, etcd_prefix)
             t0 = time.monotonic()
             stopping = asyncio.create_task(cluster.stop(active))
@@ -548,20 +446,20 @@ async def test_five_failovers_timestamps_increase_ids_never_repeat_collections_s
             handover = time.monotonic() - t0
             # No waiting at takeover: the new term starts above the old bound (~3 s ahead of the
             # clock) at once, instead of sleeping until the clock passes it.
-            direct = await direct_alloc_ts(standby.port)
+            direct = await direct_alloc_ts(standby)
             served = time.monotonic() - t0
             assert direct > before and decompose(direct)[0] > old_bound
             assert handover < 1.0 and served < 1.0, (handover, served)
-            assert standby.role.reload_seconds < 0.5
+            assert rc(standby).reload_seconds < 0.5
             via_client = await alloc_ts(client)  # the client follows the ACTIVE key to the new member
             assert client.last_server_id == new_id != old_id and via_client > direct
             probes += [direct, via_client]
             log.info("rootcoord failover", round=round_ + 1, handoverSeconds=round(handover, 3),
                      firstTimestampSeconds=round(served, 3), clientSeconds=round(time.monotonic() - t0, 3),
-                     reloadSeconds=round(standby.role.reload_seconds, 3))
+                     reloadSeconds=round(rc(standby).reload_seconds, 3))
             await stopping
-            assert active.role._term is None  # the stopped member dropped its state and tasks
-            active, standby = standby, await cluster.start_standby()
+            assert rc(active)._term is None  # the stopped member dropped its state and tasks
+            active, standby = standby, await cluster.start(ROLE, expect=common_pb2.StandBy)
             shown = await client.call("ShowCollections", pb.RootShowCollectionsRequest())
             assert dict(zip(shown.collection_names, shown.collection_ids, strict=True)) == created
         await wait_until(lambda n=len(stamps): len(stamps) > n + 20, timeout=10)
@@ -577,15 +475,15 @@ async def test_five_failovers_timestamps_increase_ids_never_repeat_collections_s
 
 
 async def test_crash_of_the_active_process(
-    cluster: Cluster, client: CoordinatorClient, kv: Etcd, etcd_prefix: str, tmp_path: Path
+    cluster: InProcCluster, client: CoordinatorClient, kv: Etcd, etcd_prefix: str, tmp_path: Path
 ) -> None:
     """SIGKILL of a `milvus run rootcoord`: the standby serves within TTL + 1 s, above every old timestamp."""
     port = free_port()
-    crashed = MilvusProcess(["run", "rootcoord"], clean_env(cluster.env(port)), tmp_path / "active.log", port=port)
+    crashed = MilvusProcess(["run", "rootcoord"], clean_env(cluster.environ(ROLE, port)), tmp_path / "active.log", port=port)
     try:
         first = await alloc_ts(client)  # waits for the subprocess to become ACTIVE
         old_id = client.last_server_id
-        standby = await cluster.start_standby()
+        standby = await cluster.start(ROLE, expect=common_pb2.StandBy)
         made = await create(client, "survivor")
         stamps = [first, *[await alloc_ts(client, 10) + 9 for _ in range(20)]]
         ranges = [await alloc_ids(client, 3000) for _ in range(10)]
@@ -595,7 +493,7 @@ async def test_crash_of_the_active_process(
         took = await wait_until(lambda: standby.state == common_pb2.Healthy, timeout=TTL + 3)
         assert took <= TTL + 1.0, f"standby serving {took:.2f}s after SIGKILL"
         after = await alloc_ts(client)
-        assert client.last_server_id == standby.process.server_id != old_id
+        assert client.last_server_id == standby.server_id != old_id
         assert after > max(stamps) and decompose(after)[0] > old_bound  # above every former timestamp
         log.info("rootcoord crash failover", takeoverSeconds=round(took, 3), total=round(time.monotonic() - t0, 3))
         ranges.append(await alloc_ids(client, 3000))
@@ -607,7 +505,7 @@ async def test_crash_of_the_active_process(
         crashed.kill()
 
 
-async def test_activation_with_10k_collections_is_fast(cluster: Cluster, client: CoordinatorClient, kv: Etcd, etcd_prefix: str) -> None:
+async def test_activation_with_10k_collections_is_fast(cluster: InProcCluster, client: CoordinatorClient, kv: Etcd, etcd_prefix: str) -> None:
     count, per_txn = 10_000, 64  # 2 puts per collection: 128 ops, etcd's default max per txn
     fields = (Field("id", "Int64", True, 0, 100, 0, ""), Field("vector", "FloatVector", False, 128, 101, 0, ""))
     meta = f"{etcd_prefix}/meta/root-coord"
@@ -626,8 +524,8 @@ async def test_activation_with_10k_collections_is_fast(cluster: Cluster, client:
     await kv.put(f"{etcd_prefix}/{GID_KEY}", str(count + 1))
     log.info("wrote collections directly to etcd", count=count, seconds=round(time.monotonic() - t0, 3))
 
-    active = await cluster.start_active()
-    reload_s = active.role.reload_seconds
+    active = await cluster.start(ROLE)
+    reload_s = rc(active).reload_seconds
     log.info("rootcoord activation with 10k collections", reloadSeconds=round(reload_s, 3))
     print(f"rootcoord activation with {count} collections: {reload_s:.3f}s")
     assert reload_s < 2.0
@@ -637,11 +535,11 @@ async def test_activation_with_10k_collections_is_fast(cluster: Cluster, client:
     assert (described.collection_id, described.shards_num, described.fields[1].dim) == (4321, 2, 128)
     assert (await create(client, "one_more")).collection_id > count  # the ID allocator is above them
     # Records are parsed after activation, in the background (or on first use).
-    await wait_until(lambda: not active.role.live().catalog._raw, timeout=5)
+    await wait_until(lambda: not rc(active).live().catalog._raw, timeout=5)
 
 
 async def test_records_written_behind_its_back_and_corrupt_ones(
-    cluster: Cluster, client: CoordinatorClient, kv: Etcd, etcd_prefix: str
+    cluster: InProcCluster, client: CoordinatorClient, kv: Etcd, etcd_prefix: str
 ) -> None:
     """A corrupt record costs that collection only; a create that finds its name taken in etcd learns it."""
     meta = f"{etcd_prefix}/meta/root-coord"
@@ -653,7 +551,7 @@ async def test_records_written_behind_its_back_and_corrupt_ones(
         op_put(f"{meta}/collection-name/fine", "5003"), op_put(f"{meta}/collection/5003", fine.to_json()),
         op_put(f"{etcd_prefix}/{GID_KEY}", "6000"),
     ])
-    active = await cluster.start_active()
+    active = await cluster.start(ROLE)
     has = lambda name: client.call("HasCollection", pb.HasCollectionRequest(collection_name=name))  # noqa: E731
     assert [(await has(n)).value for n in ("broken", "ghost", "unnamed", "fine")] == [True, False, False, True]
     await expect_status(Status.INTERNAL, lambda: client.call(
@@ -709,9 +607,9 @@ async def cli_batch(env: dict[str, str], *argvs: list[str]) -> list[tuple[int, A
     return results
 
 
-async def test_cli_actions(cluster: Cluster) -> None:
-    await cluster.start_active()
-    env = clean_env({k: v for k, v in cluster.env(0).items() if not k.startswith("ROOT_COORD")})
+async def test_cli_actions(cluster: InProcCluster) -> None:
+    await cluster.start(ROLE)
+    env = cluster.cli_env()
     rc = "rootcoord"
     console = asyncio.create_task(run_cli([rc, "alloc-ts"], env))  # the installed console script, once
     (

@@ -354,3 +354,20 @@ async def test_writes_stop_once_the_local_deadline_passed(etcd: EtcdCluster, etc
             await writer.put(f"{etcd_prefix}/kv/x", b"late")
         assert not (await etcd_.get(f"{etcd_prefix}/kv/x")).kvs
         await session.close()
+
+
+async def test_fenced_write_refused_once_the_active_key_is_off_our_lease(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    """Overwriting the ACTIVE key (same create revision, no lease) must end the term: the key would
+    no longer vanish with the session, so nobody could ever take over after a crash."""
+    async with connected(etcd.endpoints) as etcd_:
+        session = new_session(etcd_, etcd_prefix, ttl=10)
+        await session.open()
+        term = await Campaign(session).try_claim()
+        assert term is not None
+        writer = FencedWriter(session, term)
+        await writer.put(f"{etcd_prefix}/kv/a", b"1")
+        await etcd_.put(term.key, session.info.to_json())  # same create revision, lease 0
+        with pytest.raises(NotActive, match="on our lease"):
+            await writer.put(f"{etcd_prefix}/kv/a", b"2")
+        assert (await etcd_.get(f"{etcd_prefix}/kv/a")).kvs[0].value == b"1"
+        await session.close()

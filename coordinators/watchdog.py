@@ -1,0 +1,94 @@
+"""The event-loop watchdog: a task that sleeps a short interval and measures how late it woke.
+
+Why: everything that keeps an ACTIVE member honest (keep-alives, the local deadline, the watch on
+the ACTIVE key) runs on the event loop. A loop that stalled (a blocking call, a long GC pause,
+SIGSTOP, an overloaded host) may have missed a renewal or an event, and the member cannot tell what
+happened meanwhile. The watchdog measures each stall on the monotonic clock; beyond a threshold
+(the process uses the session's safety margin) it calls ``on_stall`` so the process stops trusting
+its term. It only reports: what to do about a stall is the owner's decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+import structlog
+
+__all__ = ["DEFAULT_INTERVAL_S", "LoopWatchdog"]
+
+log = structlog.get_logger(__name__)
+
+#: How often the watchdog wakes: short enough to notice a stall well inside the smallest margin (0.3 s).
+DEFAULT_INTERVAL_S = 0.1
+
+
+class LoopWatchdog:
+    """Sleep ``interval``, measure the lateness of each wake-up, report it; report stalls over ``threshold()``.
+
+    :param threshold: seconds of lateness that count as a stall, read at each wake-up (it may change,
+        e.g. with the session's granted TTL).
+    :param on_lag: called with every measured lag (seconds, >= 0), e.g. into a histogram.
+    :param on_stall: called with ``(lag, threshold)`` when ``lag > threshold``.
+
+    Callbacks run on the loop and must not block; an exception in one is logged, never fatal.
+    Owned by whoever calls :meth:`start`, which must :meth:`stop` it.
+    """
+
+    def __init__(
+        self,
+        *,
+        threshold: Callable[[], float],
+        on_lag: Callable[[float], None],
+        on_stall: Callable[[float, float], None],
+        interval: float = DEFAULT_INTERVAL_S,
+    ) -> None:
+        if interval <= 0:
+            raise ValueError("watchdog interval must be > 0")
+        self.interval = interval
+        self._threshold = threshold
+        self._on_lag = on_lag
+        self._on_stall = on_stall
+        self._task: asyncio.Task[None] | None = None
+        self.max_lag = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Start the probe task on the running loop (idempotent)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="event-loop-watchdog")
+
+    async def stop(self) -> None:
+        """Cancel the probe task and wait for it (idempotent)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            due = time.monotonic() + self.interval
+            await asyncio.sleep(self.interval)
+            lag = max(0.0, time.monotonic() - due)
+            self.max_lag = max(self.max_lag, lag)
+            self._report(self._on_lag, lag)
+            try:
+                limit = self._threshold()
+            except Exception:  # noqa: BLE001 - a broken threshold must not kill the watchdog
+                log.exception("event-loop watchdog: threshold failed")
+                continue
+            if lag > limit:
+                self._report(self._on_stall, lag, limit)
+
+    @staticmethod
+    def _report(callback: Callable[..., None], *args: float) -> None:
+        try:
+            callback(*args)
+        except Exception:  # noqa: BLE001 - the watchdog must outlive its callbacks' bugs
+            log.exception("event-loop watchdog callback failed", callback=getattr(callback, "__name__", repr(callback)))
