@@ -21,7 +21,7 @@ from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from coordinators.grpc_server import SERVER_ID_HEADER
+from coordinators.grpc_server import EPOCH_HEADER, SERVER_ID_HEADER
 from coordinators.proto.datacoord_grpc import DataCoordStub
 from coordinators.proto.querycoord_grpc import QueryCoordStub
 from coordinators.proto.rootcoord_grpc import RootCoordStub
@@ -32,6 +32,9 @@ log = structlog.get_logger(__name__)
 
 #: How a member that holds the ACTIVE key but is still reloading refuses calls.
 INITIALIZING = "reason: Initializing"
+#: How a member says an etcd call of its handler failed (coordinators/rpc.py): an etcd write that
+#: timed out may have been applied, so a non-idempotent call that got this is not retried.
+METADATA_UNAVAILABLE = "metadata store unavailable"
 
 STUBS: dict[str, type[Any]] = {"rootcoord": RootCoordStub, "querycoord": QueryCoordStub, "datacoord": DataCoordStub}
 
@@ -155,16 +158,20 @@ class CoordinatorClient:
         self.tracker = ActiveTracker(etcd, meta_root, role)
         self._ssl = ssl_context
         self._channels: dict[str, Channel] = {}
+        self._retired: set[Channel] = set()  # dropped, closed once the calls still on them are over
         self.last_server_id = 0
+        #: The term epoch the last successful call was answered under (its reply's ``x-milvus-epoch``).
+        self.last_epoch = 0
 
     async def start(self) -> None:
         await self.tracker.start()
 
     async def close(self) -> None:
         await self.tracker.close()
-        for channel in self._channels.values():
+        for channel in [*self._channels.values(), *self._retired]:
             channel.close()
         self._channels.clear()
+        self._retired.clear()
 
     async def __aenter__(self) -> CoordinatorClient:
         await self.start()
@@ -178,7 +185,7 @@ class CoordinatorClient:
 
         Retried on another member when the one reached is not serving (refused before the
         handler ran) or unreachable; for ``idempotent`` calls also when the outcome is unknown
-        (timeout, broken connection). Other gRPC errors (INVALID_ARGUMENT, NOT_FOUND...) are
+        (timeout, broken connection, an etcd write of the member that failed). Other gRPC errors (INVALID_ARGUMENT, NOT_FOUND...) are
         raised at once as :class:`GRPCError`.
 
         :raises NoActiveMember: no member served the call within the failover budget.
@@ -196,27 +203,34 @@ class CoordinatorClient:
             except NoActiveMember as exc:
                 raise NoActiveMember(f"{exc}; last error: {last_error or 'none'}") from None
             try:
-                reply, server_id = await self._attempt(target, method, request)
+                reply, server_id, epoch = await self._attempt(target, method, request)
             except GRPCError as exc:
                 if exc.status != Status.UNAVAILABLE:
                     raise
                 last_error = exc.message or "UNAVAILABLE"
-                if INITIALIZING in last_error:
-                    # The new ACTIVE is reloading its state: it is the right member, ask again shortly.
+                if not idempotent and METADATA_UNAVAILABLE in last_error:
+                    raise OutcomeUnknown(f"{self.role}.{method} on {target.address}: {last_error}") from exc
+                named = self.tracker.active
+                if INITIALIZING in last_error or (named is not None and named.server_id == target.server_id):
+                    # The key names this member: it has just won and is switching out of STANDBY, or
+                    # reloading its state. It is the right member: ask again shortly, don't forget it.
                     await asyncio.sleep(0.01)
                     continue
-            except (ConnectionError, OSError) as exc:
-                last_error = f"{target.address}: {exc}"  # nothing was sent
             except (TimeoutError, StreamTerminatedError) as exc:
+                # Before OSError: TimeoutError is one, and a call that timed out may have been applied.
                 if not idempotent:
                     raise OutcomeUnknown(f"{self.role}.{method} on {target.address}: {exc!r}") from exc
                 last_error = f"{target.address}: {exc!r}"
+            except (ConnectionError, OSError) as exc:
+                last_error = f"{target.address}: {exc}"  # nothing was sent
             else:
-                if server_id != target.server_id:
+                if server_id != target.server_id and idempotent:
                     # Another process answers at that address (a restart): its reply may not be the ACTIVE's.
+                    # (A non-idempotent call's reply is kept: it was served, so it was applied, by a member
+                    # that passed its ACTIVE gate under fencing; asking again would apply it twice.)
                     last_error = f"{target.address} answered as ServerID={server_id}, expected {target.server_id}"
                 else:
-                    self.last_server_id = server_id
+                    self.last_server_id, self.last_epoch = server_id, epoch
                     return reply
             log.debug("call failed, looking for the ACTIVE member", role=self.role, method=method, error=last_error)
             self.tracker.forget(target.server_id)
@@ -224,7 +238,7 @@ class CoordinatorClient:
             self._drop_channel(target.address)
             await asyncio.sleep(0.02)
 
-    async def _attempt(self, target: SessionInfo, method: str, request: Any) -> tuple[Any, int]:
+    async def _attempt(self, target: SessionInfo, method: str, request: Any) -> tuple[Any, int, int]:
         stub = STUBS[self.role](self._channel(target.address))
         rpc = getattr(stub, method)
         async with asyncio.timeout(self.call_timeout):
@@ -232,8 +246,9 @@ class CoordinatorClient:
                 await stream.send_message(request, end=True)
                 reply = await stream.recv_message()
                 server_id = int(stream.initial_metadata.get(SERVER_ID_HEADER, "0") or 0)
+                epoch = int(stream.initial_metadata.get(EPOCH_HEADER, "0") or 0)
                 await stream.recv_trailing_metadata()
-        return reply, server_id
+        return reply, server_id, epoch
 
     def _channel(self, address: str) -> Channel:
         channel = self._channels.get(address)
@@ -244,6 +259,18 @@ class CoordinatorClient:
         return channel
 
     def _drop_channel(self, address: str) -> None:
+        """Stop using the channel to ``address``; close it once the calls already on it are over.
+
+        The client is shared by concurrent callers (a coordinator's handlers): closing the channel
+        at once would break their calls mid-way (grpclib even raises AttributeError from a stream
+        being opened on it). New calls get a new channel.
+        """
         channel = self._channels.pop(address, None)
         if channel is not None:
+            self._retired.add(channel)
+            asyncio.get_running_loop().call_later(self.call_timeout + 1.0, self._close_retired, channel)
+
+    def _close_retired(self, channel: Channel) -> None:
+        if channel in self._retired:
+            self._retired.discard(channel)
             channel.close()

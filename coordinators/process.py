@@ -106,6 +106,8 @@ class CoordinatorProcess:
         self.term: Term | None = None
         self.writer: FencedWriter | None = None
         self._untrusted_term: Term | None = None  # ended by the watchdog: resign its ACTIVE key
+        self._stop_started = 0.0  # when the graceful stop began draining (monotonic)
+        self._cancelled_at_stop = 0  # calls still in flight when the drain deadline passed
 
     @property
     def state(self) -> int:
@@ -267,10 +269,17 @@ class CoordinatorProcess:
             ) from exc
         self.http = http
 
-    async def _open_session(self) -> LeaseSession:
-        """Register a new session, retrying while etcd is unreachable (``retryTimes`` attempts)."""
-        attempts = self.config.session.retry_times
-        for attempt in range(1, attempts + 1):
+    async def _open_session(self, *, first: bool) -> LeaseSession:
+        """Register a new session, retrying while etcd is unreachable.
+
+        At start-up ``retryTimes`` attempts, then the process exits (a wrong endpoint is an operator
+        error). After a lost session, forever with a capped backoff: a running coordinator outlives an
+        etcd outage of any length and comes back as soon as etcd does.
+        """
+        attempts = self.config.session.retry_times if first else None
+        attempt = 0
+        while True:
+            attempt += 1
             session = LeaseSession(
                 self.etcd,
                 meta_root=self.config.etcd.meta_root,
@@ -285,16 +294,21 @@ class CoordinatorProcess:
                 await session.open()
                 return session
             except EtcdUnavailable as exc:
-                log.warning("could not register the session", attempt=attempt, of=attempts, error=str(exc))
-                if attempt == attempts:
+                log.warning("could not register the session", attempt=attempt, of=attempts or "unbounded", error=str(exc))
+                if attempts is not None and attempt >= attempts:
                     raise
                 await self._until_stopped(asyncio.sleep(min(attempt * 0.5, 3.0)))
-        raise AssertionError("unreachable")
 
     async def _serve_sessions(self) -> ExitCode:
         """One session after another: a lost session is replaced, unless the config says exit."""
+        first = True
+        lost_lease = 0  # the lease of a lost session that could not be revoked then
         while True:
-            self.session = session = await self._until_stopped(self._open_session())
+            self.session = session = await self._until_stopped(self._open_session(first=first))
+            first = False
+            if lost_lease:
+                await self._revoke_lost_lease(lost_lease)
+                lost_lease = 0
             self.server_id = session.server_id
             try:
                 await self._campaign_and_serve(session)
@@ -303,6 +317,8 @@ class CoordinatorProcess:
             except Stopped:
                 pass  # stopped while STANDBY or while activating: the same graceful stop as an ACTIVE's
             finally:
+                if self.stop_requested.is_set():
+                    await self._drain(session)  # before the demotion: calls in flight end within the term
                 await self._demote()
             if self.stop_requested.is_set():
                 await self._graceful_stop(session)
@@ -310,10 +326,26 @@ class CoordinatorProcess:
             # Session lost: nothing of it may be trusted; revoke what may be left (bounded).
             self.metrics.session_lost()
             await session.close(revoke=True)
+            if not session.revoked:
+                lost_lease = session.lease_id  # etcd did not answer: revoke it once etcd answers again
             if self.config.session.exit_on_lost:
                 log.error("exiting because the session was lost (common.session.exitOnLost)", role=self.role)
                 return ExitCode.SESSION_LOST
             log.info("registering a new session", role=self.role)
+
+    async def _revoke_lost_lease(self, lease_id: int) -> None:
+        """Revoke a lost session's lease now that etcd answers again (a new session was just granted).
+
+        A session is usually lost because etcd stopped answering, so the revoke at the loss fails too;
+        and a new etcd leader renews every lease it finds, so that lease (with the ACTIVE key of the
+        term this process gave up) would block the role's election for a whole TTL after etcd is back.
+        """
+        try:
+            await self.etcd.revoke(lease_id, timeout=min(self.etcd.timeout, max(self.config.session.ttl / 3, 1.0)))
+            log.info("revoked the lease of the lost session", role=self.role, LeaseID=f"{lease_id:x}")
+        except SessionError as exc:
+            log.info("the lease of the lost session is gone or will expire", role=self.role,
+                     LeaseID=f"{lease_id:x}", error=str(exc))
 
     async def _campaign_and_serve(self, session: LeaseSession) -> None:
         """Within one session: STANDBY -> ACTIVE -> serving, again after each ended term."""
@@ -436,17 +468,24 @@ class CoordinatorProcess:
         self.active_address = ""
         await self.role_impl.deactivate()
 
-    async def _graceful_stop(self, session: LeaseSession) -> None:
-        """Stopping=true, drain calls in flight, then revoke: the standby takes over at once."""
-        t0 = time.monotonic()
+    async def _drain(self, session: LeaseSession) -> None:
+        """Graceful stop, first half: Stopping=true, refuse new calls, let the ones in flight finish.
+
+        Runs before the demotion, so those calls still have the role's state and answer under the
+        term's epoch; the process still holds the ACTIVE key, so no successor serves meanwhile.
+        """
+        self._stop_started = time.monotonic()
         self.state = common_pb2.Stopping
         self.server.set_serving(False)
         with contextlib.suppress(SessionError):
             await session.mark_stopping()
-        cancelled = await self.server.drain_and_close(DRAIN_DEADLINE_S)
+        self._cancelled_at_stop = await self.server.drain_and_close(DRAIN_DEADLINE_S)
+
+    async def _graceful_stop(self, session: LeaseSession) -> None:
+        """Stopping=true and drained (:meth:`_drain`), demoted; now revoke: the standby takes over at once."""
         await session.close(revoke=True)
-        log.info("coordinator stopped", role=self.role, ServerID=session.server_id, cancelledCalls=cancelled,
-                 seconds=round(time.monotonic() - t0, 3))
+        log.info("coordinator stopped", role=self.role, ServerID=session.server_id, cancelledCalls=self._cancelled_at_stop,
+                 seconds=round(time.monotonic() - self._stop_started, 3))
 
     async def _shutdown(self) -> None:
         """Release whatever is still held, on every exit path."""

@@ -187,9 +187,19 @@ class Campaign:
                     return
                 if ended.done():
                     return
-                # Backstop: no event for a whole interval; read the key to be sure.
-                with contextlib.suppress(EtcdUnavailable):
-                    state = await read_state(self.etcd, self.key)
+                # Backstop: no event for a whole interval; read the key to be sure. The read races the
+                # session and the term: etcd may hang for its whole request timeout (an outage is when
+                # this runs), and a lost session must end the term at once, not after the read.
+                read = asyncio.ensure_future(read_state(self.etcd, self.key))
+                try:
+                    await asyncio.wait({read, lost, ended}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if not read.done():
+                        read.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, EtcdUnavailable):
+                        await read
+                if not read.cancelled() and read.exception() is None:
+                    state = read.result()
                     reason = _term_over(state, term)
                     if reason:
                         term.end(reason + " (backstop read)")

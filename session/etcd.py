@@ -119,11 +119,12 @@ class EtcdTLSError(EtcdUnavailable):
     """
 
 
-# What gRPC's core says when the TLS handshake fails (client or server side), as opposed to a peer
-# that is down or unreachable.
+# What gRPC's core says when a TLS handshake is refused (a certificate check failed on either side,
+# or TLS met a plain-text peer), as opposed to a peer that is down, restarting or unreachable (a
+# reset during the handshake is SSL_ERROR_SYSCALL: an outage, retried).
 _TLS_FAILURE = re.compile(
-    r"handshake failed|hostname verification|certificate_verify_failed|bad_certificate|unknown_ca"
-    r"|certificate_required|wrong_version_number|ssl_error|tsi_protocol_failure",
+    r"SSL_ERROR_SSL|verification check failed|hostname verification|certificate_verify_failed"
+    r"|bad_certificate|unknown_ca|certificate_required|wrong_version_number",
     re.IGNORECASE,
 )
 # etcd's answers that mean "this token is no longer good: authenticate again" (the Go client's list).
@@ -495,7 +496,7 @@ class Etcd:
 
         Paging keeps one response small however much metadata a role holds.
         """
-        start, end, revision = prefix, prefix_range_end(prefix), 0
+        start, end, revision = prefix.encode(), prefix_range_end(prefix), 0
         t = self._t(timeout)
         while True:
             resp = await self._call(
@@ -503,10 +504,11 @@ class Etcd:
             )
             revision = revision or int(resp.header.revision)
             for item in resp.kvs:
-                yield item.key.decode(), bytes(item.value), int(item.mod_revision)
+                # A foreign key that is not UTF-8 is shown, not fatal; paging goes on from its bytes.
+                yield item.key.decode("utf-8", "replace"), bytes(item.value), int(item.mod_revision)
             if not resp.more or not resp.kvs:
                 return
-            start = resp.kvs[-1].key.decode() + "\x00"
+            start = bytes(resp.kvs[-1].key) + b"\x00"
 
     def watch_stub(self) -> tuple[Any, tuple[tuple[str, str], ...]]:
         """A watch stub and call metadata, for :mod:`session.watch`.

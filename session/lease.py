@@ -79,6 +79,8 @@ class LeaseSession:
         self._granted_ttl = ttl
         self._deadline = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        #: True once :meth:`close` revoked the lease (or etcd said it was gone already).
+        self.revoked = False
 
     # -- properties ------------------------------------------------------------------------
 
@@ -189,9 +191,10 @@ class LeaseSession:
         if revoke and self._info is not None:
             try:
                 await self.etcd.revoke(self.lease_id, timeout=min(self.etcd.timeout, max(self.keepalive_interval, 1.0)))
+                self.revoked = True
                 log.info("session lease revoked", ServerID=self.server_id, LeaseID=f"{self.lease_id:x}")
             except LeaseNotFound:
-                pass
+                self.revoked = True
             except SessionError as exc:
                 log.warning("could not revoke the session lease; it will expire", error=str(exc), ttl=self._granted_ttl)
         self._lose("session closed")
@@ -206,8 +209,12 @@ class LeaseSession:
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception as exc:  # noqa: BLE001 - a task's failure must not abort close() (no revoke)
+                log.error("session task failed", task=task.get_name(), error=repr(exc))
 
     def _lose(self, reason: str) -> None:
         if self.lost.is_set():
@@ -237,6 +244,12 @@ class LeaseSession:
             except EtcdUnavailable as exc:
                 self.observer.keepalive(time.monotonic() - sent, False)
                 log.warning("keep-alive failed", error=str(exc), timeLeft=round(self.time_left(), 3))
+                delay = interval / 4
+            except Exception as exc:  # noqa: BLE001 - e.g. grpc.aio's InvalidStateError on a stream that ended
+                # Whatever else a renewal raises is a failed renewal too: this task must never die while
+                # the session lives (nothing would renew the lease any more); the local deadline decides.
+                self.observer.keepalive(time.monotonic() - sent, False)
+                log.warning("keep-alive failed", error=repr(exc), timeLeft=round(self.time_left(), 3))
                 delay = interval / 4
             else:
                 self.observer.keepalive(time.monotonic() - sent, True)

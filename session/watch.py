@@ -145,7 +145,8 @@ async def watch(
                 response = await call.read()
                 if response is grpc.aio.EOF:
                     raise EtcdUnavailable(f"etcd watch {key}: stream closed")
-        except (grpc.aio.AioRpcError, SessionError, TimeoutError) as exc:
+        except (grpc.aio.AioRpcError, SessionError, TimeoutError, asyncio.InvalidStateError) as exc:
+            # InvalidStateError: grpc.aio's answer to a write on a stream that already ended (connection lost).
             # The first failure of a streak is worth a warning; the retries of an outage are not.
             report = log.warning if backoff == 0.05 else log.debug
             report("watch interrupted, reconnecting", key=key, fromRevision=next_revision, error=str(exc) or type(exc).__name__)

@@ -107,3 +107,18 @@ async def test_status_of_an_empty_cluster(etcd: EtcdCluster, etcd_prefix: str) -
     assert json.loads(out) == []
     code, out, err, _ = await run_cli(["status"], env)
     assert code == 0 and "(no sessions)" in out, out + err
+
+
+async def test_unwritable_log_directory_exits_2_before_anything_starts(tmp_path: Path) -> None:
+    """``log.file.rootPath`` under a regular file (root ignores permission bits): one line, exit 2,
+    no pid file taken, nothing registered (etcd is not even contacted)."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("", encoding="utf-8")
+    endpoint, env = _unreachable_env()
+    env.update({"LOG_FILE_ROOT_PATH": str(blocker / "logs"), "MILVUS_RUN_DIR": str(tmp_path / "run")})
+    code, out, err, seconds = await run_cli(["run", "rootcoord"], env)
+    assert code == 2, out + err
+    assert len(_nonblank(err)) == 1 and str(blocker / "logs") in err, err
+    assert "Traceback" not in out + err
+    assert not list((tmp_path / "run").glob("*.pid")) if (tmp_path / "run").exists() else True
+    assert seconds < 5  # it did not try the (unreachable) etcd first

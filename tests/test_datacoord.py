@@ -17,9 +17,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 from grpclib.const import Status
 
-from coordinators.client import CoordinatorClient
+from coordinators.client import CoordinatorClient, OutcomeUnknown
 from coordinators.datacoord import DataCoord
 from coordinators.proto import common_pb2, rootcoord_pb2
 from coordinators.proto import datacoord_pb2 as pb
@@ -357,7 +358,10 @@ async def test_write_of_unknown_outcome_is_never_undone(etcd: EtcdCluster, etcd_
             return reply
 
         writer.txn = patched  # type: ignore[method-assign]
-        # The lost write (rows 10..30) is committed; the client retries (UNAVAILABLE) and gets rows after it.
+        # The lost write (rows 10..30) is committed; the client is told the outcome is unknown (it does
+        # not send a non-idempotent call twice on its own); asked again, datacoord gives rows after it.
+        with pytest.raises(OutcomeUnknown):
+            await c.assign((coll, 0, "ch", 20))
         [second] = await c.assign((coll, 0, "ch", 20))
         assert lost and (second.segment_id, second.start_row) == (first.segment_id, 30)
         [third] = await c.assign((coll, 0, "ch", 5))

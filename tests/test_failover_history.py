@@ -1,9 +1,11 @@
 """Whole processes, real metadata, failovers under client load: nothing acknowledged is ever lost.
 
-A client keeps allocating timestamps and IDs and creating collections while the ACTIVE rootcoord
-is killed (SIGKILL) or stopped (SIGTERM), round after round; afterwards the recorded history must
-show timestamps strictly increasing, no ID handed out twice, and every acknowledged collection
-present with its ID. A paused (SIGSTOP) active that wakes up after a takeover must not write.
+Clients keep allocating timestamps and IDs and creating and dropping collections while the ACTIVE
+rootcoord is killed (SIGKILL) or stopped (SIGTERM), round after round; afterwards the history
+checker (:mod:`history`) judges every call: timestamps strictly increasing in real time, no ID
+handed out twice, every acknowledged collection present with its ID, terms never overlapping.
+A paused (SIGSTOP) active that wakes up after a takeover must not write. (The same for all three
+roles at once, with SIGSTOP too and 21 takeovers: tests/test_faults_coordinators.py.)
 """
 
 from __future__ import annotations
@@ -12,18 +14,17 @@ import asyncio
 import contextlib
 import signal
 import time
-from dataclasses import dataclass, field
 
 import pytest
 from etcd3aio import Etcd3Client
 from grpclib.client import Channel
 from grpclib.const import Status
-from grpclib.exceptions import GRPCError
 
-from coordinators.client import CoordinatorClient, OutcomeUnknown
+from coordinators.client import CoordinatorClient
 from coordinators.proto import common_pb2, datacoord_pb2, querycoord_pb2, rootcoord_pb2
 from coordinators.proto.rootcoord_grpc import RootCoordStub
 from etcd_server import EtcdCluster
+from history import ClientLoad, History
 from procs import TTL, Launch, MilvusProcess, get_kv, holder, pair, wait_for_active, wait_for_serving, wait_until
 from session import Etcd
 
@@ -40,43 +41,6 @@ def _schema(name: str) -> rootcoord_pb2.CreateCollectionRequest:
     )
 
 
-@dataclass
-class History:
-    """What the client saw: every acknowledged answer, in real-time order."""
-
-    timestamps: list[int] = field(default_factory=list)
-    id_ranges: list[tuple[int, int]] = field(default_factory=list)
-    collections: dict[str, int] = field(default_factory=dict)
-    unknown: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    def check(self) -> None:
-        assert self.timestamps, "no timestamp was ever acknowledged"
-        assert all(a < b for a, b in zip(self.timestamps, self.timestamps[1:])), "a timestamp went backwards"
-        ids = sorted(self.id_ranges)
-        assert all(end_a <= begin_b for (_, end_a), (begin_b, _) in zip(ids, ids[1:])), "an ID was handed out twice"
-
-
-async def _client_loop(client: CoordinatorClient, history: History, stop: asyncio.Event) -> None:
-    """One sequential client: each call starts after the previous one was acknowledged."""
-    n = 0
-    while not stop.is_set():
-        n += 1
-        ts = await client.call("AllocTimestamp", rootcoord_pb2.AllocTimestampRequest(count=3))
-        history.timestamps.extend(ts.timestamp + i for i in range(ts.count))
-        ids = await client.call("AllocID", rootcoord_pb2.AllocIDRequest(count=7))
-        history.id_ranges.append((ids.begin, ids.end))
-        name = f"c{n}"
-        try:
-            created = await client.call("CreateCollection", _schema(name), idempotent=False)
-        except OutcomeUnknown:
-            history.unknown.append(name)
-        except GRPCError as exc:
-            history.errors.append(f"{name}: {exc.status.name} {exc.message}")
-        else:
-            history.collections[name] = created.collection_id
-
-
 async def _restart_as_standby(launch: Launch, name: str) -> MilvusProcess:
     proc = launch("rootcoord", name)
     return proc
@@ -88,47 +52,31 @@ async def test_rootcoord_history_survives_kill_and_stop_rounds(
 ) -> None:
     active, standby, _kv, _own = await pair(etcd_client, etcd_prefix, "rootcoord", launch)
     await wait_for_serving(active, "rootcoord")
-    history = History()
-    stop = asyncio.Event()
     async with Etcd(etcd.endpoints, timeout=2.0) as etcd_:
-        client = CoordinatorClient(etcd_, f"{etcd_prefix}/meta", "rootcoord", call_timeout=2.0, failover_budget=TTL + 10)
-        async with client:
-            loop = asyncio.create_task(_client_loop(client, history, stop))
-            try:
-                for i, how in enumerate(rounds):
-                    await asyncio.sleep(0.7)  # load on the current active
-                    before = len(history.timestamps)
-                    active.signal(signal.SIGKILL if how == "SIGKILL" else signal.SIGTERM)
-                    t0 = time.monotonic()
-                    await wait_for_active(etcd_client, etcd_prefix, "rootcoord", standby, timeout=TTL + 3)
-                    took = time.monotonic() - t0
-                    bound = TTL + 1.0 if how == "SIGKILL" else 1.0
-                    assert took < bound + 0.5, f"round {i} ({how}): takeover after {took:.2f}s"
-                    code = await active.wait(10)
-                    assert code == (-9 if how == "SIGKILL" else 0), active.output()
-                    # the client carries on with the new active
-                    await wait_until(_grew(history, before), timeout=TTL + 5, what="the client to get answers again")
-                    active, standby = standby, await _restart_as_standby(launch, f"r{i}")
-                    await wait_until(_standing_by(standby), timeout=10, what="the restarted process to stand by")
-                await asyncio.sleep(0.5)
-            finally:
-                stop.set()
-                await asyncio.wait_for(loop, TTL + 15)
-            shown = await client.call("ShowCollections", rootcoord_pb2.RootShowCollectionsRequest())
-    history.check()
-    assert not history.errors, history.errors
-    present = dict(zip(shown.collection_names, shown.collection_ids, strict=True))
-    for name, cid in history.collections.items():
-        assert present.get(name) == cid, f"acknowledged collection {name} ({cid}) lost or changed: {present.get(name)}"
-    assert len(history.collections) >= 10
-    assert len(set(present.values())) == len(present)
-
-
-def _grew(history: History, before: int):  # type: ignore[no-untyped-def]
-    async def probe() -> bool:
-        return len(history.timestamps) > before + 3
-
-    return probe
+        async with ClientLoad(etcd_, f"{etcd_prefix}/meta", ("rootcoord",), failover_budget=TTL + 10) as load:
+            for i, how in enumerate(rounds):
+                await asyncio.sleep(0.7)  # load on the current active
+                active.signal(signal.SIGKILL if how == "SIGKILL" else signal.SIGTERM)
+                t0 = time.monotonic()
+                await wait_for_active(etcd_client, etcd_prefix, "rootcoord", standby, timeout=TTL + 3)
+                took = time.monotonic() - t0
+                bound = TTL + 1.0 if how == "SIGKILL" else 1.0
+                assert took < bound + 0.5, f"round {i} ({how}): takeover after {took:.2f}s"
+                code = await active.wait(10)
+                assert code == (-9 if how == "SIGKILL" else 0), active.output()
+                # the clients carry on with the new active
+                await load.wait_progress("rootcoord", calls=4, timeout=TTL + 5)
+                active, standby = standby, await _restart_as_standby(launch, f"r{i}")
+                await wait_until(_standing_by(standby), timeout=10, what="the restarted process to stand by")
+            await asyncio.sleep(0.5)
+            verdict = await load.verdict()
+    print(load.history.summary())
+    print(verdict.summary())
+    verdict.assert_ok()
+    failed = [str(c) for c in load.history.of("rootcoord", ok=False) if c.status != "OutcomeUnknown"]
+    assert not failed, f"calls failed (other than a non-idempotent one whose reply was lost): {failed}"
+    assert len(load.history.of("rootcoord", "CreateCollection", ok=True)) >= 10
+    assert len(load.history.epochs("rootcoord")) == len(rounds) + 1
 
 
 def _standing_by(proc: MilvusProcess):  # type: ignore[no-untyped-def]
@@ -157,27 +105,27 @@ async def test_paused_active_writes_nothing_after_takeover_and_returns_to_standb
     old_id = kv.value["ServerID"]
     async with Etcd(etcd.endpoints, timeout=2.0) as etcd_:
         client = CoordinatorClient(etcd_, f"{etcd_prefix}/meta", "rootcoord", call_timeout=2.0, failover_budget=TTL + 10)
+        history = History()
         async with client:
-            await client.call("CreateCollection", _schema("before_pause"), idempotent=False)
+            assert await history.call(client, "CreateCollection", _schema("before_pause"), idempotent=False)
             assert client.last_server_id == old_id
             direct = Channel("127.0.0.1", old.port)
             try:
                 old.signal(signal.SIGSTOP)
                 # A call that reaches the paused process: it sits in the socket until SIGCONT.
                 late = asyncio.create_task(
-                    RootCoordStub(direct).CreateCollection(_schema("from_paused_active"), timeout=TTL + 10)
+                    history.direct("rootcoord", direct, "CreateCollection", _schema("from_paused_active"), timeout=TTL + 10)
                 )
                 new_kv = await wait_for_active(etcd_client, etcd_prefix, "rootcoord", new, timeout=TTL + 3)
                 await wait_for_serving(new, "rootcoord")
-                created = await client.call("CreateCollection", _schema("after_takeover"), idempotent=False)
+                created = await history.call(client, "CreateCollection", _schema("after_takeover"), idempotent=False)
                 assert client.last_server_id == new_kv.value["ServerID"]
-                ts_new = await client.call("AllocTimestamp", rootcoord_pb2.AllocTimestampRequest(count=1))
+                ts_new = await history.call(client, "AllocTimestamp", rootcoord_pb2.AllocTimestampRequest(count=1))
 
                 old.signal(signal.SIGCONT)
-                with pytest.raises(GRPCError) as refused:
-                    await asyncio.wait_for(late, TTL + 10)
-                assert refused.value.status == Status.UNAVAILABLE, refused.value
-                assert "not serving" in (refused.value.message or "")
+                refused = await asyncio.wait_for(late, TTL + 10)
+                assert refused.status == Status.UNAVAILABLE.name, refused
+                assert "not serving" in refused.error, refused
             finally:
                 with contextlib.suppress(ProcessLookupError):
                     old.signal(signal.SIGCONT)
@@ -195,9 +143,12 @@ async def test_paused_active_writes_nothing_after_takeover_and_returns_to_standb
             assert (await etcd_client.kv.get(name_key + "from_paused_active", timeout=5)).kvs == []
             assert int((await etcd_client.kv.get(name_key + "after_takeover", timeout=5)).kvs[0].value) == created.collection_id
             # Timestamps keep increasing, and the client of the old active now talks to the new one.
-            ts_after = await client.call("AllocTimestamp", rootcoord_pb2.AllocTimestampRequest(count=1))
+            ts_after = await history.call(client, "AllocTimestamp", rootcoord_pb2.AllocTimestampRequest(count=1))
             assert ts_after.timestamp > ts_new.timestamp
             assert client.last_server_id == new_kv.value["ServerID"]
+            verdict = history.check(await history.final_state({"rootcoord": client}))
+    print(verdict.summary())
+    verdict.assert_ok()
 
 
 async def test_datacoord_and_querycoord_across_failovers(

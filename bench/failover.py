@@ -1,0 +1,610 @@
+"""Failover latency of rootcoord, beside etcd's own election (``etcdctl elect``) on the same etcd.
+
+    python bench/failover.py            # 20 graceful + 20 crash rounds at TTL 3 s, 3 crash rounds at TTL 60 s
+    python bench/failover.py --quick    # 2 graceful + 1 crash round (CI smoke run, ~15 s)
+
+What is measured, per round (one ACTIVE and one STANDBY ``milvus run rootcoord``, TTL 3 s):
+
+- **key handover**: the signal to the ACTIVE -> a new member holds the ACTIVE key, seen by
+  ``bench/keywatch.py`` (a watch on ``{metaRoot}/session/`` in a process of its own, so that this
+  process's busy client does not delay it; Linux's monotonic clock is shared by all processes);
+- **service handover**: the signal -> the first successful ``AllocTimestamp`` answered by the new
+  ACTIVE, seen by ``CoordinatorClient`` (the product's failover-aware client), which calls in a
+  loop from the signal on;
+- the **breakdown** from the two processes' log lines (ms resolution): stop requested, lease
+  revoked (graceful) or expired (crash), the standby's watch event, the ACTIVE key won, activating,
+  serving (with the role's reload time), and the first client call.
+
+Graceful is SIGTERM (the ACTIVE revokes its lease); crash is SIGKILL (the lease expires). For a
+crash, the lease's expiry instant is measured too: after the kill nothing renews the lease, and
+``LeaseTimeToLive`` (whole seconds, truncated) steps down by one exactly one second apart, so
+polling it every few ms around one step gives the expiry to a few ms. That splits a crash
+failover into the part nobody can shorten (TTL since the last keep-alive) and what follows:
+etcd's expiry scan (every 500 ms) plus our handover. The kill comes at a random phase of the
+keep-alive cycle; the worst case (a kill right after a keep-alive) is TTL + (expiry -> service).
+
+etcd's own election, interleaved round by round: ``etcdctl elect NAME PROPOSAL`` as the leader and
+another as the waiter; SIGINT makes the leader resign (graceful), and the handover is the signal ->
+the waiter printing its proposal (it is elected). For a crash (SIGKILL) etcdctl's session TTL is
+fixed at 60 s, so that comparison runs at TTL 60 s for both (``--crash60-rounds``, not in
+``--quick``): the time from lease expiry to the new leader, ours and etcd's, in parallel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib as bl  # noqa: E402
+
+from coordinators.client import CoordinatorClient  # noqa: E402
+from coordinators.proto import rootcoord_pb2  # noqa: E402
+from session import Etcd, SessionInfo  # noqa: E402
+
+ROLE = "rootcoord"
+MSG_STANDBY_READY = f"ACTIVE {ROLE} has already been registered"
+MSG_SERVING = f"{ROLE} is ACTIVE and serving"
+MSG_WATCH = "watch the ACTIVE key"
+MSG_BACKSTOP = "the ACTIVE key is gone (backstop read)"
+MSG_WON = "register ACTIVE service successfully"
+MSG_ACTIVATING = f"{ROLE} switch from standby to active, activating"
+MSG_STOP = "stop requested"
+MSG_REVOKED = "session lease revoked"
+MSG_STOPPED = "coordinator stopped"
+
+TS_REQ = rootcoord_pb2.AllocTimestampRequest(count=1)
+
+
+def ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 2)
+
+
+async def lease_expiry(etcd: Etcd, lease: int, *, window: float = 1.6, interval: float = 0.004) -> float | None:
+    """The monotonic instant a lease nobody renews any more expires, or None if it cannot be told.
+
+    ``LeaseTimeToLive`` reports int(seconds left), so its value drops by one at expiry - k for each
+    whole k: one step, located between two polls a few ms apart, gives the expiry.
+    """
+    prev_v: int | None = None
+    prev_mid = 0.0
+    end = time.monotonic() + window
+    while time.monotonic() < end:
+        sent = time.monotonic()
+        try:
+            v = await etcd.time_to_live(lease, timeout=1.0)
+        except Exception:  # noqa: BLE001 - a lost poll only costs precision
+            v = None
+        mid = (sent + time.monotonic()) / 2
+        if v is not None:
+            if v <= 0 and prev_v is None:
+                return None  # less than a second left at the first poll: no step to see
+            if prev_v is not None and 0 <= v < prev_v:
+                return (prev_mid + mid) / 2 + v + 1
+            prev_v, prev_mid = v, mid
+        await asyncio.sleep(interval)
+    return None
+
+
+# --------------------------------------------------------------------------- ours
+
+
+@dataclass
+class KeyChange:
+    t: float  # monotonic
+    key: str
+    kind: str
+    server_id: int
+    stopping: bool = False
+
+
+class Group:
+    """One ACTIVE and ``standbys`` STANDBY rootcoords on one etcd root, a watch on the ACTIVE key, a client."""
+
+    def __init__(self, etcd: Etcd, endpoints: str, ttl: int, work: Path, name: str, *, standbys: int = 1,
+                 http: bool = False, launch_batch: int = 8) -> None:
+        self.etcd = etcd
+        self.ttl = ttl
+        self.n_standbys = standbys
+        self.launch_batch = launch_batch
+        self.fleet = bl.Fleet(endpoints=endpoints, root=f"bench-{name}-{uuid.uuid4().hex[:6]}", ttl=ttl,
+                              work_dir=work / name, http=http)
+        self.key = self.fleet.active_key(ROLE)
+        self.client = CoordinatorClient(etcd, self.fleet.meta_root, ROLE, call_timeout=1.0, failover_budget=ttl + 30.0)
+        self.active: bl.Coordinator | None = None
+        self.standbys: list[bl.Coordinator] = []
+        self.changes: list[KeyChange] = []
+        self._changed = asyncio.Event()
+        self._watch: asyncio.Task[None] | None = None
+        self._watcher: Etcdctl | None = None
+        self.etcd_endpoint = endpoints.split(",")[0]
+
+    @property
+    def processes(self) -> list[bl.Coordinator]:
+        return ([self.active] if self.active else []) + self.standbys
+
+    async def start(self) -> None:
+        self.active = self.fleet.launch(ROLE)
+        await bl.wait_log(self.active, MSG_SERVING, 90)
+        for i in range(0, self.n_standbys, self.launch_batch):
+            await asyncio.gather(*(self._new_standby() for _ in range(min(self.launch_batch, self.n_standbys - i))))
+        await self._start_watcher()
+        await self.client.start()
+        await self.client.call("AllocTimestamp", TS_REQ)
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        if self._watcher is not None:
+            self._watcher.kill()
+            await self._watcher.reap(2)
+        await self.client.close()
+        await self.fleet.stop_all(10)
+
+    async def _new_standby(self) -> None:
+        coord = self.fleet.launch(ROLE)
+        self.standbys.append(coord)
+        await bl.wait_log(coord, MSG_STANDBY_READY, 240, interval=0.1)
+
+    async def _start_watcher(self) -> None:
+        """bench/keywatch.py on ``{metaRoot}/session/``: the ACTIVE key and each member's own key (Stopping)."""
+        proc = await asyncio.create_subprocess_exec(
+            *bl._pdeathsig(), sys.executable, str(bl.BENCH / "keywatch.py"), "--etcd", self.etcd_endpoint,
+            "--prefix", f"{self.fleet.meta_root}/session/",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, start_new_session=True,
+        )
+        self._watcher = Etcdctl(proc, "keywatch")  # same kill-at-exit handling
+        bl._children.add(self._watcher)
+        async with asyncio.timeout(60):
+            line = await proc.stdout.readline()  # type: ignore[union-attr]
+        if b"ready" not in line:
+            raise RuntimeError(f"bench/keywatch.py did not start: {line!r}")
+        self._watch = asyncio.create_task(self._follow(proc))
+
+    async def _follow(self, proc: asyncio.subprocess.Process) -> None:
+        while True:
+            line = await proc.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                return
+            row = json.loads(line)
+            self.changes.append(KeyChange(row["t"], row["key"], row["kind"], row["server_id"], row["stopping"]))
+            self._changed.set()
+
+    async def holder(self) -> tuple[SessionInfo, int]:
+        resp = await self.etcd.get(self.key)
+        if not resp.kvs:
+            raise RuntimeError("no ACTIVE rootcoord")
+        kv = resp.kvs[0]
+        return SessionInfo.from_json(self.key, bytes(kv.value)), int(kv.lease)
+
+    async def _new_holder(self, mark: int, old: int) -> tuple[float | None, float]:
+        """(first DELETE seen, first PUT by another server) of the ACTIVE key after change ``mark``, monotonic."""
+        deleted = None
+        i = mark
+        while True:
+            while i < len(self.changes):
+                ch = self.changes[i]
+                i += 1
+                if ch.key != self.key:
+                    continue
+                if ch.kind == "DELETE" and deleted is None:
+                    deleted = ch.t
+                if ch.kind == "PUT" and ch.server_id and ch.server_id != old:
+                    return deleted, ch.t
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def _served_by_new(self, old: int) -> float:
+        while True:
+            await self.client.call("AllocTimestamp", TS_REQ)
+            if self.client.last_server_id != old:
+                return time.monotonic()
+
+    async def round(self, mode: str, *, random_phase: bool = True, settle: bool = True) -> dict[str, Any]:
+        """One failover: signal the ACTIVE, measure, then start a new STANDBY for the next round."""
+        assert self.active is not None and self.standbys
+        active = self.active
+        if settle:
+            await bl.settle_idle([c.child for c in self.processes], max_wait=30)
+        info, lease = await self.holder()
+        if info.address != active.address:
+            raise RuntimeError(f"the ACTIVE key names {info.address}, expected {active.address}")
+        await self.client.call("AllocTimestamp", TS_REQ)
+        if mode == "crash" and random_phase:
+            await asyncio.sleep(random.uniform(0, self.ttl / 3))  # a random point of the keep-alive cycle
+        mark = len(self.changes)
+        sig = signal.SIGTERM if mode == "graceful" else signal.SIGKILL
+        t0w, t0 = time.time(), time.monotonic()
+        active.child.signal(sig)
+        key_task = asyncio.create_task(self._new_holder(mark, info.server_id))
+        svc_task = asyncio.create_task(self._served_by_new(info.server_id))
+        exp_task = asyncio.create_task(lease_expiry(self.etcd, lease)) if mode == "crash" else None
+        try:
+            async with asyncio.timeout(self.ttl + 30):
+                (t_del, t_key), t_svc = await asyncio.gather(key_task, svc_task)
+                expiry = await exp_task if exp_task is not None else None
+        finally:
+            for task in (key_task, svc_task, exp_task):
+                if task is not None:
+                    task.cancel()
+        own_key = f"{self.key}-{info.server_id}"
+        stopping_seen = next((ch.t for ch in self.changes[mark:] if ch.key == own_key and ch.stopping), None)
+        new_info, _ = await self.holder()
+        winners = [c for c in self.standbys if c.address == new_info.address]
+        if not winners:
+            raise RuntimeError(f"the new ACTIVE is {new_info.address}, not one of the standbys")
+        winner = winners[0]
+        exit_code = await active.child.wait(15) if mode == "graceful" else None
+        active.child.kill()
+
+        def rel_log(coord: bl.Coordinator, *msgs: str) -> float | None:
+            for line in coord.lines():
+                if line.msg in msgs and line.time >= t0w - 0.002:
+                    return line.time - t0w
+            return None
+
+        serving = winner.first(MSG_SERVING, after=t0w - 0.002)
+        reload_s = float(serving.fields.get("reloadSeconds", "nan")) if serving else None
+        r: dict[str, Any] = {
+            "mode": mode,
+            "key_ms": ms(t_key - t0),
+            "service_ms": ms(t_svc - t0),
+            "delete_seen_ms": ms(t_del - t0) if t_del is not None else None,
+            "stopping_seen_ms": ms(stopping_seen - t0) if stopping_seen is not None else None,
+            "old_server_id": info.server_id,
+            "new_server_id": new_info.server_id,
+            "exit_code": exit_code,
+            "log_ms": {
+                "stop_requested": ms(rel_log(active, MSG_STOP)) if mode == "graceful" else None,
+                "lease_revoked": ms(rel_log(active, MSG_REVOKED)) if mode == "graceful" else None,
+                "old_exited": ms(rel_log(active, MSG_STOPPED)) if mode == "graceful" else None,
+                "watch_event": ms(rel_log(winner, MSG_WATCH, MSG_BACKSTOP)),
+                "key_won": ms(rel_log(winner, MSG_WON)),
+                "activating": ms(rel_log(winner, MSG_ACTIVATING)),
+                "serving": ms(rel_log(winner, MSG_SERVING)),
+            },
+            "reload_ms": ms(reload_s),
+        }
+        if mode == "crash":
+            r["expiry_ms"] = ms(expiry - t0) if expiry is not None else None
+            r["expiry_to_delete_ms"] = ms(t_del - expiry) if expiry is not None and t_del is not None else None
+            r["expiry_to_key_ms"] = ms(t_key - expiry) if expiry is not None else None
+            r["expiry_to_service_ms"] = ms(t_svc - expiry) if expiry is not None else None
+        self.active = winner
+        self.standbys.remove(winner)
+        await self._new_standby()
+        return r
+
+
+# --------------------------------------------------------------------------- etcd's election
+
+
+class Etcdctl:
+    """One ``etcdctl elect NAME PROPOSAL``: stdout read line by line, killed as a group at exit."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, proposal: str) -> None:
+        self.proc = proc
+        self.proposal = proposal
+        self.elected_at: float | None = None
+
+    @classmethod
+    async def start(cls, endpoint: str, name: str, proposal: str) -> Etcdctl:
+        proc = await asyncio.create_subprocess_exec(
+            *bl._pdeathsig(), bl.find_etcdctl_binary(), f"--endpoints={endpoint}", "elect", name, proposal,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            env=bl.etcdctl_env(), start_new_session=True,
+        )
+        ctl = cls(proc, proposal)
+        bl._children.add(ctl)  # killed at exit like every child
+        return ctl
+
+    async def wait_elected(self, timeout: float) -> float:
+        """Monotonic time at which it printed its proposal (it leads)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                line = await self.proc.stdout.readline()  # type: ignore[union-attr]
+                if not line:
+                    raise RuntimeError(f"etcdctl elect {self.proposal} exited ({self.proc.returncode}) before leading")
+                if line.decode().strip() == self.proposal:
+                    self.elected_at = time.monotonic()
+                    return self.elected_at
+
+    def signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        bl._children.discard(self)
+
+    async def reap(self, timeout: float = 5.0) -> int | None:
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.proc.wait()
+        except TimeoutError:
+            self.kill()
+            return None
+        finally:
+            bl._children.discard(self)
+
+
+class EtcdElection:
+    """etcd's own leader election, driven with etcdctl: one leader and one waiter at a time."""
+
+    def __init__(self, etcd: Etcd, endpoint: str, name: str) -> None:
+        self.etcd = etcd
+        self.endpoint = endpoint
+        self.name = f"bench-{name}-{uuid.uuid4().hex[:6]}"
+        self.leader: Etcdctl | None = None
+        self.waiter: Etcdctl | None = None
+        self._n = 0
+
+    async def _spawn(self) -> Etcdctl:
+        self._n += 1
+        return await Etcdctl.start(self.endpoint, self.name, f"p{self._n}")
+
+    async def _keys(self) -> list[Any]:
+        resp = await self.etcd.get(self.name + "/", prefix=True)
+        return sorted(resp.kvs, key=lambda kv: kv.create_revision)
+
+    async def start(self) -> None:
+        self.leader = await self._spawn()
+        await self.leader.wait_elected(30)
+        await self._new_waiter()
+
+    async def _new_waiter(self) -> None:
+        self.waiter = await self._spawn()
+
+        async def campaigning() -> bool:
+            return len(await self._keys()) >= 2
+
+        await bl.wait_until(campaigning, timeout=30, what="the etcdctl waiter to campaign")
+        await asyncio.sleep(0.05)  # its watch on the leader's key is set up right after its put
+
+    async def close(self) -> None:
+        for ctl in (self.leader, self.waiter):
+            if ctl is not None:
+                ctl.kill()
+                await ctl.reap(2)
+
+    async def round(self, mode: str) -> dict[str, Any]:
+        assert self.leader is not None and self.waiter is not None
+        leader, waiter = self.leader, self.waiter
+        keys = await self._keys()
+        lease = int(keys[0].lease)
+        t0 = time.monotonic()
+        leader.signal(signal.SIGINT if mode == "graceful" else signal.SIGKILL)
+        exp_task = asyncio.create_task(lease_expiry(self.etcd, lease)) if mode == "crash" else None
+        try:
+            t1 = await waiter.wait_elected(90 if mode == "crash" else 30)
+            expiry = await exp_task if exp_task is not None else None
+        finally:
+            if exp_task is not None:
+                exp_task.cancel()
+        await leader.reap(5)
+        r: dict[str, Any] = {"mode": mode, "elected_ms": ms(t1 - t0)}
+        if mode == "crash":
+            r["expiry_ms"] = ms(expiry - t0) if expiry is not None else None
+            r["expiry_to_elected_ms"] = ms(t1 - expiry) if expiry is not None else None
+        self.leader = waiter
+        await self._new_waiter()
+        return r
+
+
+# --------------------------------------------------------------------------- summary and tables
+
+#: Where a graceful handover's time goes, step by step; "@x" is the bench's own measurement (its
+#: monotonic clock, sub-ms: x_ms of the round), other names are log lines of the old ACTIVE or of the
+#: winner (wall clock, 1 ms resolution). Each stage is the time from the previous point.
+GRACEFUL_STAGES = [
+    ("signal -> stop requested (old, log)", None, "stop_requested"),
+    ("-> Stopping=true put (old, seen in etcd)", "stop_requested", "@stopping_seen_ms"),
+    ("-> ACTIVE key deleted: lease revoked (seen in etcd)", "@stopping_seen_ms", "@delete_seen_ms"),
+    ("-> watch event (standby, log)", "@delete_seen_ms", "watch_event"),
+    ("-> ACTIVE key won (standby, log)", "watch_event", "key_won"),
+    ("-> serving: activation and reload (log)", "key_won", "serving"),
+    ("-> first client call answered (bench)", "serving", "@service_ms"),
+]
+#: The same graceful handover from etcd's side only (the bench's watch on {metaRoot}/session/).
+GRACEFUL_ETCD_STAGES = [
+    ("signal -> Stopping=true put (old)", None, "@stopping_seen_ms"),
+    ("-> ACTIVE key deleted (revoke)", "@stopping_seen_ms", "@delete_seen_ms"),
+    ("-> ACTIVE key put by the standby", "@delete_seen_ms", "@key_ms"),
+    ("-> first client call", "@key_ms", "@service_ms"),
+]
+CRASH_STAGES = [
+    ("signal -> lease expiry (measured)", None, "@expiry_ms"),
+    ("-> watch event: etcd's expiry scan (standby, log)", "@expiry_ms", "watch_event"),
+    ("-> ACTIVE key won (standby, log)", "watch_event", "key_won"),
+    ("-> serving: activation and reload (log)", "key_won", "serving"),
+    ("-> first client call answered (bench)", "serving", "@service_ms"),
+]
+
+
+def _point(r: dict[str, Any], name: str | None) -> float | None:
+    if name is None:
+        return 0.0
+    if name.startswith("@"):
+        return r.get(name[1:])
+    return r["log_ms"].get(name)
+
+
+def breakdown(rounds: list[dict[str, Any]], stages: list[tuple[str, str | None, str]]) -> list[dict[str, Any]]:
+    out = []
+    for label, start, end in stages:
+        vals = []
+        for r in rounds:
+            a, b = _point(r, start), _point(r, end)
+            if a is not None and b is not None:
+                vals.append(b - a)
+        out.append({"stage": label, **bl.summarize(vals)})
+    return out
+
+
+def summarize_rounds(rounds: list[dict[str, Any]], keys: list[str]) -> dict[str, Any]:
+    return {k: bl.summarize([r[k] for r in rounds if r.get(k) is not None]) for k in keys}
+
+
+def stat_row(label: str, s: dict[str, Any]) -> list[Any]:
+    return [label, s.get("n"), s.get("p50"), s.get("p95"), s.get("max"), s.get("mean")]
+
+
+def print_tables(res: dict[str, Any]) -> None:
+    hdr = ["ms", "n", "p50", "p95", "max", "mean"]
+    g = res["graceful"]
+    rows = [
+        stat_row("ours: key handover", g["ours"]["summary"]["key_ms"]),
+        stat_row("ours: service handover", g["ours"]["summary"]["service_ms"]),
+        stat_row("etcd election: waiter elected", g["etcd"]["summary"]["elected_ms"]),
+    ]
+    print(bl.table(hdr, rows, title=f"\nGraceful stop (SIGTERM / etcdctl SIGINT), TTL {res['config']['ttl']} s"))
+    print(f"key handover p50, ours / etcd's: {g['ratio_key_p50']}x")
+    print(bl.table(["stage (ms)", "n", "p50", "p95", "max", "mean"],
+                   [stat_row(b["stage"], b) for b in g["ours"]["breakdown"]], title="\nGraceful breakdown (ours)"))
+    print(bl.table(["stage (ms)", "n", "p50", "p95", "max", "mean"],
+                   [stat_row(b["stage"], b) for b in g["ours"]["etcd_view"]], title="\nGraceful breakdown (ours, seen in etcd)"))
+    c = res["crash"]
+    cs = c["ours"]["summary"]
+    rows = [stat_row(f"ours: {k}", cs[k]) for k in
+            ("key_ms", "service_ms", "expiry_ms", "expiry_to_delete_ms", "expiry_to_key_ms", "expiry_to_service_ms")]
+    print(bl.table(hdr, rows, title=f"\nCrash (SIGKILL), TTL {res['config']['ttl']} s"))
+    print(f"worst case (kill right after a keep-alive): TTL + p95(expiry -> service) = {c['worst_case_p95_ms']} ms")
+    print(bl.table(["stage (ms)", "n", "p50", "p95", "max", "mean"],
+                   [stat_row(b["stage"], b) for b in c["ours"]["breakdown"]], title="\nCrash breakdown (ours)"))
+    if "crash60" in res:
+        c6 = res["crash60"]
+        rows = [
+            stat_row("ours: expiry -> key", c6["ours"]["summary"]["expiry_to_key_ms"]),
+            stat_row("ours: expiry -> service", c6["ours"]["summary"]["expiry_to_service_ms"]),
+            stat_row("etcd election: expiry -> elected", c6["etcd"]["summary"]["expiry_to_elected_ms"]),
+            stat_row("ours: signal -> key", c6["ours"]["summary"]["key_ms"]),
+            stat_row("etcd election: signal -> elected", c6["etcd"]["summary"]["elected_ms"]),
+        ]
+        print(bl.table(hdr, rows, title="\nCrash at TTL 60 s: time beyond the lease's expiry"))
+
+
+# --------------------------------------------------------------------------- main
+
+
+async def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    result = bl.new_result("failover", args)
+    result["config"] = {"role": ROLE, "ttl": args.ttl, "graceful_rounds": args.rounds, "crash_rounds": args.crash_rounds,
+                        "crash60_rounds": args.crash60_rounds}
+    work = bl.work_dir("failover")
+    etcd_cluster = bl.start_etcd(work)
+    etcd = Etcd([etcd_cluster.endpoint], timeout=5.0)
+    await etcd.connect()
+    pairs: list[Group] = []
+    elections: list[EtcdElection] = []
+    try:
+        ours = Group(etcd, etcd_cluster.endpoints_csv, args.ttl, work, "fo")
+        pairs.append(ours)
+        elect = EtcdElection(etcd, etcd_cluster.endpoint, "elect")
+        elections.append(elect)
+        await asyncio.gather(ours.start(), elect.start())
+
+        g_ours, g_etcd = [], []
+        for i in range(args.rounds):
+            g_ours.append(await ours.round("graceful"))
+            g_etcd.append(await elect.round("graceful"))
+            print(f"graceful {i + 1}/{args.rounds}: ours key {g_ours[-1]['key_ms']} ms, service "
+                  f"{g_ours[-1]['service_ms']} ms; etcd elected {g_etcd[-1]['elected_ms']} ms", flush=True)
+        c_ours = []
+        for i in range(args.crash_rounds):
+            c_ours.append(await ours.round("crash"))
+            r = c_ours[-1]
+            print(f"crash {i + 1}/{args.crash_rounds}: key {r['key_ms']} ms, service {r['service_ms']} ms, "
+                  f"expiry -> service {r['expiry_to_service_ms']} ms", flush=True)
+
+        gs = summarize_rounds(g_ours, ["key_ms", "service_ms", "delete_seen_ms", "reload_ms"])
+        es = summarize_rounds(g_etcd, ["elected_ms"])
+        ratio = round(gs["key_ms"]["p50"] / es["elected_ms"]["p50"], 2) if es["elected_ms"].get("p50") else None
+        result["graceful"] = {
+            "ours": {"rounds": g_ours, "summary": gs, "breakdown": breakdown(g_ours, GRACEFUL_STAGES),
+                     "etcd_view": breakdown(g_ours, GRACEFUL_ETCD_STAGES)},
+            "etcd": {"rounds": g_etcd, "summary": es},
+            "ratio_key_p50": ratio,
+        }
+        cs = summarize_rounds(c_ours, ["key_ms", "service_ms", "expiry_ms", "expiry_to_delete_ms", "expiry_to_key_ms",
+                                       "expiry_to_service_ms", "reload_ms"])
+        worst = round(args.ttl * 1000 + cs["expiry_to_service_ms"]["p95"], 1) if cs["expiry_to_service_ms"].get("n") else None
+        result["crash"] = {"ours": {"rounds": c_ours, "summary": cs, "breakdown": breakdown(c_ours, CRASH_STAGES)},
+                           "worst_case_p95_ms": worst}
+
+        if args.crash60_rounds:
+            ours60 = Group(etcd, etcd_cluster.endpoints_csv, 60, work, "fo60")
+            pairs.append(ours60)
+            elect60 = EtcdElection(etcd, etcd_cluster.endpoint, "elect60")
+            elections.append(elect60)
+            await asyncio.gather(ours60.start(), elect60.start())
+            o60, e60 = [], []
+            for i in range(args.crash60_rounds):
+                a, b = await asyncio.gather(ours60.round("crash", random_phase=False), elect60.round("crash"))
+                o60.append(a)
+                e60.append(b)
+                print(f"crash TTL 60 {i + 1}/{args.crash60_rounds}: ours expiry -> key {a['expiry_to_key_ms']} ms, "
+                      f"-> service {a['expiry_to_service_ms']} ms; etcd expiry -> elected {b['expiry_to_elected_ms']} ms",
+                      flush=True)
+            result["crash60"] = {
+                "ttl": 60,
+                "ours": {"rounds": o60, "summary": summarize_rounds(o60, ["key_ms", "service_ms", "expiry_to_delete_ms",
+                                                                         "expiry_to_key_ms", "expiry_to_service_ms"])},
+                "etcd": {"rounds": e60, "summary": summarize_rounds(e60, ["elected_ms", "expiry_to_elected_ms"])},
+            }
+        print_tables(result)
+        bl.write_result(result, args.out or bl.default_out("failover", args.quick), started)
+        return 0
+    finally:
+        for p in pairs:
+            with contextlib.suppress(Exception):
+                await p.close()
+        for e in elections:
+            with contextlib.suppress(Exception):
+                await e.close()
+        await etcd.close()
+        etcd_cluster.close()
+        bl.remove_dir(work, args.keep)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="CI smoke run: 2 graceful rounds, 1 crash round, no TTL-60 part")
+    p.add_argument("--rounds", type=int, default=None, help="graceful rounds (default 20; quick 2)")
+    p.add_argument("--crash-rounds", type=int, default=None, help="crash rounds at --ttl (default 20; quick 1)")
+    p.add_argument("--crash60-rounds", type=int, default=None, help="crash rounds at TTL 60 s, ours and etcdctl's (default 3; quick 0)")
+    p.add_argument("--ttl", type=int, default=3, help="session TTL in seconds for the main rounds (default 3)")
+    p.add_argument("--out", type=Path, default=None, help="result JSON (default bench/results/failover[.quick].json)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs) for inspection")
+    args = p.parse_args(argv)
+    for name, full, quick in (("rounds", 20, 2), ("crash_rounds", 20, 1), ("crash60_rounds", 3, 0)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    if args.rounds < 1 or args.crash_rounds < 1 or args.crash60_rounds < 0 or args.ttl < 2:
+        p.error("need at least 1 graceful and 1 crash round, and --ttl >= 2")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    return bl.run_main(lambda: run(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
