@@ -244,6 +244,12 @@ _CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", True),
     ("grpc.enable_retries", 1),
+    # gRPC's default reconnect backoff grows to 120 s: after an etcd restart of a fraction of a
+    # second the channel could stay down past the session's local deadline. Reconnect fast instead
+    # (a few small TCP connects per second while etcd is down cost nothing).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
 )
 
 
