@@ -37,6 +37,7 @@ from session import (
     Campaign,
     CorruptValue,
     EtcdAuthError,
+    EtcdRequestFailed,
     EtcdUnavailable,
     FencedWriter,
     LeaseSession,
@@ -381,7 +382,11 @@ class CoordinatorProcess:
             t0 = time.monotonic()
             try:
                 await self._until_stopped(self.role_impl.activate(self.writer), session)
-            except (NotActive, EtcdUnavailable) as exc:
+            except (NotActive, EtcdUnavailable, EtcdRequestFailed) as exc:
+                if isinstance(exc, EtcdAuthError):
+                    raise
+                # e.g. a reload page answered by a lagging etcd member ("required revision is a future
+                # revision"): this term ends, the campaign goes on; the process must not die of it.
                 term.end(f"activation failed: {exc}")
                 return
             self.state = common_pb2.Healthy
