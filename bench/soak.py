@@ -197,8 +197,16 @@ async def main(args: argparse.Namespace) -> int:
             async with load:
                 await load.wait_progress(calls=30, timeout=30)
                 soak = Soak(args, cluster, coords, load)
-                await soak.run(args.minutes)
-                verdict = await load.verdict()
+                try:
+                    await soak.run(args.minutes)
+                except AssertionError as exc:  # a role never came back: report what happened so far
+                    soak.unexpected.append(f"soak aborted: {str(exc).splitlines()[0]}")
+                    soak.log(f"ABORTED: {exc}")
+                try:
+                    verdict = await load.verdict()
+                except Exception as exc:  # noqa: BLE001 - e.g. the final read-back found no ACTIVE member
+                    soak.unexpected.append(f"final read-back failed: {exc!r}")
+                    verdict = load.history.check()
             print(soak.table())
             print()
             print(load.history.summary())
