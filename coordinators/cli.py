@@ -1,4 +1,4 @@
-"""The ``milvus`` command: ``run <role>``, ``stop <role>``, ``status``.
+"""The ``milvus`` command: ``run <role>``, ``stop <role>``, ``status``, ``switchover <role>``.
 
 Bad input (a broken config, an unknown role, a wrong value) is one line on stderr and exit code 2,
 never a traceback.
@@ -20,6 +20,7 @@ from coordinators.config import ROLES, Config, ConfigError, load_config
 from coordinators.exit_codes import ExitCode
 from coordinators.logging_setup import LogSetupError, configure_logging
 from coordinators.pidfile import AlreadyRunning, PidFile, PidFileError, check_alias
+from coordinators.signals import hold_early_signals
 
 log = structlog.get_logger(__name__)
 
@@ -39,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 #: The commands built in here; the others are the role commands above.
-_BUILTIN_COMMANDS = ("run", "stop", "status")
+_BUILTIN_COMMANDS = ("run", "stop", "status", "switchover")
 
 
 def build_parser(*, role_commands: bool = True) -> argparse.ArgumentParser:
@@ -52,15 +53,35 @@ def build_parser(*, role_commands: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--alias", default="", help="a name for this process (to run several of one role on a host)")
     run.add_argument("--config", default=None, help="milvus.yaml to use (default: $MILVUSCONF, then config/)")
 
-    stop = sub.add_parser("stop", help="stop the process of a role running on this host (SIGTERM, then wait)")
+    stop = sub.add_parser(
+        "stop",
+        help="stop the processes of a role running on this host (SIGTERM, then wait)",
+        description="Without --alias: every process of the role started on this host without --alias "
+        "(pid files <role>.pid, <role>-2.pid, ...), signalled together. With --alias NAME: that one "
+        "(a number names the automatic file <role>-N.pid).",
+    )
     stop.add_argument("role", help=f"one of {', '.join(ROLES)}")
     stop.add_argument("--alias", default="", help="the --alias the process was started with")
     stop.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait for it to exit (default 30)")
     stop.add_argument("--kill", action="store_true", help="SIGKILL it if it has not exited after --timeout")
 
     status = sub.add_parser("status", help="list every coordinator session: ACTIVE, STANDBY, STOPPING")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--json", action="store_true", help="machine-readable output (every field)")
+    status.add_argument("--role", default=None, help=f"only this role (one of {', '.join(ROLES)})")
+    status.add_argument("--watch", nargs="?", const=2.0, default=None, type=_seconds, metavar="SECONDS",
+                        help="redraw every SECONDS (default 2) until Ctrl-C")
     status.add_argument("--config", default=None, help="milvus.yaml to use")
+
+    switch = sub.add_parser(
+        "switchover",
+        help="hand a role's ACTIVE duty to a standby, without stopping anything",
+        description="The ACTIVE member finishes the calls in flight, releases the role and goes back to "
+        "STANDBY; the named standby (--to) or any standby takes over.",
+    )
+    switch.add_argument("role", help=f"one of {', '.join(ROLES)}")
+    switch.add_argument("--to", type=_server_id, default=0, metavar="SERVER_ID", help="the standby that must take over")
+    switch.add_argument("--timeout", type=_seconds, default=10.0, help="seconds the handover may take (default 10)")
+    switch.add_argument("--config", default=None, help="milvus.yaml to use")
 
     for module in _ROLE_COMMANDS if role_commands else ():
         role_parser = importlib.import_module(module).register(sub)
@@ -80,22 +101,32 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _server_id(text: str) -> int:
+    """A positive server ID (argparse type)."""
+    if not text.isdigit() or not text.isascii() or int(text) < 1 or len(text) > 19:
+        raise argparse.ArgumentTypeError(f"not a server ID (a positive integer): {text!r}")
+    return int(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``milvus`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:
+        hold_early_signals()  # before anything slow: `milvus stop` may signal us from the pid file on
     # The role commands import the gRPC stubs and the client (~0.3 s): the built-in commands skip
     # them, so that `milvus stop` signals (and the handover begins) that much sooner.
     args = build_parser(role_commands=not argv or argv[0] not in _BUILTIN_COMMANDS).parse_args(argv)
     if args.command in ("run", "stop"):
         try:
-            check_alias(args.alias)
+            check_alias(args.alias, allow_number=args.command == "stop")
         except ValueError as exc:
             print(f"milvus: {exc}", file=sys.stderr)
             return ExitCode.CONFIG
+    role_arg = getattr(args, "role", None) if args.command in _BUILTIN_COMMANDS else None
+    if role_arg is not None and role_arg not in ROLES:
+        print(f"milvus: unknown role {role_arg!r}: expected one of {', '.join(ROLES)}", file=sys.stderr)
+        return ExitCode.CONFIG
     if args.command == "stop":  # needs no config: a broken milvus.yaml must not keep a process from stopping
-        if args.role not in ROLES:
-            print(f"milvus: unknown role {args.role!r}: expected one of {', '.join(ROLES)}", file=sys.stderr)
-            return ExitCode.CONFIG
         from coordinators.stop import stop
 
         return stop(args.role, args.alias, timeout=args.timeout, kill=args.kill)
@@ -113,19 +144,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _run_locked(config, args.role, args.alias)
     if args.command == "status":
-        return _status(config, as_json=args.json)
+        return _status(config, as_json=args.json, role=args.role, watch=args.watch)
+    if args.command == "switchover":
+        return _switchover(config, args.role, to=args.to, timeout=args.timeout)
     return _role_command(config, args)
 
 
 def _run_locked(config: Config, role: str, alias: str) -> int:
-    """Open the log, take the pid file of ``role``/``alias`` (held until exit), then run."""
-    try:
-        configure_logging(
-            config.log.level, config.log.format, file=config.log.file, file_name=f"{role}{'-' + alias if alias else ''}.log"
-        )
-    except LogSetupError as exc:
-        print(f"milvus: {exc}", file=sys.stderr)
-        return ExitCode.CONFIG
+    """Open the log, take a pid file of ``role`` (``alias``'s, or an automatic one; held until exit), then run."""
     try:
         pid_file = PidFile.acquire(role, alias)
     except AlreadyRunning as exc:
@@ -135,25 +161,45 @@ def _run_locked(config: Config, role: str, alias: str) -> int:
         print(f"milvus: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
     with pid_file:
+        # Log files follow the pid file's name: a second process without --alias gets rootcoord-2.log.
+        name = pid_file.path.name.removesuffix(".pid")
+        try:
+            configure_logging(config.log.level, config.log.format, file=config.log.file, file_name=f"{name}.log")
+        except LogSetupError as exc:
+            print(f"milvus: {exc}", file=sys.stderr)
+            return ExitCode.CONFIG
         return _run(config, role, pid_file)
 
 
 def _run(config: Config, role: str, pid_file: PidFile) -> int:
-    from coordinators.process import CoordinatorProcess, install_signal_handlers
+    from coordinators.process import CoordinatorProcess
+    from coordinators.signals import install_signal_handlers
 
-    log.info("pid file locked", role=role, path=str(pid_file.path))
+    if pid_file.skipped:
+        held = ", ".join(f"{path.name} (pid {pid})" for path, pid in pid_file.skipped)
+        log.info("pid file locked", role=role, path=str(pid_file.path), automatic=True,
+                 reason=f"held by live processes of {role} started without --alias: {held}")
+    else:
+        log.info("pid file locked", role=role, path=str(pid_file.path))
 
     async def go() -> int:
-        process = CoordinatorProcess(config, role)
-        install_signal_handlers(process)
+        process = CoordinatorProcess(config, role, pid_file=pid_file)
+        install_signal_handlers(process.request_stop)
         return int(await process.run())
 
     return asyncio.run(go())
 
 
-def _status(config: Config, *, as_json: bool) -> int:
-    from coordinators.status import read_sessions, render_json, render_table
-    from coordinators.tls import make_etcd
+def _status(config: Config, *, as_json: bool, role: str | None, watch: float | None) -> int:
+    from coordinators.status import run_status
+
+    configure_logging("error", config.log.format, sys.stderr)
+    return asyncio.run(run_status(config, as_json=as_json, role=role, watch=watch))
+
+
+def _switchover(config: Config, role: str, *, to: int, timeout: float) -> int:
+    from coordinators.switchover import switchover
+    from coordinators.tls import client_ssl_context, make_etcd
     from session import SessionError
 
     configure_logging("error", config.log.format, sys.stderr)
@@ -162,18 +208,14 @@ def _status(config: Config, *, as_json: bool) -> int:
         etcd = make_etcd(config, timeout=min(config.etcd.request_timeout, 5.0))  # etcd.ssl.*, etcd.auth.*
         try:
             await etcd.connect()
-            rows = await read_sessions(etcd, config.etcd.meta_root)
+            return int(await switchover(etcd, config.etcd.meta_root, role, to=to, timeout=timeout, out=sys.stdout,
+                                        err=sys.stderr, ssl_context=client_ssl_context(config)))
         except SessionError as exc:
-            print(f"milvus status: cannot read sessions from etcd at {','.join(config.etcd.endpoints)}: {exc}",
+            print(f"milvus switchover: cannot reach etcd at {','.join(config.etcd.endpoints)}: {exc}; nothing changed",
                   file=sys.stderr)
             return ExitCode.ETCD
         finally:
             await etcd.close()
-        try:
-            print(render_json(rows) if as_json else render_table(rows), flush=True)
-        except BrokenPipeError:  # `milvus status | head`
-            sys.stderr.close()
-        return ExitCode.OK
 
     return asyncio.run(go())
 

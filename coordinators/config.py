@@ -137,10 +137,14 @@ class RoleConfig:
     http_port: int = 0  # /healthz, /readyz, /metrics on the gRPC listen host; 0 = no HTTP server
 
     @property
+    def address_host(self) -> str:
+        """The advertised host as it goes before ``:port`` (IPv6 literals bracketed)."""
+        return f"[{self.address}]" if ":" in self.address else self.address
+
+    @property
     def advertised_address(self) -> str:
         """The "host:port" other processes dial; IPv6 hosts are bracketed so the port stays unambiguous."""
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{host}:{self.port}"
+        return f"{self.address_host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,10 @@ class Config:
     source: str
     datacoord: DataCoordConfig
     grpc_tls: GrpcTLSConfig = GrpcTLSConfig()
+
+    def configured_ports(self) -> frozenset[int]:
+        """Every gRPC and HTTP port the roles are configured with: a fallback port must not take one."""
+        return frozenset(p for r in self.roles.values() for p in (r.port, r.http_port) if p)
 
     def role(self, name: str) -> RoleConfig:
         """The settings of one role; an unknown name is an operator typo, reported as such."""

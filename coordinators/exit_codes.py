@@ -18,3 +18,5 @@ class ExitCode(IntEnum):
     CORRUPT_METADATA = 7  #: the role's metadata in etcd is unreadable; serving from it would be wrong
     ALREADY_RUNNING = 8  #: ``run``: a process of the same role and alias holds the pid file on this host
     NOT_RUNNING = 9  #: ``stop``: no pid file, or a stale one (removed): nothing of that role was running
+    SWITCHOVER_REFUSED = 10  #: ``switchover``: not possible now (no standby, bad target, off); nothing changed
+    SWITCHOVER_TIMEOUT = 11  #: ``switchover``: no new ACTIVE member served within ``--timeout``

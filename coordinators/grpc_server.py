@@ -14,6 +14,7 @@ deadline, and only then closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ssl
 import time
@@ -250,6 +251,17 @@ class CoordinatorServer:
         """Health follows this: SERVING only while the ACTIVE member serves; draining forces NOT_SERVING."""
         self._status.set(bool(serving) and not self._draining)
 
+    async def wait_idle(self, deadline: float) -> int:
+        """Wait up to ``deadline`` seconds for the calls in flight to finish, without closing.
+
+        For a handover that keeps the process running (a switchover): the caller refuses new calls
+        itself (its gate). Returns how many calls were still in flight at the deadline.
+        """
+        if self._in_flight:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout=max(0.0, deadline))
+        return self._in_flight
+
     async def drain_and_close(self, deadline: float) -> int:
         """Refuse new calls, let those in flight finish within `deadline` seconds, then close.
 
@@ -259,12 +271,7 @@ class CoordinatorServer:
             return 0
         self._draining = True
         self._status.set(False)
-        if self._in_flight:
-            try:
-                await asyncio.wait_for(self._idle.wait(), timeout=max(0.0, deadline))
-            except TimeoutError:
-                pass
-        left = self._in_flight
+        left = await self.wait_idle(deadline)
         if left:
             log.warning("closing with calls still in flight", role=self._role, calls=left)
         await self._close()

@@ -27,7 +27,10 @@ from coordinators.grpc_server import PortInUseError
 from coordinators.metrics import ProcessView
 from coordinators.proto import common_pb2
 
-__all__ = ["HttpServer", "Probe", "liveness", "readiness"]
+__all__ = ["HttpServer", "Probe", "liveness", "readiness", "start_with_fallback"]
+
+#: How many ports above a taken ``httpPort`` are tried before the system picks a free one.
+FALLBACK_PORTS = 50
 
 log = structlog.get_logger(__name__)
 
@@ -124,6 +127,35 @@ class HttpServer:
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         return web.Response(body=self._render_metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def start_with_fallback(http: HttpServer, host: str, port: int, *, avoid: frozenset[int] = frozenset()) -> int:
+    """Start ``http`` on ``port``; when it is taken, on the next free port above it that is not in
+    ``avoid`` (the ports the config gives other roles), else one the system picks. Returns the port.
+
+    Why not fatal: Milvus's own procedure starts a second process of a role on the same host with the
+    same config file; its health and metrics must still answer somewhere, and the WARN line and the
+    session value (``HTTPAddress``) say where.
+    """
+    try:
+        await http.start(host, port)
+        return http.port
+    except PortInUseError:
+        pass
+    candidates = [p for p in range(port + 1, min(port + 1 + FALLBACK_PORTS, 65536)) if p not in avoid]
+    for candidate in [*candidates, 0]:
+        try:
+            await http.start(host, candidate)
+        except PortInUseError:
+            continue
+        log.warning(
+            "HTTP port is already in use: /healthz, /readyz and /metrics are served on another port",
+            role=http.role,
+            configuredPort=port,
+            port=http.port,
+        )
+        return http.port
+    raise PortInUseError(f"HTTP port {port} on {host} and every fallback are in use")
 
 
 def _text(probe: Probe) -> web.Response:

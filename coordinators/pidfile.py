@@ -1,10 +1,19 @@
-"""Pid files: at most one ``milvus run <role> [--alias NAME]`` per host, and a way to find it.
+"""Pid files: one per ``milvus run`` process on a host, and a way to find them.
 
-``milvus run`` creates ``<run dir>/<role>[-<alias>].pid``, takes an exclusive ``flock`` on it and
-writes its pid; the lock is held for the life of the process and the file is removed at a clean
-exit. Why a lock and not just the file: the kernel drops the lock when the process dies, however it
-dies, so a SIGKILLed process leaves a *stale* file (unlocked: anyone can tell) rather than a stuck
-one. ``milvus stop`` and the cluster scripts read the same files.
+``milvus run <role> --alias NAME`` takes ``<run dir>/<role>-<NAME>.pid``; a second process of the
+same role and alias refuses to start. Without ``--alias`` (Milvus's own procedure starts a second
+``milvus run rootcoord`` as is) the name is chosen automatically: ``<role>.pid``, or when a live
+process holds it ``<role>-2.pid``, then ``<role>-3.pid``..., the first one no live process holds
+(a file whose process is gone is reused). A number is therefore not a valid alias.
+
+The process takes an exclusive ``flock`` on its file and writes its pid on the first line; the lock
+is held for the life of the process and the file is removed at a clean exit. Why a lock and not
+just the file: the kernel drops the lock when the process dies, however it dies, so a SIGKILLed
+process leaves a *stale* file (unlocked: anyone can tell) rather than a stuck one. After the pid,
+``key=value`` lines record what the process is (its alias, and once registered its server ID, lease
+ID and advertised address): a stale file still names the session its dead process held, which a
+restart on the same host may then revoke at once (see :mod:`coordinators.process`).
+``milvus stop`` and the cluster scripts read the same files.
 
 The run dir is ``$MILVUS_RUN_DIR`` when set (tests and scripts use it to stay apart), else
 ``/run/milvus`` when it exists or can be created and is writable, else ``/tmp/milvus``.
@@ -22,7 +31,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -34,6 +43,8 @@ FALLBACK_RUN_DIR = Path("/tmp/milvus")
 _ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: How often :meth:`PidFile.acquire` retries when the file is replaced between its open and its lock.
 _LOCK_ATTEMPTS = 5
+#: Automatic names tried without ``--alias``: ``<role>.pid``, ``<role>-2.pid`` ... ``<role>-99.pid``.
+MAX_AUTOMATIC = 99
 
 
 class PidFileError(Exception):
@@ -60,16 +71,55 @@ def describe(role: str, alias: str) -> str:
     return f"{role} (alias {alias})" if alias else role
 
 
-def check_alias(alias: str) -> None:
-    """An alias names a file: ValueError with the rule when it cannot."""
+def check_alias(alias: str, *, allow_number: bool = False) -> None:
+    """An alias names a file: ValueError with the rule when it cannot.
+
+    A number is refused for ``run`` (``rootcoord-2.pid`` is an automatic name); ``stop`` takes one
+    (``allow_number``) to name that automatic file.
+    """
     if alias and not _ALIAS.fullmatch(alias):
         raise ValueError(
             f"invalid --alias {alias!r}: use up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    if alias.isdigit() and not allow_number:
+        raise ValueError(
+            f"invalid --alias {alias!r}: numbers name the automatic pid files of processes started without "
+            "--alias (<role>-2.pid...); choose a name with a letter in it"
         )
 
 
 def file_name(role: str, alias: str) -> str:
     return f"{role}-{alias}.pid" if alias else f"{role}.pid"
+
+
+def automatic_name(role: str, index: int) -> str:
+    """The ``index``-th automatic file name: ``rootcoord.pid``, ``rootcoord-2.pid``, ..."""
+    return f"{role}.pid" if index == 1 else f"{role}-{index}.pid"
+
+
+def is_automatic(alias: str) -> bool:
+    """Whether a pid file's alias part is an automatic number (the process was started without --alias)."""
+    return alias == "" or alias.isdigit()
+
+
+def automatic_files(role: str, env: Mapping[str, str] | None = None) -> list[Path]:
+    """Every existing pid file of ``role`` started without ``--alias`` (``<role>.pid``, ``<role>-N.pid``),
+    in the run dir (both default dirs without ``$MILVUS_RUN_DIR``), in index order."""
+    env = os.environ if env is None else env
+    override = env.get(RUN_DIR_ENV, "")
+    bases = [Path(override)] if override else [SYSTEM_RUN_DIR, FALLBACK_RUN_DIR]
+    pattern = re.compile(rf"{re.escape(role)}(?:-(?P<n>[0-9]+))?\.pid")
+    found: list[tuple[int, str, Path]] = []
+    for base in bases:
+        try:
+            names = os.listdir(base)
+        except OSError:
+            continue
+        for name in names:
+            match = pattern.fullmatch(name)
+            if match is not None:
+                found.append((int(match["n"] or 1), str(base), base / name))
+    return [path for _n, _base, path in sorted(found)]
 
 
 def run_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -127,15 +177,39 @@ def _ensure_writable(path: Path, why: str) -> Path:
 class PidFile:
     """The locked pid file of this process: :meth:`acquire` at start, :meth:`release` at a clean exit."""
 
-    def __init__(self, path: Path, fd: int) -> None:
+    def __init__(self, path: Path, fd: int, *, skipped: list[tuple[Path, int | None]] | None = None) -> None:
         self.path = path
         self._fd: int | None = fd
+        #: Automatic names passed over because a live process held them: (path, its pid).
+        self.skipped: list[tuple[Path, int | None]] = skipped or []
+        self.facts: dict[str, str] = {}
+        #: What the stale file said before this process took it over (its ``pid`` and facts), or {}.
+        self.predecessor: dict[str, str] = {}
 
     @classmethod
     def acquire(cls, role: str, alias: str, env: Mapping[str, str] | None = None) -> PidFile:
-        """Create, lock and fill the pid file; AlreadyRunning when locked, RunDirError when unwritable."""
+        """Create, lock and fill the pid file; AlreadyRunning when locked, RunDirError when unwritable.
+
+        Without ``alias`` the first automatic name no live process holds (see the module docstring);
+        :attr:`skipped` lists the files that were held, with their pids.
+        """
         check_alias(alias)
-        path = run_dir(env) / file_name(role, alias)
+        directory = run_dir(env)
+        if alias:
+            return cls._take(directory / file_name(role, alias), role, alias, [])
+        skipped: list[tuple[Path, int | None]] = []
+        for index in range(1, MAX_AUTOMATIC + 1):
+            try:
+                return cls._take(directory / automatic_name(role, index), role, "", skipped)
+            except AlreadyRunning as held:
+                skipped.append((held.path, held.pid))
+        raise PidFileError(
+            f"{MAX_AUTOMATIC} processes of {role} already run on this host without --alias "
+            f"(pid files {role}.pid to {role}-{MAX_AUTOMATIC}.pid in {directory})"
+        )
+
+    @classmethod
+    def _take(cls, path: Path, role: str, alias: str, skipped: list[tuple[Path, int | None]]) -> PidFile:
         for _ in range(_LOCK_ATTEMPTS):
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -157,13 +231,30 @@ class PidFile:
             os.close(fd)
         else:
             raise PidFileError(f"the pid file {path} keeps being replaced; is something else managing it?")
+        pid_file = cls(path, fd, skipped=list(skipped))
+        old_pid, old_facts = _read_content(fd)  # a stale file: what its dead process recorded
+        if old_pid is not None and old_pid != os.getpid():
+            pid_file.predecessor = {"pid": str(old_pid), **old_facts}
         try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            pid_file.record(role=role, alias=alias)
         except OSError as exc:
             os.close(fd)
             raise RunDirError(f"cannot write the pid file {path}: {exc.strerror or exc}") from exc
-        return cls(path, fd)
+        return pid_file
+
+    def record(self, **facts: str | int) -> None:
+        """Write the pid line and ``key=value`` facts (merged with those recorded before).
+
+        The process records its session here (``server_id``, ``lease_id``, ``address``), so that once
+        it is dead its file still says which session it held.
+        """
+        if self._fd is None:
+            raise PidFileError(f"the pid file {self.path} is released")
+        self.facts.update({key: str(value) for key, value in facts.items()})
+        body = "".join(f"{key}={value}\n" for key, value in self.facts.items() if "\n" not in value)
+        data = f"{os.getpid()}\n{body}".encode()
+        os.pwrite(self._fd, data, 0)
+        os.ftruncate(self._fd, len(data))
 
     def release(self) -> None:
         """Remove the file (if it is still ours) and drop the lock; idempotent."""
@@ -190,11 +281,13 @@ class PidFile:
 
 @dataclass(frozen=True)
 class PidFileState:
-    """What a pid file says: the pid written in it, and whether a live process holds its lock."""
+    """What a pid file says: the pid written in it, the facts recorded after it, and whether a live
+    process holds its lock."""
 
     path: Path
     pid: int | None
     locked: bool
+    facts: Mapping[str, str] = field(default_factory=dict)
 
 
 def inspect(path: Path) -> PidFileState | None:
@@ -206,7 +299,9 @@ def inspect(path: Path) -> PidFileState | None:
     except OSError as exc:
         raise PidFileError(f"cannot read the pid file {path}: {exc.strerror or exc}") from exc
     try:
-        return PidFileState(path, _read_pid(fd), not _try_lock(fd))
+        locked = not _try_lock(fd)
+        pid, facts = _read_content(fd)
+        return PidFileState(path, pid, locked, facts)
     finally:
         os.close(fd)  # also drops a lock _try_lock took
 
@@ -246,11 +341,23 @@ def _try_lock(fd: int) -> bool:
 
 
 def _read_pid(fd: int) -> int | None:
+    return _read_content(fd)[0]
+
+
+def _read_content(fd: int) -> tuple[int | None, dict[str, str]]:
+    """The pid on the first line and the ``key=value`` lines after it (garbage is ignored)."""
     try:
-        text = os.pread(fd, 64, 0).decode("ascii", errors="replace").strip()
+        text = os.pread(fd, 4096, 0).decode("utf-8", errors="replace")
     except OSError:
-        return None
-    return int(text) if text.isdigit() else None
+        return None, {}
+    first, _, rest = text.partition("\n")
+    facts = {}
+    for line in rest.splitlines():
+        key, eq, value = line.partition("=")
+        if eq and key.isidentifier():
+            facts[key] = value
+    first = first.strip()
+    return (int(first) if first.isdigit() and first.isascii() else None), facts
 
 
 def _same_file(fd: int, path: Path) -> bool:

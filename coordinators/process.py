@@ -4,16 +4,19 @@ The lifecycle every role shares: connect to etcd (retrying), listen on the role'
 HTTP port: /healthz, /readyz, /metrics), register a session, then either claim the ACTIVE key at
 once (active-standby off) or campaign for it as a STANDBY. While ACTIVE the role serves; when its
 term ends (session lost, key gone, a fenced write refused, an event-loop stall longer than the
-session's safety margin) it stops serving at once, drops its in-memory state, and goes back to
-STANDBY (with a new session if the old one was lost). SIGTERM / SIGINT stop it gracefully:
-Stopping=true, drain, revoke, exit 0.
+session's safety margin, a failed activation, a switchover) it stops serving at once, drops its
+in-memory state, and goes back to STANDBY (with a new session if the old one was lost).
+SIGTERM / SIGINT stop it gracefully: Stopping=true, drain, revoke, exit 0.
+
+Once its first session is registered, no etcd error kills the process: a failed request ends the
+term or is retried, a lost lease means a new session. Only start-up gives up (exit 3) when etcd
+cannot be reached at all or refuses its credentials.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import time
 from collections.abc import Awaitable
 from importlib.metadata import PackageNotFoundError, version
@@ -25,7 +28,8 @@ from coordinators.client import CoordinatorClient
 from coordinators.config import Config, RoleConfig
 from coordinators.exit_codes import ExitCode
 from coordinators.grpc_server import ComponentSnapshot, CoordinatorServer, PortInUseError
-from coordinators.http_server import HttpServer
+from coordinators.http_server import HttpServer, start_with_fallback
+from coordinators.pidfile import PidFile
 from coordinators.metrics import CoordinatorMetrics, ProcessView, SessionMetrics, state_name
 from coordinators.proto import common_pb2
 from coordinators.role import RoleContext
@@ -47,6 +51,8 @@ from session import (
     Term,
     safety_margin,
 )
+from session import switchover
+from session.clock import Clock, deadline_clock
 from session.etcd import EtcdTLSError
 
 log = structlog.get_logger(__name__)
@@ -54,6 +60,8 @@ T = TypeVar("T")
 
 #: How long a graceful stop waits for calls in flight before cancelling them.
 DRAIN_DEADLINE_S = 5.0
+#: Pause before campaigning again after a failed activation, doubling while it keeps failing.
+_ACTIVATION_BACKOFF_MIN, _ACTIVATION_BACKOFF_MAX = 0.05, 5.0
 
 #: Each role's section in milvus.yaml and its environment-variable prefix (Milvus's rule).
 _SECTIONS = {
@@ -78,11 +86,22 @@ class Stopped(Exception):
 class CoordinatorProcess:
     """Runs one coordinator process of ``role`` until it is stopped; :meth:`run` returns the exit code."""
 
-    def __init__(self, config: Config, role: str, *, listen_host: str = "0.0.0.0") -> None:
+    def __init__(
+        self,
+        config: Config,
+        role: str,
+        *,
+        listen_host: str = "0.0.0.0",
+        pid_file: PidFile | None = None,
+        clock: Clock = deadline_clock,
+    ) -> None:
         self.config = config
         self.role = role
         self.role_config: RoleConfig = config.role(role)
         self.listen_host = listen_host
+        self.pid_file = pid_file  # records the session held, so that a restart can tell it is dead
+        self.clock = clock
+        self.http_address = ""  # where /healthz, /readyz, /metrics answer (written in the session value)
         self._state: int = common_pb2.Initializing
         self.server_id = 0
         self.epoch = 0
@@ -100,13 +119,14 @@ class CoordinatorProcess:
         )
         self.http: HttpServer | None = None
         self.watchdog = LoopWatchdog(
-            threshold=self._stall_threshold, on_lag=self.metrics.loop_lag, on_stall=self._on_loop_stall
+            threshold=self._stall_threshold, on_lag=self.metrics.loop_lag, on_stall=self._on_loop_stall, clock=clock
         )
         self.session: LeaseSession | None = None
         self.campaign: Campaign | None = None
         self.term: Term | None = None
         self.writer: FencedWriter | None = None
-        self._untrusted_term: Term | None = None  # ended by the watchdog: resign its ACTIVE key
+        self._resign_term: Term | None = None  # ended untrusted (watchdog) or unserved (activation failed)
+        self._activation_backoff = _ACTIVATION_BACKOFF_MIN
         self._stop_started = 0.0  # when the graceful stop began draining (monotonic)
         self._cancelled_at_stop = 0  # calls still in flight when the drain deadline passed
 
@@ -242,9 +262,9 @@ class CoordinatorProcess:
                 status = await self.etcd.status()
                 log.info("connected to etcd", endpoints=",".join(self.etcd.endpoints), version=status.version)
                 return
-            except EtcdTLSError:
+            except (EtcdTLSError, EtcdAuthError):
                 raise
-            except EtcdUnavailable as exc:
+            except (EtcdUnavailable, EtcdRequestFailed) as exc:
                 log.warning(
                     "etcd not reachable", attempt=attempt, of=attempts, endpoints=",".join(self.etcd.endpoints), error=str(exc)
                 )
@@ -255,20 +275,20 @@ class CoordinatorProcess:
                 await asyncio.sleep(min(attempt * 0.5, 3.0))
 
     async def _start_http(self) -> None:
-        """/healthz, /readyz, /metrics on the gRPC listen host; ``httpPort`` 0 turns them off."""
+        """/healthz, /readyz, /metrics on the gRPC listen host; ``httpPort`` 0 turns them off.
+
+        A taken ``httpPort`` is not fatal (Milvus's procedure starts a second process of a role on
+        the same host with the same file): the next free port serves instead, with a WARN line, and
+        the session value says where (``HTTPAddress``).
+        """
         port = self.role_config.http_port
         if port == 0:
             log.info("HTTP server disabled (httpPort is 0)", role=self.role)
             return
         http = HttpServer(self.role, self.view, self.metrics.render)
-        try:
-            await http.start(self.listen_host, port)
-        except PortInUseError as exc:
-            section, prefix = _SECTIONS[self.role]
-            raise PortInUseError(
-                f"{exc}: set {section}.httpPort (or {prefix}_HTTP_PORT) to a free port, or 0 to turn it off"
-            ) from exc
+        await start_with_fallback(http, self.listen_host, port, avoid=self.config.configured_ports())
         self.http = http
+        self.http_address = f"{self.role_config.address_host}:{http.port}"
 
     async def _open_session(self, *, first: bool) -> LeaseSession:
         """Register a new session, retrying while etcd is unreachable.
@@ -290,15 +310,32 @@ class CoordinatorProcess:
                 version=package_version(),
                 exclusive=True,
                 observer=self.observer,
+                http_address=self.http_address,
+                active_standby=self.role_config.enable_active_standby,
+                clock=self.clock,
             )
             try:
                 await session.open()
-                return session
-            except EtcdUnavailable as exc:
+            except SessionError as exc:
+                if first and isinstance(exc, EtcdAuthError):
+                    raise  # refused credentials at start-up: an operator must fix the config (exit 3)
                 log.warning("could not register the session", attempt=attempt, of=attempts or "unbounded", error=str(exc))
                 if attempts is not None and attempt >= attempts:
                     raise
                 await self._until_stopped(asyncio.sleep(min(attempt * 0.5, 3.0)))
+                continue
+            self._record_session(session)
+            return session
+
+    def _record_session(self, session: LeaseSession) -> None:
+        """Write the session into the pid file: once this process is dead, its file still names it."""
+        if self.pid_file is None:
+            return
+        try:
+            self.pid_file.record(server_id=session.server_id, lease_id=f"{session.lease_id:x}",
+                                 address=session.address, role=self.role)
+        except OSError as exc:
+            log.warning("could not record the session in the pid file", path=str(self.pid_file.path), error=str(exc))
 
     async def _serve_sessions(self) -> ExitCode:
         """One session after another: a lost session is replaced, unless the config says exit."""
@@ -359,36 +396,52 @@ class CoordinatorProcess:
                 term = await self._until_stopped(campaign.acquire(), session)
                 log.info(f"{self.role} switch from standby to active, activating", ServerID=session.server_id)
             else:
-                term = await campaign.claim_exclusive()
+                term = await self._until_stopped(self._claim_exclusive(campaign), session)
             # The takeover clock starts when the key was seen freed, else (it was free) at the claim.
             since = self.observer.vacancy_at or time.monotonic()
-            await self._serve_term(session, campaign, term, since)
+            served = await self._serve_term(session, campaign, term, since)
             if self.stop_requested.is_set():
                 return
             session.ensure_alive()
             await self._demote()
-            if self._untrusted_term is term:
-                await self._resign(campaign, term)
+            if self._resign_term is term:
+                await self._resign(session, campaign, term)
+            if served:
+                self._activation_backoff = _ACTIVATION_BACKOFF_MIN
+            else:  # the activation failed: let another member try, and do not spin on a lasting failure
+                await self._until_stopped(asyncio.sleep(self._activation_backoff), session)
+                self._activation_backoff = min(self._activation_backoff * 2, _ACTIVATION_BACKOFF_MAX)
 
-    async def _serve_term(self, session: LeaseSession, campaign: Campaign, term: Term, since: float) -> None:
-        """ACTIVE: serve until the term ends or a stop is requested."""
+    async def _claim_exclusive(self, campaign: Campaign) -> Term:
+        """Active-standby off: claim the ACTIVE key; another holder is final (AlreadyActive, exit 4),
+        a failed etcd request is retried (the session's deadline bounds how long etcd may be away)."""
+        delay = 0.05
+        while True:
+            try:
+                return await campaign.claim_exclusive()
+            except (AlreadyActive, SessionLost):
+                raise
+            except SessionError as exc:
+                log.warning("could not claim the ACTIVE key, retrying", role=self.role, error=str(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            campaign.session.ensure_alive()
+
+    async def _serve_term(self, session: LeaseSession, campaign: Campaign, term: Term, since: float) -> bool:
+        """ACTIVE: activate, then serve until the term ends, a stop is requested or a switchover is done.
+
+        Returns False when the term never served (its activation failed or was abandoned).
+        """
         self.term = term
         self.epoch = term.epoch
         self.active_address = self.role_config.advertised_address
-        self.writer = FencedWriter(session, term)
+        self.writer = writer = FencedWriter(session, term)
         holder = asyncio.create_task(campaign.hold(term), name=f"hold-{self.role}")
         try:
             self.state = common_pb2.Initializing  # holds the key, reloading: clients wait for it
             t0 = time.monotonic()
-            try:
-                await self._until_stopped(self.role_impl.activate(self.writer), session)
-            except (NotActive, EtcdUnavailable, EtcdRequestFailed) as exc:
-                if isinstance(exc, EtcdAuthError):
-                    raise
-                # e.g. a reload page answered by a lagging etcd member ("required revision is a future
-                # revision"): this term ends, the campaign goes on; the process must not die of it.
-                term.end(f"activation failed: {exc}")
-                return
+            if not await self._activate(session, term, writer):
+                return False
             self.state = common_pb2.Healthy
             self.server.set_serving(True)
             takeover = time.monotonic() - since
@@ -401,13 +454,10 @@ class CoordinatorProcess:
                 reloadSeconds=round(time.monotonic() - t0, 3),
                 takeoverSeconds=round(takeover, 3),
             )
-            stop = asyncio.ensure_future(self.stop_requested.wait())
-            try:
-                await asyncio.wait({holder, stop}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stop.cancel()
+            await self._serve_until_over(session, campaign, term, writer, holder)
             if not self.stop_requested.is_set():
                 log.warning(f"{self.role} stops serving: ACTIVE term ended", ServerID=session.server_id, reason=term.end_reason)
+            return True
         finally:
             self.term = None
             self.server.set_serving(False)
@@ -416,6 +466,110 @@ class CoordinatorProcess:
             holder.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await holder
+
+    async def _activate(self, session: LeaseSession, term: Term, writer: FencedWriter) -> bool:
+        """The role's reload, cut short when the term ends meanwhile; True when the term may serve.
+
+        A failed reload (e.g. a page answered by a lagging etcd member: "required revision is a future
+        revision") ends the term and gives the key up, so another member may try; the process lives on.
+        """
+        activation = asyncio.ensure_future(self.role_impl.activate(writer))
+        ended = asyncio.ensure_future(term.ended.wait())
+        try:
+            await self._until_stopped(asyncio.wait({activation, ended}, return_when=asyncio.FIRST_COMPLETED), session)
+        finally:
+            ended.cancel()
+            if not activation.done():
+                activation.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await activation
+        if not activation.cancelled() and (failure := activation.exception()) is not None:
+            if isinstance(failure, CorruptValue):
+                raise failure  # the role's metadata is unreadable: serving from it would be wrong (exit 7)
+            if not isinstance(failure, SessionError):
+                raise failure
+            term.end(f"activation failed: {failure}")
+            self._resign_term = term
+            return False
+        if not term.active:
+            log.warning(f"{self.role} activation abandoned: the ACTIVE term ended meanwhile",
+                        ServerID=session.server_id, epoch=term.epoch, reason=term.end_reason)
+            return False
+        return True
+
+    async def _serve_until_over(
+        self, session: LeaseSession, campaign: Campaign, term: Term, writer: FencedWriter, holder: asyncio.Task[None]
+    ) -> None:
+        """Serve until the term ends or a stop is requested; carry out the switchovers asked meanwhile."""
+        while term.active and not self.stop_requested.is_set():
+            stop = asyncio.ensure_future(self.stop_requested.wait())
+            request = asyncio.ensure_future(
+                switchover.next_request(self.etcd, self.config.etcd.meta_root, term, on_restart=self.observer.watch_restarted)
+            )
+            try:
+                await asyncio.wait({holder, stop, request}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+                if not request.done():
+                    request.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await request
+            if request.cancelled() or holder.done() or self.stop_requested.is_set():
+                return
+            await self._switch_over(session, campaign, term, writer, *request.result())
+
+    async def _switch_over(
+        self, session: LeaseSession, campaign: Campaign, term: Term, writer: FencedWriter,
+        request: switchover.Request, raw: bytes,
+    ) -> None:
+        """Carry out ``milvus switchover``: refuse new calls, let those in flight finish, then release the
+        ACTIVE key to the successor in one fenced txn; the process stays up and campaigns as a STANDBY.
+
+        A request that cannot be honoured (its target is no live STANDBY) is refused and nothing changes.
+        """
+        meta_root = self.config.etcd.meta_root
+        target: switchover.Target | None = None
+        try:
+            if request.to_server:
+                checked = await switchover.check_target(
+                    self.etcd, meta_root, self.role, request.to_server, own_server=term.server_id
+                )
+                if isinstance(checked, str):
+                    await switchover.refuse(writer, meta_root, request, raw, f"not a live STANDBY: {checked}")
+                    return
+                target = checked
+        except NotActive:
+            return
+        except SessionError as exc:
+            log.warning("could not check the switchover's target; the request stays pending", error=str(exc))
+            await asyncio.sleep(0.2)
+            return
+        log.info("switchover requested: handing the ACTIVE role over", role=self.role, ServerID=term.server_id,
+                 epoch=term.epoch, RequestID=request.id, to=request.to_server or "any standby")
+        t0 = time.monotonic()
+        self.state = common_pb2.StandBy  # new calls are refused from now on, the ones in flight finish
+        self.server.set_serving(False)
+        left = await self.server.wait_idle(DRAIN_DEADLINE_S)
+        if left:
+            log.warning("switchover: calls still in flight after the drain deadline", role=self.role, calls=left)
+        try:
+            successor = await switchover.release(writer, campaign, request, raw, target)
+        except NotActive:
+            return  # the term ended meanwhile: the process demotes as for any ended term
+        except SessionError as exc:
+            # The outcome is unknown: this term cannot know whether it still holds the key; give it up.
+            term.end(f"switchover: the release failed: {exc}")
+            self._resign_term = term
+            return
+        if successor is None:
+            log.warning("switchover abandoned: the request or its target changed meanwhile; serving again",
+                        role=self.role, RequestID=request.id)
+            self.state = common_pb2.Healthy
+            self.server.set_serving(True)
+            return
+        term.end(f"switched over to {successor.describe()}")
+        log.info(f"{self.role} handed the ACTIVE role over and goes back to STANDBY", ServerID=term.server_id,
+                 drainSeconds=round(time.monotonic() - t0, 3), cancelledCalls=left)
 
     # -- event-loop stalls -------------------------------------------------------------------
 
@@ -449,19 +603,24 @@ class CoordinatorProcess:
             with contextlib.suppress(SessionLost):
                 session.ensure_alive()  # declares the session lost: the lease may have expired
         if term is not None and term.active:
-            self._untrusted_term = term
+            self._resign_term = term
+            if self.campaign is not None:
+                self.campaign.distrusted.add(term.epoch)  # never recovered: a new epoch, or a new session
             term.end(
                 f"event loop stalled {lag:.2f}s, longer than the session's safety margin {margin:.2f}s: "
                 "it cannot be trusted to have renewed the lease or seen the ACTIVE key in time"
             )
 
-    async def _resign(self, campaign: Campaign, term: Term) -> None:
-        """Give up the ACTIVE key of a term the watchdog ended, so the next claim makes a new epoch."""
-        self._untrusted_term = None
+    async def _resign(self, session: LeaseSession, campaign: Campaign, term: Term) -> None:
+        """Give up the ACTIVE key of a term that ended untrusted or unserved, so the next claim makes a
+        new epoch. When that fails, the session is given up too: a term once distrusted must never be
+        recovered by the claim's recovery path, and a new session's lease cannot recover it."""
+        self._resign_term = None
         try:
             await campaign.resign(term, timeout=min(self.etcd.timeout, max(self.config.session.ttl / 3, 1.0)))
         except SessionError as exc:
-            log.warning("could not resign the ACTIVE key after a stall; campaigning anyway", role=self.role, error=str(exc))
+            log.warning("could not resign the ACTIVE key; giving the session up", role=self.role, error=str(exc))
+            session.declare_lost(f"the ACTIVE key of ended term {term.epoch} could not be resigned: {exc}")
 
     async def _demote(self) -> None:
         """Stop acting as ACTIVE at once and forget the term's in-memory state."""
@@ -525,11 +684,3 @@ class CoordinatorProcess:
         if session is not None and session.lost.is_set() and not self.stop_requested.is_set():
             raise SessionLost(session.lost_reason)
         raise Stopped()
-
-
-def install_signal_handlers(process: CoordinatorProcess) -> None:
-    """SIGTERM and SIGINT stop gracefully; SIGHUP is ignored (the process runs under nohup)."""
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, process.request_stop)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)

@@ -1,17 +1,28 @@
 """``milvus status``: every session under ``{metaRoot}/session/``, who is ACTIVE, who is STANDBY.
 
 Read-only: it never writes to etcd, and a garbage value at a session key is shown as INVALID
-rather than stopping the listing.
+rather than stopping the listing. Beside each member's address, state, lease and version it shows
+what an operator acts on (as ``patronictl list`` does): the ACTIVE member's term epoch and how long
+it has been ACTIVE, each member's HTTP address (health and metrics), a switchover in progress.
+``--watch`` redraws until Ctrl-C; ``--json`` carries every field.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+import signal
+import socket
+import sys
+import time
 from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import TextIO
 
-from coordinators.config import ROLES
+from coordinators.config import ROLES, Config
+from coordinators.exit_codes import ExitCode
 from session import CorruptValue, Etcd, SessionError, SessionInfo, session_prefix
 
 _OWN_KEY = re.compile(r"^(?P<role>[a-z]+)-(?P<id>\d+)$")
@@ -29,29 +40,32 @@ class SessionRow:
     version: str
     hostname: str
     key: str
-    epoch: int = 0
+    epoch: int = 0  #: the ACTIVE term's epoch (create revision of the ACTIVE key); 0 for the others
+    active_seconds: float | None = None  #: how long it has been ACTIVE (its clock at the claim, ours now)
+    http_address: str = ""
+    active_standby: bool | None = None
 
 
-async def read_sessions(etcd: Etcd, meta_root: str) -> list[SessionRow]:
-    """Read every session key at one revision and classify it."""
+async def read_sessions(etcd: Etcd, meta_root: str, role: str | None = None) -> list[SessionRow]:
+    """Read every session key (of ``role``, or all) at one revision and classify it."""
     prefix = session_prefix(meta_root)
     own: list[tuple[str, str, bytes]] = []
-    active: dict[str, tuple[int, int]] = {}  # role -> (server id, create revision)
-    async for key, value, _mod in etcd.scan(prefix):
+    active: dict[str, tuple[SessionInfo | None, int]] = {}  # role -> (the ACTIVE key's session, its create revision)
+    async for key, value, _mod in etcd.scan(prefix + (role or "")):
         name = key[len(prefix):]
         if name in ROLES:
             try:
-                active[name] = (SessionInfo.from_json(key, value).server_id, 0)
+                active[name] = (SessionInfo.from_json(key, value), 0)
             except CorruptValue:
-                active[name] = (-1, 0)
+                active[name] = (None, 0)
             continue
         match = _OWN_KEY.match(name)
-        if match:
+        if match and (role is None or match["role"] == role):
             own.append((match["role"], key, value))
-    epochs = await asyncio.gather(*(_create_revision(etcd, f"{prefix}{role}") for role in active))
-    for role, epoch in zip(list(active), epochs, strict=True):
-        active[role] = (active[role][0], epoch)
-    rows = await asyncio.gather(*(_row(etcd, role, key, value, active) for role, key, value in own))
+    epochs = await asyncio.gather(*(_create_revision(etcd, f"{prefix}{r}") for r in active))
+    for r, epoch in zip(list(active), epochs, strict=True):
+        active[r] = (active[r][0], epoch)
+    rows = await asyncio.gather(*(_row(etcd, r, key, value, active) for r, key, value in own))
     return sorted(rows, key=lambda r: (ROLES.index(r.role) if r.role in ROLES else len(ROLES), r.role, r.server_id))
 
 
@@ -60,7 +74,9 @@ async def _create_revision(etcd: Etcd, key: str) -> int:
     return int(resp.kvs[0].create_revision) if resp.kvs else 0
 
 
-async def _row(etcd: Etcd, role: str, key: str, value: bytes, active: dict[str, tuple[int, int]]) -> SessionRow:
+async def _row(
+    etcd: Etcd, role: str, key: str, value: bytes, active: dict[str, tuple[SessionInfo | None, int]]
+) -> SessionRow:
     try:
         info = SessionInfo.from_json(key, value)
     except CorruptValue:
@@ -71,9 +87,10 @@ async def _row(etcd: Etcd, role: str, key: str, value: bytes, active: dict[str, 
             left = await etcd.time_to_live(info.lease_id)
         except SessionError:
             left = -1
-    holder, epoch = active.get(role, (0, 0))
-    is_active = holder == info.server_id
+    holder, epoch = active.get(role, (None, 0))
+    is_active = holder is not None and holder.server_id == info.server_id
     state = "STOPPING" if info.stopping else ("ACTIVE" if is_active else "STANDBY")
+    since = holder.active_since_ms if is_active and holder is not None else 0
     return SessionRow(
         role=role,
         server_id=info.server_id,
@@ -84,15 +101,32 @@ async def _row(etcd: Etcd, role: str, key: str, value: bytes, active: dict[str, 
         hostname=info.hostname,
         key=key,
         epoch=epoch if is_active else 0,
+        active_seconds=max(0.0, time.time() - since / 1000) if since else None,
+        http_address=info.http_address,
+        active_standby=info.active_standby,
     )
+
+
+def _duration(seconds: float | None) -> str:
+    """``42s``, ``5m07s``, ``3h02m``, ``2d04h``: how long, at a glance."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def render_table(rows: list[SessionRow]) -> str:
     """A fixed-width table for people."""
-    header = ("ROLE", "SERVER_ID", "ADDRESS", "STATE", "LEASE_LEFT", "VERSION", "HOST")
+    header = ("ROLE", "SERVER_ID", "ADDRESS", "STATE", "EPOCH", "ACTIVE_FOR", "LEASE_LEFT", "HTTP", "VERSION", "HOST")
     lines = [header] + [
-        (r.role, str(r.server_id), r.address, r.state, f"{r.lease_seconds_left}s" if r.lease_seconds_left >= 0 else "-",
-         r.version, r.hostname)
+        (r.role, str(r.server_id), r.address, r.state, str(r.epoch) if r.epoch else "-", _duration(r.active_seconds),
+         f"{r.lease_seconds_left}s" if r.lease_seconds_left >= 0 else "-", r.http_address or "-", r.version, r.hostname)
         for r in rows
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -100,6 +134,66 @@ def render_table(rows: list[SessionRow]) -> str:
     return text if rows else text + "\n(no sessions)"
 
 
-def render_json(rows: list[SessionRow]) -> str:
+def render_json(rows: list[SessionRow], *, indent: int | None = 2) -> str:
     """One JSON list, for scripts and tests."""
-    return json.dumps([asdict(r) for r in rows], indent=2)
+    return json.dumps([asdict(r) for r in rows], indent=indent)
+
+
+async def run_status(
+    config: Config, *, as_json: bool, role: str | None = None, watch: float | None = None, out: TextIO | None = None
+) -> int:
+    """``milvus status``: print once (exit 3 when etcd cannot be read), or with ``watch`` redraw every
+    ``watch`` seconds until SIGINT / SIGTERM (exit 0), showing an etcd failure in place of the table."""
+    from coordinators.tls import make_etcd
+
+    out = out or sys.stdout
+    etcd = make_etcd(config, timeout=min(config.etcd.request_timeout, 5.0))  # etcd.ssl.*, etcd.auth.*
+    where = ",".join(config.etcd.endpoints)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if watch is not None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await etcd.connect()
+        while True:
+            try:
+                rows = await read_sessions(etcd, config.etcd.meta_root, role)
+                text = render_json(rows, indent=None if watch is not None else 2) if as_json else render_table(rows)
+            except SessionError as exc:
+                if watch is None:
+                    print(f"milvus status: cannot read sessions from etcd at {where}: {exc}", file=sys.stderr)
+                    return ExitCode.ETCD
+                text = f"cannot read sessions from etcd at {where}: {exc}"
+            if not _show(out, text, watch, as_json):
+                return ExitCode.OK
+            if watch is None:
+                return ExitCode.OK
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(watch):
+                    await stop.wait()
+            if stop.is_set():
+                return ExitCode.OK
+    except SessionError as exc:
+        print(f"milvus status: cannot read sessions from etcd at {where}: {exc}", file=sys.stderr)
+        return ExitCode.ETCD
+    finally:
+        if watch is not None:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        await etcd.close()
+
+
+def _show(out: TextIO, text: str, watch: float | None, as_json: bool) -> bool:
+    """Print one listing (a screen of ``watch`` output: cleared on a terminal); False when the reader went away."""
+    try:
+        if watch is not None and not as_json:
+            header = f"Every {watch:g}s: milvus status    {socket.gethostname()}: {datetime.now():%Y-%m-%d %H:%M:%S}"
+            clear = "\x1b[H\x1b[2J" if out.isatty() else ""
+            text = f"{clear}{header}\n\n{text}\n"
+        print(text, file=out, flush=True)
+    except BrokenPipeError:  # `milvus status | head`
+        with contextlib.suppress(OSError):
+            sys.stderr.close()
+        return False
+    return True

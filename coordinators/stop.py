@@ -1,4 +1,10 @@
-"""``milvus stop <role> [--alias NAME]``: SIGTERM the process named by the pid file, wait for its exit.
+"""``milvus stop <role> [--alias NAME]``: SIGTERM the processes named by pid files, wait for their exit.
+
+Which processes: with ``--alias NAME``, the one started with that alias (a number names the
+automatic file ``<role>-N.pid`` of a process started without one); without it, every process of the
+role on this host that was started without ``--alias``, under any of its automatic pid-file names
+(``<role>.pid``, ``<role>-2.pid``...). They are signalled together, so a standby does not take over
+from an active that is stopping anyway, and each is reported as it exits.
 
 Why so careful before signalling: a pid in a file may be stale (the process was SIGKILLed) and
 reused by an unrelated process. We signal only when the file's lock is held (a live ``milvus run``
@@ -13,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -77,6 +83,15 @@ def _alias_in(args: Sequence[str]) -> str:
     return alias
 
 
+@dataclass(frozen=True)
+class _Target:
+    """A live ``milvus run`` to stop: its pid file and process."""
+
+    path: Path
+    name: str
+    proc: ProcInfo
+
+
 def stop(
     role: str,
     alias: str,
@@ -87,68 +102,112 @@ def stop(
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> ExitCode:
-    """Stop ``role``/``alias`` on this host; one line says what happened."""
+    """Stop ``role`` on this host: the process of ``alias``, or without one every process of the role
+    started without ``--alias`` (``<role>.pid``, ``<role>-2.pid``...), all signalled at once.
+
+    One line per process says what happened. Exit 0 when every one stopped, 9 when none was running,
+    1 when one could not be stopped (or is not what its pid file says).
+    """
     out = out or sys.stdout
     err = err or sys.stderr
-    name = pidfile.describe(role, alias)
 
-    def fail(code: ExitCode, message: str) -> ExitCode:
-        print(f"milvus stop: {message}", file=err, flush=True)
-        return code
+    def say(stream: TextIO, message: str) -> None:
+        print(message, file=stream, flush=True)
 
-    path = pidfile.find(role, alias, env)
-    try:
-        state = pidfile.inspect(path)
-    except pidfile.PidFileError as exc:
-        return fail(ExitCode.FAILURE, str(exc))
-    if state is None:
-        return fail(ExitCode.NOT_RUNNING, f"no pid file for {name} at {path}: is it running on this host?")
-    if not state.locked:
-        why = "no pid in it" if state.pid is None else f"process {state.pid} is gone"
-        if state.pid is not None and ProcInfo.read(state.pid) is not None:
-            why = f"process {state.pid} no longer holds it"
-        removed = "removed" if pidfile.remove_stale(path) else "could not remove it"
-        return fail(ExitCode.NOT_RUNNING, f"stale pid file {path} ({why}); {removed}")
-    if state.pid is None:
-        return fail(ExitCode.FAILURE, f"pid file {path} is locked but holds no pid yet ({name} is starting?); try again")
-    proc = ProcInfo.read(state.pid)
-    if proc is None or not is_milvus_run(proc.argv, role, alias):
-        what = "gone" if proc is None else f"`{' '.join(proc.argv)}`"
-        return fail(
-            ExitCode.FAILURE,
-            f"pid file {path} is locked but names process {state.pid} ({what}), not `milvus run {role}"
-            f"{' --alias ' + alias if alias else ''}`: not signalling it",
-        )
+    if alias:
+        paths = [pidfile.find(role, alias, env)]
+    else:
+        paths = pidfile.automatic_files(role, env) or [pidfile.find(role, "", env)]
+    targets: list[_Target] = []
+    failed = False
+    for path in paths:
+        file_alias = _alias_of(path, role)
+        started_as = "" if pidfile.is_automatic(file_alias) else file_alias
+        name = pidfile.describe(role, started_as)
+        try:
+            state = pidfile.inspect(path)
+        except pidfile.PidFileError as exc:
+            say(err, f"milvus stop: {exc}")
+            failed = True
+            continue
+        if state is None:
+            say(err, f"milvus stop: no pid file for {name} at {path}: is it running on this host?")
+            continue
+        if not state.locked:
+            why = "no pid in it" if state.pid is None else f"process {state.pid} is gone"
+            if state.pid is not None and ProcInfo.read(state.pid) is not None:
+                why = f"process {state.pid} no longer holds it"
+            removed = "removed" if pidfile.remove_stale(path) else "could not remove it"
+            say(err, f"milvus stop: stale pid file {path} ({why}); {removed}")
+            continue
+        if state.pid is None:
+            say(err, f"milvus stop: pid file {path} is locked but holds no pid yet ({name} is starting?); try again")
+            failed = True
+            continue
+        proc = ProcInfo.read(state.pid)
+        if proc is None or not is_milvus_run(proc.argv, role, started_as):
+            what = "gone" if proc is None else f"`{' '.join(proc.argv)}`"
+            say(err, f"milvus stop: pid file {path} is locked but names process {state.pid} ({what}), not "
+                     f"`milvus run {role}{' --alias ' + started_as if started_as else ''}`: not signalling it")
+            failed = True
+            continue
+        targets.append(_Target(path, name, proc))
+    if not targets:
+        return ExitCode.FAILURE if failed else ExitCode.NOT_RUNNING
 
     t0 = time.monotonic()
-    try:
-        os.kill(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass  # it exited on its own just now: it is stopped
-    except PermissionError:
-        return fail(ExitCode.FAILURE, f"not allowed to signal {name} (pid {proc.pid}); run as its user or root")
-    if _wait_gone(proc, t0 + timeout):
-        pidfile.remove_stale(path)  # a clean exit removed it already; a crash while stopping did not
-        print(f"{name} stopped (pid {proc.pid}) in {time.monotonic() - t0:.2f} s", file=out, flush=True)
-        return ExitCode.OK
-    if not kill:
-        return fail(
-            ExitCode.FAILURE,
-            f"{name} (pid {proc.pid}) is still running {timeout:g} s after SIGTERM; not killed (use --kill to SIGKILL it)",
-        )
-    try:
-        os.kill(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    gone = _wait_gone(proc, time.monotonic() + _KILL_WAIT_S)
-    pidfile.remove_stale(path)
-    if not gone:
-        return fail(ExitCode.FAILURE, f"{name} (pid {proc.pid}) survived SIGKILL for {_KILL_WAIT_S:g} s")
-    return fail(
-        ExitCode.FAILURE,
-        f"{name} (pid {proc.pid}) was still running {timeout:g} s after SIGTERM: killed with SIGKILL "
-        f"(its standby takes over when the session's TTL expires)",
-    )
+    signalled = []
+    for target in targets:
+        try:
+            os.kill(target.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass  # it exited on its own just now: it is stopped
+        except PermissionError:
+            say(err, f"milvus stop: not allowed to signal {target.name} (pid {target.proc.pid}); run as its user or root")
+            failed = True
+            continue
+        signalled.append(target)
+    # Each line as its process exits: the order says which one went first.
+    for target in _wait_all_gone(signalled, t0 + timeout):
+        pidfile.remove_stale(target.path)  # a clean exit removed it already; a crash while stopping did not
+        say(out, f"{target.name} stopped (pid {target.proc.pid}) in {time.monotonic() - t0:.2f} s")
+    left = [t for t in signalled if t.proc.alive()]
+    for target in left:
+        failed = True
+        if not kill:
+            say(err, f"milvus stop: {target.name} (pid {target.proc.pid}) is still running {timeout:g} s after SIGTERM; "
+                     "not killed (use --kill to SIGKILL it)")
+            continue
+        try:
+            os.kill(target.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        gone = _wait_gone(target.proc, time.monotonic() + _KILL_WAIT_S)
+        pidfile.remove_stale(target.path)
+        if not gone:
+            say(err, f"milvus stop: {target.name} (pid {target.proc.pid}) survived SIGKILL for {_KILL_WAIT_S:g} s")
+        else:
+            say(err, f"milvus stop: {target.name} (pid {target.proc.pid}) was still running {timeout:g} s after SIGTERM: "
+                     "killed with SIGKILL (its standby takes over when the session's TTL expires)")
+    return ExitCode.FAILURE if failed else ExitCode.OK
+
+
+def _alias_of(path: Path, role: str) -> str:
+    """The alias part of a pid file's name (``rootcoord-b.pid`` -> ``b``; ``rootcoord.pid`` -> '')."""
+    stem = path.name.removesuffix(".pid")
+    return stem[len(role) + 1:] if stem.startswith(role + "-") else ""
+
+
+def _wait_all_gone(targets: Sequence[_Target], deadline: float) -> Iterator[_Target]:
+    """Yield each target as its process exits, until all have or the monotonic ``deadline`` passes."""
+    waiting = list(targets)
+    while waiting:
+        for target in [t for t in waiting if not t.proc.alive()]:
+            waiting.remove(target)
+            yield target
+        if not waiting or time.monotonic() >= deadline:
+            return
+        time.sleep(_POLL_S)
 
 
 def _wait_gone(proc: ProcInfo, deadline: float) -> bool:

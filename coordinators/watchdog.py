@@ -3,19 +3,21 @@
 Why: everything that keeps an ACTIVE member honest (keep-alives, the local deadline, the watch on
 the ACTIVE key) runs on the event loop. A loop that stalled (a blocking call, a long GC pause,
 SIGSTOP, an overloaded host) may have missed a renewal or an event, and the member cannot tell what
-happened meanwhile. The watchdog measures each stall on the monotonic clock; beyond a threshold
+happened meanwhile. The watchdog measures each stall; beyond a threshold
 (the process uses the session's safety margin) it calls ``on_stall`` so the process stops trusting
-its term. It only reports: what to do about a stall is the owner's decision.
+its term. It only reports: what to do about a stall is the owner's decision. Measured on the
+deadline clock (CLOCK_BOOTTIME): a machine suspended under a running process is a stall too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable
 
 import structlog
+
+from session.clock import Clock, deadline_clock
 
 __all__ = ["DEFAULT_INTERVAL_S", "LoopWatchdog"]
 
@@ -44,10 +46,12 @@ class LoopWatchdog:
         on_lag: Callable[[float], None],
         on_stall: Callable[[float, float], None],
         interval: float = DEFAULT_INTERVAL_S,
+        clock: Clock = deadline_clock,
     ) -> None:
         if interval <= 0:
             raise ValueError("watchdog interval must be > 0")
         self.interval = interval
+        self._clock = clock
         self._threshold = threshold
         self._on_lag = on_lag
         self._on_stall = on_stall
@@ -73,9 +77,9 @@ class LoopWatchdog:
 
     async def _run(self) -> None:
         while True:
-            due = time.monotonic() + self.interval
+            due = self._clock() + self.interval
             await asyncio.sleep(self.interval)
-            lag = max(0.0, time.monotonic() - due)
+            lag = max(0.0, self._clock() - due)
             self.max_lag = max(self.max_lag, lag)
             self._report(self._on_lag, lag)
             try:

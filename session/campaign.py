@@ -7,23 +7,40 @@ deleted. A backstop read once per TTL catches an event a broken watch could have
 
 A :class:`Term` is one stay in ACTIVE; its **epoch** is the create revision of the ACTIVE key it
 created, the token every fenced write compares (see :mod:`session.fencing`).
+
+A planned handover (:mod:`session.switchover`) adds one key: while a *successor* designation
+exists, only the member it allows may claim, and its claim deletes the designation in the same txn.
+
+No etcd error ends a campaign: a lost lease is a lost session (:class:`SessionLost`: the caller
+registers again), any other failure is retried with a capped backoff while waiting, and ends the
+term while holding.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
+from etcd3aio._protobuf import Compare, RequestOp, TxnResponse
 
-from session.errors import AlreadyActive, CorruptValue, EtcdUnavailable, SessionLost
-from session.etcd import cmp_create_revision, cmp_version, op_delete, op_get, op_put
+from session.errors import (
+    AlreadyActive,
+    CorruptValue,
+    EtcdUnavailable,
+    LeaseNotFound,
+    SessionError,
+    SessionLost,
+)
+from session.etcd import cmp_create_revision, cmp_value, cmp_version, op_delete, op_get, op_put
 from session.info import SessionInfo
 from session.lease import LeaseSession, session_prefix
-from session.watch import KeyEvent, KeyValue, Resync, WatchItem, read_state, watch
+from session.switchover import Successor, successor_key
+from session.watch import KeyEvent, KeyValue, Resync, WatchItem, key_value, read_state, watch
 
 log = structlog.get_logger(__name__)
 
@@ -89,35 +106,97 @@ class Campaign:
         self.key = active_key(session.meta_root, session.role)
         self.standby_log_interval = standby_log_interval
         self.backstop_interval = backstop_interval or float(session.ttl)
+        self.successor_key = successor_key(session.meta_root, session.role)
         self.holder: Holder | None = None
+        #: The switchover designation that keeps this member from claiming, as last seen.
+        self.successor: Successor | None = None
         self._waiting_from = 0
+        #: Epochs of this session's terms that must never be recovered (a stalled loop distrusted them).
+        self.distrusted: set[int] = set()
+        self._successor_raw = b""
+        #: After this member handed over: (the designation it put, when it withdraws it on clock).
+        self._released: tuple[bytes, float] | None = None
 
     # -- claiming ----------------------------------------------------------------------------
 
     async def try_claim(self) -> Term | None:
-        """One attempt at the ACTIVE key; returns the new term, or None and records the holder."""
+        """One attempt at the ACTIVE key; returns the new term, or None and records what stands in the way
+        (:attr:`holder`, or :attr:`successor` while a switchover designates another member).
+
+        :raises SessionLost: etcd says the session's lease is gone, or the key is held by a term of
+            this session that was distrusted (it must not be recovered: a new session is needed).
+        """
         self.session.ensure_alive()
         info = self.session.info
-        resp = await self.etcd.txn(
-            [cmp_version(self.key, 0)],
-            [op_put(self.key, info.to_json(), lease=info.lease_id)],
-            [op_get(self.key)],
+        value = replace(info, active_since_ms=time.time_ns() // 1_000_000)
+        encoded = value.to_json()
+        resp = await self._txn(
+            [cmp_version(self.key, 0), cmp_version(self.successor_key, 0)],
+            [op_put(self.key, encoded, lease=info.lease_id)],
+            [op_get(self.key), op_get(self.successor_key)],
         )
         if resp.succeeded:
-            self.holder = None
-            log.info("register ACTIVE service successfully", ServerID=info.server_id)
-            return Term(self.role, self.key, int(resp.header.revision), info.server_id, info.lease_id)
-        kvs = resp.responses[0].response_range.kvs
-        if not kvs:  # deleted between compare and read: cannot happen in one txn, but be safe
-            return None
-        kv = KeyValue(kvs[0].key.decode(), bytes(kvs[0].value), int(kvs[0].create_revision), int(kvs[0].mod_revision), int(kvs[0].lease))
-        if kv.lease == info.lease_id:
-            # An earlier attempt of ours succeeded but its answer was lost (timeout): the key is ours.
-            log.info("register ACTIVE service successfully", ServerID=info.server_id, recovered=True)
-            return Term(self.role, self.key, kv.create_revision, info.server_id, info.lease_id)
-        self.holder = self._read_holder(kv)
+            return self._won(int(resp.header.revision), value)
         self._waiting_from = int(resp.header.revision) + 1
-        return None
+        active, designation = resp.responses[0].response_range.kvs, resp.responses[1].response_range.kvs
+        if active:
+            kv = key_value(active[0])
+            self.successor = None
+            if kv.lease == info.lease_id:
+                if kv.create_revision in self.distrusted:
+                    raise self._lost(
+                        f"the ACTIVE key still holds term {kv.create_revision} of this session, which was distrusted: "
+                        "it is never recovered; a new session must campaign"
+                    )
+                # An earlier attempt of ours succeeded but its answer was lost (timeout): the key is ours.
+                log.info("register ACTIVE service successfully", ServerID=info.server_id, recovered=True)
+                self.holder = None
+                self.session.active_value = _parse_info(kv) or value
+                return Term(self.role, self.key, kv.create_revision, info.server_id, info.lease_id)
+            self.holder = self._read_holder(kv)
+            return None
+        if not designation:  # deleted between compare and read: cannot happen in one txn, but be safe
+            return None
+        raw = bytes(designation[0].value)
+        successor = self._read_successor(raw)
+        self.holder = None
+        if successor is not None and not successor.allows(info.server_id):
+            self.successor, self._successor_raw = successor, raw
+            return None
+        # Designated (or the designation is unreadable): claim under it, deleting it in the same txn.
+        self.successor = None
+        resp = await self._txn(
+            [cmp_version(self.key, 0), cmp_value(self.successor_key, raw)],
+            [op_put(self.key, encoded, lease=info.lease_id), op_delete(self.successor_key)],
+        )
+        self._waiting_from = int(resp.header.revision) + 1
+        if not resp.succeeded:
+            return None  # someone else moved first: the caller looks again at once
+        if successor is not None:
+            log.info("taking over as the switchover's designated successor", ServerID=info.server_id,
+                     successor=successor.describe())
+        return self._won(int(resp.header.revision), value)
+
+    def _won(self, epoch: int, value: SessionInfo) -> Term:
+        self.holder = None
+        self.successor = None
+        self._released = None
+        self.session.active_value = value
+        log.info("register ACTIVE service successfully", ServerID=value.server_id)
+        return Term(self.role, self.key, epoch, value.server_id, value.lease_id)
+
+    async def _txn(
+        self, compare: Sequence[Compare], success: Sequence[RequestOp], failure: Sequence[RequestOp] = ()
+    ) -> TxnResponse:
+        """A txn of the campaign: etcd's "lease not found" means this session is over."""
+        try:
+            return await self.etcd.txn(compare, success, failure)
+        except LeaseNotFound as exc:
+            raise self._lost(f"etcd says the session's lease is gone: {exc}") from exc
+
+    def _lost(self, reason: str) -> SessionLost:
+        self.session.declare_lost(reason)
+        return SessionLost(self.session.lost_reason)
 
     async def claim_exclusive(self) -> Term:
         """Active-standby off: claim once; another holder means this process must not start."""
@@ -126,11 +205,12 @@ class Campaign:
             return term
         holder = self.holder
         left = await self._lease_left(holder.kv.lease) if holder else -1
-        who = (
-            f"ServerID={holder.info.server_id} at {holder.info.address} on {holder.info.hostname}"
-            if holder and holder.info
-            else "an unreadable value"
-        )
+        if holder and holder.info:
+            who = f"ServerID={holder.info.server_id} at {holder.info.address} on {holder.info.hostname}"
+        elif self.successor is not None:
+            who = f"reserved by a switchover for {self.successor.describe()}"
+        else:
+            who = "an unreadable value"
         expiry = f"; if that process is gone, its session expires in {left}s" if left > 0 else ""
         raise AlreadyActive(f"{self.role} is already running ({who}, key {self.key}){expiry}")
 
@@ -141,20 +221,34 @@ class Campaign:
         """
         log.info(f"serverName: {self.role} enter STANDBY mode")
         ticker = asyncio.create_task(self._standby_ticker(), name=f"standby-log-{self.role}")
+        backoff = _Backoff(min(1.0, self.backstop_interval / 4))
         try:
             while True:
                 try:
                     term = await self.try_claim()
                 except EtcdUnavailable as exc:
                     log.warning("could not reach etcd to register as ACTIVE, retrying", error=str(exc))
-                    await self._sleep_or_lost(min(1.0, self.backstop_interval / 4))
+                    await self._sleep_or_lost(backoff.next())
+                    continue
+                except SessionLost:
+                    raise
+                except SessionError as exc:  # etcd refused the attempt (not a lost lease: that is SessionLost)
+                    log.warning("etcd refused the attempt to register as ACTIVE, retrying", error=str(exc))
+                    await self._sleep_or_lost(backoff.next())
                     continue
                 if term is not None:
                     log.info("quit STANDBY mode, this node will become ACTIVE", ServerID=term.server_id)
                     return term
-                self._log_holder()
-                await self._wait_for_vacancy(self._waiting_from)
-                log.info("start retrying to register as ACTIVE service...")
+                if self.successor is not None:
+                    await self._wait_for_successor(self._waiting_from)
+                elif self.holder is not None:
+                    self._log_holder()
+                    await self._wait_for_vacancy(self._waiting_from)
+                    log.info("start retrying to register as ACTIVE service...")
+                else:  # a designated claim lost a race, or the key moved in between: look again soon
+                    await self._sleep_or_lost(backoff.next())
+                    continue
+                backoff.reset()
         finally:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -196,9 +290,14 @@ class Campaign:
                 finally:
                     if not read.done():
                         read.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, EtcdUnavailable):
+                    with contextlib.suppress(asyncio.CancelledError, SessionError):
                         await read
-                if not read.cancelled() and read.exception() is None:
+                failure = None if read.cancelled() else read.exception()
+                if isinstance(failure, SessionError) and not isinstance(failure, EtcdUnavailable):
+                    # etcd answered, but not with the key: this term can no longer be sure it holds it.
+                    term.end(f"the backstop read of the ACTIVE key failed: {failure}")
+                    return
+                if not read.cancelled() and failure is None:
                     state = read.result()
                     reason = _term_over(state, term)
                     if reason:
@@ -220,6 +319,75 @@ class Campaign:
         if resp.succeeded:
             log.info("resigned the ACTIVE key", role=self.role, ServerID=term.server_id, epoch=term.epoch)
         return bool(resp.succeeded)
+
+    # -- switchover --------------------------------------------------------------------------
+
+    def note_released(self, designation: bytes, timeout: float) -> None:
+        """This member has just handed the ACTIVE key over, naming its successor with ``designation``:
+        if nobody claims within ``timeout`` seconds, it withdraws the designation and campaigns again."""
+        self._released = (designation, self.session.clock() + timeout)
+
+    async def _wait_for_successor(self, start_revision: int) -> None:
+        """A switchover designates another member: wait until the designation is gone (claimed,
+        expired with its lease, or withdrawn); the member that released it withdraws it in time."""
+        successor = self.successor
+        assert successor is not None
+        log.info("the ACTIVE key is reserved by a switchover; waiting for the designated member",
+                 ServerID=self.session.server_id, successor=successor.describe())
+        lost = asyncio.ensure_future(self.session.lost.wait())
+        try:
+            released = self._released
+            withdraw_at = released[1] if released is not None and released[0] == self._successor_raw else None
+            while True:
+                designations = watch(self.etcd, self.successor_key, start_revision=start_revision,
+                                     on_restart=self.session.observer.watch_restarted)
+                async with aclosing(designations) as events:
+                    while True:
+                        left = None if withdraw_at is None else withdraw_at - self.session.clock()
+                        outcome = await self._next_or(events, lost, timeout=left)
+                        if outcome is None:
+                            break
+                        if isinstance(outcome, KeyEvent) or not outcome.kvs:
+                            return  # deleted, or re-written: look again
+                if lost.done():
+                    raise SessionLost(self.session.lost_reason)
+                if withdraw_at is not None and self.session.clock() >= withdraw_at:
+                    await self._withdraw_designation()
+                    return
+                try:
+                    state = await read_state(self.etcd, self.successor_key)
+                except SessionError as exc:
+                    log.warning("backstop read of the switchover designation failed", error=str(exc))
+                    await self._sleep_or_lost(min(1.0, self.backstop_interval / 4))
+                    continue
+                if not state.kvs:
+                    return
+                start_revision = state.revision + 1
+        finally:
+            lost.cancel()
+
+    async def _withdraw_designation(self) -> None:
+        """Nobody claimed after this member's switchover: delete its designation (if unchanged)."""
+        released, self._released = self._released, None
+        if released is None:
+            return
+        try:
+            resp = await self._txn([cmp_value(self.successor_key, released[0])], [op_delete(self.successor_key)])
+        except EtcdUnavailable as exc:
+            self._released = released  # try again on the next round
+            log.warning("could not withdraw the switchover designation", error=str(exc))
+            return
+        if resp.succeeded:
+            log.warning("nobody took over within the switchover's timeout: the designation is withdrawn, "
+                        "campaigning again", ServerID=self.session.server_id)
+
+    def _read_successor(self, raw: bytes) -> Successor | None:
+        try:
+            return Successor.from_json(self.successor_key, raw)
+        except CorruptValue as exc:
+            log.error("the switchover designation is unreadable; it is ignored (and deleted by the next claim)",
+                      key=self.successor_key, error=str(exc))
+            return None
 
     # -- waiting -----------------------------------------------------------------------------
 
@@ -244,6 +412,10 @@ class Campaign:
                     state = await read_state(self.etcd, self.key)
                 except EtcdUnavailable as exc:
                     log.warning("backstop read of the ACTIVE key failed", error=str(exc))
+                    continue
+                except SessionError as exc:  # etcd refused the read ("too many requests"...): later
+                    log.warning("backstop read of the ACTIVE key refused, retrying", error=str(exc))
+                    await self._sleep_or_lost(min(1.0, self.backstop_interval / 4))
                     continue
                 if not state.kvs:
                     log.info("the ACTIVE key is gone (backstop read)", key=self.key, revision=state.revision)
@@ -271,12 +443,13 @@ class Campaign:
         return False
 
     async def _next_or(
-        self, events: AsyncIterator[WatchItem], *stops: asyncio.Future[object]
+        self, events: AsyncIterator[WatchItem], *stops: asyncio.Future[object], timeout: float | None = None
     ) -> WatchItem | None:
-        """The next watch item, or None when a stop future fires or the backstop interval passes."""
+        """The next watch item, or None when a stop future fires or ``timeout`` (the backstop interval) passes."""
         nxt = asyncio.ensure_future(anext(events))
         try:
-            done, _ = await asyncio.wait({nxt, *stops}, timeout=self.backstop_interval, return_when=asyncio.FIRST_COMPLETED)
+            wait = self.backstop_interval if timeout is None else max(timeout, 0.0)
+            done, _ = await asyncio.wait({nxt, *stops}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
             if nxt in done:
                 return nxt.result()
             return None
@@ -336,6 +509,28 @@ class Campaign:
             )
         else:
             log.info(f"ACTIVE {self.role} has already been registered")
+
+
+class _Backoff:
+    """Retry delays after failed attempts: 0.05 s doubling up to ``cap``; :meth:`reset` after a success."""
+
+    def __init__(self, cap: float) -> None:
+        self.cap = cap
+        self._delay = 0.05
+
+    def next(self) -> float:
+        delay, self._delay = self._delay, min(self._delay * 2, self.cap)
+        return min(delay, self.cap)
+
+    def reset(self) -> None:
+        self._delay = 0.05
+
+
+def _parse_info(kv: KeyValue) -> SessionInfo | None:
+    try:
+        return SessionInfo.from_json(kv.key, kv.value)
+    except CorruptValue:
+        return None
 
 
 def _term_over(item: WatchItem, term: Term) -> str:

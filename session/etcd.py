@@ -67,6 +67,7 @@ __all__ = [
     "parse_endpoint",
     "cmp_create_revision",
     "cmp_lease",
+    "cmp_mod_revision",
     "cmp_value",
     "cmp_version",
     "op_delete",
@@ -90,6 +91,11 @@ GREATER = Compare.GREATER
 def cmp_lease(key: str, lease: int) -> Compare:
     """``Compare(LEASE(key) == lease)``: the key is still attached to that lease (etcd >= 3.3)."""
     return Compare(result=Compare.EQUAL, target=Compare.LEASE, key=key.encode(), lease=lease)
+
+
+def cmp_mod_revision(key: str, revision: int) -> Compare:
+    """``Compare(MOD(key) == revision)``: the key was not written since that revision (0: absent)."""
+    return Compare(result=Compare.EQUAL, target=Compare.MOD, key=key.encode(), mod_revision=revision)
 
 
 def op_txn(compare: Sequence[Compare], success: Sequence[RequestOp], failure: Sequence[RequestOp] = ()) -> RequestOp:

@@ -24,23 +24,33 @@ class SessionInfo:
     hostname: str
     stopping: bool = False
     trigger_kill: bool = True
+    #: Our own fields (Milvus's readers ignore them): where the member's /healthz, /readyz and
+    #: /metrics answer ('' when its HTTP server is off), whether it runs with active-standby on
+    #: (None: the value does not say), and, at the ACTIVE key only, when it became ACTIVE (Unix ms,
+    #: its own wall clock; 0 elsewhere).
+    http_address: str = ""
+    active_standby: bool | None = None
+    active_since_ms: int = 0
 
     def to_json(self) -> bytes:
         """Serialize with Milvus's field names, so Milvus tools can read our keys."""
-        return json.dumps(
-            {
-                "ServerID": self.server_id,
-                "ServerName": self.server_name,
-                "Address": self.address,
-                "Exclusive": self.exclusive,
-                "Stopping": self.stopping,
-                "TriggerKill": self.trigger_kill,
-                "Version": self.version,
-                "LeaseID": self.lease_id,
-                "HostName": self.hostname,
-            },
-            separators=(",", ":"),
-        ).encode()
+        doc: dict[str, Any] = {
+            "ServerID": self.server_id,
+            "ServerName": self.server_name,
+            "Address": self.address,
+            "Exclusive": self.exclusive,
+            "Stopping": self.stopping,
+            "TriggerKill": self.trigger_kill,
+            "Version": self.version,
+            "LeaseID": self.lease_id,
+            "HostName": self.hostname,
+            "HTTPAddress": self.http_address,
+        }
+        if self.active_standby is not None:
+            doc["ActiveStandby"] = self.active_standby
+        if self.active_since_ms:
+            doc["ActiveSince"] = self.active_since_ms
+        return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, key: str, raw: bytes) -> SessionInfo:
@@ -58,6 +68,10 @@ class SessionInfo:
             lease_id = int(doc.get("LeaseID", 0))
             if not (_INT64_MIN <= server_id <= _INT64_MAX and _INT64_MIN <= lease_id <= _INT64_MAX):
                 raise ValueError("ServerID and LeaseID must fit in 64 bits")
+            active_standby = doc.get("ActiveStandby")
+            since = doc.get("ActiveSince", 0)
+            if not isinstance(since, int) or isinstance(since, bool) or not 0 <= since <= _INT64_MAX:
+                since = 0  # our own informational field: a bad one is ignored, not fatal
             return cls(
                 server_id=server_id,
                 server_name=str(doc.get("ServerName", "")),
@@ -68,6 +82,9 @@ class SessionInfo:
                 hostname=str(doc.get("HostName", "")),
                 stopping=bool(doc.get("Stopping", False)),
                 trigger_kill=bool(doc.get("TriggerKill", True)),
+                http_address=str(doc.get("HTTPAddress", "") or ""),
+                active_standby=active_standby if isinstance(active_standby, bool) else None,
+                active_since_ms=since,
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: "LeaseID": 1e400
             raise CorruptValue(key, raw, f"not a session: {exc}") from exc

@@ -6,7 +6,8 @@ acknowledged for TTL minus a safety margin, measured on the monotonic clock from
 last acknowledged request was *sent*), when etcd says the lease is gone, or when the process's own
 key is deleted. Since etcd counts a lease's TTL from when it *received* the last keep-alive, the
 local deadline always falls before etcd could expire the lease: a member cut off from etcd learns
-it is lost before anybody else can take its place.
+it is lost before anybody else can take its place. The deadline is on :data:`session.clock.deadline_clock`
+(CLOCK_BOOTTIME), which keeps counting while the machine is suspended, as etcd's clock does.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import time
 from collections.abc import Coroutine
 from contextlib import aclosing
 from typing import Any
 
 import structlog
 
+from session.clock import Clock, deadline_clock
 from session.errors import EtcdAuthError, EtcdUnavailable, LeaseNotFound, SessionError, SessionLost
 from session.etcd import GREATER, Etcd, cmp_lease, cmp_version, op_put
 from session.info import SessionInfo
@@ -29,6 +30,10 @@ from session.server_id import allocate_server_id
 from session.watch import KeyEvent, Resync, watch
 
 log = structlog.get_logger(__name__)
+
+
+#: Longest sleep of the deadline watchdog (see ``LeaseSession._deadline_watchdog``).
+_WATCHDOG_STEP = 0.5
 
 
 def safety_margin(ttl: float) -> float:
@@ -61,6 +66,9 @@ class LeaseSession:
         exclusive: bool = True,
         hostname: str | None = None,
         observer: SessionObserver | None = None,
+        http_address: str = "",
+        active_standby: bool | None = None,
+        clock: Clock = deadline_clock,
     ) -> None:
         if ttl < 1:
             raise ValueError("session TTL must be at least 1 s")
@@ -73,6 +81,11 @@ class LeaseSession:
         self.exclusive = exclusive
         self.hostname = hostname or socket.gethostname()
         self.observer = observer or NO_OBSERVER
+        self.http_address = http_address
+        self.active_standby = active_standby
+        self.clock = clock
+        #: The value the campaign last put at the ACTIVE key for this session (None: never ACTIVE).
+        self.active_value: SessionInfo | None = None
         self.lost = asyncio.Event()
         self.lost_reason = ""
         self._info: SessionInfo | None = None
@@ -115,12 +128,12 @@ class LeaseSession:
 
     @property
     def deadline(self) -> float:
-        """Monotonic time after which the session must be presumed lost."""
+        """Time on :attr:`clock` after which the session must be presumed lost."""
         return self._deadline
 
     def time_left(self) -> float:
         """Seconds before the local deadline (negative once passed)."""
-        return self._deadline - time.monotonic()
+        return self._deadline - self.clock()
 
     def ensure_alive(self) -> None:
         """Raise :class:`SessionLost` unless the session is certainly still held.
@@ -133,12 +146,17 @@ class LeaseSession:
         if self.lost.is_set():
             raise SessionLost(self.lost_reason)
 
+    def declare_lost(self, reason: str) -> None:
+        """The session's user learned it is over (etcd said the lease is gone, or it must not be
+        trusted): :attr:`lost` is set with ``reason`` (the first reason is kept)."""
+        self._lose(reason)
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
         """Allocate a server ID, grant the lease, register the own key, start the keep-alive."""
         server_id = await allocate_server_id(self.etcd, self.meta_root)
-        sent = time.monotonic()
+        sent = self.clock()
         lease_id, granted = await self.etcd.grant(self.ttl)
         self._granted_ttl = granted
         self._deadline = sent + granted - self.margin
@@ -150,6 +168,8 @@ class LeaseSession:
             version=self.version,
             lease_id=lease_id,
             hostname=self.hostname,
+            http_address=self.http_address,
+            active_standby=self.active_standby,
         )
         try:
             resp = await self.etcd.txn(
@@ -180,10 +200,13 @@ class LeaseSession:
         self._info = self.info.as_stopping()
         value, timeout = self._info.to_json(), min(self.etcd.timeout, self.keepalive_interval)
         active = f"{session_prefix(self.meta_root)}{self.role}"
+        active_value = (self.active_value or self._info).as_stopping().to_json()
         await self.etcd.txn(
             [cmp_version(self.key, 0, result=GREATER)], [op_put(self.key, value, lease=self.lease_id)], timeout=timeout
         )
-        await self.etcd.txn([cmp_lease(active, self.lease_id)], [op_put(active, value, lease=self.lease_id)], timeout=timeout)
+        await self.etcd.txn(
+            [cmp_lease(active, self.lease_id)], [op_put(active, active_value, lease=self.lease_id)], timeout=timeout
+        )
 
     async def close(self, *, revoke: bool = True) -> None:
         """Stop the tasks, then revoke the lease: both session keys vanish in one revision."""
@@ -228,44 +251,48 @@ class LeaseSession:
         """Renew every TTL/3; a failed renewal is retried sooner. Each request has its own timeout."""
         interval = self.keepalive_interval
         while not self.lost.is_set():
-            sent = time.monotonic()
+            sent = self.clock()
             try:
                 granted = await self.etcd.keepalive_once(self.lease_id, timeout=interval)
             except LeaseNotFound:
-                self.observer.keepalive(time.monotonic() - sent, False)
+                self.observer.keepalive(self.clock() - sent, False)
                 self._lose("etcd says the lease is gone (expired or revoked)")
                 return
             except EtcdAuthError as exc:
-                self.observer.keepalive(time.monotonic() - sent, False)
+                self.observer.keepalive(self.clock() - sent, False)
                 log.warning("keep-alive refused, re-authenticating", error=str(exc))
                 with contextlib.suppress(SessionError):
                     await self.etcd.authenticate()
                 delay = interval / 4
             except EtcdUnavailable as exc:
-                self.observer.keepalive(time.monotonic() - sent, False)
+                self.observer.keepalive(self.clock() - sent, False)
                 log.warning("keep-alive failed", error=str(exc), timeLeft=round(self.time_left(), 3))
                 delay = interval / 4
             except Exception as exc:  # noqa: BLE001 - e.g. grpc.aio's InvalidStateError on a stream that ended
                 # Whatever else a renewal raises is a failed renewal too: this task must never die while
                 # the session lives (nothing would renew the lease any more); the local deadline decides.
-                self.observer.keepalive(time.monotonic() - sent, False)
+                self.observer.keepalive(self.clock() - sent, False)
                 log.warning("keep-alive failed", error=repr(exc), timeLeft=round(self.time_left(), 3))
                 delay = interval / 4
             else:
-                self.observer.keepalive(time.monotonic() - sent, True)
+                self.observer.keepalive(self.clock() - sent, True)
                 self._granted_ttl = granted
                 self._deadline = max(self._deadline, sent + granted - self.margin)
-                delay = interval - (time.monotonic() - sent)
+                delay = interval - (self.clock() - sent)
             await asyncio.sleep(max(delay, 0.0))
 
     async def _deadline_watchdog(self) -> None:
-        """Declare the session lost when the local deadline passes, whatever etcd says."""
+        """Declare the session lost when the local deadline passes, whatever etcd says.
+
+        Sleeps at most :data:`_WATCHDOG_STEP` at a time: the event loop's timers run on the monotonic
+        clock, which stands still while the machine is suspended, so one long sleep would end late.
+        """
         while not self.lost.is_set():
             left = self.time_left()
             if left <= 0:
                 self._lose(f"local deadline passed: no keep-alive acknowledged for {self._granted_ttl - self.margin:.2f}s")
                 return
-            await asyncio.sleep(left)
+            await asyncio.sleep(min(left, _WATCHDOG_STEP))
 
     async def _watch_own_key(self, start_revision: int) -> None:
         """Somebody deleting our own key (an operator, a fenced cleanup) ends the session."""

@@ -64,7 +64,8 @@ class Resync:
 WatchItem = KeyEvent | Resync
 
 
-def _kv(raw: object) -> KeyValue:
+def key_value(raw: object) -> KeyValue:
+    """Our :class:`KeyValue` of an etcd ``mvccpb.KeyValue`` (from a range response or an event)."""
     return KeyValue(
         key=raw.key.decode("utf-8", "replace"),  # type: ignore[attr-defined]
         value=bytes(raw.value),  # type: ignore[attr-defined]
@@ -77,7 +78,7 @@ def _kv(raw: object) -> KeyValue:
 async def read_state(etcd: Etcd, key: str, *, prefix: bool = False, timeout: float | None = None) -> Resync:
     """Read the watched key(s) now, as a :class:`Resync` snapshot."""
     resp = await etcd.get(key, prefix=prefix, timeout=timeout)
-    return Resync(tuple(_kv(kv) for kv in resp.kvs), int(resp.header.revision), 0)
+    return Resync(tuple(key_value(kv) for kv in resp.kvs), int(resp.header.revision), 0)
 
 
 async def watch(
@@ -104,9 +105,10 @@ async def watch(
     range_end = prefix_range_end(key) if prefix else b""
     timeout = create_timeout if create_timeout is not None else etcd.timeout
     while True:
-        stub, metadata = etcd.watch_stub()
-        call: grpc.aio.StreamStreamCall = stub.Watch(metadata=metadata or None)
+        call: grpc.aio.StreamStreamCall | None = None
         try:
+            stub, metadata = etcd.watch_stub()
+            call = stub.Watch(metadata=metadata or None)
             create = WatchCreateRequest(
                 key=key.encode(), range_end=range_end, start_revision=next_revision, prev_kv=prev_kv
             )
@@ -136,8 +138,8 @@ async def watch(
                 for event in response.events:
                     item = KeyEvent(
                         kind="DELETE" if event.type == _DELETE else "PUT",
-                        kv=_kv(event.kv),
-                        prev=_kv(event.prev_kv) if event.HasField("prev_kv") else None,
+                        kv=key_value(event.kv),
+                        prev=key_value(event.prev_kv) if event.HasField("prev_kv") else None,
                     )
                     next_revision = item.kv.mod_revision + 1
                     backoff = 0.05
@@ -155,4 +157,5 @@ async def watch(
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, max_backoff)
         finally:
-            call.cancel()
+            if call is not None:
+                call.cancel()

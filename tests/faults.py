@@ -255,7 +255,7 @@ class Coordinators:
     async def launch(self, role: str, *, name: str | None = None, cut_able: bool = False) -> Member:
         """Start one process of ``role``; with ``cut_able`` its etcd traffic goes through an :class:`EtcdLink`."""
         self._names += 1
-        name = name or f"{self._names}"
+        name = name or f"m{self._names}"
         port = free_port()
         link = await EtcdLink(self.cluster.endpoints).start() if cut_able else None
         endpoints = link.endpoints_csv if link is not None else self.cluster.endpoints_csv

@@ -27,6 +27,7 @@ from coordinators.role import Role
 from etcd_server import EtcdCluster, free_port
 from procs import ENV_SECTION, clean_env
 from session import Etcd
+from session.clock import Clock, deadline_clock
 from session_helpers import wait_until
 
 R = TypeVar("R", bound=Role)
@@ -108,17 +109,23 @@ class InProcCluster:
     def config(self, role: str, **extra_env: str) -> Config:
         return load_config(env=self.environ(role, **extra_env))
 
-    def process(self, role: str, *, env: Mapping[str, str] | None = None) -> CoordinatorProcess:
-        """A member, not started: for a test that runs it itself (another event loop, say)."""
-        return CoordinatorProcess(self.config(role, **(env or {})), role, listen_host="127.0.0.1")
+    def process(
+        self, role: str, *, env: Mapping[str, str] | None = None, clock: Clock = deadline_clock
+    ) -> CoordinatorProcess:
+        """A member, not started: for a test that runs it itself (another event loop, say).
+
+        :param clock: the member's deadline clock (tests inject one to play a suspended machine).
+        """
+        return CoordinatorProcess(self.config(role, **(env or {})), role, listen_host="127.0.0.1", clock=clock)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(
-        self, role: str, *, expect: int | None = Healthy, env: Mapping[str, str] | None = None
+        self, role: str, *, expect: int | None = Healthy, env: Mapping[str, str] | None = None,
+        clock: Clock = deadline_clock,
     ) -> CoordinatorProcess:
         """Start a member of ``role``; wait until its state is ``expect`` (None: do not wait)."""
-        process = self.process(role, env=env)
+        process = self.process(role, env=env, clock=clock)
         self.tasks[process] = asyncio.create_task(_run(process), name=f"run-{role}")
         if expect is not None:
             await self.wait_state(process, expect)

@@ -9,6 +9,7 @@ ACTIVE member frozen while its loop runs on, and for the watch-restart counter.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -37,8 +38,8 @@ from procs import (
     TTL,
     Launch,
     MilvusProcess,
-    all_keys,
     holder,
+    run_cli,
     sessions,
     wait_for_active,
     wait_for_log,
@@ -288,23 +289,33 @@ async def until_scrape(member: Member, pred: Callable[[Scrape], bool], what: str
 
 
 @pytest.mark.process
-async def test_http_port_in_use_exits_6_without_session(
-    launch: Launch, etcd_client: Etcd3Client, etcd_prefix: str
+async def test_http_port_in_use_falls_back_to_a_free_port_named_in_a_warning_the_session_and_status(
+    launch: Launch, etcd_client: Etcd3Client, etcd_prefix: str, base_env: dict[str, str]
 ) -> None:
-    """The HTTP port is taken: exit code 6, one message naming the port and the key, nothing left in etcd."""
+    """The HTTP port is taken (as by the first process of Milvus's procedure, same config file): the
+    process still starts, says which port it uses instead, serves the probes there and advertises it."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as blocker:
         blocker.bind(("0.0.0.0", 0))
         blocker.listen()
         port = blocker.getsockname()[1]
         proc = start(launch, "querycoord", "busy", port).proc
-        code = await proc.wait(timeout=15)
-    out = proc.output()
-    assert code == 6, out
-    assert f"HTTP port {port} on 0.0.0.0 is already in use" in out, out
-    assert "queryCoord.httpPort (or QUERY_COORD_HTTP_PORT)" in out, out
-    assert "Traceback" not in out
-    keys = await all_keys(etcd_client, etcd_prefix)
-    assert not [k for k in keys if re.search(r"/session/querycoord(-\d+)?$", k)], keys
+        lines = await wait_for_serving(proc, "querycoord")
+        warning = next(ln for ln in lines if ln.level == "WARN" and ln.msg.startswith("HTTP port is already in use"))
+        assert warning.fields["configuredPort"] == str(port), warning
+        used = int(warning.fields["port"])
+        assert used != port and listening_ports(proc.pid) >= {proc.port, used}
+        assert warning.msg == "HTTP port is already in use: /healthz, /readyz and /metrics are served on another port"
+        assert await http_get(used, "/healthz") == (200, "ok\n")
+        assert (await http_get(used, "/readyz"))[0] == 200
+        assert (await scrape(used))("milvus_coord_is_active") == 1
+        own = await sessions(etcd_client, etcd_prefix, "querycoord")
+        assert [kv.value["HTTPAddress"] for kv in own.values()] == [f"localhost:{used}"]
+        code, out, err, _ = await run_cli(["status", "--json", "--role", "querycoord"], base_env)
+        assert code == 0, err
+        assert [(r["server_id"], r["http_address"]) for r in json.loads(out)] == [
+            (next(iter(own)), f"localhost:{used}")]
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait(timeout=10) == 0
 
 
 @pytest.mark.process

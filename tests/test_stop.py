@@ -94,7 +94,13 @@ def locked(path: Path) -> bool:
 
 
 def pid_in(path: Path) -> int:
-    return int(path.read_text().strip())
+    """The pid on the file's first line (the facts the process recorded follow it)."""
+    return int(path.read_text().split("\n", 1)[0])
+
+
+def facts_in(path: Path) -> dict[str, str]:
+    """The ``key=value`` lines after the pid."""
+    return dict(line.split("=", 1) for line in path.read_text().splitlines()[1:])
 
 
 def dead_pid() -> int:
@@ -122,21 +128,54 @@ async def test_run_writes_its_pid_holds_the_lock_and_removes_it_at_exit(
     assert not path.exists()
 
 
-async def test_second_run_of_the_same_role_and_alias_is_refused(
+async def test_second_run_without_alias_starts_under_an_automatic_pid_file_and_reuses_a_stale_one(
+    start: Start, etcd_client: Etcd3Client, etcd_prefix: str, run_dir: Path
+) -> None:
+    """Milvus's procedure starts a second ``milvus run rootcoord`` as is: it must start, not exit 8."""
+    first = start("rootcoord")
+    await wait_for_serving(first, "rootcoord")
+    second, third = start("rootcoord"), start("rootcoord")
+    await wait_until(lambda: _count_sessions(etcd_client, etcd_prefix, 3), timeout=10, what="three rootcoord sessions")
+    assert first.running() and second.running() and third.running()
+    by_pid = {pid_in(run_dir / name): name for name in ("rootcoord.pid", "rootcoord-2.pid", "rootcoord-3.pid")}
+    assert by_pid[first.pid] == "rootcoord.pid" and {by_pid[second.pid], by_pid[third.pid]} == {
+        "rootcoord-2.pid", "rootcoord-3.pid"}
+    for proc in (second, third):
+        path = run_dir / by_pid[proc.pid]
+        assert locked(path)
+        line = next(ln for ln in proc.lines() if ln.msg == "pid file locked")
+        assert line.fields["path"] == str(path) and line.fields["automatic"] == "true", line
+        assert f"rootcoord.pid (pid {first.pid})" in line.fields["reason"], line
+    # Each records what it is and, once registered, the session it holds (a restart reads it).
+    own = await sessions(etcd_client, etcd_prefix, "rootcoord")
+    for proc in (first, second, third):
+        facts = facts_in(run_dir / by_pid[proc.pid])
+        session = next(kv for kv in own.values() if kv.value["Address"] == proc.address)
+        assert facts == {"role": "rootcoord", "alias": "", "server_id": str(session.value["ServerID"]),
+                         "lease_id": f"{session.lease:x}", "address": proc.address}, facts
+
+    first.kill()  # SIGKILL: rootcoord.pid stays behind, unlocked
+    fourth = start("rootcoord")
+    await wait_until(lambda: _holds(run_dir / "rootcoord.pid", fourth.pid), timeout=10,
+                     what="the fourth process to reuse the stale rootcoord.pid")
+    assert not (run_dir / "rootcoord-4.pid").exists()
+
+
+async def test_second_run_of_the_same_alias_is_refused_and_a_number_is_no_alias(
     start: Start, env: dict[str, str], etcd_client: Etcd3Client, etcd_prefix: str, run_dir: Path
 ) -> None:
-    first = start("rootcoord")
+    first = start("rootcoord", "a")
     await wait_for_serving(first, "rootcoord")
     active_before = await holder(etcd_client, etcd_prefix, "rootcoord")
     keys_before = await all_keys(etcd_client, etcd_prefix)
-    path = run_dir / "rootcoord.pid"
+    path = run_dir / "rootcoord-a.pid"
 
     second_env = {**env, **own_ports("rootcoord"), "ROOT_COORD_ENABLE_ACTIVE_STANDBY": "true"}
-    code, out, err, took = await run_cli(["run", "rootcoord"], second_env)
+    code, out, err, took = await run_cli(["run", "rootcoord", "--alias", "a"], second_env)
 
     assert code == ALREADY_RUNNING, out + err
     assert lines(err) == [
-        f"milvus: rootcoord is already running on this host (pid {first.pid}, pid file {path}); "
+        f"milvus: rootcoord (alias a) is already running on this host (pid {first.pid}, pid file {path}); "
         "use --alias to run another"
     ], err
     assert out == "" and took < 5
@@ -145,6 +184,12 @@ async def test_second_run_of_the_same_role_and_alias_is_refused(
     assert await holder(etcd_client, etcd_prefix, "rootcoord") == active_before
     assert await all_keys(etcd_client, etcd_prefix) == keys_before  # the second never reached etcd
     assert pid_in(path) == first.pid and locked(path)
+
+    code, out, err, _ = await run_cli(["run", "rootcoord", "--alias", "2"], second_env)
+    assert code == 2 and lines(err) == [
+        "milvus: invalid --alias '2': numbers name the automatic pid files of processes started without --alias "
+        "(<role>-2.pid...); choose a name with a letter in it"], err
+    assert await all_keys(etcd_client, etcd_prefix) == keys_before
 
 
 async def test_alias_allows_a_second_process_and_is_locked_too(
@@ -189,6 +234,47 @@ async def test_stop_stops_gracefully_and_says_how_long_it_took(
     assert await get_kv(etcd_client, active_key(etcd_prefix, "rootcoord")) is None
     assert not (run_dir / "rootcoord.pid").exists()
     assert await proc.wait(5) == 0
+
+
+async def test_stop_without_alias_stops_every_process_started_without_one_and_no_other(
+    start: Start, env: dict[str, str], etcd_client: Etcd3Client, etcd_prefix: str, run_dir: Path
+) -> None:
+    first = start("rootcoord")
+    await wait_for_serving(first, "rootcoord")
+    second, named = start("rootcoord"), start("rootcoord", "x")
+    await wait_until(lambda: _count_sessions(etcd_client, etcd_prefix, 3), timeout=10, what="three rootcoord sessions")
+    assert (run_dir / "rootcoord-2.pid").exists()
+
+    code, out, err, _ = await run_cli(["stop", "rootcoord"], env)
+
+    assert code == 0, out + err
+    stopped = re.findall(r"^rootcoord stopped \(pid (\d+)\) in (\d+\.\d\d) s$", out, re.MULTILINE)
+    assert sorted(int(pid) for pid, _s in stopped) == sorted([first.pid, second.pid]) and len(lines(out)) == 2, out
+    assert err == "" and all(float(s) < 5 for _p, s in stopped)
+    assert first.popen.poll() == 0 and second.popen.poll() == 0
+    assert not (run_dir / "rootcoord.pid").exists() and not (run_dir / "rootcoord-2.pid").exists()
+    assert named.running() and locked(run_dir / "rootcoord-x.pid")  # started with an alias: not stopped
+    await wait_for_active(etcd_client, etcd_prefix, "rootcoord", named)
+
+    code, out, err, _ = await run_cli(["stop", "rootcoord"], env)
+    assert code == NOT_RUNNING and out == "", out + err
+    code, out, err, _ = await run_cli(["stop", "rootcoord", "--alias", "x"], env)
+    assert code == 0 and re.fullmatch(rf"rootcoord \(alias x\) stopped \(pid {named.pid}\) in \d+\.\d\d s\n", out), out
+
+
+async def test_stop_alias_number_stops_that_automatic_process_only(
+    start: Start, env: dict[str, str], etcd_client: Etcd3Client, etcd_prefix: str, run_dir: Path
+) -> None:
+    first = start("querycoord")
+    await wait_for_serving(first, "querycoord")
+    second = start("querycoord")
+    await wait_until(lambda: _holds(run_dir / "querycoord-2.pid", second.pid), timeout=10, what="querycoord-2.pid")
+
+    code, out, err, _ = await run_cli(["stop", "querycoord", "--alias", "2"], env)
+
+    assert code == 0, out + err
+    assert re.fullmatch(rf"querycoord stopped \(pid {second.pid}\) in \d+\.\d\d s\n", out), out
+    assert second.popen.poll() == 0 and first.running()
 
 
 async def test_stop_of_a_role_not_running_is_a_clear_error(
@@ -251,7 +337,7 @@ async def test_pid_file_of_a_sigkilled_process_is_stale_and_does_not_block_a_res
 
 
 async def _holds(path: Path, pid: int) -> bool:
-    return path.exists() and path.read_text().strip() == str(pid) and locked(path)
+    return path.exists() and pid_in(path) == pid and locked(path)
 
 
 # --------------------------------------------------------------------------- a process that will not stop
