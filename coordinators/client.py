@@ -21,6 +21,7 @@ from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
+from coordinators.deadline import remaining as deadline_left
 from coordinators.grpc_server import EPOCH_HEADER, SERVER_ID_HEADER
 from coordinators.proto.datacoord_grpc import DataCoordStub
 from coordinators.proto.querycoord_grpc import QueryCoordStub
@@ -35,6 +36,10 @@ INITIALIZING = "reason: Initializing"
 #: How a member says an etcd call of its handler failed (coordinators/rpc.py): an etcd write that
 #: timed out may have been applied, so a non-idempotent call that got this is not retried.
 METADATA_UNAVAILABLE = "metadata store unavailable"
+
+#: Inside a handler, how long before the caller's deadline an inner call gives up, so the handler
+#: can still answer with the reason (at most a tenth of the time left).
+_ANSWER_MARGIN_S = 0.25
 
 STUBS: dict[str, type[Any]] = {"rootcoord": RootCoordStub, "querycoord": QueryCoordStub, "datacoord": DataCoordStub}
 
@@ -192,7 +197,11 @@ class CoordinatorClient:
         :raises OutcomeUnknown: a non-idempotent call broke mid-way.
         """
         await self.start()
-        deadline = time.monotonic() + self.failover_budget
+        budget = self.failover_budget
+        outer = deadline_left()  # inside a handler: give up in time to answer the call being served
+        if outer is not None:
+            budget = min(budget, outer - min(_ANSWER_MARGIN_S, outer / 10))
+        deadline = time.monotonic() + budget
         avoid = 0
         last_error = ""
         while True:
@@ -241,8 +250,12 @@ class CoordinatorClient:
     async def _attempt(self, target: SessionInfo, method: str, request: Any) -> tuple[Any, int, int]:
         stub = STUBS[self.role](self._channel(target.address))
         rpc = getattr(stub, method)
-        async with asyncio.timeout(self.call_timeout):
-            async with rpc.open(timeout=self.call_timeout) as stream:
+        timeout = self.call_timeout
+        outer = deadline_left()
+        if outer is not None:
+            timeout = max(min(timeout, outer), 0.001)
+        async with asyncio.timeout(timeout):
+            async with rpc.open(timeout=timeout) as stream:
                 await stream.send_message(request, end=True)
                 reply = await stream.recv_message()
                 server_id = int(stream.initial_metadata.get(SERVER_ID_HEADER, "0") or 0)

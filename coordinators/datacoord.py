@@ -26,6 +26,7 @@ Activation reloads every key by paging (``store.scan``).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -293,6 +294,52 @@ def _log_changes(changed: Iterable[Segment], opened: Sequence[int]) -> None:
             log.info("segment sealed", segmentID=segment.id, collectionID=segment.collection_id, numRows=segment.num_rows)
 
 
+class _OutOfIDs(Exception):
+    """A plan needed more new segment IDs than were fetched (the view changed meanwhile)."""
+
+
+def _plan_assignments(
+    view: _View, requests: Sequence[SegmentIDRequest], new_ids: Iterable[int], max_rows: int
+) -> tuple[_Plan, list[SegmentIDAssignment]]:
+    """Which segment takes each request's rows, on top of the view; new segments get ``new_ids`` in order.
+
+    Synchronous: it runs under the view's lock, with the IDs fetched before. :raises _OutOfIDs:
+    """
+    plan = _Plan(view)
+    assignments = []
+    ids = iter(new_ids)
+    for req in requests:
+        key: ChannelKey = (req.collection_id, req.partition_id, req.channel_name)
+        segment = plan.current(key)
+        if segment is not None and segment.num_rows + req.count > segment.max_rows:
+            plan.put(replace(segment, state=Sealed))
+            segment = None
+        if segment is None:
+            new_id = next(ids, None)
+            if new_id is None:
+                raise _OutOfIDs()
+            segment = Segment(new_id, *key, state=Growing, num_rows=0, max_rows=max_rows)
+        assignments.append(
+            SegmentIDAssignment(
+                segment_id=segment.id,
+                collection_id=req.collection_id,
+                partition_id=req.partition_id,
+                channel_name=req.channel_name,
+                count=req.count,
+                start_row=segment.num_rows,
+            )
+        )
+        num_rows = segment.num_rows + req.count
+        plan.put(replace(segment, num_rows=num_rows, state=Sealed if num_rows >= segment.max_rows else Growing))
+    return plan, assignments
+
+
+def _new_segments_needed(view: _View, requests: Sequence[SegmentIDRequest], max_rows: int) -> int:
+    """How many new segments a plan on the view as it is now opens (IDs to fetch before the lock)."""
+    plan, _ = _plan_assignments(view, requests, itertools.count(-1, -1), max_rows)  # placeholder IDs
+    return sum(1 for segment_id in plan.changed if segment_id < 0)
+
+
 def _chunks(items: Sequence[Segment], size: int) -> Iterator[Sequence[Segment]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -337,10 +384,13 @@ class DataCoord(Role):
         self._view = None
 
     def view(self) -> _View:
-        """The term's view; refuses outside a term (a call racing a demotion)."""
-        if self._view is None:
+        """The term's view, checked: refuses outside a term (a call racing a demotion) and once the term
+        or its session is over (NotActive), so no read is answered past the local deadline."""
+        view = self._view
+        if view is None:
             raise NotServing("StandBy")
-        return self._view
+        view.store.check()
+        return view
 
     # -- rootcoord ---------------------------------------------------------------------------
 
@@ -371,17 +421,26 @@ class DataCoord(Role):
             raise NotFound(f"collection {collection_id} not found (rootcoord described {reply.collection_id})")
         view.known_collections.add(collection_id)
 
-    async def _new_segment_id(self, view: _View) -> int:
-        """One fresh ID from rootcoord's allocator (unique across failovers of both roles)."""
-        reply = await self._rootcoord("AllocID", rootcoord_pb2.AllocIDRequest(count=1))
-        if reply.count < 1 or reply.begin <= 0 or reply.begin in view.segments:
+    async def _new_segment_ids(self, view: _View, count: int) -> list[int]:
+        """``count`` fresh IDs from rootcoord's allocator (unique across failovers of both roles).
+
+        Called without the view's lock: a rootcoord failover must not hold up every other call.
+        """
+        reply = await self._rootcoord("AllocID", rootcoord_pb2.AllocIDRequest(count=count))
+        ids = list(range(int(reply.begin), int(reply.begin) + count))
+        if reply.count < count or reply.begin <= 0 or any(i in view.segments for i in ids):
             raise RpcError(f"rootcoord AllocID returned an unusable ID range [{reply.begin}, {reply.end})")
-        return int(reply.begin)
+        return ids
 
     # -- AssignSegmentID -----------------------------------------------------------------------
 
     async def assign_segment_id(self, request: AssignSegmentIDRequest) -> AssignSegmentIDResponse:
-        """Rows for each request in a Growing segment with room; persisted before the reply."""
+        """Rows for each request in a Growing segment with room; persisted before the reply.
+
+        New segment IDs come from rootcoord before the view's lock is taken (as many as a plan on
+        the current view needs; more if the view changed meanwhile), so a rootcoord failover delays
+        only the calls that need a new segment.
+        """
         requests = list(request.segment_requests)
         require(len(requests) > 0, "segment_requests must not be empty")
         require(
@@ -393,42 +452,23 @@ class DataCoord(Role):
         view = self.view()
         for collection_id in sorted({req.collection_id for req in requests}):
             await self._ensure_collection(view, collection_id)
-        async with view.lock:
-            for _attempt in range(COMMIT_ATTEMPTS):
+        fresh: list[int] = []
+        for _attempt in range(COMMIT_ATTEMPTS):
+            need = _new_segments_needed(view, requests, self.max_rows)
+            if need > len(fresh):
+                fresh += await self._new_segment_ids(view, need - len(fresh))
+            async with view.lock:
+                view.store.check()
                 await view.refresh_if_stale()
-                plan, assignments = await self._plan_assignments(view, requests)
+                try:
+                    plan, assignments = _plan_assignments(view, requests, fresh, self.max_rows)
+                except _OutOfIDs:
+                    continue  # the view changed while the IDs were fetched: count again
                 opened = [i for i in plan.changed if i not in view.segments]
                 if await view.commit(list(plan.changed.values())):
                     _log_changes(plan.changed.values(), opened)
                     return AssignSegmentIDResponse(assignments=assignments)
         raise ConcurrentChange("segment metadata kept changing under datacoord; retry")
-
-    async def _plan_assignments(
-        self, view: _View, requests: Sequence[SegmentIDRequest]
-    ) -> tuple[_Plan, list[SegmentIDAssignment]]:
-        plan = _Plan(view)
-        assignments = []
-        for req in requests:
-            key: ChannelKey = (req.collection_id, req.partition_id, req.channel_name)
-            segment = plan.current(key)
-            if segment is not None and segment.num_rows + req.count > segment.max_rows:
-                plan.put(replace(segment, state=Sealed))
-                segment = None
-            if segment is None:
-                segment = Segment(await self._new_segment_id(view), *key, state=Growing, num_rows=0, max_rows=self.max_rows)
-            assignments.append(
-                SegmentIDAssignment(
-                    segment_id=segment.id,
-                    collection_id=req.collection_id,
-                    partition_id=req.partition_id,
-                    channel_name=req.channel_name,
-                    count=req.count,
-                    start_row=segment.num_rows,
-                )
-            )
-            num_rows = segment.num_rows + req.count
-            plan.put(replace(segment, num_rows=num_rows, state=Sealed if num_rows >= segment.max_rows else Growing))
-        return plan, assignments
 
     # -- Flush -----------------------------------------------------------------------------------
 
@@ -440,6 +480,7 @@ class DataCoord(Role):
         await self._ensure_collection(view, collection_id)
         done: list[int] = []  # flushed by this call (across attempts)
         async with view.lock:
+            view.store.check()  # after the waits: this term's view, and still on
             for _attempt in range(COMMIT_ATTEMPTS):
                 await view.refresh_if_stale()
                 segments = view.of_collection(collection_id)
@@ -469,10 +510,12 @@ class DataCoord(Role):
     # -- reads -----------------------------------------------------------------------------------
 
     async def _fresh_view(self) -> _View:
+        """The term's view, re-read first if a write left it stale; checked again after any wait."""
         view = self.view()
         if view.stale:
             async with view.lock:
                 await view.refresh_if_stale()
+            view.store.check()
         return view
 
     async def _lookup(self, segment_ids: Sequence[int]) -> list[Segment]:
@@ -499,4 +542,5 @@ class DataCoord(Role):
         segments = view.of_collection(collection_id)
         if not segments:
             await self._ensure_collection(view, collection_id)
+            view.store.check()  # answered after an await: only while the term is on
         return ShowSegmentsResponse(infos=[s.to_proto() for s in segments])

@@ -17,7 +17,7 @@ import asyncio
 
 import structlog
 
-from coordinators.tso import KeyStore
+from coordinators.bound import BoundStore, GrowingBound
 from session import CorruptValue
 
 log = structlog.get_logger(__name__)
@@ -40,17 +40,17 @@ def parse_id_bound(key: str, raw: bytes) -> int:
 class IDAllocator:
     """One term's ID allocator; :meth:`activate` before use."""
 
-    def __init__(self, store: KeyStore, key: str) -> None:
+    def __init__(self, store: BoundStore, key: str) -> None:
         self.store = store
         self.key = key
         self.next = FIRST_ID
         self.end = FIRST_ID  # exclusive; [next, end) is persisted and not yet handed out
         self._lock = asyncio.Lock()
+        self._saved = GrowingBound(store, key, parse_id_bound)
 
     async def activate(self) -> None:
         """Start at the saved bound: whatever the former term held in memory is skipped."""
-        raw = await self.store.get(self.key)
-        self.next = self.end = max(FIRST_ID, parse_id_bound(self.key, raw) if raw is not None else FIRST_ID)
+        self.next = self.end = max(FIRST_ID, await self._saved.load() or FIRST_ID)
         log.info("ID allocator ready", next=self.next)
 
     async def allocate(self, count: int) -> int:
@@ -60,9 +60,8 @@ class IDAllocator:
         async with self._lock:
             self.store.check()  # after the wait: a former active hands out nothing, even from memory
             while self.end - self.next < count:  # re-checked after the save: nothing else moves `next`
-                end = self.next + max(count, BATCH)
-                await self.store.put(self.key, str(end))
-                self.end = max(self.end, end)
+                # Never below what is saved: a late save of ours that went further is ours to use.
+                self.end = max(self.end, await self._saved.raise_to(self.next + max(count, BATCH)))
             begin = self.next
             self.next += count
             return begin

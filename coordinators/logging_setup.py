@@ -4,7 +4,8 @@ Operators compare our output with Milvus's, line for line, so the text layout is
 ``[2022/09/21 11:58:33.855 +08:00] [INFO] [session/campaign.py:88] ["msg"] [ServerID=19]``.
 Code logs events with fields (``log.info("register ACTIVE service successfully", ServerID=19)``);
 both layouts are renderers over the same event dict. Every line is flushed as it is written,
-because coordinators run under ``nohup ... > /tmp/rootcoord.log 2>&1 &`` and the log is watched live.
+because coordinators run under ``nohup ... > /tmp/rootcoord.log 2>&1 &`` and the log is watched live;
+the writing happens on a thread of its own, so an output that blocks never stalls the event loop.
 
 With ``log.file.rootPath`` set, the same lines go to ``<rootPath>/<role>.log`` instead of stdout,
 rotated by size as Milvus's ``log.file.maxSize`` / ``maxBackups`` do (see ``RotatingLineWriter``).
@@ -12,6 +13,8 @@ rotated by size as Milvus's ``log.file.maxSize`` / ``maxBackups`` do (see ``Rota
 
 from __future__ import annotations
 
+import atexit
+import collections
 import json
 import logging
 import os
@@ -81,7 +84,7 @@ def configure_logging(
         )
     else:
         output = _StreamOutput(stream if stream is not None else sys.stdout)
-    sink = _LineSink(output)
+    sink = _LineSink(output, lambda n: renderer(None, "warning", _dropped_event(n)))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -98,6 +101,25 @@ def configure_logging(
     previous, _current_sink = _current_sink, sink
     if previous is not None:
         previous.close()
+    global _atexit_registered
+    if not _atexit_registered:
+        atexit.register(_close_current)
+        _atexit_registered = True
+
+
+_atexit_registered = False
+
+
+def _close_current() -> None:
+    """At interpreter exit: the lines still queued reach the output (bounded wait)."""
+    if _current_sink is not None:
+        _current_sink.close()
+
+
+def _dropped_event(count: int) -> EventDict:
+    return {"event": "log lines dropped: the log output could not keep up (a full pipe or disk?)",
+            "level": "warning", "pathname": __file__, "lineno": 0, "time": _format_time(time.time()),
+            "dropped": count, "droppedTotal": _dropped_total}
 
 
 def _plain_file_name(file_name: str) -> str:
@@ -131,7 +153,7 @@ def _renderer(fmt: str) -> Renderer:
 
 
 class _Output(Protocol):
-    """Where whole lines go: a stream or a rotating file. Called under the sink's lock."""
+    """Where whole lines go: a stream or a rotating file. Called from the sink's writer thread only."""
 
     def write_line(self, line: str) -> None: ...
 
@@ -162,9 +184,8 @@ class RotatingLineWriter:
     past ``max_bytes`` starts a new file; a line longer than ``max_bytes`` gets a file of its own.
     ``backups=0`` keeps no backup: the file starts over (lumberjack would keep them all instead).
 
-    Each line is one unbuffered ``write`` to a local file (into the page cache: microseconds), made on
-    the calling thread, the event loop included, as zap writes synchronously; a rotation adds at most
-    ``backups`` renames and one open.
+    Each line is one unbuffered ``write`` to a local file, made by the sink's writer thread as soon
+    as the line is logged; a rotation adds at most ``backups`` renames and one open.
     """
 
     def __init__(self, path: Path, max_bytes: int, backups: int, handle: BinaryIO) -> None:
@@ -231,20 +252,90 @@ def _open_append(path: Path) -> BinaryIO:
     return open(path, "ab", buffering=0)
 
 
-class _LineSink:
-    """Writes one rendered line and flushes it; one lock so structlog and stdlib lines never interleave."""
+#: Lines a sink holds for its writer thread before it drops new ones (a few MB at most).
+MAX_PENDING_LINES = 10_000
 
-    def __init__(self, output: _Output) -> None:
+_dropped_total = 0  # every line dropped by any sink of this process (see dropped_lines)
+
+
+def flush_logs(timeout: float = 5.0) -> bool:
+    """Wait until every line logged so far has reached the output (tests; orderly shutdowns)."""
+    return _current_sink.flush(timeout) if _current_sink is not None else True
+
+
+def dropped_lines() -> int:
+    """How many log lines this process dropped because its output could not keep up (a metric)."""
+    return _dropped_total
+
+
+class _LineSink:
+    """Hands each rendered line to a writer thread, which writes and flushes it at once.
+
+    Why a thread: a write can block (``nohup ... > pipe`` with nobody reading, a stalled disk), and
+    a blocked write on the event loop would stop the keep-alives too: the session would be lost for
+    a log line. The loop only appends to a bounded queue; when the output cannot keep up and the
+    queue is full, new lines are dropped and counted (:func:`dropped_lines`), and the output gets
+    one line saying how many once it moves again. Lines keep their order; the writer wakes for
+    each line, so a line reaches the output as it happens, and at exit (:meth:`close`) whatever is
+    queued is written, within a bound.
+    """
+
+    def __init__(self, output: _Output, notice: Callable[[int], str], max_pending: int = MAX_PENDING_LINES) -> None:
         self._output = output
-        self._lock = threading.Lock()
+        self._notice = notice  # the "N lines dropped" line, in the configured layout
+        self._max_pending = max_pending
+        self._pending: collections.deque[str | int] = collections.deque()  # lines, or counts of dropped ones
+        self._dropping = 0
+        self._writing = False
+        self._cond = threading.Condition()
+        self._closed = False
         self._reported = False
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self._thread.start()
 
     def msg(self, line: str) -> None:
-        with self._lock:
-            try:
-                self._output.write_line(line + "\n")
-            except (OSError, ValueError) as exc:  # a closed pipe or a full disk must not take the coordinator down
-                self._report_once(exc)
+        global _dropped_total
+        with self._cond:
+            if self._closed:  # after close (interpreter exit): nobody writes for us any more
+                self._write(line + "\n")
+                return
+            if len(self._pending) >= self._max_pending:
+                self._dropping += 1
+                _dropped_total += 1
+                self._cond.notify()
+                return
+            if self._dropping:
+                self._pending.append(self._dropping)
+                self._dropping = 0
+            self._pending.append(line + "\n")
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()  # flush() waits for an idle writer
+                while not self._pending and not self._dropping and not self._closed:
+                    self._cond.wait()
+                if self._pending:
+                    item: str | int = self._pending.popleft()
+                elif self._dropping:  # the queue drained after drops: say so now, not with the next line
+                    item, self._dropping = self._dropping, 0
+                else:
+                    return
+                self._writing = True
+            self._write(item if isinstance(item, str) else self._notice(item) + "\n")
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every line logged so far is written; False if ``timeout`` passed first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._pending and not self._dropping and not self._writing, timeout)
+
+    def _write(self, text: str) -> None:
+        try:
+            self._output.write_line(text)
+        except (OSError, ValueError) as exc:  # a closed pipe or a full disk must not take the coordinator down
+            self._report_once(exc)
 
     def _report_once(self, exc: Exception) -> None:
         """Say once on stderr that lines are being lost, rather than lose them silently."""
@@ -257,8 +348,15 @@ class _LineSink:
         except (OSError, ValueError):
             pass
 
-    def close(self) -> None:
-        with self._lock:
+    def close(self, timeout: float = 2.0) -> None:
+        """Write what is queued (waiting at most ``timeout`` s for a blocked output), then close it."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            return  # the output is blocked: leave it to the daemon thread, do not hang the exit
+        with self._cond:
             try:
                 self._output.close()
             except OSError:

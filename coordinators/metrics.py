@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 from grpclib.const import Status as GrpcStatus
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from coordinators.logging_setup import dropped_lines
 from coordinators.proto import common_pb2
 from session import SessionObserver, WatchRestart
 
@@ -90,6 +91,12 @@ class _ViewCollector(Collector):
         yield _gauge("server_id", "Server ID of the current session; 0 before the first one is registered",
                      labels, float(view.server_id))
         left = view.time_left if view.time_left is not None and view.session_lost is None else 0.0
+        dropped = CounterMetricFamily(
+            f"{PREFIX}_log_lines_dropped", "Log lines dropped because the log output could not keep up "
+            "(a pipe nobody reads, a stalled disk): the event loop never waits for a write", labels=["role"],
+        )
+        dropped.add_metric(labels, float(dropped_lines()))
+        yield dropped
         yield _gauge(
             "lease_time_left_seconds",
             "Seconds before the session's local deadline (last acknowledged keep-alive sent + TTL - safety margin); "

@@ -175,6 +175,25 @@ def replica_number(requested: int) -> int:
     return requested
 
 
+class _LoadTerm:
+    """Everything querycoord holds during one ACTIVE term: built on activation, dropped at its end.
+
+    Handlers pin the term they started in and check it again after every await: a call whose term
+    ended meanwhile answers "not serving" instead of reading records the next term may have changed.
+    """
+
+    def __init__(self, store: FencedWriter, records: dict[int, LoadRecord]) -> None:
+        self.store = store
+        self.records = records
+        self.lock = asyncio.Lock()
+        self.wake = asyncio.Event()
+        self.loader: asyncio.Task[None] | None = None
+
+    def check(self) -> None:
+        """NotActive (answered UNAVAILABLE "not serving") once this term or its session is over."""
+        self.store.check()
+
+
 class QueryCoord(Role):
     """The querycoord role: load records in memory, mirrored by fenced etcd writes."""
 
@@ -189,10 +208,7 @@ class QueryCoord(Role):
     def __init__(self, ctx: RoleContext) -> None:
         super().__init__(ctx)
         self._prefix = collection_prefix(ctx.meta_root)
-        self._records: dict[int, LoadRecord] = {}
-        self._lock = asyncio.Lock()
-        self._wake = asyncio.Event()
-        self._loader: asyncio.Task[None] | None = None
+        self._term: _LoadTerm | None = None
 
     def service(self) -> object:
         return unary_service(
@@ -219,28 +235,39 @@ class QueryCoord(Role):
                 log.error("skipping an unreadable load record", key=key, error=str(exc))
                 continue
             records[record.collection_id] = record
-        self._records = records
-        self._wake = asyncio.Event()
-        self._wake.set()
-        self._loader = asyncio.create_task(self._run_loader(), name="querycoord-loader")
+        term = _LoadTerm(store, records)
+        term.wake.set()
+        term.loader = asyncio.create_task(self._run_loader(term), name="querycoord-loader")
+        self._term = term
         loading = sum(1 for r in records.values() if r.state == LOADING)
         log.info("querycoord state reloaded", collections=len(records), loading=loading)
 
     async def deactivate(self) -> None:
-        """Stop the loader and forget every record: the next term reloads from etcd."""
+        """Stop the loader and forget the term: the next one reloads from etcd."""
         await super().deactivate()
         await self._stop_loader()
-        self._records = {}
+        self._term = None
 
     async def close(self) -> None:
         await self._stop_loader()
 
     async def _stop_loader(self) -> None:
-        task, self._loader = self._loader, None
+        term = self._term
+        task = term.loader if term is not None else None
+        if term is not None:
+            term.loader = None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    def live(self) -> _LoadTerm:
+        """The current term, checked; NotServing between terms (a call racing a demotion)."""
+        term = self._term
+        if term is None:
+            raise NotServing("StandBy")
+        term.check()
+        return term
 
     # -- RPCs ----------------------------------------------------------------------------------
 
@@ -248,12 +275,14 @@ class QueryCoord(Role):
         """Record the load (persisted before the reply); the loader does the rest."""
         validate_name(req.collection_name)
         replicas = replica_number(req.replica_number)
-        self.store.check()
+        term = self.live()
         collection_id = await self._describe(req.collection_name)
         if collection_id is None:
+            term.check()
             raise NotFound(f"collection {req.collection_name!r} not found")
-        async with self._lock:
-            current = self._records.get(collection_id)
+        async with term.lock:
+            term.check()
+            current = term.records.get(collection_id)
             if current is not None:
                 if current.replica_number != replicas:
                     raise FailedPrecondition(
@@ -262,44 +291,46 @@ class QueryCoord(Role):
                     )
                 return querycoord_pb2.LoadCollectionResponse(collection_id=collection_id)
             record = LoadRecord(collection_id, req.collection_name, replicas)
-            await self._create(record)
-            self._records[collection_id] = record
-        self._wake.set()
+            await self._create(term, record)
+            term.records[collection_id] = record
+        term.wake.set()
         log.info("collection load requested", collection=req.collection_name, collectionID=collection_id, replicas=replicas)
         return querycoord_pb2.LoadCollectionResponse(collection_id=collection_id)
 
     async def release_collection(self, req: querycoord_pb2.ReleaseCollectionRequest) -> querycoord_pb2.ReleaseCollectionResponse:
         """Drop the load record; a collection rootcoord no longer knows is released by name."""
         validate_name(req.collection_name)
-        self.store.check()
+        term = self.live()
         collection_id = await self._describe(req.collection_name)
-        async with self._lock:
+        async with term.lock:
+            term.check()  # the records below are this term's, and it is still on
             if collection_id is not None:
-                ids = [collection_id] if collection_id in self._records else []
+                ids = [collection_id] if collection_id in term.records else []
             else:  # dropped in rootcoord: forget what is left of it under that name
-                ids = [r.collection_id for r in self._records.values() if r.collection_name == req.collection_name]
+                ids = [r.collection_id for r in term.records.values() if r.collection_name == req.collection_name]
             if ids:  # one txn, however many records
-                await self.store.txn([], [op_delete(self._key(cid)) for cid in ids])
+                await term.store.txn([], [op_delete(self._key(cid)) for cid in ids])
             for cid in ids:
-                del self._records[cid]
+                del term.records[cid]
         if ids:
             log.info("collection released", collection=req.collection_name, collectionIDs=ids)
         return querycoord_pb2.ReleaseCollectionResponse()
 
     async def show_collections(self, req: querycoord_pb2.ShowCollectionsRequest) -> querycoord_pb2.ShowCollectionsResponse:
         """Every loaded or loading collection, by ID."""
-        self.store.check()
-        records = sorted(self._records.values(), key=lambda r: r.collection_id)
+        term = self.live()
+        records = sorted(term.records.values(), key=lambda r: r.collection_id)
         return querycoord_pb2.ShowCollectionsResponse(collections=[r.to_proto() for r in records])
 
     async def get_load_state(self, req: querycoord_pb2.GetLoadStateRequest) -> querycoord_pb2.GetLoadStateResponse:
         """NotExist (rootcoord does not know it), NotLoad, Loading with progress, or Loaded."""
         validate_name(req.collection_name)
-        self.store.check()
+        term = self.live()
         collection_id = await self._describe(req.collection_name)
+        term.check()  # after the await: answer from this term's records only while it is on
         if collection_id is None:
             return querycoord_pb2.GetLoadStateResponse(state=querycoord_pb2.LoadStateNotExist)
-        record = self._records.get(collection_id)
+        record = term.records.get(collection_id)
         if record is None:
             return querycoord_pb2.GetLoadStateResponse(state=querycoord_pb2.LoadStateNotLoad)
         return querycoord_pb2.GetLoadStateResponse(state=_STATE_ENUM[record.state], progress=record.progress)
@@ -343,31 +374,31 @@ class QueryCoord(Role):
     def _key(self, collection_id: int) -> str:
         return f"{self._prefix}{collection_id}"
 
-    async def _create(self, record: LoadRecord) -> None:
+    async def _create(self, term: _LoadTerm, record: LoadRecord) -> None:
         """Persist a new record; refuses to overwrite one (memory and etcd disagree otherwise)."""
         key = self._key(record.collection_id)
-        resp = await self.store.txn([cmp_version(key, 0)], [op_put(key, record.to_json())])
+        resp = await term.store.txn([cmp_version(key, 0)], [op_put(key, record.to_json())])
         if not resp.succeeded:
             raise Unavailable(f"load record {key} exists in etcd but not in memory: retry")
 
-    async def _update(self, record: LoadRecord) -> None:
+    async def _update(self, term: _LoadTerm, record: LoadRecord) -> None:
         """Persist a changed record, only if it still exists (a release may not be undone)."""
         key = self._key(record.collection_id)
-        resp = await self.store.txn([cmp_version(key, 0, result=GREATER)], [op_put(key, record.to_json())])
+        resp = await term.store.txn([cmp_version(key, 0, result=GREATER)], [op_put(key, record.to_json())])
         if not resp.succeeded:
             raise _Released(record.collection_id)
 
     # -- the loader ----------------------------------------------------------------------------
 
-    async def _run_loader(self) -> None:
-        """Load every Loading collection, one after another, until the term ends."""
+    async def _run_loader(self, term: _LoadTerm) -> None:
+        """Load every Loading collection of ``term``, one after another, until the term ends."""
         backoff = self.RETRY_MIN
         while True:
-            self._wake.clear()
+            term.wake.clear()
             failed = False
-            for record in [r for r in self._records.values() if r.state == LOADING]:
+            for record in [r for r in term.records.values() if r.state == LOADING]:
                 try:
-                    await self._load(record)
+                    await self._load(term, record)
                 except (NotActive, NotServing):
                     return  # the term is over: deactivate() cancels us
                 except _Released:
@@ -382,42 +413,43 @@ class QueryCoord(Role):
             if failed:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(backoff):
-                        await self._wake.wait()
+                        await term.wake.wait()
                 backoff = min(backoff * 2, self.RETRY_MAX)
             else:
                 backoff = self.RETRY_MIN
-                if not any(r.state == LOADING for r in self._records.values()):
-                    await self._wake.wait()
+                if not any(r.state == LOADING for r in term.records.values()):
+                    await term.wake.wait()
 
-    async def _load(self, record: LoadRecord) -> None:
+    async def _load(self, term: _LoadTerm, record: LoadRecord) -> None:
         """Fix the target (once) and mark its segments loaded batch by batch, each batch persisted."""
         target = record.target_segment_ids
         if target is None:
             target = await self._flushed_segments(record.collection_id)
         if not target:
-            await self._apply(record, replace(record, state=LOADED, progress=100, target_segment_ids=(), loaded_segment_ids=()))
+            await self._apply(term, record, replace(record, state=LOADED, progress=100, target_segment_ids=(),
+                                                    loaded_segment_ids=()))
             log.info("collection loaded", collection=record.collection_name, collectionID=record.collection_id, segments=0)
             return
         done = set(record.loaded_segment_ids)
         remaining = [s for s in target if s not in done]
         if not remaining:  # all loaded but not yet marked so (e.g. a crash between writes)
-            await self._apply(record, record.with_loaded(target, ()))
+            await self._apply(term, record, record.with_loaded(target, ()))
             return
         for start in range(0, len(remaining), self.LOAD_BATCH_SIZE):
             if self.LOAD_BATCH_PAUSE:
                 await asyncio.sleep(self.LOAD_BATCH_PAUSE)
             batch = remaining[start : start + self.LOAD_BATCH_SIZE]
-            record = await self._apply(record, record.with_loaded(target, batch))
+            record = await self._apply(term, record, record.with_loaded(target, batch))
         log.info("collection loaded", collection=record.collection_name, collectionID=record.collection_id,
                  segments=len(target))
 
-    async def _apply(self, old: LoadRecord, new: LoadRecord) -> LoadRecord:
+    async def _apply(self, term: _LoadTerm, old: LoadRecord, new: LoadRecord) -> LoadRecord:
         """Persist ``new`` in place of ``old`` unless the collection was released or reloaded meanwhile."""
-        async with self._lock:
-            if self._records.get(old.collection_id) is not old:
+        async with term.lock:
+            if term.records.get(old.collection_id) is not old:
                 raise _Released(old.collection_id)
-            await self._update(new)
-            self._records[new.collection_id] = new
+            await self._update(term, new)
+            term.records[new.collection_id] = new
         return new
 
 

@@ -16,6 +16,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
+from coordinators.deadline import caller_deadline
 from session import CorruptValue, EtcdUnavailable, NotActive, SessionError
 
 log = structlog.get_logger(__name__)
@@ -65,7 +66,8 @@ async def unary(stream: Stream[Req, Rep], handle: Callable[[Req], Awaitable[Rep]
     if request is None:
         raise GRPCError(Status.INVALID_ARGUMENT, "empty request")
     try:
-        reply = await handle(request)
+        with caller_deadline(stream.deadline.time_remaining() if stream.deadline is not None else None):
+            reply = await handle(request)
     except RpcError as exc:
         raise GRPCError(exc.status, exc.message) from exc
     except NotActive as exc:

@@ -6,6 +6,7 @@ any waiting at takeover:
 
 - The oracle persists an *upper bound* on the physical part it may hand out, at
   ``{kv_root}/tso/timestamp``, and never hands out a timestamp whose physical part reaches it.
+  Saves only ever raise it (:mod:`coordinators.bound`), even when an old save is applied late.
 - A new term reads the last saved bound ``last``, starts at ``physical = max(now, last + 1)`` and
   saves ``physical + 3000`` (fenced) before serving anything. Every timestamp of every former
   term is below ``last``, so the new term's are above all of them, even if the clock went back.
@@ -28,10 +29,9 @@ import contextlib
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Protocol
-
 import structlog
 
+from coordinators.bound import BoundStore, GrowingBound
 from session import CorruptValue, EtcdUnavailable, NotActive
 
 log = structlog.get_logger(__name__)
@@ -42,16 +42,6 @@ SAVE_WINDOW_MS = 3000  # how far ahead of the physical part each saved bound rea
 EXTEND_MARGIN_MS = 1000  # extend on demand once the physical part is this close to the bound
 KEEP_AHEAD_MS = 2000  # the background task extends when less than this is left
 UPDATE_INTERVAL_S = 0.5  # how often the background task looks
-
-
-class KeyStore(Protocol):
-    """What the oracle needs from the term's fenced writer (a fake in unit tests)."""
-
-    def check(self) -> None: ...
-
-    async def get(self, key: str, *, timeout: float | None = None) -> bytes | None: ...
-
-    async def put(self, key: str, value: bytes | str, *, lease: int = 0, timeout: float | None = None) -> int: ...
 
 
 def compose(physical_ms: int, logical: int) -> int:
@@ -89,20 +79,20 @@ def parse_bound(key: str, raw: bytes) -> int:
 class TimestampOracle:
     """One term's oracle. Build it, :meth:`activate`, :meth:`start`; :meth:`stop` at the term's end."""
 
-    def __init__(self, store: KeyStore, key: str, *, clock: Callable[[], int] = wall_clock_ms) -> None:
+    def __init__(self, store: BoundStore, key: str, *, clock: Callable[[], int] = wall_clock_ms) -> None:
         self.store = store
         self.key = key
         self.clock = clock
         self.physical = 0
         self.logical = 0
         self.bound = 0  # the saved upper bound (exclusive) on the physical part
+        self._saved = GrowingBound(store, key, parse_bound)
         self._save_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     async def activate(self) -> None:
         """Start the term above every former term's bound; save the new bound before serving."""
-        raw = await self.store.get(self.key)
-        last = parse_bound(self.key, raw) if raw is not None else 0
+        last = await self._saved.load() or 0
         self.physical = max(self.clock(), last + 1)
         self.logical = 0
         await self._save(self.physical + SAVE_WINDOW_MS)
@@ -165,11 +155,10 @@ class TimestampOracle:
         await self._save(max(self.clock(), self.physical) + SAVE_WINDOW_MS)
 
     async def _save(self, bound: int) -> None:
-        """Fenced save; the in-memory bound moves only once etcd has it."""
+        """Fenced save that never lowers the saved bound; the in-memory bound moves only once etcd has it."""
         if bound <= self.bound:
             return
-        await self.store.put(self.key, str(bound))
-        self.bound = bound
+        self.bound = await self._saved.raise_to(bound)
 
     async def _keep_ahead(self) -> None:
         """Every 0.5 s: extend when less than 2 s is left. Ends with the term."""

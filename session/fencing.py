@@ -14,7 +14,7 @@ from etcd3aio._protobuf import Compare, RequestOp, TxnResponse
 
 from session.campaign import Term
 from session.errors import NotActive, SessionLost
-from session.etcd import cmp_create_revision, cmp_lease, op_delete, op_get, op_put, op_txn
+from session.etcd import cmp_create_revision, cmp_lease, cmp_mod_revision, op_delete, op_get, op_put, op_txn
 from session.lease import LeaseSession
 
 
@@ -74,9 +74,26 @@ class FencedWriter:
 
     async def get(self, key: str, *, timeout: float | None = None) -> bytes | None:
         """Read one key (while the term lasts); None when absent."""
+        return (await self.get_kv(key, timeout=timeout))[0]
+
+    async def get_kv(self, key: str, *, timeout: float | None = None) -> tuple[bytes | None, int]:
+        """Read one key (while the term lasts): its value (None when absent) and mod revision (0 then)."""
         self.check()
         resp = await self.etcd.get(key, timeout=timeout)
-        return bytes(resp.kvs[0].value) if resp.kvs else None
+        return (bytes(resp.kvs[0].value), int(resp.kvs[0].mod_revision)) if resp.kvs else (None, 0)
+
+    async def put_if_unchanged(
+        self, key: str, value: bytes, mod_revision: int, *, timeout: float | None = None
+    ) -> tuple[bool, bytes | None, int]:
+        """Fenced put, only if ``key`` was not written since ``mod_revision`` (0: only if absent).
+
+        Returns ``(saved, value now, mod revision now)``: after a refusal, what the key holds instead.
+        """
+        resp = await self.txn([cmp_mod_revision(key, mod_revision)], [op_put(key, value)], [op_get(key)], timeout=timeout)
+        if resp.succeeded:
+            return True, value, int(resp.header.revision)
+        kvs = resp.responses[0].response_range.kvs
+        return False, (bytes(kvs[0].value) if kvs else None), (int(kvs[0].mod_revision) if kvs else 0)
 
     async def scan(self, prefix: str, *, page: int = 500) -> AsyncIterator[tuple[str, bytes]]:
         """Read every key under ``prefix`` in pages, at one revision (a role's reload on activation)."""

@@ -397,3 +397,64 @@ async def test_reload_of_10k_segments(etcd: EtcdCluster, etcd_prefix: str) -> No
         assert list(reply.already_flushed_segment_ids) == list(range(201, 10_001))
         assert await c.flush_state(*range(1, 10_001))
         assert process.state == common_pb2.Healthy
+
+
+# --------------------------------------------------------------------------- terms, deadlines, rootcoord outages
+
+
+class SteppedClock:
+    """A deadline clock a test can move forward at once (a machine suspended and resumed)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+
+async def test_reads_are_refused_once_the_local_deadline_passed(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    """GetSegmentInfo, GetFlushState and ShowSegments answered from memory with the deadline past (before
+    the fix): now every read checks the term and the session deadline first."""
+    clock = SteppedClock()
+    async with DataCluster(etcd, etcd_prefix, ttl=TTL, env={"DATA_COORD_SEGMENT_MAX_ROWS": str(MAX_ROWS)}) as c:
+        await c.start("rootcoord")
+        member = await c.start("datacoord", clock=clock)
+        coll = await c.create_collection("reads")
+        [assigned] = await c.assign((coll, 0, "ch", 5))
+        assert [s.id for s in await c.info(assigned.segment_id)] == [assigned.segment_id]
+        assert member.session is not None
+        await member.session._stop_tasks()  # no keep-alive, no deadline watchdog: nothing demotes it
+        clock.offset = TTL + 1.0  # its deadline is past (etcd may have expired the lease already)
+        assert member.state == common_pb2.Healthy
+        with member_stub(member) as stub:
+            for call in (
+                stub.GetSegmentInfo(pb.GetSegmentInfoRequest(segment_ids=[assigned.segment_id]), timeout=5),
+                stub.GetFlushState(pb.GetFlushStateRequest(segment_ids=[assigned.segment_id]), timeout=5),
+                stub.ShowSegments(pb.ShowSegmentsRequest(collection_id=coll), timeout=5),
+            ):
+                await expect_status(Status.UNAVAILABLE, call, "not serving")
+
+
+async def test_a_rootcoord_outage_holds_up_only_the_calls_that_need_a_new_segment(
+    etcd: EtcdCluster, etcd_prefix: str
+) -> None:
+    """IDs are fetched before the view's lock (before the fix the lock was held across AllocID and its
+    whole failover budget), and the inner call ends with the caller's deadline."""
+    async with cluster(etcd, etcd_prefix) as c:
+        coll = await c.create_collection("outage")
+        [first] = await c.assign((coll, 0, "room", 10))  # a Growing segment with 90 rows of room
+        root, member = c.processes[0], c.processes[1]
+        await c.stop(root)  # no rootcoord at all now: AllocID cannot be answered
+        with member_stub(member) as stub:
+            needs_id = asyncio.create_task(stub.AssignSegmentID(pb.AssignSegmentIDRequest(
+                segment_requests=[pb.SegmentIDRequest(collection_id=coll, channel_name="new", count=1)]), timeout=1.5))
+            await wait_until(lambda: member.server.in_flight == 1, timeout=5)
+            t0 = time.monotonic()
+            [more] = await c.assign((coll, 0, "room", 10))  # fits in the Growing segment: no ID needed
+            assert more.segment_id == first.segment_id and more.start_row == 10
+            assert [s.num_rows for s in await c.info(first.segment_id)] == [20]
+            assert time.monotonic() - t0 < 1.0, "a call that needs no new ID waited behind one that does"
+            # The inner AllocID gave up with the caller's deadline (not after its own failover budget, TTL
+            # + 10 s), early enough for the handler to say why instead of being cut off.
+            await expect_status(Status.UNAVAILABLE, needs_id, "rootcoord unavailable")
+        assert member.server.in_flight == 0

@@ -326,3 +326,65 @@ async def test_garbage_left_at_the_active_key_after_the_active_stopped_is_waited
     with capture_logs() as logs:
         standby = await cluster.start(ROLE, expect=StandBy)
         await _waits_out_the_garbage_then_takes_over(cluster, standby, logs)
+
+
+# -- terms that end while activating, and terms that must never be recovered ---------------------
+
+
+async def test_a_term_that_ends_during_activation_never_serves_and_a_new_term_follows(
+    cluster: InProcCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the fix the reload ran to its end and the member turned Healthy with the ended term."""
+    from coordinators.rootcoord import RootCoord
+
+    reloading, go = asyncio.Event(), asyncio.Event()
+    original = RootCoord.activate
+
+    async def slow_activate(self: RootCoord, store: object) -> None:
+        reloading.set()
+        await go.wait()
+        await original(self, store)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RootCoord, "activate", slow_activate)
+    member = await cluster.start(ROLE, expect=None)
+    await asyncio.wait_for(reloading.wait(), 5)
+    first_epoch = member.epoch
+    assert member.state != Healthy and first_epoch > 0
+    reloading.clear()
+    await cluster.etcd.delete(active_key(cluster))  # the term ends mid-reload
+    await wait_until(lambda: reloading.is_set(), timeout=5)  # the member campaigned again and reloads anew
+    assert member.epoch > first_epoch, "the ended term's activation was not abandoned"
+    monkeypatch.setattr(RootCoord, "activate", original)
+    go.set()
+    await cluster.wait_state(member, Healthy)
+    kv, _holder = await holder_of(cluster)
+    assert member.epoch == kv.create_revision > first_epoch
+
+
+async def test_a_distrusted_term_whose_resign_failed_is_never_recovered(
+    cluster: InProcCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stalled loop distrusts the term; with its resign failing, the member used to campaign on the same
+    session and recover the same epoch (the claim's recovery path). Now it gives the session up."""
+    from session import Campaign, EtcdUnavailable
+
+    member = await cluster.start(ROLE)
+    session, epoch = member.session, member.epoch
+    assert session is not None
+
+    async def failing_resign(self: Campaign, term: object, *, timeout: float | None = None) -> bool:
+        raise EtcdUnavailable("etcd resign: no answer in time (injected)")
+
+    monkeypatch.setattr(Campaign, "resign", failing_resign)
+    served_epochs: set[int] = set()
+    member._on_loop_stall(1.0, 0.3)  # what the watchdog does after a stall longer than the margin
+    await wait_until(lambda: member.state != Healthy, timeout=2)  # demoted
+    deadline = time.monotonic() + 10
+    while not (member.state == Healthy and member.epoch != epoch):
+        if member.state == Healthy:
+            served_epochs.add(member.epoch)
+        assert time.monotonic() < deadline, "no new term"
+        await asyncio.sleep(0.005)
+    assert epoch not in served_epochs, "the distrusted term served again"
+    assert member.session is not session and session.lost.is_set()  # a new session, a new server ID
+    assert member.server_id != session.server_id and member.epoch > epoch

@@ -20,7 +20,7 @@ import pytest
 import structlog
 
 from coordinators.config import LogFileConfig
-from coordinators.logging_setup import LogSetupError, RotatingLineWriter, configure_logging
+from coordinators.logging_setup import LogSetupError, RotatingLineWriter, configure_logging, flush_logs
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 log = structlog.get_logger(__name__)
@@ -39,8 +39,17 @@ def restore_logging() -> Iterator[None]:
     root.setLevel(level)
 
 
+class Captured(io.StringIO):
+    """A stream for the logs whose value is read once every line logged so far was written
+    (lines are written by the sink's writer thread)."""
+
+    def getvalue(self) -> str:
+        assert flush_logs(), "the log writer did not catch up"
+        return super().getvalue()
+
+
 def capture(level: str = "info", fmt: str = "text") -> io.StringIO:
-    stream = io.StringIO()
+    stream = Captured()
     configure_logging(level, fmt, stream)
     return stream
 
@@ -201,7 +210,7 @@ CHILD = """
 import sys
 import structlog
 from coordinators.config import LogFileConfig
-from coordinators.logging_setup import LogSetupError, RotatingLineWriter, configure_logging
+from coordinators.logging_setup import LogSetupError, RotatingLineWriter, configure_logging, flush_logs
 
 configure_logging()
 log = structlog.get_logger("child")
@@ -342,9 +351,11 @@ def test_file_gets_the_stdout_layout_and_stdout_nothing(
 
     configure_logging("info", fmt)  # stdout, the default
     emit()
+    assert flush_logs()
     on_stdout = capsys.readouterr().out
     configure_logging("info", fmt, file=file_config(tmp_path / "logs"), file_name="rootcoord-standby.log")
     emit()
+    assert flush_logs()
     assert capsys.readouterr().out == ""
     in_file = (tmp_path / "logs" / "rootcoord-standby.log").read_text()
     assert on_stdout.count("\n") >= 3
@@ -357,6 +368,7 @@ def test_configure_logging_rotates_by_max_size_in_mb(tmp_path: Path) -> None:
     configure_logging(file=file_config(tmp_path, max_size_mb=size_mb, max_backups=3), file_name="datacoord.log")
     for n in range(60):
         log.info("serverName: datacoord is in STANDBY ...", n=n)
+    assert flush_logs()
     files = files_of(tmp_path / "datacoord.log")
     assert [f.name for f in files] == ["datacoord.log.3", "datacoord.log.2", "datacoord.log.1", "datacoord.log"]
     numbers = []
@@ -373,6 +385,7 @@ def test_configure_logging_rotates_by_max_size_in_mb(tmp_path: Path) -> None:
 def test_empty_root_path_keeps_stdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging(file=LogFileConfig(root_path="", max_size_mb=300, max_backups=20), file_name="x.log")
     log.info("to stdout")
+    assert flush_logs()
     assert '["to stdout"]' in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []
 
@@ -388,6 +401,7 @@ def test_reconfigure_closes_the_previous_file(tmp_path: Path) -> None:
     assert str(tmp_path / "a" / "rootcoord.log") in open_fds()
     configure_logging(file=file_config(tmp_path / "b"), file_name="rootcoord.log")
     log.info("second")
+    assert flush_logs()
     assert str(tmp_path / "a" / "rootcoord.log") not in open_fds()
     assert "first" in (tmp_path / "a" / "rootcoord.log").read_text()
     assert "second" in (tmp_path / "b" / "rootcoord.log").read_text()
@@ -461,3 +475,43 @@ def test_child_process_file_lines_arrive_before_exit(tmp_path: Path) -> None:
     finally:
         child.kill()
         child.wait()
+
+
+class _BlockingOutput:
+    """An output whose writes wait for :attr:`go`, as a pipe nobody reads does."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.go = threading.Event()
+        self.lines: list[str] = []
+
+    def write_line(self, line: str) -> None:
+        self.go.wait(10)
+        self.lines.append(line)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_blocked_output_never_blocks_the_caller_drops_past_the_bound_and_says_how_many() -> None:
+    from coordinators import logging_setup
+
+    output = _BlockingOutput()
+    sink = logging_setup._LineSink(output, lambda n: f"{n} lines dropped", max_pending=5)
+    before = logging_setup.dropped_lines()
+    t0 = time.monotonic()
+    for n in range(20):
+        sink.msg(f"line {n}")
+    assert time.monotonic() - t0 < 0.5  # the caller (the event loop) never waited for the output
+    output.go.set()
+    assert sink.flush(5)
+    sink.msg("line 20")
+    assert sink.flush(5)
+    # Five lines waited in the queue (a sixth, if the writer had taken line 0 before it blocked);
+    # the rest were dropped, and the output says how many as soon as it moves again.
+    dropped = logging_setup.dropped_lines() - before
+    kept = [f"line {n}\n" for n in range(20 - dropped)]
+    assert output.lines == [*kept, f"{dropped} lines dropped\n", "line 20\n"], output.lines
+    assert dropped in (14, 15)
+    sink.close()

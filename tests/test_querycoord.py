@@ -376,3 +376,44 @@ async def test_cli_load_show_load_state_release(trio: QueryCluster) -> None:
 
     code, out, err, _ = await run_cli(["querycoord", "load", "ghost"], env)
     assert code == 2 and out == "" and "NOT_FOUND" in err and "ghost" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- calls in flight across a demotion
+
+
+async def test_release_and_load_state_in_flight_across_a_demotion_answer_not_serving_and_change_nothing(
+    trio: QueryCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler that awaits rootcoord while its term ends must not answer from the next term's (or no)
+    state: before the fix the release found no records (the demotion had emptied them), wrote nothing and
+    answered success; GetLoadState answered NotLoad."""
+    cid = await trio.create_collection("books")
+    await trio.load("books")
+    await trio.wait_loaded("books")
+    [member] = [p for p in trio.processes if p.role == "querycoord"]
+    impl = member.role_impl
+    assert isinstance(impl, QueryCoord)
+    entered, go = asyncio.Event(), asyncio.Event()
+    describe = impl._describe
+
+    async def slow_describe(name: str) -> int | None:
+        entered.set()
+        await go.wait()
+        return await describe(name)
+
+    monkeypatch.setattr(impl, "_describe", slow_describe)
+    old_epoch = member.epoch
+    with member_stub(member) as stub:
+        release = asyncio.create_task(stub.ReleaseCollection(Q.ReleaseCollectionRequest(collection_name="books"), timeout=10))
+        state = asyncio.create_task(stub.GetLoadState(Q.GetLoadStateRequest(collection_name="books"), timeout=10))
+        await asyncio.wait_for(entered.wait(), 5)
+        await trio.etcd.delete(f"{trio.meta_root}/session/querycoord")  # the term ends mid-call
+        await wait_until(lambda: member.epoch not in (0, old_epoch), timeout=5)  # demoted, and won a new term
+        go.set()
+        for call in (release, state):
+            error = await grpc_error(call)
+            assert error.status == Status.UNAVAILABLE and "not serving" in (error.message or ""), error
+    assert await trio.record(cid) is not None, "the release was not acknowledged, so nothing was deleted"
+    monkeypatch.undo()
+    await trio.release("books")  # retried, it lands in the new term
+    assert await trio.record(cid) is None and await trio.state("books") == (Q.LoadStateNotLoad, 0)

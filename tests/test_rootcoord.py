@@ -35,9 +35,9 @@ from coordinators.tso import MAX_LOGICAL, SAVE_WINDOW_MS, TimestampOracle, compo
 from etcd_server import EtcdCluster, free_port
 from inproc import InProcCluster, create, expect_status, member_stub, role_impl, schema
 from procs import MilvusProcess, clean_env, run_cli
-from session import CorruptValue, Etcd, NotActive
+from session import Campaign, CorruptValue, Etcd, EtcdUnavailable, FencedWriter, NotActive
 from session.etcd import op_put
-from session_helpers import wait_until
+from session_helpers import connected, new_session, wait_until
 
 log = structlog.get_logger(__name__)
 
@@ -50,27 +50,32 @@ GID_KEY = "kv/gid/idTimestamp"
 
 
 class FakeStore:
-    """The slice of FencedWriter the oracle and the allocator use, in memory."""
+    """The slice of FencedWriter the oracle and the allocator use (:class:`coordinators.bound.BoundStore`), in memory."""
 
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
+        self.mods: dict[str, int] = {}
         self.active = True
         self.puts = 0
+        self.revision = 0
 
     def check(self) -> None:
         if not self.active:
             raise NotActive("term over")
 
-    async def get(self, key: str, *, timeout: float | None = None) -> bytes | None:
+    async def get_kv(self, key: str) -> tuple[bytes | None, int]:
         self.check()
-        return self.data.get(key)
+        return self.data.get(key), self.mods.get(key, 0)
 
-    async def put(self, key: str, value: bytes | str, *, lease: int = 0, timeout: float | None = None) -> int:
+    async def put_if_unchanged(self, key: str, value: bytes, mod_revision: int) -> tuple[bool, bytes | None, int]:
         self.check()
         await asyncio.sleep(0)  # a real save yields: let concurrent callers interleave
-        self.data[key] = value.encode() if isinstance(value, str) else value
+        if self.mods.get(key, 0) != mod_revision:
+            return False, self.data.get(key), self.mods.get(key, 0)
+        self.revision += 1
+        self.data[key], self.mods[key] = value, self.revision
         self.puts += 1
-        return self.puts
+        return True, value, self.revision
 
 
 class FakeClock:
@@ -649,3 +654,66 @@ async def test_cli_actions(cluster: InProcCluster) -> None:
     code, out, err, _ = await console
     assert code == 0, err
     assert json.loads(out)["timestamp"] > 0
+
+
+# =========================================================================== saved bounds never shrink
+
+
+class LateSaves(FencedWriter):
+    """A term's writer whose next save times out for the caller, yet reaches etcd later (after the saves
+    that followed it), as a txn whose reply was lost can."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.hold_next = False
+        self.held: list[tuple[str, bytes, int]] = []
+
+    async def put_if_unchanged(
+        self, key: str, value: bytes, mod_revision: int, *, timeout: float | None = None
+    ) -> tuple[bool, bytes | None, int]:
+        if self.hold_next:
+            self.hold_next = False
+            self.held.append((key, value, mod_revision))
+            raise EtcdUnavailable("etcd txn: no answer in time (injected: the txn is applied later)")
+        return await super().put_if_unchanged(key, value, mod_revision, timeout=timeout)
+
+    async def apply_late(self) -> None:
+        for key, value, mod in self.held:
+            await super().put_if_unchanged(key, value, mod)
+
+
+async def test_a_save_applied_late_never_lowers_the_id_or_timestamp_bound(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    async with connected(etcd.endpoints) as etcd_:
+        session = new_session(etcd_, etcd_prefix, ttl=5)
+        await session.open()
+        try:
+            term = await Campaign(session).try_claim()
+            assert term is not None
+            writer = LateSaves(session, term)
+            ids = IDAllocator(writer, f"{etcd_prefix}/kv/gid/idTimestamp")
+            await ids.activate()
+            await ids.allocate(1)
+            writer.hold_next = True
+            with pytest.raises(EtcdUnavailable):
+                await ids.allocate(20_000)  # its save (a lower bound) will land late
+            begin = await ids.allocate(30_000)  # saved and handed out: [begin, begin + 30000)
+            await writer.apply_late()
+            successor = IDAllocator(writer, f"{etcd_prefix}/kv/gid/idTimestamp")
+            await successor.activate()
+            assert successor.next >= begin + 30_000, "a late save lowered the ID bound: IDs would repeat"
+
+            clock = FakeClock(NOW)
+            oracle = TimestampOracle(writer, f"{etcd_prefix}/kv/tso/timestamp", clock=clock)
+            await oracle.activate()
+            clock.now = NOW + 10_000
+            writer.hold_next = True
+            with pytest.raises(EtcdUnavailable):
+                await oracle.allocate(1)  # needs a new bound (NOW + 13 s): it lands late
+            clock.now = NOW + 20_000
+            last = await oracle.allocate(1)  # bound NOW + 23 s saved, a timestamp at NOW + 20 s handed out
+            await writer.apply_late()
+            after = TimestampOracle(writer, f"{etcd_prefix}/kv/tso/timestamp", clock=FakeClock(NOW))
+            await after.activate()
+            assert await after.allocate(1) > last, "a late save lowered the timestamp bound: time went back"
+        finally:
+            await session.close()

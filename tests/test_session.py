@@ -371,3 +371,48 @@ async def test_fenced_write_refused_once_the_active_key_is_off_our_lease(etcd: E
             await writer.put(f"{etcd_prefix}/kv/a", b"2")
         assert (await etcd_.get(f"{etcd_prefix}/kv/a")).kvs[0].value == b"1"
         await session.close()
+
+
+# -- the deadline clock ------------------------------------------------------------------------
+
+
+def test_deadlines_are_on_clock_boottime_which_counts_suspended_time() -> None:
+    """CLOCK_MONOTONIC stops while the machine is suspended; etcd's clock does not."""
+    from session.clock import deadline_clock
+    from session.lease import LeaseSession
+
+    assert hasattr(time, "CLOCK_BOOTTIME"), "Linux has CLOCK_BOOTTIME"
+    boottime = time.clock_gettime(time.CLOCK_BOOTTIME)
+    assert abs(deadline_clock() - boottime) < 0.05
+    import inspect
+
+    assert inspect.signature(LeaseSession).parameters["clock"].default is deadline_clock
+
+
+async def test_a_resumed_member_knows_at_once_that_its_deadline_passed(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    """A machine suspended past the deadline, then resumed: the first thing the member checks (before
+    any of its tasks has run) says the session and the term are over, so nothing is served from memory."""
+    suspended = 0.0
+
+    def clock() -> float:  # CLOCK_BOOTTIME as the member sees it: real time plus the time it was suspended
+        return time.monotonic() + suspended
+
+    async with connected(etcd.endpoints) as etcd_:
+        session = new_session(etcd_, etcd_prefix, ttl=3)
+        session.clock = clock
+        await session.open()
+        try:
+            term = await Campaign(session).try_claim()
+            assert term is not None
+            writer = FencedWriter(session, term)
+            writer.check()
+            assert 2.0 < session.time_left() < 3.0
+            suspended = 3.0  # resumed after 3 s asleep: no task of the session has run since
+            assert session.time_left() < 0
+            with pytest.raises(NotActive, match="session lost: local deadline passed"):
+                writer.check()
+            with pytest.raises(SessionLost):
+                session.ensure_alive()
+            assert not term.active
+        finally:
+            await session.close()

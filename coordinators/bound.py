@@ -1,0 +1,57 @@
+"""A saved upper bound that only ever grows: the timestamp oracle's and the ID allocator's.
+
+Why not a plain put: a put whose reply was lost (a timeout) may still be applied later, after the
+put that followed it. With plain puts the bound would then go *down* to the older value, and a
+later term could hand out timestamps or IDs again. Here every save is a txn comparing the key's mod
+revision with the last one this term read or wrote: a late, older save finds the key changed and
+is not applied; a save that finds it changed re-reads it and retries above what it found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+__all__ = ["BoundStore", "GrowingBound"]
+
+
+class BoundStore(Protocol):
+    """What a bound needs from the term's fenced writer (a fake in unit tests)."""
+
+    def check(self) -> None: ...
+
+    async def get_kv(self, key: str) -> tuple[bytes | None, int]: ...
+
+    async def put_if_unchanged(self, key: str, value: bytes, mod_revision: int) -> tuple[bool, bytes | None, int]: ...
+
+
+class GrowingBound:
+    """The bound at ``key`` as this term last saw it; :meth:`load` first, then :meth:`raise_to`.
+
+    :param parse: the stored bytes -> the bound (raises CorruptValue for garbage).
+    """
+
+    def __init__(self, store: BoundStore, key: str, parse: Callable[[str, bytes], int]) -> None:
+        self.store = store
+        self.key = key
+        self.parse = parse
+        self.value: int | None = None  #: None: no bound saved yet
+        self._mod = 0  # the key's mod revision as last seen (0: absent)
+
+    async def load(self) -> int | None:
+        """Read the saved bound (None when there is none)."""
+        raw, self._mod = await self.store.get_kv(self.key)
+        self.value = None if raw is None else self.parse(self.key, raw)
+        return self.value
+
+    async def raise_to(self, value: int) -> int:
+        """Save ``value`` unless the saved bound is already higher; returns the bound now saved (>= value)."""
+        while True:
+            if self.value is not None and self.value >= value:
+                return self.value
+            saved, raw, self._mod = await self.store.put_if_unchanged(self.key, str(value).encode(), self._mod)
+            if saved:
+                self.value = value
+                return value
+            # Changed since we looked (an earlier save of ours, applied late): take what is there into account.
+            self.value = None if raw is None else self.parse(self.key, raw)
