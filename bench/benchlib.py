@@ -318,13 +318,16 @@ class Fleet:
     def active_key(self, role: str) -> str:
         return f"{self.meta_root}/session/{role}"
 
-    def launch(self, role: str = "rootcoord", *, active_standby: bool = True) -> Coordinator:
+    def launch(self, role: str = "rootcoord", *, active_standby: bool = True,
+               env: Mapping[str, str] | None = None) -> Coordinator:
+        """Start one ``milvus run role``; ``env``: more config variables for this one."""
         self._n += 1
         alias = f"b{self._n}"
         port = free_port()
         env = milvus_env(
             endpoints=self.endpoints, root=self.root, ttl=self.ttl, run_dir=self.run_dir, role=role, port=port,
-            http_port=free_port() if self.http else 0, active_standby=active_standby, extra=self.extra_env,
+            http_port=free_port() if self.http else 0, active_standby=active_standby,
+            extra={**self.extra_env, **(env or {})},
         )
         argv = ["run", role, "--alias", alias]
         if self.loop == "asyncio":

@@ -1,9 +1,9 @@
 """Failover latency of rootcoord, beside etcd's own election (``etcdctl elect``) on the same etcd.
 
-    python bench/failover.py            # 20 graceful + 20 crash rounds at TTL 3 s, 3 crash rounds at TTL 60 s
-    python bench/failover.py --quick    # 2 graceful + 1 crash round (CI smoke run, ~15 s)
+    python bench/failover.py            # 20 graceful rounds; 20 crash rounds at TTL 60 and 10 s, fast path on and off
+    python bench/failover.py --quick    # 2 graceful + 1 crash round (TTL 60, fast path on): the CI smoke run
 
-What is measured, per round (one ACTIVE and one STANDBY ``milvus run rootcoord``, TTL 3 s):
+What is measured, per round (one ACTIVE and one STANDBY ``milvus run rootcoord``):
 
 - **key handover**: the signal to the ACTIVE -> a new member holds the ACTIVE key, seen by
   ``bench/keywatch.py`` (a watch on ``{metaRoot}/session/`` in a process of its own, so that this
@@ -11,23 +11,19 @@ What is measured, per round (one ACTIVE and one STANDBY ``milvus run rootcoord``
 - **service handover**: the signal -> the first successful ``AllocTimestamp`` answered by the new
   ACTIVE, seen by ``CoordinatorClient`` (the product's failover-aware client), which calls in a
   loop from the signal on;
-- the **breakdown** from the two processes' log lines (ms resolution): stop requested, lease
-  revoked (graceful) or expired (crash), the standby's watch event, the ACTIVE key won, activating,
-  serving (with the role's reload time), and the first client call.
+- the **breakdown** from the two processes' log lines (ms resolution).
 
-Graceful is SIGTERM (the ACTIVE revokes its lease); crash is SIGKILL (the lease expires). For a
-crash, the lease's expiry instant is measured too: after the kill nothing renews the lease, and
+Graceful is SIGTERM (TTL 3 s; the TTL plays no part). Crash is SIGKILL at a random point of the
+keep-alive cycle, at TTL 60 s (the default) and 10 s, with the crash fast path on (the standby proves
+the dead member dead and removes its key: milliseconds) and off (the lease must expire). With it off,
+the lease's expiry instant is measured too: after the kill nothing renews the lease, and
 ``LeaseTimeToLive`` (whole seconds, truncated) steps down by one exactly one second apart, so
-polling it every few ms around one step gives the expiry to a few ms. That splits a crash
-failover into the part nobody can shorten (TTL since the last keep-alive) and what follows:
-etcd's expiry scan (every 500 ms) plus our handover. The kill comes at a random phase of the
-keep-alive cycle; the worst case (a kill right after a keep-alive) is TTL + (expiry -> service).
+polling it every few ms around one step gives the expiry to a few ms. Rounds that wait for a lease
+run in parallel groups (each its own pair on its own etcd root) to keep the run short.
 
-etcd's own election, interleaved round by round: ``etcdctl elect NAME PROPOSAL`` as the leader and
-another as the waiter; SIGINT makes the leader resign (graceful), and the handover is the signal ->
-the waiter printing its proposal (it is elected). For a crash (SIGKILL) etcdctl's session TTL is
-fixed at 60 s, so that comparison runs at TTL 60 s for both (``--crash60-rounds``, not in
-``--quick``): the time from lease expiry to the new leader, ours and etcd's, in parallel.
+etcd's own election: ``etcdctl elect NAME PROPOSAL`` as the leader and another as the waiter, on the
+same etcd; SIGINT makes the leader resign (graceful, interleaved with ours round by round), SIGKILL
+is a crash (etcdctl's session TTL is fixed at 60 s: compared with ours at TTL 60).
 """
 
 from __future__ import annotations
@@ -64,6 +60,9 @@ MSG_ACTIVATING = f"{ROLE} switch from standby to active, activating"
 MSG_STOP = "stop requested"
 MSG_REVOKED = "session lease revoked"
 MSG_STOPPED = "coordinator stopped"
+MSG_DEAD = "the ACTIVE member is dead"
+MSG_REMOVED = "removed the ACTIVE key of a dead member"
+FAST = "COMMON_SESSION_FAST_FAILOVER_ENABLED"
 
 TS_REQ = rootcoord_pb2.AllocTimestampRequest(count=1)
 
@@ -114,13 +113,14 @@ class Group:
     """One ACTIVE and ``standbys`` STANDBY rootcoords on one etcd root, a watch on the ACTIVE key, a client."""
 
     def __init__(self, etcd: Etcd, endpoints: str, ttl: int, work: Path, name: str, *, standbys: int = 1,
-                 http: bool = False, launch_batch: int = 8) -> None:
+                 http: bool = False, launch_batch: int = 8, fast: bool = True) -> None:
         self.etcd = etcd
         self.ttl = ttl
+        self.fast = fast
         self.n_standbys = standbys
         self.launch_batch = launch_batch
         self.fleet = bl.Fleet(endpoints=endpoints, root=f"bench-{name}-{uuid.uuid4().hex[:6]}", ttl=ttl,
-                              work_dir=work / name, http=http)
+                              work_dir=work / name, http=http, extra_env={FAST: "true" if fast else "false"})
         self.key = self.fleet.active_key(ROLE)
         self.client = CoordinatorClient(etcd, self.fleet.meta_root, ROLE, call_timeout=1.0, failover_budget=ttl + 30.0)
         self.active: bl.Coordinator | None = None
@@ -232,7 +232,8 @@ class Group:
         active.child.signal(sig)
         key_task = asyncio.create_task(self._new_holder(mark, info.server_id))
         svc_task = asyncio.create_task(self._served_by_new(info.server_id))
-        exp_task = asyncio.create_task(lease_expiry(self.etcd, lease)) if mode == "crash" else None
+        measure_expiry = mode == "crash" and not self.fast  # with the fast path the standby revokes the lease
+        exp_task = asyncio.create_task(lease_expiry(self.etcd, lease)) if measure_expiry else None
         try:
             async with asyncio.timeout(self.ttl + 30):
                 (t_del, t_key), t_svc = await asyncio.gather(key_task, svc_task)
@@ -272,6 +273,8 @@ class Group:
                 "stop_requested": ms(rel_log(active, MSG_STOP)) if mode == "graceful" else None,
                 "lease_revoked": ms(rel_log(active, MSG_REVOKED)) if mode == "graceful" else None,
                 "old_exited": ms(rel_log(active, MSG_STOPPED)) if mode == "graceful" else None,
+                "dead": ms(rel_log(winner, MSG_DEAD)) if mode == "crash" and self.fast else None,
+                "removed": ms(rel_log(winner, MSG_REMOVED)) if mode == "crash" and self.fast else None,
                 "watch_event": ms(rel_log(winner, MSG_WATCH, MSG_BACKSTOP)),
                 "key_won": ms(rel_log(winner, MSG_WON)),
                 "activating": ms(rel_log(winner, MSG_ACTIVATING)),
@@ -280,6 +283,8 @@ class Group:
             "reload_ms": ms(reload_s),
         }
         if mode == "crash":
+            cause = serving.fields.get("cause") if serving else None
+            r.update(ttl=self.ttl, fast=self.fast, cause=cause)
             r["expiry_ms"] = ms(expiry - t0) if expiry is not None else None
             r["expiry_to_delete_ms"] = ms(t_del - expiry) if expiry is not None and t_del is not None else None
             r["expiry_to_key_ms"] = ms(t_key - expiry) if expiry is not None else None
@@ -428,6 +433,14 @@ GRACEFUL_ETCD_STAGES = [
     ("-> ACTIVE key put by the standby", "@delete_seen_ms", "@key_ms"),
     ("-> first client call", "@key_ms", "@service_ms"),
 ]
+CRASH_FAST_STAGES = [
+    ("signal -> the standby proves the holder dead (log)", None, "dead"),
+    ("-> the dead holder's key removed (log)", "dead", "removed"),
+    ("-> watch event (log)", "removed", "watch_event"),
+    ("-> ACTIVE key won (log)", "watch_event", "key_won"),
+    ("-> serving: activation and reload (log)", "key_won", "serving"),
+    ("-> first client call answered (bench)", "serving", "@service_ms"),
+]
 CRASH_STAGES = [
     ("signal -> lease expiry (measured)", None, "@expiry_ms"),
     ("-> watch event: etcd's expiry scan (standby, log)", "@expiry_ms", "watch_event"),
@@ -479,24 +492,74 @@ def print_tables(res: dict[str, Any]) -> None:
                    [stat_row(b["stage"], b) for b in g["ours"]["breakdown"]], title="\nGraceful breakdown (ours)"))
     print(bl.table(["stage (ms)", "n", "p50", "p95", "max", "mean"],
                    [stat_row(b["stage"], b) for b in g["ours"]["etcd_view"]], title="\nGraceful breakdown (ours, seen in etcd)"))
-    c = res["crash"]
-    cs = c["ours"]["summary"]
-    rows = [stat_row(f"ours: {k}", cs[k]) for k in
-            ("key_ms", "service_ms", "expiry_ms", "expiry_to_delete_ms", "expiry_to_key_ms", "expiry_to_service_ms")]
-    print(bl.table(hdr, rows, title=f"\nCrash (SIGKILL), TTL {res['config']['ttl']} s"))
-    print(f"worst case (kill right after a keep-alive): TTL + p95(expiry -> service) = {c['worst_case_p95_ms']} ms")
-    print(bl.table(["stage (ms)", "n", "p50", "p95", "max", "mean"],
-                   [stat_row(b["stage"], b) for b in c["ours"]["breakdown"]], title="\nCrash breakdown (ours)"))
-    if "crash60" in res:
-        c6 = res["crash60"]
-        rows = [
-            stat_row("ours: expiry -> key", c6["ours"]["summary"]["expiry_to_key_ms"]),
-            stat_row("ours: expiry -> service", c6["ours"]["summary"]["expiry_to_service_ms"]),
-            stat_row("etcd election: expiry -> elected", c6["etcd"]["summary"]["expiry_to_elected_ms"]),
-            stat_row("ours: signal -> key", c6["ours"]["summary"]["key_ms"]),
-            stat_row("etcd election: signal -> elected", c6["etcd"]["summary"]["elected_ms"]),
-        ]
-        print(bl.table(hdr, rows, title="\nCrash at TTL 60 s: time beyond the lease's expiry"))
+    for series in res["crash"]["series"]:
+        cs = series["summary"]
+        keys = ["key_ms", "service_ms"] + ([] if series["fast"] else ["expiry_ms", "expiry_to_key_ms", "expiry_to_service_ms"])
+        print(bl.table(hdr, [stat_row(f"ours: {k}", cs[k]) for k in keys],
+                       title=f"\nCrash (SIGKILL), TTL {series['ttl']} s, fast path {'on' if series['fast'] else 'off'}"))
+        print(bl.table(["stage (ms)", "n", "p50", "p95", "max", "mean"],
+                       [stat_row(b["stage"], b) for b in series["breakdown"]], title="breakdown"))
+    e60 = res["crash"].get("etcd60")
+    if e60:
+        print(bl.table(hdr, [stat_row("etcd election: signal -> elected", e60["summary"]["elected_ms"]),
+                             stat_row("etcd election: expiry -> elected", e60["summary"]["expiry_to_elected_ms"])],
+                       title="\nCrash, etcd's election at TTL 60 s"))
+    goals = res["crash"].get("goals", {})
+    if goals:
+        print(f"crash fast path p95 at TTL 60 / graceful service p95: {goals.get('ratio_p95_vs_graceful')}x "
+              f"(goal <= 2x); p95 {goals.get('fast60_service_p95_ms')} ms (goal < 250 ms)")
+
+
+async def crash_series(
+    etcd: Etcd, endpoints: str, work: Path, *, ttl: int, fast: bool, rounds: int, parallel: int, name: str,
+    settle: bool = True,
+) -> dict[str, Any]:
+    """``rounds`` crash rounds at ``ttl``: on ``parallel`` groups at once (rounds that wait for a lease)."""
+    groups = [Group(etcd, endpoints, ttl, work, f"{name}{i}", fast=fast) for i in range(parallel)]
+    try:
+        await asyncio.gather(*(group.start() for group in groups))
+        per = -(-rounds // parallel)
+
+        async def run_rounds(group: Group) -> list[dict[str, Any]]:
+            done = []
+            for _ in range(per):
+                done.append(await group.round("crash", settle=settle and parallel == 1))
+            return done
+
+        found = [r for rs in await asyncio.gather(*(run_rounds(g) for g in groups)) for r in rs][:rounds]
+    finally:
+        for group in groups:
+            with contextlib.suppress(Exception):
+                await group.close()
+    keys = ["key_ms", "service_ms", "reload_ms"] + ([] if fast else
+            ["expiry_ms", "expiry_to_delete_ms", "expiry_to_key_ms", "expiry_to_service_ms"])
+    causes: dict[str, int] = {}
+    for r in found:
+        causes[str(r.get("cause"))] = causes.get(str(r.get("cause")), 0) + 1
+    series = {"ttl": ttl, "fast": fast, "parallel": parallel, "rounds": found, "summary": summarize_rounds(found, keys),
+              "breakdown": breakdown(found, CRASH_FAST_STAGES if fast else CRASH_STAGES), "causes": causes}
+    s = series["summary"]["service_ms"]
+    print(f"crash TTL {ttl} fast {'on' if fast else 'off'}: {len(found)} rounds, service p50 {s.get('p50')} ms, "
+          f"p95 {s.get('p95')} ms; causes {causes}", flush=True)
+    return series
+
+
+async def etcd_crash_series(etcd: Etcd, endpoint: str, *, rounds: int, parallel: int) -> dict[str, Any]:
+    """``rounds`` SIGKILLs of etcdctl election leaders (their session TTL: 60 s), ``parallel`` elections at once."""
+    elections = [EtcdElection(etcd, endpoint, f"elect60-{i}") for i in range(parallel)]
+    try:
+        await asyncio.gather(*(e.start() for e in elections))
+        per = -(-rounds // parallel)
+
+        async def run_rounds(election: EtcdElection) -> list[dict[str, Any]]:
+            return [await election.round("crash") for _ in range(per)]
+
+        found = [r for rs in await asyncio.gather(*(run_rounds(e) for e in elections)) for r in rs][:rounds]
+    finally:
+        for election in elections:
+            with contextlib.suppress(Exception):
+                await election.close()
+    return {"ttl": 60, "rounds": found, "summary": summarize_rounds(found, ["elected_ms", "expiry_to_elected_ms"])}
 
 
 # --------------------------------------------------------------------------- main
@@ -506,7 +569,7 @@ async def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     result = bl.new_result("failover", args)
     result["config"] = {"role": ROLE, "ttl": args.ttl, "graceful_rounds": args.rounds, "crash_rounds": args.crash_rounds,
-                        "crash60_rounds": args.crash60_rounds}
+                        "crash60_off_rounds": args.crash60_off_rounds}
     work = bl.work_dir("failover")
     etcd_cluster = bl.start_etcd(work)
     etcd = Etcd([etcd_cluster.endpoint], timeout=5.0)
@@ -522,17 +585,10 @@ async def run(args: argparse.Namespace) -> int:
 
         g_ours, g_etcd = [], []
         for i in range(args.rounds):
-            g_ours.append(await ours.round("graceful"))
+            g_ours.append(await ours.round("graceful", settle=not args.quick))
             g_etcd.append(await elect.round("graceful"))
             print(f"graceful {i + 1}/{args.rounds}: ours key {g_ours[-1]['key_ms']} ms, service "
                   f"{g_ours[-1]['service_ms']} ms; etcd elected {g_etcd[-1]['elected_ms']} ms", flush=True)
-        c_ours = []
-        for i in range(args.crash_rounds):
-            c_ours.append(await ours.round("crash"))
-            r = c_ours[-1]
-            print(f"crash {i + 1}/{args.crash_rounds}: key {r['key_ms']} ms, service {r['service_ms']} ms, "
-                  f"expiry -> service {r['expiry_to_service_ms']} ms", flush=True)
-
         gs = summarize_rounds(g_ours, ["key_ms", "service_ms", "delete_seen_ms", "reload_ms"])
         es = summarize_rounds(g_etcd, ["elected_ms"])
         ratio = round(gs["key_ms"]["p50"] / es["elected_ms"]["p50"], 2) if es["elected_ms"].get("p50") else None
@@ -542,32 +598,36 @@ async def run(args: argparse.Namespace) -> int:
             "etcd": {"rounds": g_etcd, "summary": es},
             "ratio_key_p50": ratio,
         }
-        cs = summarize_rounds(c_ours, ["key_ms", "service_ms", "expiry_ms", "expiry_to_delete_ms", "expiry_to_key_ms",
-                                       "expiry_to_service_ms", "reload_ms"])
-        worst = round(args.ttl * 1000 + cs["expiry_to_service_ms"]["p95"], 1) if cs["expiry_to_service_ms"].get("n") else None
-        result["crash"] = {"ours": {"rounds": c_ours, "summary": cs, "breakdown": breakdown(c_ours, CRASH_STAGES)},
-                           "worst_case_p95_ms": worst}
+        for group in pairs:
+            await group.close()
+        pairs.clear()
 
-        if args.crash60_rounds:
-            ours60 = Group(etcd, etcd_cluster.endpoints_csv, 60, work, "fo60")
-            pairs.append(ours60)
-            elect60 = EtcdElection(etcd, etcd_cluster.endpoint, "elect60")
-            elections.append(elect60)
-            await asyncio.gather(ours60.start(), elect60.start())
-            o60, e60 = [], []
-            for i in range(args.crash60_rounds):
-                a, b = await asyncio.gather(ours60.round("crash", random_phase=False), elect60.round("crash"))
-                o60.append(a)
-                e60.append(b)
-                print(f"crash TTL 60 {i + 1}/{args.crash60_rounds}: ours expiry -> key {a['expiry_to_key_ms']} ms, "
-                      f"-> service {a['expiry_to_service_ms']} ms; etcd expiry -> elected {b['expiry_to_elected_ms']} ms",
-                      flush=True)
-            result["crash60"] = {
-                "ttl": 60,
-                "ours": {"rounds": o60, "summary": summarize_rounds(o60, ["key_ms", "service_ms", "expiry_to_delete_ms",
-                                                                         "expiry_to_key_ms", "expiry_to_service_ms"])},
-                "etcd": {"rounds": e60, "summary": summarize_rounds(e60, ["elected_ms", "expiry_to_elected_ms"])},
-            }
+        endpoints = etcd_cluster.endpoints_csv
+        series = [await crash_series(etcd, endpoints, work, ttl=60, fast=True, rounds=args.crash_rounds, parallel=1,
+                                     name="fast60", settle=not args.quick)]
+        if not args.quick:
+            series.append(await crash_series(etcd, endpoints, work, ttl=10, fast=True, rounds=args.crash_rounds,
+                                             parallel=1, name="fast10"))
+            series.append(await crash_series(etcd, endpoints, work, ttl=10, fast=False, rounds=args.crash_rounds,
+                                             parallel=min(args.crash_rounds, 5), name="ttl10"))
+        crash: dict[str, Any] = {"series": series}
+        if args.crash60_off_rounds:
+            off60, e60 = await asyncio.gather(
+                crash_series(etcd, endpoints, work, ttl=60, fast=False, rounds=args.crash60_off_rounds,
+                             parallel=min(args.crash60_off_rounds, 10), name="ttl60"),
+                etcd_crash_series(etcd, etcd_cluster.endpoint, rounds=args.crash60_off_rounds,
+                                  parallel=min(args.crash60_off_rounds, 10)),
+            )
+            series.append(off60)
+            crash["etcd60"] = e60
+        fast60 = series[0]["summary"]["service_ms"]
+        graceful_p95 = gs["service_ms"].get("p95")
+        crash["goals"] = {
+            "fast60_service_p95_ms": fast60.get("p95"),
+            "graceful_service_p95_ms": graceful_p95,
+            "ratio_p95_vs_graceful": round(fast60["p95"] / graceful_p95, 2) if fast60.get("p95") and graceful_p95 else None,
+        }
+        result["crash"] = crash
         print_tables(result)
         bl.write_result(result, args.out or bl.default_out("failover", args.quick), started)
         return 0
@@ -585,18 +645,21 @@ async def run(args: argparse.Namespace) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="CI smoke run: 2 graceful rounds, 1 crash round, no TTL-60 part")
+    p.add_argument("--quick", action="store_true",
+                   help="CI smoke run: 2 graceful rounds, 1 crash round at TTL 60 s with the fast path, nothing else")
     p.add_argument("--rounds", type=int, default=None, help="graceful rounds (default 20; quick 2)")
-    p.add_argument("--crash-rounds", type=int, default=None, help="crash rounds at --ttl (default 20; quick 1)")
-    p.add_argument("--crash60-rounds", type=int, default=None, help="crash rounds at TTL 60 s, ours and etcdctl's (default 3; quick 0)")
-    p.add_argument("--ttl", type=int, default=3, help="session TTL in seconds for the main rounds (default 3)")
+    p.add_argument("--crash-rounds", type=int, default=None,
+                   help="crash rounds of each series: TTL 60 and 10 s with the fast path, TTL 10 s without (default 20; quick 1)")
+    p.add_argument("--crash60-off-rounds", type=int, default=None,
+                   help="crash rounds at TTL 60 s without the fast path, ours and etcdctl's, 10 at a time (default 20; quick 0)")
+    p.add_argument("--ttl", type=int, default=3, help="session TTL in seconds for the graceful rounds (default 3)")
     p.add_argument("--out", type=Path, default=None, help="result JSON (default bench/results/failover[.quick].json)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs) for inspection")
     args = p.parse_args(argv)
-    for name, full, quick in (("rounds", 20, 2), ("crash_rounds", 20, 1), ("crash60_rounds", 3, 0)):
+    for name, full, quick in (("rounds", 20, 2), ("crash_rounds", 20, 1), ("crash60_off_rounds", 20, 0)):
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
-    if args.rounds < 1 or args.crash_rounds < 1 or args.crash60_rounds < 0 or args.ttl < 2:
+    if args.rounds < 1 or args.crash_rounds < 1 or args.crash60_off_rounds < 0 or args.ttl < 2:
         p.error("need at least 1 graceful and 1 crash round, and --ttl >= 2")
     return args
 

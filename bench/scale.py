@@ -3,6 +3,7 @@
     python bench/scale.py             # 1, 10, 50 standbys at TTL 60 s (60 s idle window each);
                                       # activation with 1k, 10k, 100k collections / segments
     python bench/scale.py --quick     # 1 and 2 standbys at TTL 3 s (2 s window); 1k only (CI smoke run)
+    python bench/scale.py --skip-standbys --skip-activation --roles datacoord   # part 3, one role
 
 Part 1, standbys. One ACTIVE ``milvus run rootcoord`` and N STANDBYs on one etcd root, default
 config otherwise (HTTP server on, standby log line every 10 s). Once every process is idle, over a
@@ -21,6 +22,10 @@ product's own formats (rootcoord's collection and name keys, datacoord's segment
 the product's classes), then one process of the role starts (active-standby off) and reports how
 long its reload took (``reloadSeconds`` in "is ACTIVE and serving"), how many etcd range requests
 it made (pages) and its RSS. Linear growth means the time per 1k records stays flat.
+
+Part 3, takeover against metadata size (:mod:`takeover_size`): SIGTERM to the ACTIVE -> the first
+client call answered by the new one, with a hot standby (its mirror: no reload) and a cold one, per
+role and size, and the memory of the hot state per record.
 
 The roles are independent (separate keys, separate processes), so a cluster with all three roles
 and N standbys each costs three times the per-role figures.
@@ -42,6 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib as bl  # noqa: E402
 from failover import Group, summarize_rounds  # noqa: E402
+from takeover_size import print_table as print_takeovers  # noqa: E402
+from takeover_size import summarize as summarize_takeovers  # noqa: E402
+from takeover_size import takeover_case  # noqa: E402
 
 from session import Etcd  # noqa: E402
 from session.etcd import op_put  # noqa: E402
@@ -188,13 +196,13 @@ async def activation_case(etcd: Etcd, cluster: bl.EtcdCluster, work: Path, role:
             coord = fleet.launch(role, active_standby=False)
             serving = await bl.wait_log(coord, f"{role} is ACTIVE and serving", 300, interval=0.05)
             r1 = etcd_counts(cluster.endpoint)
-            reloaded = coord.first(f"{role} metadata reloaded")
+            reloaded = coord.first(f"{role} metadata ready")
             fields = reloaded.fields if reloaded else {}
             await asyncio.sleep(0.5)
             reps.append({
                 "reload_s": float(serving.fields.get("reloadSeconds", "nan")),
                 "role_reload_s": float(fields.get("seconds", "nan")),
-                "records_s": float(fields.get("collectionSeconds", fields.get("seconds", "nan"))),
+                "records_s": float(fields.get("readSeconds", fields.get("seconds", "nan"))),
                 "range_requests": r1["Range"] - r0["Range"],
                 "rss_mb": round(coord.child.rss_mb(), 1),
             })
@@ -240,6 +248,8 @@ def print_tables(res: dict[str, Any]) -> None:
              c["write_s"]] for c in res["activation"]]
     print(bl.table(["role", "records", "reload ms (p50)", "ms per 1k", "range requests", "RSS MB", "write s"], rows,
                    title="\nActivation against metadata size"))
+    if res.get("takeover_summary"):
+        print_takeovers(res["takeover_summary"])
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -257,9 +267,17 @@ async def run(args: argparse.Namespace) -> int:
             for n in args.standbys:
                 result["standbys"].append(await standbys_case(etcd, cluster, work, n, args))
         result["activation"] = []
-        for role in ("rootcoord", "datacoord"):
-            for size in args.sizes:
-                result["activation"].append(await activation_case(etcd, cluster, work, role, size, args))
+        if not args.skip_activation:
+            for role in ("rootcoord", "datacoord"):
+                for size in args.sizes:
+                    result["activation"].append(await activation_case(etcd, cluster, work, role, size, args))
+        result["takeover"] = []
+        if not args.skip_takeover:
+            for role in args.roles:
+                for size in args.takeover_sizes[role]:
+                    for hot in (True, False):
+                        result["takeover"].append(await takeover_case(etcd, cluster, work, role, size, hot, args))
+        result["takeover_summary"] = summarize_takeovers(result["takeover"])
         print_tables(result)
         bl.write_result(result, args.out or bl.default_out("scale", args.quick), started)
         return 0
@@ -278,7 +296,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--takeover-rounds", type=int, default=None, help="graceful takeovers per standby count (default 3; quick 1)")
     p.add_argument("--sizes", default=None, help="comma-separated record counts (default 1000,10000,100000; quick 1000)")
     p.add_argument("--reload-reps", type=int, default=None, help="activations per size (default 3; quick 1)")
-    p.add_argument("--skip-standbys", action="store_true", help="only the activation part")
+    p.add_argument("--skip-standbys", action="store_true", help="skip part 1 (standbys)")
+    p.add_argument("--skip-activation", action="store_true", help="skip part 2 (cold activation against size)")
+    p.add_argument("--skip-takeover", action="store_true", help="skip part 3 (hot and cold takeover against size)")
+    p.add_argument("--roles", default=None, help="roles of part 3 (default all three; quick rootcoord)")
+    p.add_argument("--takeover-sizes", default=None,
+                   help="record counts of part 3 (default 0,1000,100000, datacoord also 1000000; quick 0,1000)")
+    p.add_argument("--size-rounds", type=int, default=None, help="takeovers per case of part 3 (default 5; quick 1)")
     p.add_argument("--out", type=Path, default=None, help="result JSON (default bench/results/scale[.quick].json)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     a = p.parse_args(argv)
@@ -289,6 +313,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.takeover_rounds = a.takeover_rounds if a.takeover_rounds is not None else (1 if q else 3)
     a.sizes = [int(x) for x in (a.sizes or ("1000" if q else "1000,10000,100000")).split(",")]
     a.reload_reps = a.reload_reps or (1 if q else 3)
+    a.roles = [r for r in (a.roles or ("rootcoord" if q else "rootcoord,querycoord,datacoord")).split(",") if r]
+    if any(r not in ("rootcoord", "querycoord", "datacoord") for r in a.roles):
+        p.error("--roles: rootcoord, querycoord, datacoord")
+    sizes = [int(x) for x in a.takeover_sizes.split(",")] if a.takeover_sizes else None
+    a.takeover_sizes = {r: sizes or ([0, 1000] if q else [0, 1000, 100_000] + ([1_000_000] if r == "datacoord" else []))
+                        for r in a.roles}
+    a.size_rounds = a.size_rounds or (1 if q else 5)
     if any(n < 1 or n > 100 for n in a.standbys) or a.ttl < 2 or any(s < 1 or s > 1_000_000 for s in a.sizes):
         p.error("standbys 1..100, --ttl >= 2, sizes 1..1e6")
     if not 0 < a.window <= 600 or a.takeover_rounds < 1:

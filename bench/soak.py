@@ -18,8 +18,10 @@ Faults, one at a time, chosen at random (``--faults`` to restrict them):
 - ``etcd-member``: a follower down for TTL + 1 s (no failover either);
 - ``compact``: compaction at the current revision and a defragmentation of one member (no failover).
 
-Every takeover is timed from the fault to the new member serving; a change of an ACTIVE term
-during an etcd fault or a compaction is listed as an unexpected failover. At the end the history
+Every takeover is timed from the fault to the new member serving and counted by its cause (the new
+member's log: ``fast_path`` after a SIGKILL, ``ttl`` after a pause or a cut, ``graceful`` after a
+SIGTERM); a change of an ACTIVE term during an etcd fault or a compaction, and a live (paused or cut
+off) ACTIVE member replaced by the crash fast path, are listed as unexpected. At the end the history
 checker judges every call (timestamps increasing in real time, IDs never repeated, acknowledged
 state read back intact, terms of one role never overlapping); exit code 0 when it found nothing
 and no failover was unexpected, 1 otherwise.
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import re
 import signal
 import statistics
 import sys
@@ -61,6 +64,7 @@ class Soak:
         self.coords = coords
         self.load = load
         self.takeovers: list[Takeover] = []
+        self.causes: dict[tuple[str, str, str], int] = defaultdict(int)  # (role, fault, takeover cause) -> n
         self.unexpected: list[str] = []
         self.faults: dict[str, int] = defaultdict(int)
 
@@ -118,9 +122,14 @@ class Soak:
             member.link.cut()
         else:
             member.signal({"sigterm": signal.SIGTERM, "sigkill": signal.SIGKILL, "sigstop": signal.SIGSTOP}[fault])
-        took, _new = await self.coords.wait_takeover(role, epoch, t0, fault, timeout=self.ttl + 15)
+        took, new = await self.coords.wait_takeover(role, epoch, t0, fault, timeout=self.ttl + 15)
         self.takeovers.append(took)
-        self.log(f"{role:10} {fault:7} takeover in {took.seconds:.3f}s (epoch {took.old_epoch} -> {took.new_epoch})")
+        cause = takeover_cause(new.proc.output(), role, took.new_epoch)
+        self.causes[(role, fault, cause)] += 1
+        if fault in ("sigstop", "cut") and cause == "fast_path":
+            self.unexpected.append(f"{role}: a live ACTIVE member ({fault}) was replaced by the crash fast path")
+        self.log(f"{role:10} {fault:7} takeover in {took.seconds:.3f}s (epoch {took.old_epoch} -> {took.new_epoch}, "
+                 f"cause {cause})")
         if fault == "sigstop":
             await asyncio.sleep(max(0.0, t0 + self.ttl + 0.5 - time.monotonic()))
             member.signal(signal.SIGCONT)
@@ -172,11 +181,23 @@ class Soak:
             over = sum(s > bounds[cause] for s in secs)
             lines.append(f"| {role} | {cause} | {len(secs)} | {min(secs):.3f} | {statistics.median(secs):.3f} | "
                          f"{max(secs):.3f} | {bounds[cause]:.1f} | {over} |")
+        lines += ["", "Takeovers by cause (what the new ACTIVE logged: fast_path, ttl, graceful...):", "",
+                  "| role | fault | cause | n |", "| --- | --- | --- | --- |"]
+        lines += [f"| {role} | {fault} | {cause} | {n} |" for (role, fault, cause), n in sorted(self.causes.items())]
         lines.append("")
         lines.append("Faults injected: " + ", ".join(f"{f} {n}" for f, n in sorted(self.faults.items())))
         lines.append(f"Unexpected failovers or exits: {len(self.unexpected)}" +
                      "".join(f"\n  - {u}" for u in self.unexpected))
         return "\n".join(lines)
+
+
+def takeover_cause(log: str, role: str, epoch: int) -> str:
+    """The ``cause`` field of the "<role> is ACTIVE and serving" line of term ``epoch`` in a member's log."""
+    for line in log.splitlines():
+        if f'["{role} is ACTIVE and serving"]' in line and f"[epoch={epoch}]" in line:
+            match = re.search(r"\[cause=([a-z_]+)\]", line)
+            return match[1] if match else "?"
+    return "?"
 
 
 async def main(args: argparse.Namespace) -> int:

@@ -40,7 +40,12 @@ class GrowingBound:
 
     async def load(self) -> int | None:
         """Read the saved bound (None when there is none)."""
-        raw, self._mod = await self.store.get_kv(self.key)
+        return self.known(await self.store.get_kv(self.key))
+
+    def known(self, saved: tuple[bytes | None, int] | None) -> int | None:
+        """Take the saved bound as already read (``(raw, mod revision)``; None: no key), e.g. from an
+        image that is current; the next save compares that mod revision as after :meth:`load`."""
+        raw, self._mod = saved if saved is not None else (None, 0)
         self.value = None if raw is None else self.parse(self.key, raw)
         return self.value
 

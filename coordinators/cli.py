@@ -11,7 +11,7 @@ import asyncio
 import importlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import structlog
@@ -187,7 +187,19 @@ def _run(config: Config, role: str, pid_file: PidFile) -> int:
         install_signal_handlers(process.request_stop)
         return int(await process.run())
 
-    return asyncio.run(go())
+    return run_on_loop(go(), config.event_loop)
+
+
+def run_on_loop(main: Coroutine[Any, Any, int], event_loop: str) -> int:
+    """Run ``main`` on the configured event loop (``common.eventLoop``), saying which in the log."""
+    factory = None
+    if event_loop == "uvloop":
+        import uvloop  # checked installed when the config was read
+
+        factory = uvloop.new_event_loop
+    log.info("event loop", eventLoop=event_loop)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
 
 
 def _status(config: Config, *, as_json: bool, role: str | None, watch: float | None) -> int:

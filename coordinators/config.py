@@ -9,6 +9,7 @@ where it came from, instead of surfacing later as an obscure runtime error.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 import os
 import re
@@ -60,8 +61,17 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
             "segment": {"maxRows": 1000000},
         },
         "common": {
-            "session": {"ttl": 60, "retryTimes": 30, "standbyLogInterval": 10, "exitOnLost": False},
+            "session": {
+                "ttl": 60,
+                "retryTimes": 30,
+                "standbyLogInterval": 10,
+                "exitOnLost": False,
+                "fastFailover": {"enabled": True, "probeAttempts": 2, "probeTimeout": 200, "probeInterval": 20},
+                "hotStandby": True,
+                "claimGrace": 500,
+            },
             "security": {"tlsMode": 0},
+            "eventLoop": "asyncio",
         },
         "tls": {"serverPemPath": "", "serverKeyPath": "", "caPemPath": ""},
         "log": {"level": "info", "format": "text", "file": {"rootPath": "", "maxSize": 300, "maxBackups": 20}},
@@ -148,11 +158,26 @@ class RoleConfig:
 
 
 @dataclass(frozen=True)
+class FastFailoverConfig:
+    """The crash fast path (``common.session.fastFailover``): a provably dead ACTIVE member is replaced
+    at once, and a restarted process revokes its dead predecessor's session, instead of waiting out
+    the TTL. Probe bounds in seconds (milliseconds in milvus.yaml)."""
+
+    enabled: bool = True
+    probe_attempts: int = 2
+    probe_timeout: float = 0.2
+    probe_interval: float = 0.02
+
+
+@dataclass(frozen=True)
 class SessionConfig:
     ttl: int
     retry_times: int
     standby_log_interval: float
     exit_on_lost: bool
+    fast_failover: FastFailoverConfig = FastFailoverConfig()
+    hot_standby: bool = True  #: a STANDBY keeps its role's metadata in memory, so a takeover reloads nothing
+    claim_grace: float = 0.5  #: seconds a STANDBY waits per member ahead in line before claiming a free key
 
 
 @dataclass(frozen=True)
@@ -185,6 +210,7 @@ class Config:
     source: str
     datacoord: DataCoordConfig
     grpc_tls: GrpcTLSConfig = GrpcTLSConfig()
+    event_loop: str = "asyncio"  #: ``asyncio`` or ``uvloop`` (checked installed when the config is read)
 
     def configured_ports(self) -> frozenset[int]:
         """Every gRPC and HTTP port the roles are configured with: a fallback port must not take one."""
@@ -457,7 +483,17 @@ def _build(tree: _Tree, source: str) -> Config:
         source=source,
         datacoord=DataCoordConfig(segment_max_rows=reader.integer("dataCoord", "segment", "maxRows", low=1)),
         grpc_tls=_grpc_tls(reader),
+        event_loop=_event_loop(reader),
     )
+
+
+def _event_loop(r: _Reader) -> str:
+    """``common.eventLoop``: uvloop must be importable, or the operator hears so now, not at start-up."""
+    loop = r.choice("common", "eventLoop", choices=("asyncio", "uvloop"))
+    if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise r.error(("common", "eventLoop"), "is uvloop, but uvloop is not installed "
+                      "(pip install 'milvus-coord-ha[uvloop]'), or set it to asyncio")
+    return loop
 
 
 def _etcd(r: _Reader) -> EtcdConfig:
@@ -549,6 +585,14 @@ def _session(r: _Reader) -> SessionConfig:
         retry_times=r.integer("common", "session", "retryTimes", low=1),
         standby_log_interval=r.positive("common", "session", "standbyLogInterval"),
         exit_on_lost=r.boolean("common", "session", "exitOnLost"),
+        hot_standby=r.boolean("common", "session", "hotStandby"),
+        claim_grace=r.integer("common", "session", "claimGrace", low=1, high=60_000) / 1000,
+        fast_failover=FastFailoverConfig(
+            enabled=r.boolean("common", "session", "fastFailover", "enabled"),
+            probe_attempts=r.integer("common", "session", "fastFailover", "probeAttempts", low=1, high=10),
+            probe_timeout=r.integer("common", "session", "fastFailover", "probeTimeout", low=10, high=10_000) / 1000,
+            probe_interval=r.integer("common", "session", "fastFailover", "probeInterval", low=0, high=2_000) / 1000,
+        ),
     )
 
 

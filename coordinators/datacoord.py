@@ -29,7 +29,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -57,7 +57,7 @@ from coordinators.proto.datacoord_pb2 import (
     ShowSegmentsResponse,
 )
 from coordinators.proto.datacoord_pb2 import Flushed, Growing, Sealed
-from coordinators.role import Role, RoleContext
+from coordinators.role import PrefixImage, Role, RoleContext
 from coordinators.rpc import NotFound, NotServing, RpcError, require, unary_service
 from session import CorruptValue, FencedWriter
 from session.etcd import cmp_value, cmp_version, op_put
@@ -158,55 +158,116 @@ class Segment:
         )
 
 
-class _View:
-    """One term's in-memory copy of every segment, and the raw value last read or written per key.
+class SegmentImage(PrefixImage):
+    """Every segment as its keys hold it (:class:`session.mirror.Image`), indexed for the calls.
 
-    Changed only after etcd confirmed a write, so it never shows something etcd may not hold.
+    Filled key by key, in any order, the same way by a reload, by a STANDBY's mirror and by the
+    term's own confirmed writes. A corrupt record is logged and left out (never overwritten).
     """
 
-    def __init__(self, store: FencedWriter, prefix: str) -> None:
-        self.store = store
-        self.prefix = prefix  # "{metaRoot}/datacoord-meta/s/"
+    def __init__(self, prefix: str) -> None:
+        super().__init__(prefix)  # "{metaRoot}/datacoord-meta/s/"
         self.segments: dict[int, Segment] = {}
         self.raw: dict[int, bytes] = {}
-        self.growing: dict[ChannelKey, int] = {}
-        self.known_collections: set[int] = set()
-        self.lock = asyncio.Lock()
-        self.stale = False
+        self._by_collection: dict[int, set[int]] = {}
+        self._growing: dict[ChannelKey, set[int]] = {}  # Growing segments per channel (normally one)
 
     def key(self, segment: Segment) -> str:
         return f"{self.prefix}{segment.collection_id}/{segment.partition_id}/{segment.id}"
 
-    async def load(self) -> None:
-        """Read every segment (paged); a corrupt record is logged and skipped, never overwritten."""
-        segments: dict[int, Segment] = {}
-        raw: dict[int, bytes] = {}
-        async for key, value in self.store.scan(self.prefix):
-            try:
-                segment = Segment.decode(key, value)
-            except CorruptValue as exc:
-                log.error("skipping a corrupt segment record", key=key, error=str(exc))
-                continue
-            segments[segment.id], raw[segment.id] = segment, value
-        self.segments, self.raw = segments, raw
-        self.growing = {}
-        for segment in sorted(segments.values(), key=lambda s: s.id):
-            if segment.state == Growing:
-                self.growing[segment.channel_key] = segment.id  # the newest one takes the rows
+    def put(self, key: str, value: bytes, mod_revision: int) -> None:
+        try:
+            segment = Segment.decode(key, value)
+        except CorruptValue as exc:
+            log.error("skipping a corrupt segment record", key=key, error=str(exc))
+            self.delete(key)
+            return
+        self.set(segment, value)
+
+    def delete(self, key: str) -> None:
+        last = key.rsplit("/", 1)[-1]
+        if last.isdigit() and (old := self.segments.get(int(last))) is not None and self.key(old) == key:
+            self._forget(old)
+            del self.segments[old.id], self.raw[old.id]
+
+    def set(self, segment: Segment, raw: bytes) -> None:
+        old = self.segments.get(segment.id)
+        if old is not None:
+            self._forget(old)
+        self.segments[segment.id], self.raw[segment.id] = segment, raw
+        self._by_collection.setdefault(segment.collection_id, set()).add(segment.id)
+        if segment.state == Growing:
+            self._growing.setdefault(segment.channel_key, set()).add(segment.id)
+
+    def _forget(self, segment: Segment) -> None:
+        ids = self._by_collection.get(segment.collection_id)
+        if ids is not None:
+            ids.discard(segment.id)
+            if not ids:
+                del self._by_collection[segment.collection_id]
+        growing = self._growing.get(segment.channel_key)
+        if growing is not None:
+            growing.discard(segment.id)
+            if not growing:
+                del self._growing[segment.channel_key]
+
+    @property
+    def growing(self) -> dict[ChannelKey, int]:
+        """The Growing segment that takes each channel's rows: the newest one."""
+        return {key: max(ids) for key, ids in self._growing.items()}
+
+    def current_growing(self, key: ChannelKey) -> Segment | None:
+        ids = self._growing.get(key)
+        return self.segments[max(ids)] if ids else None
+
+    def of_collection(self, collection_id: int) -> list[Segment]:
+        return [self.segments[i] for i in sorted(self._by_collection.get(collection_id, ()))]
+
+    def has_collection(self, collection_id: int) -> bool:
+        return collection_id in self._by_collection
+
+    def view(self) -> dict[int, bytes]:
+        """Everything a reload at the same revision would read, for comparing two images."""
+        return dict(self.raw)
+
+
+class _View:
+    """One term's segments (its image) and what the term's calls share: the write lock, staleness.
+
+    Changed only after etcd confirmed a write, so it never shows something etcd may not hold.
+    """
+
+    def __init__(self, store: FencedWriter, image: SegmentImage, reload: Callable[[], Awaitable[SegmentImage]]) -> None:
+        self.store = store
+        self.image = image
+        self._reload = reload
+        self.known_collections: set[int] = set()
+        self.lock = asyncio.Lock()
         self.stale = False
+
+    @property
+    def segments(self) -> dict[int, Segment]:
+        return self.image.segments
+
+    @property
+    def growing(self) -> dict[ChannelKey, int]:
+        return self.image.growing
+
+    def key(self, segment: Segment) -> str:
+        return self.image.key(segment)
 
     async def refresh_if_stale(self) -> None:
         """After a write of unknown outcome, re-read etcd before trusting the view again."""
         if self.stale:
             log.info("re-reading segment metadata after a write of unknown outcome")
-            await self.load()
+            self.image = await self._reload()
+            self.stale = False
 
     def current_growing(self, key: ChannelKey) -> Segment | None:
-        segment_id = self.growing.get(key)
-        return None if segment_id is None else self.segments[segment_id]
+        return self.image.current_growing(key)
 
     def of_collection(self, collection_id: int) -> list[Segment]:
-        return sorted((s for s in self.segments.values() if s.collection_id == collection_id), key=lambda s: s.id)
+        return self.image.of_collection(collection_id)
 
     async def commit(self, changed: Sequence[Segment]) -> bool:
         """Persist ``changed`` in one fenced txn, then apply it; False when a compare failed (stale view).
@@ -218,7 +279,7 @@ class _View:
         encoded: dict[int, bytes] = {}
         for segment in changed:
             key, value = self.key(segment), segment.encode()
-            old = self.raw.get(segment.id)
+            old = self.image.raw.get(segment.id)
             compares.append(cmp_version(key, 0) if old is None else cmp_value(key, old))
             puts.append(op_put(key, value))
             encoded[segment.id] = value
@@ -230,18 +291,9 @@ class _View:
         if not resp.succeeded:
             self.stale = True
             return False
-        self._apply(changed, encoded)
-        return True
-
-    def _apply(self, changed: Iterable[Segment], encoded: Mapping[int, bytes]) -> None:
         for segment in changed:
-            self.segments[segment.id] = segment
-            self.raw[segment.id] = encoded[segment.id]
-            key = segment.channel_key
-            if segment.state == Growing:
-                self.growing[key] = segment.id
-            elif self.growing.get(key) == segment.id:
-                del self.growing[key]
+            self.image.set(segment, encoded[segment.id])
+        return True
 
 
 class _Plan:
@@ -369,15 +421,27 @@ class DataCoord(Role):
             },
         )
 
-    async def activate(self, store: FencedWriter) -> None:
-        await super().activate(store)
+    def new_image(self) -> SegmentImage:
+        return SegmentImage(self.prefix)
+
+    async def activate(self, store: FencedWriter, image: object | None = None) -> None:
+        """Serve from ``image`` (a STANDBY's mirror, caught up) or from a reload of every segment."""
+        await super().activate(store, image)
         t0 = time.monotonic()
-        view = _View(store, self.prefix)
-        await view.load()
+        hot = isinstance(image, SegmentImage)
+        ready = image if isinstance(image, SegmentImage) else await self.read_image(store)
+        assert isinstance(ready, SegmentImage)
+
+        async def reload() -> SegmentImage:
+            fresh = await self.read_image(store)
+            assert isinstance(fresh, SegmentImage)
+            return fresh
+
+        view = _View(store, ready, reload)
         self._view = view
         self.reload_seconds = time.monotonic() - t0
-        log.info("datacoord metadata reloaded", segments=len(view.segments), growing=len(view.growing),
-                 seconds=round(self.reload_seconds, 3))
+        log.info("datacoord metadata ready", source="standby mirror" if hot else "reload", segments=len(view.segments),
+                 growing=len(view.growing), seconds=round(self.reload_seconds, 3))
 
     async def deactivate(self) -> None:
         await super().deactivate()
@@ -409,7 +473,7 @@ class DataCoord(Role):
         """NOT_FOUND unless rootcoord knows the collection (or we hold segments of it); cached for the term."""
         if collection_id in view.known_collections:
             return
-        if any(s.collection_id == collection_id for s in view.segments.values()):
+        if view.image.has_collection(collection_id):
             view.known_collections.add(collection_id)
             return
         request = rootcoord_pb2.DescribeCollectionRequest(collection_id=collection_id)

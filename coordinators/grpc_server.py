@@ -239,7 +239,9 @@ class CoordinatorServer:
         listen(server, RecvRequest, self._on_recv_request)
         listen(server, SendInitialMetadata, self._on_send_initial_metadata)
         try:
-            await server.start(host, port, ssl=ssl_context)
+            # Never SO_REUSEPORT: that this process could bind the port proves no other listens there
+            # (the restart fast path revokes a dead predecessor's session on that proof).
+            await server.start(host, port, ssl=ssl_context, reuse_port=False)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise PortInUseError(f"port {port} on {host} is already in use") from exc

@@ -18,6 +18,7 @@ import asyncio
 import structlog
 
 from coordinators.bound import BoundStore, GrowingBound
+from coordinators.tso import _UNREAD, _Unread
 from session import CorruptValue
 
 log = structlog.get_logger(__name__)
@@ -48,9 +49,13 @@ class IDAllocator:
         self._lock = asyncio.Lock()
         self._saved = GrowingBound(store, key, parse_id_bound)
 
-    async def activate(self) -> None:
-        """Start at the saved bound: whatever the former term held in memory is skipped."""
-        self.next = self.end = max(FIRST_ID, await self._saved.load() or FIRST_ID)
+    async def activate(self, saved: tuple[bytes, int] | None | _Unread = _UNREAD) -> None:
+        """Start at the saved bound: whatever the former term held in memory is skipped.
+
+        :param saved: the bound as a current image holds it, instead of reading it (see the oracle's).
+        """
+        bound = await self._saved.load() if isinstance(saved, _Unread) else self._saved.known(saved)
+        self.next = self.end = max(FIRST_ID, bound or FIRST_ID)
         log.info("ID allocator ready", next=self.next)
 
     async def allocate(self, count: int) -> int:

@@ -137,6 +137,19 @@ class CoordinatorMetrics:
             "0 until it has served once",
             ["role"], registry=reg,
         ).labels(role)
+        self._takeovers = Counter(
+            f"{PREFIX}_takeovers",
+            "Terms this process began serving, by what freed the ACTIVE key: initial (nobody held it), graceful "
+            "(the holder stopped), switchover, fast_path (a standby proved the holder dead), restart (a restarted "
+            "process found its predecessor dead), ttl (the holder's lease expired)",
+            ["role", "cause"], registry=reg,
+        )
+        self._verdicts = Counter(
+            f"{PREFIX}_fast_failover_verdicts",
+            "Probe rounds of the crash fast path after the ACTIVE member's stream broke, by outcome: dead (acted "
+            "on), alive, timeout, unreachable, not_ours, unprobeable (no verdict: the lease decides)",
+            ["role", "outcome"], registry=reg,
+        )
         self._watch_restarts = Counter(
             f"{PREFIX}_watch_restarts",
             "Session and campaign watches on etcd re-created: reason=reconnect (the stream broke) "
@@ -193,8 +206,12 @@ class CoordinatorMetrics:
     def session_lost(self) -> None:
         self._sessions_lost.inc()
 
-    def takeover(self, seconds: float) -> None:
+    def takeover(self, seconds: float, cause: str) -> None:
         self._takeover.set(seconds)
+        self._takeovers.labels(self.role, cause).inc()
+
+    def fast_failover_verdict(self, outcome: str) -> None:
+        self._verdicts.labels(self.role, outcome).inc()
 
     def rpc(self, path: str, status: GrpcStatus, seconds: float) -> None:
         """One gRPC call (``/package.Service/Method``) answered with ``status`` after ``seconds``."""

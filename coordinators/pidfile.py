@@ -122,6 +122,39 @@ def automatic_files(role: str, env: Mapping[str, str] | None = None) -> list[Pat
     return [path for _n, _base, path in sorted(found)]
 
 
+def stale_sessions(role: str, env: Mapping[str, str] | None = None) -> list[tuple[Path, int, int]]:
+    """``(pid file, server ID, lease ID)`` recorded in every pid file of ``role`` (any alias) that no
+    live process holds: the sessions of processes of this host that are certainly gone."""
+    env = os.environ if env is None else env
+    override = env.get(RUN_DIR_ENV, "")
+    bases = [Path(override)] if override else [SYSTEM_RUN_DIR, FALLBACK_RUN_DIR]
+    found = []
+    for base in bases:
+        try:
+            names = sorted(os.listdir(base))
+        except OSError:
+            continue
+        for name in names:
+            if not (name == f"{role}.pid" or name.startswith(f"{role}-") and name.endswith(".pid")):
+                continue
+            try:
+                state = inspect(base / name)
+            except PidFileError:
+                continue
+            if state is not None and not state.locked and (session := recorded_session(state.facts)) is not None:
+                found.append((base / name, *session))
+    return found
+
+
+def recorded_session(facts: Mapping[str, str]) -> tuple[int, int] | None:
+    """The ``(server ID, lease ID)`` a pid file's facts name, or None."""
+    server_id, lease_id = facts.get("server_id", ""), facts.get("lease_id", "")
+    try:
+        return int(server_id), int(lease_id, 16)
+    except ValueError:
+        return None
+
+
 def run_dir(env: Mapping[str, str] | None = None) -> Path:
     """The directory ``milvus run`` puts its pid file in, created if needed; RunDirError if unusable."""
     env = os.environ if env is None else env

@@ -29,13 +29,16 @@ from coordinators.config import Config, RoleConfig
 from coordinators.exit_codes import ExitCode
 from coordinators.grpc_server import ComponentSnapshot, CoordinatorServer, PortInUseError
 from coordinators.http_server import HttpServer, start_with_fallback
+from coordinators import pidfile
+from coordinators.peer_probe import GrpcDeathWatch, ProbeBounds
 from coordinators.pidfile import PidFile
+from coordinators.predecessors import find_dead_predecessors, revoke_dead_predecessors
 from coordinators.metrics import CoordinatorMetrics, ProcessView, SessionMetrics, state_name
 from coordinators.proto import common_pb2
 from coordinators.role import RoleContext
 from coordinators.roles import role_class
 from coordinators.tls import client_ssl_context, make_etcd, server_ssl_context
-from coordinators.watchdog import LoopWatchdog
+from coordinators.watchdog import DEFAULT_INTERVAL_S, IDLE_INTERVAL_S, LoopWatchdog
 from session import (
     AlreadyActive,
     Campaign,
@@ -53,13 +56,20 @@ from session import (
 )
 from session import switchover
 from session.clock import Clock, deadline_clock
-from session.etcd import EtcdTLSError
+from session.campaign import active_key
+from session.lease import DEADLINE_STEP, IDLE_DEADLINE_STEP
+from session.mirror import Mirror
+from session.etcd import EtcdTLSError, op_delete
+from session.fastpath import TakeoverMark, mark_op
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 #: How long a graceful stop waits for calls in flight before cancelling them.
 DRAIN_DEADLINE_S = 5.0
+#: How long a new ACTIVE member waits for its standby mirror to see its own claim (every change
+#: before it is then applied: :mod:`session.mirror`; normally a millisecond) before it reloads instead.
+_CATCH_UP_S = 1.0
 #: Pause before campaigning again after a failed activation, doubling while it keeps failing.
 _ACTIVATION_BACKOFF_MIN, _ACTIVATION_BACKOFF_MAX = 0.05, 5.0
 
@@ -127,6 +137,9 @@ class CoordinatorProcess:
         self.writer: FencedWriter | None = None
         self._resign_term: Term | None = None  # ended untrusted (watchdog) or unserved (activation failed)
         self._activation_backoff = _ACTIVATION_BACKOFF_MIN
+        self._restarted_over = False  # the restart fast path removed a dead predecessor's ACTIVE key
+        self._released_at_stop = False  # a graceful stop released the ACTIVE key (and marked Stopping)
+        self.mirror: Mirror | None = None  # the hot standby's mirror while STANDBY (tests and metrics read it)
         self._stop_started = 0.0  # when the graceful stop began draining (monotonic)
         self._cancelled_at_stop = 0  # calls still in flight when the drain deadline passed
 
@@ -139,6 +152,12 @@ class CoordinatorProcess:
     def state(self, value: int) -> None:
         if value != self._state:
             self.metrics.transition(self._state, value)
+            # A STANDBY holds nothing a stall or a late deadline could spoil before its next claim
+            # (which is a compared txn): the watchdogs idle.
+            idle = value == common_pb2.StandBy
+            self.watchdog.set_interval(IDLE_INTERVAL_S if idle else DEFAULT_INTERVAL_S)
+            if self.session is not None:
+                self.session.deadline_step = IDLE_DEADLINE_STEP if idle else DEADLINE_STEP
         self._state = value
 
     # -- what GetComponentStates reports ---------------------------------------------------
@@ -343,6 +362,8 @@ class CoordinatorProcess:
         lost_lease = 0  # the lease of a lost session that could not be revoked then
         while True:
             self.session = session = await self._until_stopped(self._open_session(first=first))
+            if first and self.config.session.fast_failover.enabled:
+                await self._until_stopped(self._revoke_dead_predecessors(session))
             first = False
             if lost_lease:
                 await self._revoke_lost_lease(lost_lease)
@@ -371,6 +392,25 @@ class CoordinatorProcess:
                 return ExitCode.SESSION_LOST
             log.info("registering a new session", role=self.role)
 
+    async def _revoke_dead_predecessors(self, session: LeaseSession) -> None:
+        """The restart fast path (:mod:`coordinators.predecessors`): sessions of this role left on this
+        host by processes that are provably gone are revoked now, not when their TTL runs out."""
+        found = await asyncio.to_thread(pidfile.stale_sessions, self.role)  # file I/O off the loop
+        stale = {(sid, lease): path for path, sid, lease in found}
+        if self.pid_file is not None and (own := pidfile.recorded_session(self.pid_file.predecessor)) is not None:
+            stale[own] = self.pid_file.path
+        try:
+            dead = await find_dead_predecessors(
+                self.etcd, self.config.etcd.meta_root, self.role, hostname=session.hostname,
+                bound_address=self.role_config.advertised_address, stale=stale, own_server_id=session.server_id,
+            )
+            if dead:
+                await revoke_dead_predecessors(self.etcd, self.config.etcd.meta_root, self.role, dead,
+                                               by_server=session.server_id)
+                self._restarted_over = any(d.holds_active is not None for d in dead)
+        except SessionError as exc:
+            log.warning("could not look for dead predecessors; their TTL decides", role=self.role, error=str(exc))
+
     async def _revoke_lost_lease(self, lease_id: int) -> None:
         """Revoke a lost session's lease now that etcd answers again (a new session was just granted).
 
@@ -387,19 +427,39 @@ class CoordinatorProcess:
 
     async def _campaign_and_serve(self, session: LeaseSession) -> None:
         """Within one session: STANDBY -> ACTIVE -> serving, again after each ended term."""
-        self.campaign = campaign = Campaign(session, standby_log_interval=self.config.session.standby_log_interval)
+        fast = self.config.session.fast_failover
+        death_watch = GrpcDeathWatch(
+            self.role, hostname=session.hostname, ssl_context=self.client_ssl, on_verdict=self.metrics.fast_failover_verdict,
+            bounds=ProbeBounds(fast.probe_attempts, fast.probe_timeout, fast.probe_interval),
+        ) if fast.enabled else None
+        self.campaign = campaign = Campaign(
+            session, standby_log_interval=self.config.session.standby_log_interval, death_watch=death_watch,
+            claim_grace=self.config.session.claim_grace,
+        )
         standby = self.role_config.enable_active_standby
         while not self.stop_requested.is_set():
+            image: object | None = None
+            cold = "active-standby is off"
             if standby:
                 self.state = common_pb2.StandBy
                 self.observer.vacancy_at = None
-                term = await self._until_stopped(campaign.acquire(), session)
-                log.info(f"{self.role} switch from standby to active, activating", ServerID=session.server_id)
+                mirror = self._new_mirror()
+                try:
+                    term = await self._until_stopped(campaign.acquire(), session)
+                    log.info(f"{self.role} switch from standby to active, activating", ServerID=session.server_id)
+                    if mirror is not None:
+                        image = await mirror.catch_up(term.epoch, timeout=_CATCH_UP_S)
+                        cold = f"the standby's mirror was not current: {mirror.behind_reason}"
+                    else:
+                        cold = "common.session.hotStandby is off"
+                finally:
+                    if mirror is not None:
+                        await mirror.stop()
             else:
                 term = await self._until_stopped(self._claim_exclusive(campaign), session)
             # The takeover clock starts when the key was seen freed, else (it was free) at the claim.
             since = self.observer.vacancy_at or time.monotonic()
-            served = await self._serve_term(session, campaign, term, since)
+            served = await self._serve_term(session, campaign, term, since, image, cold)
             if self.stop_requested.is_set():
                 return
             session.ensure_alive()
@@ -427,7 +487,20 @@ class CoordinatorProcess:
             delay = min(delay * 2, 1.0)
             campaign.session.ensure_alive()
 
-    async def _serve_term(self, session: LeaseSession, campaign: Campaign, term: Term, since: float) -> bool:
+    def _new_mirror(self) -> Mirror | None:
+        """The hot standby (:mod:`session.mirror`): the role's keys followed while this member waits."""
+        if not self.config.session.hot_standby:
+            return None
+        mirror = Mirror(self.etcd, self.role_impl.new_image, active_key(self.config.etcd.meta_root, self.role),
+                        on_restart=self.observer.watch_restarted)
+        mirror.start()
+        self.mirror = mirror
+        return mirror
+
+    async def _serve_term(
+        self, session: LeaseSession, campaign: Campaign, term: Term, since: float,
+        image: object | None = None, cold: str = "",
+    ) -> bool:
         """ACTIVE: activate, then serve until the term ends, a stop is requested or a switchover is done.
 
         Returns False when the term never served (its activation failed or was abandoned).
@@ -440,12 +513,15 @@ class CoordinatorProcess:
         try:
             self.state = common_pb2.Initializing  # holds the key, reloading: clients wait for it
             t0 = time.monotonic()
-            if not await self._activate(session, term, writer):
+            if not await self._activate(session, term, writer, image):
                 return False
             self.state = common_pb2.Healthy
             self.server.set_serving(True)
             takeover = time.monotonic() - since
-            self.metrics.takeover(takeover)
+            cause = await campaign.takeover_cause()
+            if self._restarted_over:
+                cause, self._restarted_over = "restart", False
+            self.metrics.takeover(takeover, cause)
             log.info(
                 f"{self.role} is ACTIVE and serving",
                 ServerID=session.server_id,
@@ -453,9 +529,14 @@ class CoordinatorProcess:
                 epoch=term.epoch,
                 reloadSeconds=round(time.monotonic() - t0, 3),
                 takeoverSeconds=round(takeover, 3),
+                cause=cause,
+                state="hot" if image is not None else "reloaded",
+                **({} if image is not None else {"reloadedBecause": cold}),
             )
             await self._serve_until_over(session, campaign, term, writer, holder)
-            if not self.stop_requested.is_set():
+            if self.stop_requested.is_set():
+                await self._release_for_stop(session, term, writer)
+            else:
                 log.warning(f"{self.role} stops serving: ACTIVE term ended", ServerID=session.server_id, reason=term.end_reason)
             return True
         finally:
@@ -467,13 +548,13 @@ class CoordinatorProcess:
             with contextlib.suppress(asyncio.CancelledError):
                 await holder
 
-    async def _activate(self, session: LeaseSession, term: Term, writer: FencedWriter) -> bool:
+    async def _activate(self, session: LeaseSession, term: Term, writer: FencedWriter, image: object | None) -> bool:
         """The role's reload, cut short when the term ends meanwhile; True when the term may serve.
 
         A failed reload (e.g. a page answered by a lagging etcd member: "required revision is a future
         revision") ends the term and gives the key up, so another member may try; the process lives on.
         """
-        activation = asyncio.ensure_future(self.role_impl.activate(writer))
+        activation = asyncio.ensure_future(self.role_impl.activate(writer, image))
         ended = asyncio.ensure_future(term.ended.wait())
         try:
             await self._until_stopped(asyncio.wait({activation, ended}, return_when=asyncio.FIRST_COMPLETED), session)
@@ -632,17 +713,41 @@ class CoordinatorProcess:
         self.active_address = ""
         await self.role_impl.deactivate()
 
-    async def _drain(self, session: LeaseSession) -> None:
-        """Graceful stop, first half: Stopping=true, refuse new calls, let the ones in flight finish.
-
-        Runs before the demotion, so those calls still have the role's state and answer under the
-        term's epoch; the process still holds the ACTIVE key, so no successor serves meanwhile.
-        """
+    async def _release_for_stop(self, session: LeaseSession, term: Term, writer: FencedWriter) -> None:
+        """Graceful stop of the ACTIVE member: refuse new calls, let the ones in flight finish (within the
+        term, under its epoch, while it still holds the key: no successor serves meanwhile), then hand
+        the key over in ONE fenced txn that deletes it and marks the own key Stopping. The standby takes
+        over from that txn on; closing the server and revoking the lease come after, off its path."""
         self._stop_started = time.monotonic()
         self.state = common_pb2.Stopping
         self.server.set_serving(False)
-        with contextlib.suppress(SessionError):
-            await session.mark_stopping()
+        left = await self.server.wait_idle(DRAIN_DEADLINE_S)
+        if left:
+            log.warning("releasing the ACTIVE key with calls still in flight after the drain deadline", calls=left)
+        if not term.active:
+            return
+        mark = TakeoverMark(term.epoch, "graceful", session.server_id, "the ACTIVE member stopped")
+        try:
+            await writer.txn([], [op_delete(term.key), session.stopping_op(),
+                                  mark_op(self.config.etcd.meta_root, self.role, mark)])
+            self._released_at_stop = True
+        except SessionError as exc:  # NotActive included: the term was over anyway; the revoke frees the key
+            log.warning("could not release the ACTIVE key at stop; the lease revocation will", error=str(exc))
+        term.end("stopping: the ACTIVE key was released")
+
+    async def _drain(self, session: LeaseSession) -> None:
+        """Graceful stop: Stopping=true (unless the ACTIVE release did it), refuse new calls, let the ones
+        in flight finish, close the server.
+
+        Runs before the demotion, so calls in flight still have the role's state.
+        """
+        if not self._stop_started:
+            self._stop_started = time.monotonic()
+        self.state = common_pb2.Stopping
+        self.server.set_serving(False)
+        if not self._released_at_stop:
+            with contextlib.suppress(SessionError):
+                await session.mark_stopping()
         self._cancelled_at_stop = await self.server.drain_and_close(DRAIN_DEADLINE_S)
 
     async def _graceful_stop(self, session: LeaseSession) -> None:

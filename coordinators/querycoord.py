@@ -43,7 +43,7 @@ from grpclib.exceptions import GRPCError
 from coordinators.client import NoActiveMember, OutcomeUnknown
 from coordinators.proto import datacoord_pb2, querycoord_pb2, rootcoord_pb2
 from coordinators.proto.querycoord_grpc import QueryCoordBase
-from coordinators.role import Role, RoleContext
+from coordinators.role import PrefixImage, Role, RoleContext
 from coordinators.rpc import (
     FailedPrecondition,
     InvalidArgument,
@@ -175,6 +175,37 @@ def replica_number(requested: int) -> int:
     return requested
 
 
+class LoadImage(PrefixImage):
+    """Every load record as its keys hold it (:class:`session.mirror.Image`); garbage is logged and left out."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(prefix)
+        self.records: dict[int, LoadRecord] = {}
+
+    def put(self, key: str, value: bytes, mod_revision: int) -> None:
+        try:
+            record = LoadRecord.from_json(value)
+        except ValueError as exc:
+            log.error("skipping an unreadable load record", key=key, error=str(exc))
+            self.delete(key)
+            return
+        if key != f"{self.prefix}{record.collection_id}":
+            log.error("skipping a load record stored under another collection's key", key=key,
+                      collectionID=record.collection_id)
+            self.delete(key)
+            return
+        self.records[record.collection_id] = record
+
+    def delete(self, key: str) -> None:
+        suffix = key[len(self.prefix):]
+        if suffix.isdigit():
+            self.records.pop(int(suffix), None)
+
+    def view(self) -> dict[int, LoadRecord]:
+        """Everything a reload at the same revision would read, for comparing two images."""
+        return dict(self.records)
+
+
 class _LoadTerm:
     """Everything querycoord holds during one ACTIVE term: built on activation, dropped at its end.
 
@@ -223,24 +254,23 @@ class QueryCoord(Role):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def activate(self, store: FencedWriter) -> None:
-        """Reload every load record (paged), then start the loader on the Loading ones."""
+    def new_image(self) -> LoadImage:
+        return LoadImage(self._prefix)
+
+    async def activate(self, store: FencedWriter, image: object | None = None) -> None:
+        """Serve from ``image`` (a STANDBY's mirror, caught up) or a reload; start the loader on the Loading ones."""
         await self._stop_loader()  # a term never inherits the previous one's loader
-        await super().activate(store)
-        records: dict[int, LoadRecord] = {}
-        async for key, raw in store.scan(self._prefix):
-            try:
-                record = LoadRecord.from_json(raw)
-            except ValueError as exc:
-                log.error("skipping an unreadable load record", key=key, error=str(exc))
-                continue
-            records[record.collection_id] = record
-        term = _LoadTerm(store, records)
+        await super().activate(store, image)
+        hot = isinstance(image, LoadImage)
+        ready = image if isinstance(image, LoadImage) else await self.read_image(store)
+        assert isinstance(ready, LoadImage)
+        term = _LoadTerm(store, ready.records)
         term.wake.set()
         term.loader = asyncio.create_task(self._run_loader(term), name="querycoord-loader")
         self._term = term
-        loading = sum(1 for r in records.values() if r.state == LOADING)
-        log.info("querycoord state reloaded", collections=len(records), loading=loading)
+        loading = sum(1 for r in ready.records.values() if r.state == LOADING)
+        log.info("querycoord metadata ready", source="standby mirror" if hot else "reload", collections=len(ready.records),
+                 loading=loading)
 
     async def deactivate(self) -> None:
         """Stop the loader and forget the term: the next one reloads from etcd."""

@@ -6,9 +6,12 @@ A role owns its state, its RPCs and what it reloads on activation; the process o
 - :meth:`Role.service` is the grpclib handler (built with :func:`~coordinators.rpc.unary_service`) for the role's API; registered once at start-up.
   The server answers it only while the process is ACTIVE and serving; a STANDBY refuses before
   the handler runs.
-- :meth:`Role.activate` runs at the start of every ACTIVE term, before serving: reload every piece
-  of state from etcd through the term's :class:`~session.FencedWriter` (the role's only access
-  to etcd), so the new active carries on where the old one stopped.
+- :meth:`Role.new_image` is the role's state as built from its keys (:class:`RoleImage`): a
+  STANDBY's mirror keeps one current while it waits (:mod:`session.mirror`).
+- :meth:`Role.activate` runs at the start of every ACTIVE term, before serving: from the mirror's
+  image when it caught up (a hot takeover: nothing to read), else from a reload of every key through
+  the term's :class:`~session.FencedWriter` (:meth:`Role.read_image`), so the new active carries on
+  where the old one stopped.
 - :meth:`Role.deactivate` runs at the end of every term: drop all in-memory state at once.
 - Every write goes through the fenced writer; a refused write raises ``NotActive``, which the RPC
   layer answers as "not serving" and which ends the term.
@@ -16,13 +19,48 @@ A role owns its state, its RPCs and what it reloads on activation; the process o
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from coordinators.client import CoordinatorClient
 from coordinators.config import Config
 from coordinators.rpc import NotServing
 from session import FencedWriter
+
+
+#: Keys per page of a cold reload.
+RELOAD_PAGE = 1000
+
+
+class RoleImage(Protocol):
+    """A role's image (:class:`session.mirror.Image`): the key prefixes and single keys it is made of."""
+
+    @property
+    def prefixes(self) -> list[str]: ...
+
+    @property
+    def keys(self) -> list[str]: ...
+
+    def put(self, key: str, value: bytes, mod_revision: int) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+class PrefixImage:
+    """Base of an image made of one key prefix (and no single keys): datacoord's, querycoord's."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    @property
+    def prefixes(self) -> list[str]:
+        return [self.prefix]
+
+    @property
+    def keys(self) -> list[str]:
+        return []
 
 
 @dataclass(frozen=True)
@@ -62,8 +100,31 @@ class Role:
         """The grpclib handler of the role's API."""
         raise NotImplementedError
 
-    async def activate(self, store: FencedWriter) -> None:
-        """Reload the role's state from etcd, then accept calls. Subclasses call this first."""
+    def new_image(self) -> RoleImage:
+        """An empty image of the role's keys (:class:`session.mirror.Image`), with its ``prefixes`` and ``keys``."""
+        raise NotImplementedError
+
+    async def read_image(self, store: FencedWriter) -> RoleImage:
+        """A cold reload: every key of the role, read now (paged, all concurrently), into a new image."""
+        image = self.new_image()
+        store.check()
+
+        async def scan(prefix: str) -> None:
+            async for key, value, mod in store.etcd.scan(prefix, page=RELOAD_PAGE):
+                image.put(key, value, mod)
+
+        async def read(key: str) -> None:
+            resp = await store.etcd.get(key)
+            if resp.kvs:
+                image.put(key, bytes(resp.kvs[0].value), int(resp.kvs[0].mod_revision))
+
+        await asyncio.gather(*(scan(prefix) for prefix in image.prefixes), *(read(key) for key in image.keys))
+        store.check()
+        return image
+
+    async def activate(self, store: FencedWriter, image: object | None = None) -> None:
+        """Serve from ``image`` when a STANDBY's mirror has caught up (a hot takeover), else reload
+        from etcd first; then accept calls. Subclasses call this first."""
         self._store = store
 
     async def deactivate(self) -> None:

@@ -57,7 +57,6 @@ DEFAULT_SHARDS = 1
 MAX_VARCHAR_LENGTH = 65535
 MAX_DESCRIPTION = 65535
 FIRST_FIELD_ID = 100  # Milvus's common.StartOfUserFieldID
-RELOAD_PAGE = 1000
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _VECTOR_TYPES = frozenset({pb.FloatVector, pb.BinaryVector})
@@ -209,35 +208,75 @@ def validate_count(count: int, maximum: int, what: str) -> None:
 
 
 class _Catalog:
-    """The in-memory index: name <-> ID at once, records parsed on first use or by a warm-up.
+    """The in-memory index: name <-> ID, records parsed on first use or by a warm-up.
 
-    Parsing JSON is what makes a reload of 10k records slow, so activation keeps the raw bytes and
-    reads the names from the name keys (no JSON); a record is parsed when a call needs it, or by
-    the term's background warm-up, whichever comes first.
+    Built key by key (:meth:`set_name`, :meth:`set_record` and their deletions), in any order: from
+    a reload, from a STANDBY's mirror following the changes, or from the term's own writes. A
+    collection is visible when its name key and its record both exist. Records are kept as raw bytes
+    until a call needs one or the term's warm-up parses it: parsing is what makes 100k records slow.
     """
 
     def __init__(self, record_prefix: str) -> None:
         self.record_prefix = record_prefix
         self.ids: dict[str, int] = {}  # name -> ID, every visible collection
         self.names: dict[int, str] = {}  # ID -> name
+        self._name_keys: dict[str, int] = {}  # every name key: name -> the ID it holds
+        self._named: dict[int, set[str]] = {}  # ID -> the names whose key holds it
         self._raw: dict[int, bytes] = {}  # records not parsed yet
         self._parsed: dict[int, Collection] = {}
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def load(self, names: dict[str, int], records: dict[int, bytes]) -> None:
-        """Index what activation read; a name without its record is left out (and logged)."""
-        for name, cid in names.items():
-            if cid in records:
-                self.ids[name] = cid
-                self.names[cid] = name
-            else:
-                log.error("collection name key points to a missing record; ignored", name=name, id=cid)
-        self._raw = records
-        unnamed = len(records) - len(self.names)
-        if unnamed:
-            log.warning("collection records without a name key are ignored", count=unnamed)
+    def has_record(self, cid: int) -> bool:
+        return cid in self._raw or cid in self._parsed
+
+    def set_name(self, name: str, cid: int) -> None:
+        self.drop_name(name)
+        self._name_keys[name] = cid
+        self._named.setdefault(cid, set()).add(name)
+        if self.has_record(cid):
+            self._show(name, cid)
+
+    def drop_name(self, name: str) -> None:
+        cid = self._name_keys.pop(name, None)
+        if cid is None:
+            return
+        names = self._named.get(cid)
+        if names is not None:
+            names.discard(name)
+            if not names:
+                del self._named[cid]
+        self._hide(name, cid)
+
+    def set_record(self, cid: int, raw: bytes | None = None, parsed: Collection | None = None) -> None:
+        self._raw.pop(cid, None)
+        self._parsed.pop(cid, None)
+        if parsed is not None:
+            self._parsed[cid] = parsed
+        else:
+            self._raw[cid] = raw or b""
+        for name in self._named.get(cid, ()):
+            self._show(name, cid)
+
+    def drop_record(self, cid: int) -> None:
+        self._raw.pop(cid, None)
+        self._parsed.pop(cid, None)
+        for name in list(self._named.get(cid, ())):
+            self._hide(name, cid)
+
+    def _show(self, name: str, cid: int) -> None:
+        self.ids[name] = cid
+        self.names[cid] = name
+
+    def _hide(self, name: str, cid: int) -> None:
+        if self.ids.get(name) == cid:
+            del self.ids[name]
+        if self.names.get(cid) == name:
+            del self.names[cid]
+            for other in self._named.get(cid, ()):  # another name key holding the same ID
+                self._show(other, cid)
+                break
 
     def get(self, cid: int) -> Collection | None:
         """The collection with this ID (parsed now if needed); CorruptValue for a broken record."""
@@ -257,15 +296,26 @@ class _Catalog:
         return None if cid is None else self.get(cid)
 
     def add(self, coll: Collection) -> None:
-        self.ids[coll.name] = coll.id
-        self.names[coll.id] = coll.name
-        self._parsed[coll.id] = coll
+        self.set_record(coll.id, parsed=coll)
+        self.set_name(coll.name, coll.id)
 
     def remove(self, name: str, cid: int) -> None:
-        self.ids.pop(name, None)
-        self.names.pop(cid, None)
-        self._raw.pop(cid, None)
-        self._parsed.pop(cid, None)
+        self.drop_name(name)
+        self.drop_record(cid)
+
+    def report_orphans(self) -> None:
+        """Log what a reload finds incomplete (names without records, records without names)."""
+        missing = [(n, c) for n, c in self._name_keys.items() if not self.has_record(c)]
+        for name, cid in missing[:10]:
+            log.error("collection name key points to a missing record; ignored", name=name, id=cid)
+        unnamed = sum(1 for cid in (*self._raw, *self._parsed) if cid not in self._named)
+        if unnamed:
+            log.warning("collection records without a name key are ignored", count=unnamed)
+
+    def visible(self) -> dict[str, tuple[int, bytes]]:
+        """Every visible collection: name -> (ID, record bytes): what a reload at the same revision sees."""
+        return {name: (cid, self._parsed[cid].to_json().encode() if cid in self._parsed else self._raw[cid])
+                for name, cid in self.ids.items()}
 
     def all(self) -> list[Collection]:
         """Every readable collection by ID; a corrupt record is logged and left out."""
@@ -292,42 +342,80 @@ class _Catalog:
                 await asyncio.sleep(0)
 
 
+class RootImage:
+    """What rootcoord keeps of its keys (:class:`session.mirror.Image`): the two saved bounds with their
+    mod revisions, and the catalog. Filled by a reload or by a STANDBY's mirror, the same way."""
+
+    def __init__(self, ctx: RoleContext) -> None:
+        self.tso_key = f"{ctx.kv_root}/tso/timestamp"
+        self.gid_key = f"{ctx.kv_root}/gid/idTimestamp"
+        self.name_prefix = f"{ctx.meta_root}/root-coord/collection-name/"
+        self.record_prefix = f"{ctx.meta_root}/root-coord/collection/"
+        self.tso: tuple[bytes, int] | None = None
+        self.gid: tuple[bytes, int] | None = None
+        self.catalog = _Catalog(self.record_prefix)
+
+    @property
+    def prefixes(self) -> list[str]:
+        return [self.name_prefix, self.record_prefix]
+
+    @property
+    def keys(self) -> list[str]:
+        return [self.tso_key, self.gid_key]
+
+    def put(self, key: str, value: bytes, mod_revision: int) -> None:
+        if key == self.tso_key:
+            self.tso = (value, mod_revision)
+        elif key == self.gid_key:
+            self.gid = (value, mod_revision)
+        elif key.startswith(self.name_prefix):
+            name = key[len(self.name_prefix):]
+            if value.isdigit() and value.isascii():
+                self.catalog.set_name(name, int(value))
+            else:
+                log.error("unreadable collection name key; ignored", key=key, value=value[:40])
+                self.catalog.drop_name(name)
+        elif key.startswith(self.record_prefix):
+            suffix = key[len(self.record_prefix):]
+            if suffix.isdigit() and suffix.isascii():
+                self.catalog.set_record(int(suffix), value)
+            else:
+                log.error("unexpected key among collection records; ignored", key=key)
+
+    def delete(self, key: str) -> None:
+        if key == self.tso_key:
+            self.tso = None
+        elif key == self.gid_key:
+            self.gid = None
+        elif key.startswith(self.name_prefix):
+            self.catalog.drop_name(key[len(self.name_prefix):])
+        elif key.startswith(self.record_prefix) and (suffix := key[len(self.record_prefix):]).isdigit():
+            self.catalog.drop_record(int(suffix))
+
+    def view(self) -> tuple[object, ...]:
+        """Everything a reload at the same revision would read, for comparing two images."""
+        return (self.tso, self.gid, self.catalog.visible(), dict(self.catalog._name_keys))
+
+
 class _Term:
     """Everything rootcoord holds during one ACTIVE term; built on activation, dropped at its end."""
 
-    def __init__(self, store: FencedWriter, ctx: RoleContext) -> None:
+    def __init__(self, store: FencedWriter, image: RootImage) -> None:
         self.store = store
-        self.oracle = TimestampOracle(store, f"{ctx.kv_root}/tso/timestamp")
-        self.ids = IDAllocator(store, f"{ctx.kv_root}/gid/idTimestamp")
-        self.collection_prefix = f"{ctx.meta_root}/root-coord/collection/"
-        self.name_prefix = f"{ctx.meta_root}/root-coord/collection-name/"
-        self.catalog = _Catalog(self.collection_prefix)
+        self.oracle = TimestampOracle(store, image.tso_key)
+        self.ids = IDAllocator(store, image.gid_key)
+        self.collection_prefix = image.record_prefix
+        self.name_prefix = image.name_prefix
+        self.catalog = image.catalog
+        self.image = image
         self.ddl_lock = asyncio.Lock()  # creates and drops one at a time: one success per name
         self._warm_up: asyncio.Task[None] | None = None
 
-    async def load(self) -> float:
-        """Oracle first (its new bound saved), then the ID bound, then the collections, by pages.
-
-        Returns the seconds spent on the collections (the part that grows with the metadata).
-        """
-        await self.oracle.activate()
-        await self.ids.activate()
-        t0 = time.monotonic()
-        names: dict[str, int] = {}
-        async for key, raw in self.store.scan(self.name_prefix, page=RELOAD_PAGE):
-            if raw.isdigit():
-                names[key[len(self.name_prefix):]] = int(raw)
-            else:
-                log.error("unreadable collection name key; ignored", key=key, value=raw[:40])
-        records: dict[int, bytes] = {}
-        async for key, raw in self.store.scan(self.collection_prefix, page=RELOAD_PAGE):
-            suffix = key[len(self.collection_prefix):]
-            if suffix.isdigit():
-                records[int(suffix)] = raw
-            else:
-                log.error("unexpected key among collection records; ignored", key=key)
-        self.catalog.load(names, records)
-        return time.monotonic() - t0
+    async def activate(self) -> None:
+        """Start the oracle above the saved bound (its new bound saved before serving) and the allocator
+        at its saved bound, both as the image holds them (no read: the image is current)."""
+        await self.oracle.activate(self.image.tso)
+        await self.ids.activate(self.image.gid)
 
     def start(self) -> None:
         """The term's background work: keep the timestamp bound ahead, parse the records."""
@@ -446,18 +534,27 @@ class RootCoord(Role):
             },
         )
 
-    async def activate(self, store: FencedWriter) -> None:
-        """Reload the bounds and the collection index, then start the term's background tasks."""
-        await super().activate(store)
+    def new_image(self) -> RootImage:
+        return RootImage(self.ctx)
+
+    async def activate(self, store: FencedWriter, image: object | None = None) -> None:
+        """Serve from ``image`` (a STANDBY's mirror, caught up) or from a reload; start the term's tasks."""
+        await super().activate(store, image)
         t0 = time.monotonic()
-        term = _Term(store, self.ctx)
-        collections_s = await term.load()
+        hot = isinstance(image, RootImage)
+        ready = image if isinstance(image, RootImage) else await self.read_image(store)
+        assert isinstance(ready, RootImage)
+        reload_s = time.monotonic() - t0
+        if not hot:
+            ready.catalog.report_orphans()
+        term = _Term(store, ready)
+        await term.activate()
         term.start()
         self._term = term
         self.reload_seconds = time.monotonic() - t0
-        log.info("rootcoord metadata reloaded", collections=len(term.catalog), nextID=term.ids.next,
-                 tsoBound=term.oracle.bound, seconds=round(self.reload_seconds, 3),
-                 collectionSeconds=round(collections_s, 3))
+        log.info("rootcoord metadata ready", source="standby mirror" if hot else "reload", collections=len(term.catalog),
+                 nextID=term.ids.next, tsoBound=term.oracle.bound, seconds=round(self.reload_seconds, 3),
+                 readSeconds=round(reload_s, 3))
 
     async def deactivate(self) -> None:
         """Forget everything at once and stop the term's background tasks."""

@@ -25,14 +25,15 @@ nanoseconds) is accepted on read, so a bound written by Milvus is honoured too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+
 import structlog
 
 from coordinators.bound import BoundStore, GrowingBound
 from session import CorruptValue, EtcdUnavailable, NotActive
+from session.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +77,13 @@ def parse_bound(key: str, raw: bytes) -> int:
     raise CorruptValue(key, raw, "not a timestamp bound: expected decimal milliseconds")
 
 
+class _Unread:
+    """The default of ``activate(saved=...)``: read the bound from etcd."""
+
+
+_UNREAD = _Unread()
+
+
 class TimestampOracle:
     """One term's oracle. Build it, :meth:`activate`, :meth:`start`; :meth:`stop` at the term's end."""
 
@@ -90,9 +98,13 @@ class TimestampOracle:
         self._save_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
-    async def activate(self) -> None:
-        """Start the term above every former term's bound; save the new bound before serving."""
-        last = await self._saved.load() or 0
+    async def activate(self, saved: tuple[bytes, int] | None | _Unread = _UNREAD) -> None:
+        """Start the term above every former term's bound; save the new bound before serving.
+
+        :param saved: the saved bound as a current image holds it (``(raw, mod revision)``, None: no
+            key), instead of reading it.
+        """
+        last = (await self._saved.load() if isinstance(saved, _Unread) else self._saved.known(saved)) or 0
         self.physical = max(self.clock(), last + 1)
         self.logical = 0
         await self._save(self.physical + SAVE_WINDOW_MS)
@@ -106,10 +118,7 @@ class TimestampOracle:
     async def stop(self) -> None:
         """Cancel and await the background task."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def allocate(self, count: int) -> int:
         """The first of ``count`` consecutive timestamps (1 <= count <= 2^18, checked by the caller)."""

@@ -12,19 +12,21 @@ deadline clock (CLOCK_BOOTTIME): a machine suspended under a running process is 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 import structlog
 
 from session.clock import Clock, deadline_clock
+from session.tasks import cancel_and_wait
 
-__all__ = ["DEFAULT_INTERVAL_S", "LoopWatchdog"]
+__all__ = ["DEFAULT_INTERVAL_S", "IDLE_INTERVAL_S", "LoopWatchdog"]
 
 log = structlog.get_logger(__name__)
 
 #: How often the watchdog wakes: short enough to notice a stall well inside the smallest margin (0.3 s).
 DEFAULT_INTERVAL_S = 0.1
+#: How often it wakes while the member holds nothing (STANDBY): a stall is still measured, later.
+IDLE_INTERVAL_S = 5.0
 
 
 class LoopWatchdog:
@@ -56,6 +58,7 @@ class LoopWatchdog:
         self._on_lag = on_lag
         self._on_stall = on_stall
         self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Future[None] | None = None
         self.max_lag = 0.0
 
     @property
@@ -70,15 +73,35 @@ class LoopWatchdog:
     async def stop(self) -> None:
         """Cancel the probe task and wait for it (idempotent)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
+
+    def set_interval(self, interval: float) -> None:
+        """Wake at another rate from now on (the sleep in progress is cut short, not measured).
+
+        Why: the ACTIVE member needs a stall noticed well inside its safety margin; a STANDBY, which
+        holds nothing a stall could spoil before its next claim, only needs it noticed, and waking ten
+        times a second was most of an idle standby's CPU.
+        """
+        if interval <= 0:
+            raise ValueError("watchdog interval must be > 0")
+        if interval != self.interval:
+            self.interval = interval
+            if self._wake is not None and not self._wake.done():
+                self._wake.set_result(None)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            due = self._clock() + self.interval
-            await asyncio.sleep(self.interval)
+            interval = self.interval
+            due = self._clock() + interval
+            self._wake = wake = loop.create_future()
+            timer = loop.call_later(interval, _resolve, wake)
+            try:
+                await wake
+            finally:
+                timer.cancel()
+            if self.interval != interval and self._clock() < due:
+                continue  # woken for a new interval: no measurement
             lag = max(0.0, self._clock() - due)
             self.max_lag = max(self.max_lag, lag)
             self._report(self._on_lag, lag)
@@ -96,3 +119,8 @@ class LoopWatchdog:
             callback(*args)
         except Exception:  # noqa: BLE001 - the watchdog must outlive its callbacks' bugs
             log.exception("event-loop watchdog callback failed", callback=getattr(callback, "__name__", repr(callback)))
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

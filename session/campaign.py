@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 from etcd3aio._protobuf import Compare, RequestOp, TxnResponse
+from etcd3aio.kv import prefix_range_end
 
 from session.errors import (
     AlreadyActive,
@@ -37,8 +38,10 @@ from session.errors import (
     SessionLost,
 )
 from session.etcd import cmp_create_revision, cmp_value, cmp_version, op_delete, op_get, op_put
+from session.fastpath import DeathWatch, TakeoverMark, read_mark, remove_dead_holder
 from session.info import SessionInfo
 from session.lease import LeaseSession, session_prefix
+from session.lineup import Lineup
 from session.switchover import Successor, successor_key
 from session.watch import KeyEvent, KeyValue, Resync, WatchItem, key_value, read_state, watch
 
@@ -91,6 +94,10 @@ class Campaign:
     :param standby_log_interval: how often a STANDBY member says so in its log (Milvus: 10 s).
     :param backstop_interval: how often a waiting member re-reads the key whatever the watch says
         (default: the session TTL).
+    :param death_watch: the crash fast path (:mod:`session.fastpath`): while waiting, a holder it
+        proves dead is removed at once instead of waiting for its lease to expire.
+    :param claim_grace: how long a STANDBY waits, per member ahead of it in line, for those to claim
+        a free key before it claims itself (:mod:`session.lineup`).
     """
 
     def __init__(
@@ -99,6 +106,8 @@ class Campaign:
         *,
         standby_log_interval: float = 10.0,
         backstop_interval: float | None = None,
+        death_watch: DeathWatch | None = None,
+        claim_grace: float = 0.5,
     ) -> None:
         self.session = session
         self.etcd = session.etcd
@@ -116,6 +125,16 @@ class Campaign:
         self._successor_raw = b""
         #: After this member handed over: (the designation it put, when it withdraws it on clock).
         self._released: tuple[bytes, float] | None = None
+        self.death_watch = death_watch
+        #: The term this member last waited behind, and how it went: what caused the next takeover.
+        self._waited: KeyValue | None = None
+        self._waited_stopping = False
+        self._removed_epoch = 0
+        self._designated = False
+        self.claim_grace = claim_grace
+        self.lineup = Lineup(session.meta_root, session.role, 0)
+        #: Claim txns this campaign sent (the etcd cost of its takeovers; tests and metrics read it).
+        self.claim_txns = 0
 
     # -- claiming ----------------------------------------------------------------------------
 
@@ -130,15 +149,18 @@ class Campaign:
         info = self.session.info
         value = replace(info, active_since_ms=time.time_ns() // 1_000_000)
         encoded = value.to_json()
+        members = self.lineup.member_prefix
         resp = await self._txn(
             [cmp_version(self.key, 0), cmp_version(self.successor_key, 0)],
             [op_put(self.key, encoded, lease=info.lease_id)],
-            [op_get(self.key), op_get(self.successor_key)],
+            [op_get(self.key), op_get(self.successor_key), op_get(members, range_end=prefix_range_end(members))],
         )
         if resp.succeeded:
             return self._won(int(resp.header.revision), value)
         self._waiting_from = int(resp.header.revision) + 1
         active, designation = resp.responses[0].response_range.kvs, resp.responses[1].response_range.kvs
+        self.lineup.me = info.server_id
+        self.lineup.load([key_value(kv) for r in resp.responses for kv in r.response_range.kvs], self.session.clock())
         if active:
             kv = key_value(active[0])
             self.successor = None
@@ -151,9 +173,9 @@ class Campaign:
                 # An earlier attempt of ours succeeded but its answer was lost (timeout): the key is ours.
                 log.info("register ACTIVE service successfully", ServerID=info.server_id, recovered=True)
                 self.holder = None
-                self.session.active_value = _parse_info(kv) or value
                 return Term(self.role, self.key, kv.create_revision, info.server_id, info.lease_id)
             self.holder = self._read_holder(kv)
+            self._waited, self._waited_stopping = kv, bool(self.holder.info and self.holder.info.stopping)
             return None
         if not designation:  # deleted between compare and read: cannot happen in one txn, but be safe
             return None
@@ -175,13 +197,13 @@ class Campaign:
         if successor is not None:
             log.info("taking over as the switchover's designated successor", ServerID=info.server_id,
                      successor=successor.describe())
+            self._designated = True
         return self._won(int(resp.header.revision), value)
 
     def _won(self, epoch: int, value: SessionInfo) -> Term:
         self.holder = None
         self.successor = None
         self._released = None
-        self.session.active_value = value
         log.info("register ACTIVE service successfully", ServerID=value.server_id)
         return Term(self.role, self.key, epoch, value.server_id, value.lease_id)
 
@@ -189,6 +211,7 @@ class Campaign:
         self, compare: Sequence[Compare], success: Sequence[RequestOp], failure: Sequence[RequestOp] = ()
     ) -> TxnResponse:
         """A txn of the campaign: etcd's "lease not found" means this session is over."""
+        self.claim_txns += 1
         try:
             return await self.etcd.txn(compare, success, failure)
         except LeaseNotFound as exc:
@@ -213,6 +236,26 @@ class Campaign:
             who = "an unreadable value"
         expiry = f"; if that process is gone, its session expires in {left}s" if left > 0 else ""
         raise AlreadyActive(f"{self.role} is already running ({who}, key {self.key}){expiry}")
+
+    async def takeover_cause(self) -> str:
+        """Why the last claim found the ACTIVE key free: ``initial`` (nobody held it), ``switchover``,
+        ``graceful`` (the holder stopped), ``fast_path`` / ``restart`` (a dead holder was removed at once),
+        or ``ttl`` (its lease expired). Reads the fast path's mark when this member did not remove it."""
+        waited, self._waited = self._waited, None
+        designated, self._designated = self._designated, False
+        if designated:
+            return "switchover"
+        if waited is None:
+            return "initial"
+        if self._removed_epoch == waited.create_revision:
+            return "fast_path"
+        try:
+            mark = await read_mark(self.etcd, self.session.meta_root, self.role)
+        except SessionError:
+            mark = None
+        if mark is not None and mark.epoch == waited.create_revision:
+            return mark.cause
+        return "graceful" if self._waited_stopping else "ttl"
 
     async def acquire(self) -> Term:
         """Stay STANDBY until this session holds the ACTIVE key; return the new term.
@@ -239,15 +282,14 @@ class Campaign:
                 if term is not None:
                     log.info("quit STANDBY mode, this node will become ACTIVE", ServerID=term.server_id)
                     return term
-                if self.successor is not None:
-                    await self._wait_for_successor(self._waiting_from)
-                elif self.holder is not None:
-                    self._log_holder()
-                    await self._wait_for_vacancy(self._waiting_from)
-                    log.info("start retrying to register as ACTIVE service...")
-                else:  # a designated claim lost a race, or the key moved in between: look again soon
+                if self.holder is None and self.successor is None:
+                    # A designated claim lost a race, or the key moved in between: look again soon.
                     await self._sleep_or_lost(backoff.next())
                     continue
+                if self.holder is not None:
+                    self._log_holder()
+                await self._wait_for_turn(self._waiting_from)
+                log.info("start retrying to register as ACTIVE service...")
                 backoff.reset()
         finally:
             ticker.cancel()
@@ -327,45 +369,6 @@ class Campaign:
         if nobody claims within ``timeout`` seconds, it withdraws the designation and campaigns again."""
         self._released = (designation, self.session.clock() + timeout)
 
-    async def _wait_for_successor(self, start_revision: int) -> None:
-        """A switchover designates another member: wait until the designation is gone (claimed,
-        expired with its lease, or withdrawn); the member that released it withdraws it in time."""
-        successor = self.successor
-        assert successor is not None
-        log.info("the ACTIVE key is reserved by a switchover; waiting for the designated member",
-                 ServerID=self.session.server_id, successor=successor.describe())
-        lost = asyncio.ensure_future(self.session.lost.wait())
-        try:
-            released = self._released
-            withdraw_at = released[1] if released is not None and released[0] == self._successor_raw else None
-            while True:
-                designations = watch(self.etcd, self.successor_key, start_revision=start_revision,
-                                     on_restart=self.session.observer.watch_restarted)
-                async with aclosing(designations) as events:
-                    while True:
-                        left = None if withdraw_at is None else withdraw_at - self.session.clock()
-                        outcome = await self._next_or(events, lost, timeout=left)
-                        if outcome is None:
-                            break
-                        if isinstance(outcome, KeyEvent) or not outcome.kvs:
-                            return  # deleted, or re-written: look again
-                if lost.done():
-                    raise SessionLost(self.session.lost_reason)
-                if withdraw_at is not None and self.session.clock() >= withdraw_at:
-                    await self._withdraw_designation()
-                    return
-                try:
-                    state = await read_state(self.etcd, self.successor_key)
-                except SessionError as exc:
-                    log.warning("backstop read of the switchover designation failed", error=str(exc))
-                    await self._sleep_or_lost(min(1.0, self.backstop_interval / 4))
-                    continue
-                if not state.kvs:
-                    return
-                start_revision = state.revision + 1
-        finally:
-            lost.cancel()
-
     async def _withdraw_designation(self) -> None:
         """Nobody claimed after this member's switchover: delete its designation (if unchanged)."""
         released, self._released = self._released, None
@@ -391,25 +394,75 @@ class Campaign:
 
     # -- waiting -----------------------------------------------------------------------------
 
-    async def _wait_for_vacancy(self, start_revision: int) -> None:
-        """Watch the ACTIVE key until it is deleted; re-read it at least once per backstop interval."""
+    async def _wait_for_turn(self, start_revision: int) -> None:
+        """STANDBY: follow the ACTIVE key, the designation and the line (:mod:`session.lineup`) until
+        it is this member's turn to claim; re-read them at least once per backstop interval.
+
+        With a death watch, the first in line watches the holder too: once it is proven dead its key
+        is removed (the watch then sees the DELETE as for any other vacancy).
+        """
         lost = asyncio.ensure_future(self.session.lost.wait())
+        death = _DeathTask(self)
+        line = self.lineup
+        start, end = line.range
+        applied = start_revision - 1
+        reserved_for: bytes | None = None
+        quiet_since = self.session.clock()  # the last event (or read): a backstop read after an interval
         try:
             while True:
-                active = watch(
-                    self.etcd, self.key, start_revision=start_revision, on_restart=self.session.observer.watch_restarted
-                )
-                async with aclosing(active) as events:
-                    outcome = await self._next_or(events, lost)
-                    while isinstance(outcome, KeyEvent | Resync):
-                        if self._vacated(outcome):
-                            self.session.observer.vacancy_seen(self.key)
+                stream = watch(self.etcd, start.decode(), start_revision=applied + 1, range_end=end,
+                               on_restart=self.session.observer.watch_restarted)
+                again, settled = False, True
+                async with aclosing(stream) as events:
+                    while True:
+                        now = self.session.clock()
+                        if not settled:  # more events of the same txn follow: no decision halfway through it
+                            outcome = await self._next_or(events, lost)
+                            if not isinstance(outcome, KeyEvent):
+                                break  # the stream is over (or the session): watch again, read it all
+                            applied, settled = outcome.kv.mod_revision, outcome.ends_revision
+                            self._apply_line_event(outcome)
+                            continue
+                        decision = line.decide(now, self.claim_grace, self._designation())
+                        if decision.action == "claim":
                             return
-                        outcome = await self._next_or(events, lost)
-                if lost.done():
-                    raise SessionLost(self.session.lost_reason)
+                        if line.successor is not None and line.holder is None:
+                            if reserved_for != line.successor.value:
+                                reserved_for = line.successor.value
+                                log.info("the ACTIVE key is reserved by a switchover; waiting for the designated member",
+                                         ServerID=self.session.server_id, successor=self._designation_text())
+                            withdraw_at = self._withdraw_at(line.successor.value)
+                            if withdraw_at is not None and now >= withdraw_at:
+                                await self._withdraw_designation()
+                                if self._released is not None:  # it failed: not again at once
+                                    await self._sleep_or_lost(0.2)
+                                continue  # its DELETE comes through the watch; decide again then
+                        death.follow(self.holder if line.holder is not None and line.first_in_line() else None)
+                        timeout = _earliest(decision.timeout, self._withdraw_in(now),
+                                            quiet_since + self.backstop_interval - now)
+                        outcome = await self._next_or(events, lost, *death.pending(), timeout=timeout)
+                        if isinstance(outcome, KeyEvent):
+                            applied, settled = outcome.kv.mod_revision, outcome.ends_revision
+                            self._apply_line_event(outcome)
+                            quiet_since = self.session.clock()
+                        elif isinstance(outcome, Resync):
+                            applied = outcome.revision
+                            self._load_line(outcome.kvs, "re-read after compaction")
+                            quiet_since = self.session.clock()
+                        elif lost.done():
+                            raise SessionLost(self.session.lost_reason)
+                        else:
+                            # Cancelled, the stream is over: watch again from the revision after the last
+                            # event (a proven death's DELETE then arrives as for any vacancy, with Milvus's
+                            # lines), after a backstop read if a whole interval went by without an event.
+                            if death.proven():
+                                await death.act()  # the dead holder's key removed (or the watch failed)
+                            again = self.session.clock() < quiet_since + self.backstop_interval
+                            break
+                if again:
+                    continue
                 try:
-                    state = await read_state(self.etcd, self.key)
+                    state = await read_state(self.etcd, start.decode(), range_end=end)
                 except EtcdUnavailable as exc:
                     log.warning("backstop read of the ACTIVE key failed", error=str(exc))
                     continue
@@ -417,30 +470,67 @@ class Campaign:
                     log.warning("backstop read of the ACTIVE key refused, retrying", error=str(exc))
                     await self._sleep_or_lost(min(1.0, self.backstop_interval / 4))
                     continue
-                if not state.kvs:
-                    log.info("the ACTIVE key is gone (backstop read)", key=self.key, revision=state.revision)
-                    self.session.observer.vacancy_seen(self.key)
-                    return
-                self._note_holder(state.kvs[0])
-                start_revision = state.revision + 1
+                applied, quiet_since = state.revision, self.session.clock()
+                self._load_line(state.kvs, "backstop read")
         finally:
+            await death.close()
             lost.cancel()
 
-    def _vacated(self, item: WatchItem) -> bool:
-        """Log a watch item as Milvus does; True when the ACTIVE key is free."""
-        if isinstance(item, Resync):
-            if not item.kvs:
-                log.info("the ACTIVE key is gone (re-read after compaction)", key=self.key, revision=item.revision)
-                return True
-            self._note_holder(item.kvs[0])
-            return False
+    def _load_line(self, kvs: Sequence[KeyValue], how: str) -> None:
+        had_holder = self.lineup.holder is not None
+        self.lineup.load(kvs, self.session.clock())
+        if self.lineup.holder is not None:
+            self._note_holder(self.lineup.holder)
+        elif had_holder:
+            log.info(f"the ACTIVE key is gone ({how})", key=self.key)
+            self.session.observer.vacancy_seen(self.key)
+            self.holder = None
+        self._sync_successor()
+
+    def _apply_line_event(self, item: KeyEvent) -> None:
+        """One event of the line's watch: Milvus's lines for the ACTIVE key, then the line's state."""
+        now = self.session.clock()
+        if item.kv.key == self.key:
+            if item.kind == "DELETE":
+                log.info("watch the ACTIVE key", DELETE=item.describe())
+                log.info("stop watching ACTIVE key")
+                prev = _parse_info(item.prev) if item.prev is not None else None
+                if prev is not None:
+                    self._waited_stopping = prev.stopping
+                self.session.observer.vacancy_seen(self.key)
+                self.lineup.delete(item.kv.key, now)
+                self.holder = None
+            else:
+                log.debug("watch the ACTIVE key", PUT=item.describe())
+                self.lineup.put(item.kv, now)
+                self._note_holder(item.kv)
+            return
         if item.kind == "DELETE":
-            log.info("watch the ACTIVE key", DELETE=item.describe())
-            log.info("stop watching ACTIVE key")
-            return True
-        log.debug("watch the ACTIVE key", PUT=item.describe())
-        self._note_holder(item.kv)
-        return False
+            self.lineup.delete(item.kv.key, now)
+        else:
+            self.lineup.put(item.kv, now)
+        self._sync_successor()
+
+    def _sync_successor(self) -> None:
+        kv = self.lineup.successor
+        self.successor = self._read_successor(kv.value) if kv is not None else None
+        self._successor_raw = kv.value if kv is not None else b""
+
+    def _designation(self) -> Successor | None:
+        return self.successor
+
+    def _designation_text(self) -> str:
+        return self.successor.describe() if self.successor is not None else "an unreadable designation"
+
+    def _withdraw_at(self, raw: bytes) -> float | None:
+        """When this member withdraws the designation ``raw`` (it released the key with it), else None."""
+        released = self._released
+        return released[1] if released is not None and released[0] == raw else None
+
+    def _withdraw_in(self, now: float) -> float | None:
+        kv = self.lineup.successor
+        at = self._withdraw_at(kv.value) if kv is not None and self.lineup.holder is None else None
+        return None if at is None else max(at - now, 0.0)
 
     async def _next_or(
         self, events: AsyncIterator[WatchItem], *stops: asyncio.Future[object], timeout: float | None = None
@@ -498,6 +588,8 @@ class Campaign:
     def _note_holder(self, kv: KeyValue) -> None:
         if self.holder is None or self.holder.kv.mod_revision != kv.mod_revision:
             self.holder = self._read_holder(kv)
+        self._waited = kv
+        self._waited_stopping = self.holder.info is not None and self.holder.info.stopping
 
     def _log_holder(self) -> None:
         info = self.holder.info if self.holder else None
@@ -509,6 +601,68 @@ class Campaign:
             )
         else:
             log.info(f"ACTIVE {self.role} has already been registered")
+
+
+class _DeathTask:
+    """The death watch of the holder a STANDBY waits behind: started per holder, acted on once proven."""
+
+    def __init__(self, campaign: Campaign) -> None:
+        self.campaign = campaign
+        self._holder: Holder | None = None
+        self._task: asyncio.Task[str] | None = None
+        self._cancelled: list[asyncio.Task[str]] = []  # awaited by close()
+
+    def follow(self, holder: Holder | None) -> None:
+        """Watch ``holder`` (restarting when it changed); nothing for an unreadable or absent one."""
+        watcher = self.campaign.death_watch
+        if watcher is None or holder is None or holder.info is None:
+            self.cancel()
+            return
+        if self._holder is not None and self._holder.kv.create_revision == holder.kv.create_revision \
+                and self._task is not None:
+            return
+        self.cancel()
+        self._holder = holder
+        info = holder.info
+        self._task = asyncio.create_task(watcher.dead(info), name=f"death-watch-{info.server_id}")
+
+    def pending(self) -> tuple[asyncio.Future[object], ...]:
+        return (self._task,) if self._task is not None and not self._task.done() else ()  # type: ignore[return-value]
+
+    def proven(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    async def act(self) -> None:
+        """The verdict is in: remove the dead holder's key (or, if the watch failed, start over)."""
+        task, holder, self._task = self._task, self._holder, None
+        assert task is not None and holder is not None
+        if task.cancelled() or task.exception() is not None:
+            if not task.cancelled():
+                log.error("the death watch failed; the lease decides", error=repr(task.exception()))
+            await asyncio.sleep(0.5)  # then follow() starts a new one
+            return
+        campaign, session = self.campaign, self.campaign.session
+        reason = task.result()
+        mark = TakeoverMark(holder.kv.create_revision, "fast_path", session.server_id, reason)
+        try:
+            if await remove_dead_holder(campaign.etcd, session.meta_root, campaign.role, holder.kv, mark=mark):
+                campaign._removed_epoch = holder.kv.create_revision
+        except SessionError as exc:
+            log.warning("could not remove the dead member's ACTIVE key; will try again", error=str(exc))
+            await asyncio.sleep(0.2)
+
+    def cancel(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            self._cancelled.append(self._task)
+        self._task = None
+        self._holder = None
+
+    async def close(self) -> None:
+        """Cancel the watch and wait for every watch this object started to be over."""
+        self.cancel()
+        cancelled, self._cancelled = self._cancelled, []
+        await asyncio.gather(*cancelled, return_exceptions=True)
 
 
 class _Backoff:
@@ -524,6 +678,12 @@ class _Backoff:
 
     def reset(self) -> None:
         self._delay = 0.05
+
+
+def _earliest(*timeouts: float | None) -> float | None:
+    """The smallest of the given timeouts (None: no bound)."""
+    given = [t for t in timeouts if t is not None]
+    return max(min(given), 0.0) if given else None
 
 
 def _parse_info(kv: KeyValue) -> SessionInfo | None:

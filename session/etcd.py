@@ -50,6 +50,7 @@ from etcd3aio.kv import KVService, prefix_range_end
 from etcd3aio.lease import LeaseService
 from etcd3aio.maintenance import MaintenanceService
 
+from session.paging import SpanGuess
 from session.errors import (
     EtcdAuthError,
     EtcdRequestFailed,
@@ -403,10 +404,13 @@ class Etcd:
         revision: int = 0,
         limit: int = 0,
         keys_only: bool = False,
+        range_end: bytes | None = None,
         timeout: float | None = None,
     ) -> RangeResponse:
-        """Linearizable read of one key, or of every key under ``key`` when ``prefix``."""
-        range_end = prefix_range_end(key) if prefix else None
+        """Linearizable read of one key, of every key under ``key`` when ``prefix``, or of the range
+        ``[key, range_end)``."""
+        if range_end is None and prefix:
+            range_end = prefix_range_end(key)
         t = self._t(timeout)
         return await self._call(
             lambda: self._services().kv.get(key, range_end, revision=revision, limit=limit, keys_only=keys_only, timeout=t),
@@ -503,12 +507,18 @@ class Etcd:
             raise LeaseNotFound(f"etcd keep-alive {lease_id:x}: lease not found (expired or revoked)")
         return ttl
 
-    async def scan(self, prefix: str, *, page: int = 500, timeout: float | None = None) -> AsyncIterator[tuple[str, bytes, int]]:
-        """Yield ``(key, value, mod_revision)`` under ``prefix`` in pages, all read at one revision.
+    async def scan(
+        self, prefix: str, *, page: int = 1000, revision: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[tuple[str, bytes, int]]:
+        """Yield ``(key, value, mod_revision)`` under ``prefix`` in pages, all read at one revision
+        (``revision``, or the first page's).
 
-        Paging keeps one response small however much metadata a role holds.
+        Paging keeps one response small however much metadata a role holds, and each page's range end
+        is bounded (:mod:`session.paging`) so that a read costs O(keys), not O(keys^2 / page).
         """
-        start, end, revision = prefix.encode(), prefix_range_end(prefix), 0
+        lo, hard_end = prefix.encode(), prefix_range_end(prefix)
+        guess = SpanGuess(lo, page)
+        start, end, span = lo, hard_end, 0
         t = self._t(timeout)
         while True:
             resp = await self._call(
@@ -518,9 +528,17 @@ class Etcd:
             for item in resp.kvs:
                 # A foreign key that is not UTF-8 is shown, not fatal; paging goes on from its bytes.
                 yield item.key.decode("utf-8", "replace"), bytes(item.value), int(item.mod_revision)
-            if not resp.more or not resp.kvs:
+            if span:
+                guess.learn([], span=span, count=int(resp.count))
+            elif resp.more:
+                guess.learn([bytes(kv.key)[len(lo):] for kv in resp.kvs])
+            if resp.more and resp.kvs:
+                start = bytes(resp.kvs[-1].key) + b"\x00"  # more keys before this range's end
+            elif end >= hard_end:
                 return
-            start = bytes(resp.kvs[-1].key) + b"\x00"
+            else:
+                start = end
+            end, span = guess.end_after(start, hard_end)
 
     def watch_stub(self) -> tuple[Any, tuple[tuple[str, str], ...]]:
         """A watch stub and call metadata, for :mod:`session.watch`.

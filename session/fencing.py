@@ -95,7 +95,7 @@ class FencedWriter:
         kvs = resp.responses[0].response_range.kvs
         return False, (bytes(kvs[0].value) if kvs else None), (int(kvs[0].mod_revision) if kvs else 0)
 
-    async def scan(self, prefix: str, *, page: int = 500) -> AsyncIterator[tuple[str, bytes]]:
+    async def scan(self, prefix: str, *, page: int = 1000) -> AsyncIterator[tuple[str, bytes]]:
         """Read every key under ``prefix`` in pages, at one revision (a role's reload on activation)."""
         self.check()
         async for key, value, _mod in self.etcd.scan(prefix, page=page):

@@ -20,10 +20,11 @@ from contextlib import aclosing
 from typing import Any
 
 import structlog
+from etcd3aio._protobuf import RequestOp
 
 from session.clock import Clock, deadline_clock
 from session.errors import EtcdAuthError, EtcdUnavailable, LeaseNotFound, SessionError, SessionLost
-from session.etcd import GREATER, Etcd, cmp_lease, cmp_version, op_put
+from session.etcd import GREATER, Etcd, cmp_version, op_put
 from session.info import SessionInfo
 from session.observer import NO_OBSERVER, SessionObserver
 from session.server_id import allocate_server_id
@@ -32,8 +33,10 @@ from session.watch import KeyEvent, Resync, watch
 log = structlog.get_logger(__name__)
 
 
-#: Longest sleep of the deadline watchdog (see ``LeaseSession._deadline_watchdog``).
-_WATCHDOG_STEP = 0.5
+#: Longest sleep of the deadline watchdog (see ``LeaseSession._deadline_watchdog``), and the longer
+#: one its owner may choose while the member holds nothing (:attr:`LeaseSession.deadline_step`).
+DEADLINE_STEP = 0.5
+IDLE_DEADLINE_STEP = 5.0
 
 
 def safety_margin(ttl: float) -> float:
@@ -84,8 +87,6 @@ class LeaseSession:
         self.http_address = http_address
         self.active_standby = active_standby
         self.clock = clock
-        #: The value the campaign last put at the ACTIVE key for this session (None: never ACTIVE).
-        self.active_value: SessionInfo | None = None
         self.lost = asyncio.Event()
         self.lost_reason = ""
         self._info: SessionInfo | None = None
@@ -94,6 +95,10 @@ class LeaseSession:
         self._tasks: list[asyncio.Task[None]] = []
         #: True once :meth:`close` revoked the lease (or etcd said it was gone already).
         self.revoked = False
+        #: How late, at most, a passed deadline is noticed after a suspend. The owner raises it to
+        #: IDLE_DEADLINE_STEP while the member holds nothing (a STANDBY): fewer wake-ups, and the
+        #: event-loop watchdog sees a suspend as a stall anyway.
+        self.deadline_step = DEADLINE_STEP
 
     # -- properties ------------------------------------------------------------------------
 
@@ -194,19 +199,17 @@ class LeaseSession:
         self._spawn(self._deadline_watchdog(), "deadline")
         self._spawn(self._watch_own_key(registered_at + 1), "own-key")
 
-    async def mark_stopping(self) -> None:
-        """Put ``Stopping=true`` at the own key, and at the ACTIVE key while it is on our lease, so
-        clients stop choosing this member and ``milvus status`` shows the shutdown."""
+    def stopping_op(self) -> RequestOp:
+        """The put of ``Stopping=true`` at the own key, for a txn of the caller's (an ACTIVE member's
+        graceful stop deletes its ACTIVE key in the same txn)."""
         self._info = self.info.as_stopping()
-        value, timeout = self._info.to_json(), min(self.etcd.timeout, self.keepalive_interval)
-        active = f"{session_prefix(self.meta_root)}{self.role}"
-        active_value = (self.active_value or self._info).as_stopping().to_json()
-        await self.etcd.txn(
-            [cmp_version(self.key, 0, result=GREATER)], [op_put(self.key, value, lease=self.lease_id)], timeout=timeout
-        )
-        await self.etcd.txn(
-            [cmp_lease(active, self.lease_id)], [op_put(active, active_value, lease=self.lease_id)], timeout=timeout
-        )
+        return op_put(self.key, self._info.to_json(), lease=self.lease_id)
+
+    async def mark_stopping(self) -> None:
+        """Put ``Stopping=true`` at the own key (if it is still there), so clients and standbys stop
+        choosing this member and ``milvus status`` shows the shutdown."""
+        timeout = min(self.etcd.timeout, self.keepalive_interval)
+        await self.etcd.txn([cmp_version(self.key, 0, result=GREATER)], [self.stopping_op()], timeout=timeout)
 
     async def close(self, *, revoke: bool = True) -> None:
         """Stop the tasks, then revoke the lease: both session keys vanish in one revision."""
@@ -284,7 +287,7 @@ class LeaseSession:
     async def _deadline_watchdog(self) -> None:
         """Declare the session lost when the local deadline passes, whatever etcd says.
 
-        Sleeps at most :data:`_WATCHDOG_STEP` at a time: the event loop's timers run on the monotonic
+        Sleeps at most :attr:`deadline_step` at a time: the event loop's timers run on the monotonic
         clock, which stands still while the machine is suspended, so one long sleep would end late.
         """
         while not self.lost.is_set():
@@ -292,7 +295,7 @@ class LeaseSession:
             if left <= 0:
                 self._lose(f"local deadline passed: no keep-alive acknowledged for {self._granted_ttl - self.margin:.2f}s")
                 return
-            await asyncio.sleep(min(left, _WATCHDOG_STEP))
+            await asyncio.sleep(min(left, self.deadline_step))
 
     async def _watch_own_key(self, start_revision: int) -> None:
         """Somebody deleting our own key (an operator, a fenced cleanup) ends the session."""

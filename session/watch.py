@@ -9,9 +9,9 @@ compacted it re-reads the key and hands the caller a :class:`Resync` snapshot be
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import grpc
 import grpc.aio
@@ -46,6 +46,9 @@ class KeyEvent:
     kind: Literal["PUT", "DELETE"]
     kv: KeyValue
     prev: KeyValue | None
+    #: False when more events of the same revision (the same txn) follow: a state built from events is
+    #: only one etcd had once the revision's last event is applied.
+    ends_revision: bool = True
 
     def describe(self) -> str:
         """The event as Milvus logs it: ``key:"by-dev/meta/session/rootcoord" mod_revision:167 ``."""
@@ -61,7 +64,23 @@ class Resync:
     compact_revision: int
 
 
+@dataclass(frozen=True)
+class Compacted:
+    """The history the watch needed was compacted, and the caller asked to be told instead of a
+    :class:`Resync` (it re-reads what it follows itself): the watch ends after this item."""
+
+    compact_revision: int
+
+
 WatchItem = KeyEvent | Resync
+
+
+def covering_range(prefixes: Sequence[str], key: str) -> tuple[bytes, bytes]:
+    """The smallest key range ``[start, end)`` holding every key under ``prefixes`` and ``key``: one
+    watcher over it delivers all their events in revision order (two watchers would not)."""
+    starts = [p.encode() for p in prefixes] + [key.encode()]
+    ends = [prefix_range_end(p) for p in prefixes] + [key.encode() + b"\x00"]
+    return min(starts), max(ends)
 
 
 def key_value(raw: object) -> KeyValue:
@@ -75,9 +94,11 @@ def key_value(raw: object) -> KeyValue:
     )
 
 
-async def read_state(etcd: Etcd, key: str, *, prefix: bool = False, timeout: float | None = None) -> Resync:
+async def read_state(
+    etcd: Etcd, key: str, *, prefix: bool = False, range_end: bytes | None = None, timeout: float | None = None
+) -> Resync:
     """Read the watched key(s) now, as a :class:`Resync` snapshot."""
-    resp = await etcd.get(key, prefix=prefix, timeout=timeout)
+    resp = await etcd.get(key, prefix=prefix, range_end=range_end, timeout=timeout)
     return Resync(tuple(key_value(kv) for kv in resp.kvs), int(resp.header.revision), 0)
 
 
@@ -91,7 +112,9 @@ async def watch(
     create_timeout: float | None = None,
     max_backoff: float = 1.0,
     on_restart: Callable[[str, WatchRestart], None] | None = None,
-) -> AsyncIterator[WatchItem]:
+    resync: bool = True,
+    range_end: bytes | None = None,
+) -> AsyncIterator[Any]:
     """Yield every change of ``key`` from ``start_revision`` on, forever.
 
     Items are :class:`KeyEvent` in revision order, or a :class:`Resync` when the needed history was
@@ -99,10 +122,14 @@ async def watch(
     with a capped backoff from the revision after the last delivered event. Use it under
     ``contextlib.aclosing`` so the stream is cancelled when the caller stops. ``on_restart(key,
     reason)`` is told each time the stream is re-created (reconnect, or resync after compaction).
+
+    With ``resync=False`` a compaction yields :class:`Compacted` and ends the watch instead.
+    ``range_end`` watches the range ``[key, range_end)`` (instead of one key or a prefix).
     """
     next_revision = start_revision
     backoff = 0.05
-    range_end = prefix_range_end(key) if prefix else b""
+    if range_end is None:
+        range_end = prefix_range_end(key) if prefix else b""
     timeout = create_timeout if create_timeout is not None else etcd.timeout
     while True:
         call: grpc.aio.StreamStreamCall | None = None
@@ -120,8 +147,13 @@ async def watch(
             response = created
             while True:
                 if response.canceled:
+                    if response.compact_revision > 0 and not resync:
+                        if on_restart is not None:
+                            on_restart(key, "compacted")
+                        yield Compacted(int(response.compact_revision))
+                        return
                     if response.compact_revision > 0:
-                        state = await read_state(etcd, key, prefix=prefix, timeout=timeout)
+                        state = await read_state(etcd, key, range_end=range_end or None, timeout=timeout)
                         log.info(
                             "watch compacted, re-read the key",
                             key=key,
@@ -135,11 +167,13 @@ async def watch(
                         next_revision = state.revision + 1
                         break
                     raise EtcdUnavailable(f"etcd watch {key} canceled: {response.cancel_reason or 'no reason given'}")
-                for event in response.events:
+                events = response.events
+                for i, event in enumerate(events):
                     item = KeyEvent(
                         kind="DELETE" if event.type == _DELETE else "PUT",
                         kv=key_value(event.kv),
                         prev=key_value(event.prev_kv) if event.HasField("prev_kv") else None,
+                        ends_revision=i + 1 == len(events) or events[i + 1].kv.mod_revision != event.kv.mod_revision,
                     )
                     next_revision = item.kv.mod_revision + 1
                     backoff = 0.05

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -56,6 +56,8 @@ def clean_env(overrides: Mapping[str, str]) -> dict[str, str]:
     # Never share pid files or default HTTP ports with a real cluster or another test run.
     env["MILVUS_RUN_DIR"] = _RUN_DIR
     env.update({f"{section}_HTTP_PORT": "0" for section in ENV_SECTION.values()})
+    # MILVUS_TEST_EVENT_LOOP=uvloop runs every process test's members under uvloop (common.eventLoop).
+    env["COMMON_EVENTLOOP"] = os.environ.get("MILVUS_TEST_EVENT_LOOP", "asyncio")
     env.update(overrides)
     return env
 
@@ -66,13 +68,18 @@ def clean_env(overrides: Mapping[str, str]) -> dict[str, str]:
 class MilvusProcess:
     """One ``milvus`` subprocess in its own session, output (stdout + stderr) to ``log_path``."""
 
-    def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path, *, port: int = 0) -> None:
+    def __init__(
+        self, args: list[str], env: Mapping[str, str], log_path: Path, *, port: int = 0,
+        host: str = "localhost", prefix: Sequence[str] = (),
+    ) -> None:
+        """:param host: the host it advertises; :param prefix: runs ``prefix + milvus args`` (``ip netns exec ns``)."""
         self.args = args
         self.log_path = log_path
         self.port = port
+        self.host = host
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in kill()/wait()
         self.popen = subprocess.Popen(
-            [MILVUS, *args],
+            [*prefix, MILVUS, *args],
             env=dict(env),
             cwd=REPO,
             stdin=subprocess.DEVNULL,
@@ -87,8 +94,8 @@ class MilvusProcess:
 
     @property
     def address(self) -> str:
-        """The address it advertises in its session (``localhost:<port>``, the config's default host)."""
-        return f"localhost:{self.port}"
+        """The address it advertises in its session (``localhost:<port>`` with the config's default host)."""
+        return f"{self.host}:{self.port}"
 
     def running(self) -> bool:
         return self.popen.poll() is None
@@ -298,10 +305,10 @@ async def wait_for_log(proc: MilvusProcess, pred: Callable[[list[LogLine]], bool
 
 
 async def pair(
-    client: Etcd3Client, root: str, role: str, launch: Launch
+    client: Etcd3Client, root: str, role: str, launch: Launch, *, env: Mapping[str, str] | None = None
 ) -> tuple[MilvusProcess, MilvusProcess, Kv, dict[int, Kv]]:
     """Start two processes of ``role`` at once; (active, standby, ACTIVE key, own keys) once both registered."""
-    a, b = launch(role, "a"), launch(role, "b")
+    a, b = launch(role, "a", env=dict(env or {})), launch(role, "b", env=dict(env or {}))
 
     async def settled() -> tuple[Kv, dict[int, Kv]] | None:
         for proc in (a, b):

@@ -58,13 +58,16 @@ def check_machine(doc: dict[str, Any]) -> None:
 def test_failover_quick(results: Path) -> None:
     doc = run_bench("failover.py", results / "failover.json")
     check_machine(doc)
+    [fast60] = doc["crash"]["series"]  # the quick run: TTL 60 s, the crash fast path on
+    assert (fast60["ttl"], fast60["fast"]) == (60, True)
     for key in ("key_ms", "service_ms"):
         positive(doc, "graceful", "ours", "summary", key, "p50")
-        positive(doc, "crash", "ours", "summary", key, "p50")
+        positive(fast60, "summary", key, "p50")
     positive(doc, "graceful", "etcd", "summary", "elected_ms", "p50")
     positive(doc, "graceful", "ratio_key_p50")
-    positive(doc, "crash", "ours", "summary", "expiry_to_service_ms", "p50")
-    assert len(doc["graceful"]["ours"]["breakdown"]) >= 5
+    positive(doc, "crash", "goals", "ratio_p95_vs_graceful")
+    assert fast60["causes"] == {"fast_path": 1}, fast60["causes"]
+    assert len(doc["graceful"]["ours"]["breakdown"]) >= 5 and len(fast60["breakdown"]) >= 5
 
 
 def test_throughput_quick(results: Path) -> None:
@@ -95,6 +98,11 @@ def test_scale_quick(results: Path) -> None:
     for case in doc["activation"]:
         positive(case, "reload_s_p50")
         positive(case, "range_requests")
+    assert {(c["size"], c["standby"]) for c in doc["takeover"]} == {(0, "hot"), (0, "cold"), (1000, "hot"), (1000, "cold")}
+    for case in doc["takeover"]:
+        positive(case, "service_ms", "p50")
+        assert case["states"] == (["hot"] if case["standby"] == "hot" else ["reloaded"]), case
+    assert [row["size"] for row in doc["takeover_summary"]] == [0, 1000]
 
 
 def test_report_from_quick_results(results: Path, tmp_path: Path) -> None:

@@ -147,7 +147,7 @@ async def test_start_standby_stop_rootcoord_hands_over_and_stop_cluster_leaves_n
     # ---- start: etcd, then an ACTIVE and a STANDBY per role
     code, out = await run_script("start_cluster.sh", ["--standby"], cluster.env, START_TIMEOUT_S)
     assert code == 0, f"{out}\n{cluster.logs()}"
-    assert f"started etcd (pid " in out
+    assert "started etcd (pid " in out
     expected = {
         role: [("ACTIVE", cluster.address(role)), ("STANDBY", cluster.address(role, standby=True))] for role in ROLES
     }

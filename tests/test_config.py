@@ -316,3 +316,22 @@ def test_datacoord_segment_max_rows() -> None:
             load_env(DATA_COORD_SEGMENT_MAX_ROWS=bad)
         assert caught.value.key == "dataCoord.segment.maxRows"
         assert "DATA_COORD_SEGMENT_MAX_ROWS" in str(caught.value)
+
+
+def test_event_loop_and_claim_grace() -> None:
+    assert load_config(env={}).event_loop == "asyncio"
+    assert load_config(env={"COMMON_EVENTLOOP": "uvloop"}).event_loop == "uvloop"  # installed with the test extra
+    with pytest.raises(ConfigError, match="common.eventLoop.*must be one of asyncio, uvloop"):
+        load_config(env={"COMMON_EVENTLOOP": "trio"})
+    assert load_config(env={"COMMON_SESSION_CLAIMGRACE": "250"}).session.claim_grace == 0.25
+    with pytest.raises(ConfigError, match="claimGrace"):
+        load_config(env={"COMMON_SESSION_CLAIMGRACE": "0"})
+
+
+def test_uvloop_asked_for_but_not_installed_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvloop" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"uvloop is not installed \(pip install 'milvus-coord-ha\[uvloop\]'\)"):
+        load_config(env={"COMMON_EVENTLOOP": "uvloop"})

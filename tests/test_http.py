@@ -416,3 +416,48 @@ async def test_healthz_fails_when_an_active_member_is_past_its_deadline(etcd: Et
 
 async def _true(value: bool) -> bool:
     return value
+
+
+# --------------------------------------------------------------------------- the server itself
+
+
+async def raw_request(port: int, data: bytes) -> bytes:
+    """What the server answers to ``data`` (everything it sends before it closes)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
+async def test_the_http_server_answers_what_it_must_and_refuses_the_rest() -> None:
+    """Our own small server (aiohttp cost every process 9 MB): methods, paths, HEAD, garbage, a
+    head too large, and a client that sends nothing must not hold up the others."""
+    from coordinators.http_server import HttpServer
+
+    server = HttpServer("rootcoord", lambda: _view(state=common_pb2.StandBy, refusal="StandBy"), lambda: b"# metrics\n")
+    await server.start("127.0.0.1", 0)
+    try:
+        port = server.port
+        ok = await raw_request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert ok.startswith(b"HTTP/1.1 200 OK\r\n") and ok.endswith(b"\r\n\r\nok\n"), ok
+        assert b"Content-Length: 3\r\n" in ok and b"Connection: close\r\n" in ok
+        head = await raw_request(port, b"HEAD /metrics HTTP/1.0\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n") and b"Content-Length: 10\r\n" in head
+        assert (await raw_request(port, b"GET /nope HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 404 ")
+        assert (await raw_request(port, b"POST /healthz HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 405 ")
+        assert (await raw_request(port, b"garbage\r\n\r\n")).startswith(b"HTTP/1.1 400 ")
+        assert await raw_request(port, b"GET /healthz HTTP/1.1\r\nX: " + b"a" * 20_000 + b"\r\n\r\n") == b""
+        # A client that connects and says nothing does not hold up the next one.
+        _, idle = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            status, _ = await http_get(port, "/readyz")
+            assert status == 503
+        finally:
+            idle.close()
+    finally:
+        await server.close()
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", port)

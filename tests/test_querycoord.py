@@ -335,9 +335,9 @@ async def test_activation_reloads_ten_thousand_records_well_under_a_second(
     took: list[float] = []
     original = QueryCoord.activate
 
-    async def timed(self: QueryCoord, store):  # type: ignore[no-untyped-def]
+    async def timed(self: QueryCoord, store, image=None):  # type: ignore[no-untyped-def]
         t0 = time.monotonic()
-        await original(self, store)
+        await original(self, store, image)
         took.append(time.monotonic() - t0)
 
     monkeypatch.setattr(QueryCoord, "activate", timed)

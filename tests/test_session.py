@@ -416,3 +416,41 @@ async def test_a_resumed_member_knows_at_once_that_its_deadline_passed(etcd: Etc
             assert not term.active
         finally:
             await session.close()
+
+
+# -- reading a large prefix --------------------------------------------------------------------
+
+
+class CountingEtcd:
+    """Wraps an Etcd's KV service to add up the ``count`` etcd computed for each range request."""
+
+    def __init__(self, etcd: object) -> None:
+        self.counted = 0
+        self.requests = 0
+        kv = etcd._services().kv  # type: ignore[attr-defined]
+        original = kv.get
+
+        async def get(*args: object, **kwargs: object) -> object:
+            resp = await original(*args, **kwargs)
+            self.counted += int(resp.count)
+            self.requests += 1
+            return resp
+
+        kv.get = get
+
+
+async def test_a_large_prefix_is_read_in_pages_whose_ranges_stay_small(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    """etcd counts every key left in a limited range (etcd-io/etcd#11057): with the prefix's end as every
+    page's end, 5000 keys in pages of 100 would count 5000 + 4900 + ... = 127,500 keys (25 per key)."""
+    from session.etcd import op_put
+
+    prefix = f"{etcd_prefix}/big/"
+    keys = [f"{prefix}{i}" for i in range(1, 5001)]  # decimal IDs: far from uniform as byte strings
+    async with connected(etcd.endpoints, timeout=10.0) as etcd_:
+        for i in range(0, len(keys), 100):
+            await etcd_.txn([], [op_put(k, b"v") for k in keys[i:i + 100]])
+        counting = CountingEtcd(etcd_)
+        read = [key async for key, _value, _mod in etcd_.scan(prefix, page=100)]
+    assert read == sorted(keys)
+    assert counting.counted < 8 * len(keys), f"etcd counted {counting.counted} keys for {len(keys)}"
+    assert counting.requests < 3 * len(keys) / 100, counting.requests

@@ -151,3 +151,20 @@ async def test_stall_past_the_deadline_declares_the_session_lost_before_etcd_exp
     # It registers a new session and serves again.
     await wait_until(lambda: proc.server_id != session.server_id and proc.state == common_pb2.Healthy, timeout=TTL + 3)
     assert _sample(proc, "milvus_coord_sessions_lost_total") == 1
+
+
+async def test_a_new_interval_applies_at_once_and_the_cut_sleep_is_not_a_measurement() -> None:
+    """A STANDBY's watchdog idles (one wake-up a second); once the member claims, the fast rate must
+    apply at once, not after the idle sleep, and the sleep it cut short is not a lag."""
+    lags: list[float] = []
+    dog = LoopWatchdog(threshold=lambda: 10.0, on_lag=lags.append, on_stall=lambda lag, limit: None, interval=30.0)
+    dog.start()
+    try:
+        await asyncio.sleep(0.05)
+        dog.set_interval(0.02)
+        await wait_until(lambda: len(lags) >= 3, timeout=2)  # not 30 s
+        assert max(lags) < 1.0
+        with pytest.raises(ValueError):
+            dog.set_interval(0)
+    finally:
+        await dog.stop()
