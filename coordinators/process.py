@@ -20,7 +20,7 @@ import contextlib
 import time
 from collections.abc import Awaitable
 from importlib.metadata import PackageNotFoundError, version
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
@@ -59,6 +59,7 @@ from session.clock import Clock, deadline_clock
 from session.campaign import active_key
 from session.lease import DEADLINE_STEP, IDLE_DEADLINE_STEP
 from session.mirror import Mirror
+from session.tasks import cancel_and_wait
 from session.etcd import EtcdTLSError, op_delete
 from session.fastpath import TakeoverMark, mark_op
 
@@ -533,11 +534,15 @@ class CoordinatorProcess:
                 state="hot" if image is not None else "reloaded",
                 **({} if image is not None else {"reloadedBecause": cold}),
             )
-            await self._serve_until_over(session, campaign, term, writer, holder)
-            if self.stop_requested.is_set():
-                await self._release_for_stop(session, term, writer)
-            else:
-                log.warning(f"{self.role} stops serving: ACTIVE term ended", ServerID=session.server_id, reason=term.end_reason)
+            leftover = await self._serve_until_over(session, campaign, term, writer, holder)
+            try:
+                if self.stop_requested.is_set():
+                    await self._release_for_stop(session, term, writer)
+                else:
+                    log.warning(f"{self.role} stops serving: ACTIVE term ended", ServerID=session.server_id,
+                                reason=term.end_reason)
+            finally:
+                await cancel_and_wait(leftover)  # after the release: it is on the standby's path
             return True
         finally:
             self.term = None
@@ -580,8 +585,12 @@ class CoordinatorProcess:
 
     async def _serve_until_over(
         self, session: LeaseSession, campaign: Campaign, term: Term, writer: FencedWriter, holder: asyncio.Task[None]
-    ) -> None:
-        """Serve until the term ends or a stop is requested; carry out the switchovers asked meanwhile."""
+    ) -> asyncio.Future[Any] | None:
+        """Serve until the term ends or a stop is requested; carry out the switchovers asked meanwhile.
+
+        Returns the watch for switchover requests when it was still running, cancelled: the caller
+        awaits it after releasing the key (ending a watch stream takes a few event-loop turns, and a
+        graceful stop's standby is waiting for the release)."""
         while term.active and not self.stop_requested.is_set():
             stop = asyncio.ensure_future(self.stop_requested.wait())
             request = asyncio.ensure_future(
@@ -593,11 +602,12 @@ class CoordinatorProcess:
                 stop.cancel()
                 if not request.done():
                     request.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await request
+            if not request.done():
+                return request
             if request.cancelled() or holder.done() or self.stop_requested.is_set():
-                return
+                return None
             await self._switch_over(session, campaign, term, writer, *request.result())
+        return None
 
     async def _switch_over(
         self, session: LeaseSession, campaign: Campaign, term: Term, writer: FencedWriter,

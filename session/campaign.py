@@ -38,7 +38,7 @@ from session.errors import (
     SessionLost,
 )
 from session.etcd import cmp_create_revision, cmp_value, cmp_version, op_delete, op_get, op_put
-from session.fastpath import DeathWatch, TakeoverMark, read_mark, remove_dead_holder
+from session.fastpath import DeathWatch, TakeoverMark, read_mark, remove_dead_holder, revoke_dead_lease
 from session.info import SessionInfo
 from session.lease import LeaseSession, session_prefix
 from session.lineup import Lineup
@@ -265,6 +265,7 @@ class Campaign:
         log.info(f"serverName: {self.role} enter STANDBY mode")
         ticker = asyncio.create_task(self._standby_ticker(), name=f"standby-log-{self.role}")
         backoff = _Backoff(min(1.0, self.backstop_interval / 4))
+        death = _DeathTask(self)  # closed after the claim: ending its stream is not on the takeover's path
         try:
             while True:
                 try:
@@ -288,11 +289,12 @@ class Campaign:
                     continue
                 if self.holder is not None:
                     self._log_holder()
-                await self._wait_for_turn(self._waiting_from)
+                await self._wait_for_turn(self._waiting_from, death)
                 log.info("start retrying to register as ACTIVE service...")
                 backoff.reset()
         finally:
             ticker.cancel()
+            await death.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
 
@@ -394,7 +396,7 @@ class Campaign:
 
     # -- waiting -----------------------------------------------------------------------------
 
-    async def _wait_for_turn(self, start_revision: int) -> None:
+    async def _wait_for_turn(self, start_revision: int, death: _DeathTask) -> None:
         """STANDBY: follow the ACTIVE key, the designation and the line (:mod:`session.lineup`) until
         it is this member's turn to claim; re-read them at least once per backstop interval.
 
@@ -402,7 +404,6 @@ class Campaign:
         is removed (the watch then sees the DELETE as for any other vacancy).
         """
         lost = asyncio.ensure_future(self.session.lost.wait())
-        death = _DeathTask(self)
         line = self.lineup
         start, end = line.range
         applied = start_revision - 1
@@ -417,14 +418,16 @@ class Campaign:
                     while True:
                         now = self.session.clock()
                         if not settled:  # more events of the same txn follow: no decision halfway through it
-                            outcome = await self._next_or(events, lost)
+                            # They came in the same response: the next one is at hand, no waiting.
+                            outcome = await anext(events)
                             if not isinstance(outcome, KeyEvent):
-                                break  # the stream is over (or the session): watch again, read it all
+                                break  # a resync: watch again, read it all
                             applied, settled = outcome.kv.mod_revision, outcome.ends_revision
                             self._apply_line_event(outcome)
                             continue
                         decision = line.decide(now, self.claim_grace, self._designation())
                         if decision.action == "claim":
+                            death.cancel()  # awaited by the caller, after its claim
                             return
                         if line.successor is not None and line.holder is None:
                             if reserved_for != line.successor.value:
@@ -455,8 +458,11 @@ class Campaign:
                             # Cancelled, the stream is over: watch again from the revision after the last
                             # event (a proven death's DELETE then arrives as for any vacancy, with Milvus's
                             # lines), after a backstop read if a whole interval went by without an event.
-                            if death.proven():
-                                await death.act()  # the dead holder's key removed (or the watch failed)
+                            if death.proven() and (removed_at := await death.act()):
+                                # This member removed the dead holder's key: the vacancy is known now. (A
+                                # watch from before that revision would deliver it only on etcd's next sync
+                                # of unsynced watchers, up to 100 ms later.)
+                                self._vacated_by_removal(removed_at)
                             again = self.session.clock() < quiet_since + self.backstop_interval
                             break
                 if again:
@@ -473,8 +479,16 @@ class Campaign:
                 applied, quiet_since = state.revision, self.session.clock()
                 self._load_line(state.kvs, "backstop read")
         finally:
-            await death.close()
+            death.cancel()
             lost.cancel()
+
+    def _vacated_by_removal(self, revision: int) -> None:
+        """The DELETE this member wrote (the crash fast path), with Milvus's lines as if it was watched."""
+        log.info("watch the ACTIVE key", DELETE=f'key:"{self.key}" mod_revision:{revision} ')
+        log.info("stop watching ACTIVE key")
+        self.session.observer.vacancy_seen(self.key)
+        self.lineup.delete(self.key, self.session.clock())
+        self.holder = None
 
     def _load_line(self, kvs: Sequence[KeyValue], how: str) -> None:
         had_holder = self.lineup.holder is not None
@@ -611,6 +625,7 @@ class _DeathTask:
         self._holder: Holder | None = None
         self._task: asyncio.Task[str] | None = None
         self._cancelled: list[asyncio.Task[str]] = []  # awaited by close()
+        self._revokes: list[asyncio.Task[None]] = []  # the dead holders' leases, revoked after the claim
 
     def follow(self, holder: Holder | None) -> None:
         """Watch ``holder`` (restarting when it changed); nothing for an unreadable or absent one."""
@@ -632,24 +647,34 @@ class _DeathTask:
     def proven(self) -> bool:
         return self._task is not None and self._task.done()
 
-    async def act(self) -> None:
-        """The verdict is in: remove the dead holder's key (or, if the watch failed, start over)."""
+    async def act(self) -> int:
+        """The verdict is in: remove the dead holder's key (or, if the watch failed, start over).
+
+        Returns the revision of the delete when this member removed the key, else 0. The dead lease
+        is revoked in the background (awaited by :meth:`close`): the claim does not wait for it.
+        """
         task, holder, self._task = self._task, self._holder, None
         assert task is not None and holder is not None
         if task.cancelled() or task.exception() is not None:
             if not task.cancelled():
                 log.error("the death watch failed; the lease decides", error=repr(task.exception()))
             await asyncio.sleep(0.5)  # then follow() starts a new one
-            return
+            return 0
         campaign, session = self.campaign, self.campaign.session
         reason = task.result()
         mark = TakeoverMark(holder.kv.create_revision, "fast_path", session.server_id, reason)
         try:
-            if await remove_dead_holder(campaign.etcd, session.meta_root, campaign.role, holder.kv, mark=mark):
-                campaign._removed_epoch = holder.kv.create_revision
+            removed = await remove_dead_holder(campaign.etcd, session.meta_root, campaign.role, holder.kv, mark=mark,
+                                               revoke=False)
         except SessionError as exc:
             log.warning("could not remove the dead member's ACTIVE key; will try again", error=str(exc))
             await asyncio.sleep(0.2)
+            return 0
+        if removed:
+            campaign._removed_epoch = holder.kv.create_revision
+        self._revokes.append(asyncio.create_task(revoke_dead_lease(campaign.etcd, holder.kv.lease),
+                                                 name=f"revoke-dead-{holder.kv.lease:x}"))
+        return removed
 
     def cancel(self) -> None:
         if self._task is not None and not self._task.done():
@@ -659,10 +684,11 @@ class _DeathTask:
         self._holder = None
 
     async def close(self) -> None:
-        """Cancel the watch and wait for every watch this object started to be over."""
+        """Cancel the watch and wait for every watch this object started to be over, and its revokes."""
         self.cancel()
         cancelled, self._cancelled = self._cancelled, []
-        await asyncio.gather(*cancelled, return_exceptions=True)
+        revokes, self._revokes = self._revokes, []
+        await asyncio.gather(*cancelled, *revokes, return_exceptions=True)
 
 
 class _Backoff:

@@ -32,7 +32,8 @@ from session.etcd import Etcd, cmp_create_revision, cmp_lease, op_delete, op_put
 from session.info import SessionInfo
 from session.watch import KeyValue
 
-__all__ = ["DeathWatch", "TakeoverMark", "mark_op", "read_mark", "remove_dead_holder", "takeover_key"]
+__all__ = ["DeathWatch", "TakeoverMark", "mark_op", "read_mark", "remove_dead_holder", "revoke_dead_lease",
+           "takeover_key"]
 
 log = structlog.get_logger(__name__)
 
@@ -84,13 +85,15 @@ async def remove_dead_holder(
     *,
     mark: TakeoverMark,
     timeout: float | None = None,
-) -> bool:
-    """Delete the ACTIVE key held by a dead term, then revoke that term's lease.
+    revoke: bool = True,
+) -> int:
+    """Delete the ACTIVE key held by a dead term, then (``revoke``) revoke that term's lease.
 
     One txn deletes the key only if its create revision and lease are still ``holder``'s (so no
-    other term can be removed) and writes ``mark``. Then the dead lease is revoked,
-    which deletes its own session key too. Returns True when this call removed the key (False:
-    it was gone or held by another term already). :raises SessionError: etcd did not answer.
+    other term can be removed) and writes ``mark``. Then the dead lease is revoked, which deletes its
+    own session key too (:func:`revoke_dead_lease`; a campaign does that after its claim, off the
+    takeover's path). Returns the revision of the delete when this call removed the key (0: it was
+    gone or held by another term already). :raises SessionError: etcd did not answer.
     """
     key = holder.key
     resp = await etcd.txn(
@@ -101,15 +104,21 @@ async def remove_dead_holder(
     if resp.succeeded:
         log.warning("removed the ACTIVE key of a dead member", role=role, epoch=holder.create_revision,
                     LeaseID=f"{holder.lease:x}", cause=mark.cause, reason=mark.reason, revision=int(resp.header.revision))
-    if holder.lease:
-        try:
-            await etcd.revoke(holder.lease, timeout=timeout)
-        except LeaseNotFound:
-            pass
-        except SessionError as exc:
-            log.warning("could not revoke the dead member's lease; it will expire", LeaseID=f"{holder.lease:x}",
-                        error=str(exc))
-    return bool(resp.succeeded)
+    if revoke:
+        await revoke_dead_lease(etcd, holder.lease, timeout=timeout)
+    return int(resp.header.revision) if resp.succeeded else 0
+
+
+async def revoke_dead_lease(etcd: Etcd, lease: int, *, timeout: float | None = None) -> None:
+    """Revoke a dead member's lease (its own key goes with it); a failure only leaves it to expire."""
+    if not lease:
+        return
+    try:
+        await etcd.revoke(lease, timeout=timeout)
+    except LeaseNotFound:
+        pass
+    except SessionError as exc:
+        log.warning("could not revoke the dead member's lease; it will expire", LeaseID=f"{lease:x}", error=str(exc))
 
 
 def mark_op(meta_root: str, role: str, mark: TakeoverMark) -> RequestOp:
