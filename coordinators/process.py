@@ -438,40 +438,43 @@ class CoordinatorProcess:
             claim_grace=self.config.session.claim_grace,
         )
         standby = self.role_config.enable_active_standby
-        while not self.stop_requested.is_set():
-            image: object | None = None
-            cold = "active-standby is off"
-            if standby:
-                self.state = common_pb2.StandBy
-                self.observer.vacancy_at = None
-                mirror = self._new_mirror()
-                try:
-                    term = await self._until_stopped(campaign.acquire(), session)
-                    log.info(f"{self.role} switch from standby to active, activating", ServerID=session.server_id)
-                    if mirror is not None:
-                        image = await mirror.catch_up(term.epoch, timeout=_CATCH_UP_S)
-                        cold = f"the standby's mirror was not current: {mirror.behind_reason}"
-                    else:
-                        cold = "common.session.hotStandby is off"
-                finally:
-                    if mirror is not None:
-                        await mirror.stop()
-            else:
-                term = await self._until_stopped(self._claim_exclusive(campaign), session)
-            # The takeover clock starts when the key was seen freed, else (it was free) at the claim.
-            since = self.observer.vacancy_at or time.monotonic()
-            served = await self._serve_term(session, campaign, term, since, image, cold)
-            if self.stop_requested.is_set():
-                return
-            session.ensure_alive()
-            await self._demote()
-            if self._resign_term is term:
-                await self._resign(session, campaign, term)
-            if served:
-                self._activation_backoff = _ACTIVATION_BACKOFF_MIN
-            else:  # the activation failed: let another member try, and do not spin on a lasting failure
-                await self._until_stopped(asyncio.sleep(self._activation_backoff), session)
-                self._activation_backoff = min(self._activation_backoff * 2, _ACTIVATION_BACKOFF_MAX)
+        try:
+            while not self.stop_requested.is_set():
+                image: object | None = None
+                cold = "active-standby is off"
+                if standby:
+                    self.state = common_pb2.StandBy
+                    self.observer.vacancy_at = None
+                    mirror = self._new_mirror()
+                    try:
+                        term = await self._until_stopped(campaign.acquire(), session)
+                        log.info(f"{self.role} switch from standby to active, activating", ServerID=session.server_id)
+                        if mirror is not None:
+                            image = await mirror.catch_up(term.epoch, timeout=_CATCH_UP_S)
+                            cold = f"the standby's mirror was not current: {mirror.behind_reason}"
+                        else:
+                            cold = "common.session.hotStandby is off"
+                    finally:
+                        if mirror is not None:
+                            await mirror.stop()
+                else:
+                    term = await self._until_stopped(self._claim_exclusive(campaign), session)
+                # The takeover clock starts when the key was seen freed, else (it was free) at the claim.
+                since = self.observer.vacancy_at or time.monotonic()
+                served = await self._serve_term(session, campaign, term, since, image, cold)
+                if self.stop_requested.is_set():
+                    return
+                session.ensure_alive()
+                await self._demote()
+                if self._resign_term is term:
+                    await self._resign(session, campaign, term)
+                if served:
+                    self._activation_backoff = _ACTIVATION_BACKOFF_MIN
+                else:  # the activation failed: let another member try, and do not spin on a lasting failure
+                    await self._until_stopped(asyncio.sleep(self._activation_backoff), session)
+                    self._activation_backoff = min(self._activation_backoff * 2, _ACTIVATION_BACKOFF_MAX)
+        finally:
+            await campaign.close()  # the death watches it still tears down
 
     async def _claim_exclusive(self, campaign: Campaign) -> Term:
         """Active-standby off: claim the ACTIVE key; another holder is final (AlreadyActive, exit 4),

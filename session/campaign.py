@@ -135,6 +135,8 @@ class Campaign:
         self.lineup = Lineup(session.meta_root, session.role, 0)
         #: Claim txns this campaign sent (the etcd cost of its takeovers; tests and metrics read it).
         self.claim_txns = 0
+        #: Death watches being torn down after a claim, off the takeover's path; :meth:`close` awaits them.
+        self._teardown: set[asyncio.Task[None]] = set()
 
     # -- claiming ----------------------------------------------------------------------------
 
@@ -294,9 +296,26 @@ class Campaign:
                 backoff.reset()
         finally:
             ticker.cancel()
-            await death.close()
+            self._close_later(death)
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
+
+    def _close_later(self, death: _DeathTask) -> None:
+        """End the death watch without making the new term wait for it: a cancelled watch may still be
+        tearing its stream down or finishing a probe (grpclib turns a cancellation that meets a lost
+        connection into StreamTerminatedError, so the watch runs on to its verdict), and the dead
+        lease's revoke is not on the takeover's path either. :meth:`close` awaits what is left."""
+        death.cancel()
+        if death.empty():
+            return
+        task = asyncio.create_task(death.close(), name=f"death-watch-teardown-{self.role}")
+        self._teardown.add(task)
+        task.add_done_callback(self._teardown.discard)
+
+    async def close(self) -> None:
+        """Wait for the background work this campaign left behind (death watches being torn down)."""
+        while self._teardown:
+            await asyncio.gather(*self._teardown, return_exceptions=True)
 
     # -- holding -----------------------------------------------------------------------------
 
@@ -682,6 +701,10 @@ class _DeathTask:
             self._cancelled.append(self._task)
         self._task = None
         self._holder = None
+
+    def empty(self) -> bool:
+        """Nothing started that :meth:`close` would have to wait for."""
+        return self._task is None and not self._cancelled and not self._revokes
 
     async def close(self) -> None:
         """Cancel the watch and wait for every watch this object started to be over, and its revokes."""

@@ -188,6 +188,44 @@ async def test_takeover_after_revoke_is_fast(etcd: EtcdCluster, etcd_prefix: str
         await standby.close()
 
 
+class _RunsOnAfterCancel:
+    """A death watch that, once cancelled, runs on for a while before it ends, as grpclib's stream does
+    when the cancellation meets a lost connection (it turns it into StreamTerminatedError and the
+    watch goes on to probe)."""
+
+    def __init__(self, runs_on: float) -> None:
+        self.runs_on = runs_on
+        self.started = asyncio.Event()
+        self.ended = asyncio.Event()
+
+    async def dead(self, holder: SessionInfo) -> str:
+        self.started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await asyncio.sleep(self.runs_on)
+            self.ended.set()
+            raise
+        return "never"
+
+
+async def test_a_death_watch_slow_to_end_does_not_delay_the_takeover(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    """The new term does not wait for the old holder's death watch to be torn down; close() does."""
+    async with connected(etcd.endpoints) as etcd_:
+        active, standby = await active_and_standby(etcd_, etcd_prefix, ttl=3)
+        watch_ = _RunsOnAfterCancel(runs_on=3.0)
+        campaign = Campaign(standby, death_watch=watch_)
+        waiting = asyncio.create_task(campaign.acquire())
+        await asyncio.wait_for(watch_.started.wait(), 5)
+        await active.close()
+        term = await asyncio.wait_for(waiting, 1.5)  # the teardown alone takes 3 s
+        assert term.server_id == standby.server_id
+        assert not watch_.ended.is_set()
+        await asyncio.wait_for(campaign.close(), 5)
+        assert watch_.ended.is_set()
+        await standby.close()
+
+
 async def test_takeover_after_ttl_expiry(etcd: EtcdCluster, etcd_prefix: str) -> None:
     ttl = 2
     async with connected(etcd.endpoints) as etcd_:
