@@ -50,8 +50,8 @@ __all__ = [
     "BENCH",
     "REPO",
     "RESULTS",
-    "EtcdCluster",
     "Child",
+    "EtcdCluster",
     "Fleet",
     "LogLine",
     "etcd_metrics",
@@ -330,10 +330,8 @@ class Fleet:
             extra={**self.extra_env, **(env or {})},
         )
         argv = ["run", role, "--alias", alias]
-        if self.loop == "asyncio":
-            cmd = [MILVUS, *argv]
-        else:  # the same entry point, under another event loop (bench/serve.py installs it)
-            cmd = [sys.executable, str(BENCH / "serve.py"), "--loop", self.loop, *argv]
+        # Under another event loop: the same entry point, through bench/serve.py, which installs it.
+        cmd = [MILVUS, *argv] if self.loop == "asyncio" else [sys.executable, str(BENCH / "serve.py"), "--loop", self.loop, *argv]
         child = Child(cmd, env=env, log_path=self.work_dir / f"{role}-{alias}.log", name=f"{role}-{alias}")
         coord = Coordinator(child, role, alias, port)
         self.started.append(coord)
@@ -552,10 +550,10 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], title: str = ""
     out = []
     if title:
         out.append(title)
-    out.append("| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths)) + " |")
+    out.append("| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=False)) + " |")
     out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
-        out.append("| " + " | ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(r, widths)) + " |")
+        out.append("| " + " | ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(r, widths, strict=False)) + " |")
     return "\n".join(out)
 
 

@@ -19,14 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from grpclib.const import Status  # noqa: E402
-from grpclib.events import SendInitialMetadata, listen  # noqa: E402
-from grpclib.exceptions import GRPCError  # noqa: E402
-from grpclib.server import Server, Stream  # noqa: E402
+from grpclib.const import Status
+from grpclib.events import SendInitialMetadata, listen
+from grpclib.exceptions import GRPCError
+from grpclib.server import Server, Stream
 
-from coordinators.proto import common_pb2  # noqa: E402
-from coordinators.proto import rootcoord_pb2 as pb  # noqa: E402
-from coordinators.proto.rootcoord_grpc import RootCoordBase  # noqa: E402
+from coordinators.proto import common_pb2
+from coordinators.proto import rootcoord_pb2 as pb
+from coordinators.proto.rootcoord_grpc import RootCoordBase
 
 SERVER_ID_HEADER = "x-milvus-server-id"
 

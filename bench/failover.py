@@ -44,11 +44,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import benchlib as bl  # noqa: E402
+import benchlib as bl
 
-from coordinators.client import CoordinatorClient  # noqa: E402
-from coordinators.proto import rootcoord_pb2  # noqa: E402
-from session import Etcd, SessionInfo  # noqa: E402
+from coordinators.client import CoordinatorClient
+from coordinators.proto import rootcoord_pb2
+from session import Etcd, SessionInfo
 
 ROLE = "rootcoord"
 MSG_STANDBY_READY = f"ACTIVE {ROLE} has already been registered"

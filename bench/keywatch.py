@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from session import Etcd, SessionInfo  # noqa: E402
-from session.watch import KeyEvent, Resync, watch  # noqa: E402
+from session import Etcd, SessionInfo
+from session.watch import KeyEvent, Resync, watch
 
 
 def describe(key: str, raw: bytes) -> tuple[int, bool]:

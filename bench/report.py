@@ -78,9 +78,7 @@ def verdict(met: bool | None) -> str:
 
 def g(doc: Any, *path: Any, default: Any = None) -> Any:
     for key in path:
-        if isinstance(doc, dict) and key in doc:
-            doc = doc[key]
-        elif isinstance(doc, list) and isinstance(key, int) and -len(doc) <= key < len(doc):
+        if (isinstance(doc, dict) and key in doc) or (isinstance(doc, list) and isinstance(key, int) and -len(doc) <= key < len(doc)):
             doc = doc[key]
         else:
             return default
@@ -179,7 +177,7 @@ class Plots:
         for i, lp in enumerate(loops):
             by = {(c["case"], c["concurrency"]): c for c in tp["loops"][lp]["cases"]}
             vals = [g(by.get(k), "calls_per_s", default=0) for k in cases]
-            ax.barh([y + i * h for y in range(len(cases))], vals, height=h, color=PLOT_COLORS.get(lp, None), label=lp)
+            ax.barh([y + i * h for y in range(len(cases))], vals, height=h, color=PLOT_COLORS.get(lp), label=lp)
         ax.set_yticks([y + h * (len(loops) - 1) / 2 for y in range(len(cases))],
                       [f"{c} ({'1 task' if n == 1 else f'{n} tasks'})" for c, n in cases], fontsize=7)
         ax.invert_yaxis()
@@ -223,7 +221,7 @@ class Plots:
         for meth, color in (("LeaseKeepAlive", "#1f77b4"), ("Watch", "#ff7f0e"), ("Range", "#2ca02c"), ("Txn", "#d62728")):
             vals = [c["etcd_req_per_s"].get(meth, 0) for c in cases]
             a1.bar([str(n) for n in ns], vals, bottom=bottom, color=color, label=meth)
-            bottom = [b + v for b, v in zip(bottom, vals)]
+            bottom = [b + v for b, v in zip(bottom, vals, strict=False)]
         a1.set_xlabel("standbys")
         a1.set_ylabel("etcd requests / s (idle)")
         a1.set_title(f"etcd load at TTL {sc['config']['ttl']} s")
@@ -308,7 +306,7 @@ def quiet_note(docs: dict[str, Any], note: str) -> list[str]:
 def failover_section(fo: dict[str, Any] | None, plots: Plots) -> list[str]:
     out = ["## 1. Failover latency", ""]
     if not fo:
-        return out + ["Not measured yet: `python bench/failover.py`.", ""]
+        return [*out, "Not measured yet: `python bench/failover.py`.", ""]
     c = fo["config"]
     gr, cr = fo["graceful"], fo["crash"]
     out += [
@@ -393,7 +391,7 @@ def failover_section(fo: dict[str, Any] | None, plots: Plots) -> list[str]:
 def throughput_section(tp: dict[str, Any] | None, plots: Plots) -> list[str]:
     out = ["## 2. RPC throughput", ""]
     if not tp:
-        return out + ["Not measured yet: `python bench/throughput.py`.", ""]
+        return [*out, "Not measured yet: `python bench/throughput.py`.", ""]
     loops = list(tp["loops"])
     cfg = tp["config"]
     out += [
@@ -433,7 +431,7 @@ def throughput_section(tp: dict[str, Any] | None, plots: Plots) -> list[str]:
     for conc in (1, cfg["concurrency"]):
         fig_rows.append([f"rootcoord / echo by CPU per call (client + server), same client, {conc} task{'s' if conc > 1 else ''}"]
                         + [f"{cpu_ratio(tp, lp, conc):.0%}" for lp in loops])
-    out += [table(["figure"] + loops, fig_rows), ""]
+    out += [table(["figure", *loops], fig_rows), ""]
     img = plots.throughput(tp)
     if img:
         out += [f"![throughput]({img})", ""]
@@ -465,7 +463,7 @@ def uvloop_paragraph(tp: dict[str, Any]) -> list[str]:
 def scale_section(sc: dict[str, Any] | None, plots: Plots) -> list[str]:
     out = ["## 3. Scale", ""]
     if not sc:
-        return out + ["Not measured yet: `python bench/scale.py`.", ""]
+        return [*out, "Not measured yet: `python bench/scale.py`.", ""]
     cfg = sc["config"]
     if sc.get("standbys"):
         out += [

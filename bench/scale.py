@@ -45,14 +45,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import benchlib as bl  # noqa: E402
-from failover import Group, summarize_rounds  # noqa: E402
-from takeover_size import print_table as print_takeovers  # noqa: E402
-from takeover_size import summarize as summarize_takeovers  # noqa: E402
-from takeover_size import takeover_case  # noqa: E402
+import benchlib as bl
+from failover import Group, summarize_rounds
+from takeover_size import print_table as print_takeovers
+from takeover_size import summarize as summarize_takeovers
+from takeover_size import takeover_case
 
-from session import Etcd  # noqa: E402
-from session.etcd import op_put  # noqa: E402
+from session import Etcd
+from session.etcd import op_put
 
 METHODS = ("LeaseKeepAlive", "Watch", "Range", "Txn", "Put", "LeaseGrant", "LeaseRevoke", "LeaseTimeToLive")
 
@@ -100,7 +100,7 @@ async def standbys_case(etcd: Etcd, cluster: bl.EtcdCluster, work: Path, n: int,
                 "pss_mb": round(c.child.pss_mb(), 1),
             })
         sb = [p for p in per_proc if p["role"] == "standby"]
-        act = [p for p in per_proc if p["role"] == "active"][0]
+        act = next(p for p in per_proc if p["role"] == "active")
         rates = deltas(c0, c1, dt)
         case: dict[str, Any] = {
             "standbys": n,

@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO))
 from etcd_server import EtcdCluster  # noqa: E402
 from faults import ROLES, Coordinators, Takeover, follower, kill_leader, off_loop, restart  # noqa: E402
 from history import ClientLoad  # noqa: E402
+
 from session import Etcd  # noqa: E402
 
 FAULTS = ("sigterm", "sigkill", "sigstop", "cut", "etcd-leader", "etcd-member", "compact")

@@ -42,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import benchlib as bl  # noqa: E402
+import benchlib as bl
 
 CONCURRENCY = 50
 BATCH = 1000
@@ -124,10 +124,13 @@ async def child(args: argparse.Namespace) -> int:
         calls: list[tuple[str, str, str, str, int, Callable[[], Awaitable[Any]]]] = [
             ("echo client AllocTimestamp x1", "echo", "client", "AllocTimestamp", 1, lambda: echo_client.call("AllocTimestamp", ts1)),
             ("echo raw AllocTimestamp x1", "echo", "raw", "AllocTimestamp", 1, lambda: echo_stub.AllocTimestamp(ts1, timeout=5)),
-            ("rootcoord client AllocTimestamp x1", "rootcoord", "client", "AllocTimestamp", 1, lambda: rc_client.call("AllocTimestamp", ts1)),
+            ("rootcoord client AllocTimestamp x1", "rootcoord", "client", "AllocTimestamp", 1,
+             lambda: rc_client.call("AllocTimestamp", ts1)),
             ("rootcoord raw AllocTimestamp x1", "rootcoord", "raw", "AllocTimestamp", 1, lambda: rc_stub.AllocTimestamp(ts1, timeout=5)),
-            ("rootcoord client AllocTimestamp x1000", "rootcoord", "client", "AllocTimestamp", BATCH, lambda: rc_client.call("AllocTimestamp", ts_batch)),
-            ("rootcoord raw AllocTimestamp x1000", "rootcoord", "raw", "AllocTimestamp", BATCH, lambda: rc_stub.AllocTimestamp(ts_batch, timeout=5)),
+            ("rootcoord client AllocTimestamp x1000", "rootcoord", "client", "AllocTimestamp", BATCH,
+             lambda: rc_client.call("AllocTimestamp", ts_batch)),
+            ("rootcoord raw AllocTimestamp x1000", "rootcoord", "raw", "AllocTimestamp", BATCH,
+             lambda: rc_stub.AllocTimestamp(ts_batch, timeout=5)),
             ("rootcoord client AllocID x1", "rootcoord", "client", "AllocID", 1, lambda: rc_client.call("AllocID", id1)),
             ("rootcoord raw AllocID x1", "rootcoord", "raw", "AllocID", 1, lambda: rc_stub.AllocID(id1, timeout=5)),
             ("etcd txn per call", "etcd", "etcd", "Txn", 1, etcd_txn),

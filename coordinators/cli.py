@@ -12,7 +12,7 @@ import importlib
 import json
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
@@ -33,7 +33,7 @@ _ROLE_COMMANDS = ("coordinators.rootcoord_cli", "coordinators.datacoord_cli", "c
 class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors exit with our config/usage code and one line."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         print(f"milvus: {message}", file=sys.stderr)
         raise SystemExit(ExitCode.CONFIG)

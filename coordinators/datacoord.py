@@ -31,7 +31,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from etcd3aio._protobuf import Compare, RequestOp
@@ -44,19 +44,21 @@ from coordinators.proto.datacoord_grpc import DataCoordBase
 from coordinators.proto.datacoord_pb2 import (
     AssignSegmentIDRequest,
     AssignSegmentIDResponse,
+    Flushed,
     FlushRequest,
     FlushResponse,
     GetFlushStateRequest,
     GetFlushStateResponse,
     GetSegmentInfoRequest,
     GetSegmentInfoResponse,
+    Growing,
+    Sealed,
     SegmentIDAssignment,
     SegmentIDRequest,
     SegmentInfo,
     ShowSegmentsRequest,
     ShowSegmentsResponse,
 )
-from coordinators.proto.datacoord_pb2 import Flushed, Growing, Sealed
 from coordinators.role import PrefixImage, Role, RoleContext
 from coordinators.rpc import NotFound, NotServing, RpcError, require, unary_service
 from session import CorruptValue, FencedWriter
@@ -136,9 +138,9 @@ class Segment:
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints.values()):
             raise CorruptValue(key, raw, "id, collection_id, partition_id, num_rows, max_rows must be integers")
         channel, state = data.get("channel_name"), data.get("state")
-        if not isinstance(channel, str) or not channel or state not in _STATE_VALUES:
+        if not isinstance(channel, str) or not channel or not isinstance(state, str) or state not in _STATE_VALUES:
             raise CorruptValue(key, raw, "bad channel_name or state")
-        segment = cls(channel_name=channel, state=_STATE_VALUES[state], **ints)  # type: ignore[arg-type]
+        segment = cls(channel_name=channel, state=_STATE_VALUES[state], **cast("dict[str, int]", ints))  # checked above
         if not (segment.id > 0 and segment.collection_id > 0 and segment.partition_id >= 0
                 and 0 <= segment.num_rows <= segment.max_rows and segment.max_rows >= 1):
             raise CorruptValue(key, raw, "values out of range")
@@ -152,7 +154,7 @@ class Segment:
             collection_id=self.collection_id,
             partition_id=self.partition_id,
             channel_name=self.channel_name,
-            state=self.state,  # type: ignore[arg-type]
+            state=self.state,  # type: ignore[arg-type]  # an int value of SegmentState, checked when decoded
             num_rows=self.num_rows,
             max_rows=self.max_rows,
         )

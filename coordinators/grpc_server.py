@@ -5,7 +5,7 @@ snapshot read fresh on every call, so ACTIVE / STANDBY / Stopping transitions ar
 once) and the gRPC health service, whose status the process drives with :meth:`set_serving`.
 The roles' own APIs are plugged in as extra grpclib handlers.
 
-Graceful stop (SPEC §2.5) needs what grpclib does not give: ``Server.close()`` cancels calls in
+Graceful stop (docs/design.md, *Graceful stop*) needs what grpclib does not give: ``Server.close()`` cancels calls in
 flight. :meth:`CoordinatorServer.drain_and_close` first refuses new work (``UNAVAILABLE
 "stopping"``) while status and health keep answering, waits for the calls in flight up to a
 deadline, and only then closes.
@@ -32,7 +32,6 @@ from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
 from grpclib.protocol import H2Protocol
 from grpclib.server import Server, Stream
-
 
 from coordinators.proto import common_pb2
 from coordinators.proto.datacoord_grpc import DataCoordBase
@@ -188,6 +187,8 @@ class CoordinatorServer:
         self._status = ServiceStatus()
         self._status.set(False)
         services: list[object] = [self._role_service]
+        # grpclib's handlers share no base type: each has __mapping__() by protocol, and Health's checks
+        # are typed for its own IServable; hence the two ignores.
         services += [h for h in self._extra if h.__mapping__()]  # type: ignore[attr-defined]
         self._health = Health({service: [self._status] for service in services})  # type: ignore[misc]
         self._server: _TrackingServer | None = None
@@ -330,7 +331,8 @@ class CoordinatorServer:
             task.add_done_callback(self._timed_call_done)
 
     async def _on_send_trailing_metadata(self, event: SendTrailingMetadata) -> None:
-        timing = self._timings.get(asyncio.current_task())  # type: ignore[arg-type]
+        task = asyncio.current_task()
+        timing = self._timings.get(task) if task is not None else None
         if timing is not None:
             timing[2], timing[3] = time.monotonic(), event.status
 
@@ -341,7 +343,7 @@ class CoordinatorServer:
         assert self._on_call_done is not None
         try:
             self._on_call_done(method, status if status is not None else GrpcStatus.CANCELLED, seconds)
-        except Exception:  # noqa: BLE001 - a metrics hook must never break the server
+        except Exception:
             log.exception("on_call_done hook failed", role=self._role, method=method)
 
     def _call_done(self, _task: asyncio.Task[Any]) -> None:

@@ -49,7 +49,7 @@ class IDAllocator:
         self._lock = asyncio.Lock()
         self._saved = GrowingBound(store, key, parse_id_bound)
 
-    async def activate(self, saved: tuple[bytes, int] | None | _Unread = _UNREAD) -> None:
+    async def activate(self, saved: tuple[bytes, int] | _Unread | None = _UNREAD) -> None:
         """Start at the saved bound: whatever the former term held in memory is skipped.
 
         :param saved: the bound as a current image holds it, instead of reading it (see the oracle's).

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -356,11 +357,8 @@ class _LineSink:
         self._thread.join(timeout)
         if self._thread.is_alive():
             return  # the output is blocked: leave it to the daemon thread, do not hang the exit
-        with self._cond:
-            try:
-                self._output.close()
-            except OSError:
-                pass
+        with self._cond, contextlib.suppress(OSError):
+            self._output.close()
 
     debug = info = warning = warn = error = critical = exception = fatal = failure = err = log = msg
 
@@ -388,7 +386,7 @@ class _StdlibBridge(logging.Handler):
                 "exc_info": record.exc_info,
             }
             self._sink.msg(self._renderer(None, record.levelname.lower(), event))
-        except Exception:  # logging's contract: a bad record is reported, never raised
+        except Exception:  # noqa: BLE001 - logging's contract: a bad record is reported, never raised
             self.handleError(record)
 
 
@@ -443,7 +441,7 @@ def _exc_info(value: Any) -> ExcInfo | None:
     if isinstance(value, BaseException):
         return type(value), value, value.__traceback__
     if isinstance(value, tuple) and len(value) == 3 and value[1] is not None:
-        return value  # type: ignore[return-value]
+        return value
     return None
 
 

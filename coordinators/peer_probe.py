@@ -106,6 +106,7 @@ class GrpcDeathWatch:
             log.warning("no fast failover for this ACTIVE member: the lease decides", ActiveServerID=holder.server_id,
                         reason=target)
             await asyncio.Event().wait()  # no verdict, ever: the campaign cancels this when the holder goes
+            raise AssertionError("unreachable")
         host, port = target
         pause, rounds = self.bounds.interval, 0
         while True:

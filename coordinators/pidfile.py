@@ -135,7 +135,7 @@ def stale_sessions(role: str, env: Mapping[str, str] | None = None) -> list[tupl
         except OSError:
             continue
         for name in names:
-            if not (name == f"{role}.pid" or name.startswith(f"{role}-") and name.endswith(".pid")):
+            if not (name == f"{role}.pid" or (name.startswith(f"{role}-") and name.endswith(".pid"))):
                 continue
             try:
                 state = inspect(base / name)

@@ -24,16 +24,16 @@ from typing import Any, TypeVar
 
 import structlog
 
+from coordinators import pidfile
 from coordinators.client import CoordinatorClient
 from coordinators.config import Config, RoleConfig
 from coordinators.exit_codes import ExitCode
 from coordinators.grpc_server import ComponentSnapshot, CoordinatorServer, PortInUseError
 from coordinators.http_server import HttpServer, start_with_fallback
-from coordinators import pidfile
+from coordinators.metrics import CoordinatorMetrics, ProcessView, SessionMetrics, state_name
 from coordinators.peer_probe import GrpcDeathWatch, ProbeBounds
 from coordinators.pidfile import PidFile
 from coordinators.predecessors import find_dead_predecessors, revoke_dead_predecessors
-from coordinators.metrics import CoordinatorMetrics, ProcessView, SessionMetrics, state_name
 from coordinators.proto import common_pb2
 from coordinators.role import RoleContext
 from coordinators.roles import role_class
@@ -53,15 +53,15 @@ from session import (
     SessionLost,
     Term,
     safety_margin,
+    switchover,
 )
-from session import switchover
-from session.clock import Clock, deadline_clock
 from session.campaign import active_key
+from session.clock import Clock, deadline_clock
+from session.etcd import EtcdTLSError, op_delete
+from session.fastpath import TakeoverMark, mark_op
 from session.lease import DEADLINE_STEP, IDLE_DEADLINE_STEP
 from session.mirror import Mirror
 from session.tasks import cancel_and_wait
-from session.etcd import EtcdTLSError, op_delete
-from session.fastpath import TakeoverMark, mark_op
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -113,7 +113,7 @@ class CoordinatorProcess:
         self.pid_file = pid_file  # records the session held, so that a restart can tell it is dead
         self.clock = clock
         self.http_address = ""  # where /healthz, /readyz, /metrics answer (written in the session value)
-        self._state: int = common_pb2.Initializing
+        self._state: common_pb2.StateCode = common_pb2.Initializing
         self.server_id = 0
         self.epoch = 0
         self.active_address = ""
@@ -145,12 +145,12 @@ class CoordinatorProcess:
         self._cancelled_at_stop = 0  # calls still in flight when the drain deadline passed
 
     @property
-    def state(self) -> int:
+    def state(self) -> common_pb2.StateCode:
         """The state GetComponentStates reports (Initializing, StandBy, Healthy, Stopping)."""
         return self._state
 
     @state.setter
-    def state(self, value: int) -> None:
+    def state(self, value: common_pb2.StateCode) -> None:
         if value != self._state:
             self.metrics.transition(self._state, value)
             # A STANDBY holds nothing a stall or a late deadline could spoil before its next claim
@@ -786,7 +786,7 @@ class CoordinatorProcess:
     async def _until_stopped(self, aw: Awaitable[T], session: LeaseSession | None = None) -> T:
         """Await ``aw`` unless a stop is requested (raises :class:`Stopped`) or ``session`` is lost first."""
         task = asyncio.ensure_future(aw)
-        waits: set[asyncio.Future[object]] = {task, asyncio.ensure_future(self.stop_requested.wait())}
+        waits: set[asyncio.Future[Any]] = {task, asyncio.ensure_future(self.stop_requested.wait())}
         if session is not None:
             waits.add(asyncio.ensure_future(session.lost.wait()))
         try:

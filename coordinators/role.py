@@ -3,7 +3,8 @@
 A role owns its state, its RPCs and what it reloads on activation; the process owns the rest
 (etcd, session, campaign, gRPC server, signals). The contract:
 
-- :meth:`Role.service` is the grpclib handler (built with :func:`~coordinators.rpc.unary_service`) for the role's API; registered once at start-up.
+- :meth:`Role.service` is the grpclib handler (built with :func:`~coordinators.rpc.unary_service`) for the role's API;
+  registered once at start-up.
   The server answers it only while the process is ACTIVE and serving; a STANDBY refuses before
   the handler runs.
 - :meth:`Role.new_image` is the role's state as built from its keys (:class:`RoleImage`): a
@@ -28,7 +29,6 @@ from coordinators.client import CoordinatorClient
 from coordinators.config import Config
 from coordinators.rpc import NotServing
 from session import FencedWriter
-
 
 #: Keys per page of a cold reload.
 RELOAD_PAGE = 1000

@@ -85,7 +85,7 @@ class Field(NamedTuple):
     def to_pb(self) -> pb.FieldSchema:
         return pb.FieldSchema(
             name=self.name,
-            data_type=pb.DataType.Value(self.data_type),
+            data_type=self.data_type,  # the enum's name: checked against pb.DataType when the field is parsed
             is_primary_key=self.is_primary_key,
             dim=self.dim,
             field_id=self.field_id,
@@ -145,7 +145,7 @@ def validate_name(name: str, what: str) -> None:
     """Milvus's rule for collection and field names; INVALID_ARGUMENT saying which rule broke."""
     require(bool(name), f"{what} name should not be empty")
     require(len(name) <= MAX_NAME_LENGTH, f"the length of a {what} name must be at most {MAX_NAME_LENGTH} characters")
-    require(name[0] == "_" or name[0].isascii() and name[0].isalpha(),
+    require(name[0] == "_" or (name[0].isascii() and name[0].isalpha()),
             f"invalid {what} name {name!r}: the first character must be an underscore or a letter")
     require(_NAME.fullmatch(name) is not None,
             f"invalid {what} name {name!r}: it can only contain numbers, letters and underscores")
@@ -186,7 +186,8 @@ def validate_fields(fields: list[pb.FieldSchema]) -> tuple[Field, ...]:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     require(not duplicates, f"duplicate field names: {', '.join(duplicates)}")
     keys = [f.name for f in checked if f.is_primary_key]
-    require(len(keys) == 1, f"a collection needs exactly one primary key field, got {len(keys)}" + (f" ({', '.join(keys)})" if keys else ""))
+    listed = f" ({', '.join(keys)})" if keys else ""
+    require(len(keys) == 1, f"a collection needs exactly one primary key field, got {len(keys)}{listed}")
     return checked
 
 

@@ -15,6 +15,7 @@ by a new process is told apart by its start time).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -114,10 +115,7 @@ def stop(
     def say(stream: TextIO, message: str) -> None:
         print(message, file=stream, flush=True)
 
-    if alias:
-        paths = [pidfile.find(role, alias, env)]
-    else:
-        paths = pidfile.automatic_files(role, env) or [pidfile.find(role, "", env)]
+    paths = [pidfile.find(role, alias, env)] if alias else pidfile.automatic_files(role, env) or [pidfile.find(role, "", env)]
     targets: list[_Target] = []
     failed = False
     for path in paths:
@@ -178,10 +176,8 @@ def stop(
             say(err, f"milvus stop: {target.name} (pid {target.proc.pid}) is still running {timeout:g} s after SIGTERM; "
                      "not killed (use --kill to SIGKILL it)")
             continue
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(target.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         gone = _wait_gone(target.proc, time.monotonic() + _KILL_WAIT_S)
         pidfile.remove_stale(target.path)
         if not gone:

@@ -248,7 +248,7 @@ async def _serving(info: SessionInfo, deadline: float, ssl_context: ssl.SSLConte
                     reply = await stub.GetComponentStates(common_pb2.GetComponentStatesRequest())
                 if reply.state.state_code == common_pb2.Healthy and reply.state.nodeID == info.server_id:
                     return True
-            except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
+            except (OSError, TimeoutError) as exc:
                 log.debug("new member not answering yet", address=info.address, error=repr(exc))
             except Exception as exc:  # noqa: BLE001 - grpclib's stream errors: not serving yet
                 log.debug("new member not answering yet", address=info.address, error=repr(exc))

@@ -98,7 +98,7 @@ class TimestampOracle:
         self._save_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
-    async def activate(self, saved: tuple[bytes, int] | None | _Unread = _UNREAD) -> None:
+    async def activate(self, saved: tuple[bytes, int] | _Unread | None = _UNREAD) -> None:
         """Start the term above every former term's bound; save the new bound before serving.
 
         :param saved: the saved bound as a current image holds it (``(raw, mod revision)``, None: no

@@ -107,7 +107,7 @@ class LoopWatchdog:
             self._report(self._on_lag, lag)
             try:
                 limit = self._threshold()
-            except Exception:  # noqa: BLE001 - a broken threshold must not kill the watchdog
+            except Exception:
                 log.exception("event-loop watchdog: threshold failed")
                 continue
             if lag > limit:
@@ -117,7 +117,7 @@ class LoopWatchdog:
     def _report(callback: Callable[..., None], *args: float) -> None:
         try:
             callback(*args)
-        except Exception:  # noqa: BLE001 - the watchdog must outlive its callbacks' bugs
+        except Exception:
             log.exception("event-loop watchdog callback failed", callback=getattr(callback, "__name__", repr(callback)))
 
 

@@ -18,6 +18,15 @@ for arg in "$@"; do
     esac
 done
 
+# The checks first (seconds): a lint or type error fails the run before the suite's minutes.
+# MILVUS_SKIP_CHECKS=1 skips them when running a few tests by hand.
+if [ "${MILVUS_SKIP_CHECKS:-0}" != 1 ]; then
+    echo "test.sh: ruff check" >&2
+    python -m ruff check session coordinators tests bench deployments || exit 1
+    echo "test.sh: mypy --strict (session/, coordinators/)" >&2
+    python -m mypy || exit 1
+fi
+
 python -m pytest "${targets[@]}" -q -x --durations=15 "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then

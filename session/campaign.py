@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import structlog
 from etcd3aio._protobuf import Compare, RequestOp, TxnResponse
@@ -566,7 +567,7 @@ class Campaign:
         return None if at is None else max(at - now, 0.0)
 
     async def _next_or(
-        self, events: AsyncIterator[WatchItem], *stops: asyncio.Future[object], timeout: float | None = None
+        self, events: AsyncIterator[WatchItem], *stops: asyncio.Future[Any], timeout: float | None = None
     ) -> WatchItem | None:
         """The next watch item, or None when a stop future fires or ``timeout`` (the backstop interval) passes."""
         nxt = asyncio.ensure_future(anext(events))
@@ -660,8 +661,8 @@ class _DeathTask:
         info = holder.info
         self._task = asyncio.create_task(watcher.dead(info), name=f"death-watch-{info.server_id}")
 
-    def pending(self) -> tuple[asyncio.Future[object], ...]:
-        return (self._task,) if self._task is not None and not self._task.done() else ()  # type: ignore[return-value]
+    def pending(self) -> tuple[asyncio.Future[Any], ...]:
+        return (self._task,) if self._task is not None and not self._task.done() else ()
 
     def proven(self) -> bool:
         return self._task is not None and self._task.done()

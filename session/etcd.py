@@ -50,13 +50,13 @@ from etcd3aio.kv import KVService, prefix_range_end
 from etcd3aio.lease import LeaseService
 from etcd3aio.maintenance import MaintenanceService
 
-from session.paging import SpanGuess
 from session.errors import (
     EtcdAuthError,
     EtcdRequestFailed,
     EtcdUnavailable,
     LeaseNotFound,
 )
+from session.paging import SpanGuess
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -65,7 +65,6 @@ __all__ = [
     "Etcd",
     "EtcdTLS",
     "EtcdTLSError",
-    "parse_endpoint",
     "cmp_create_revision",
     "cmp_lease",
     "cmp_mod_revision",
@@ -75,6 +74,7 @@ __all__ = [
     "op_get",
     "op_put",
     "op_txn",
+    "parse_endpoint",
     "prefix_range_end",
 ]
 
@@ -232,7 +232,7 @@ def _resolve(hosts: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
             continue
         with contextlib.suppress(OSError, UnicodeError):
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            addresses = [info[4][0] for info in infos]
+            addresses = [str(info[4][0]) for info in infos]
             v4 = [a for a in addresses if ":" not in a]
             out.extend((a, port) for a in dict.fromkeys(v4 or addresses))
     return out
@@ -521,9 +521,10 @@ class Etcd:
         start, end, span = lo, hard_end, 0
         t = self._t(timeout)
         while True:
-            resp = await self._call(
-                lambda: self._services().kv.get(start, end, revision=revision, limit=page, timeout=t), f"scan {prefix}", timeout
-            )
+            def read_page(start: bytes = start, end: bytes = end, revision: int = revision) -> Awaitable[Any]:
+                return self._services().kv.get(start, end, revision=revision, limit=page, timeout=t)
+
+            resp = await self._call(read_page, f"scan {prefix}", timeout)
             revision = revision or int(resp.header.revision)
             for item in resp.kvs:
                 # A foreign key that is not UTF-8 is shown, not fatal; paging goes on from its bytes.
@@ -695,7 +696,7 @@ class _WatchStub:
     def __init__(self, etcd: Etcd) -> None:
         self._etcd = etcd
 
-    def Watch(self, metadata: object = None) -> _WatchCall:  # noqa: N802 - the gRPC method's name
+    def Watch(self, metadata: object = None) -> _WatchCall:
         return _WatchCall(self._etcd)
 
 

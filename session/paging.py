@@ -17,7 +17,7 @@ its last key when it held more than a page), so no key is missed or read twice w
 
 from __future__ import annotations
 
-__all__ = ["SpanGuess", "WIDTH"]
+__all__ = ["WIDTH", "SpanGuess"]
 
 #: Bytes of a key (after the prefix) that count for the estimate; longer keys compare by these.
 WIDTH = 48

@@ -89,7 +89,7 @@ def _load(key: str, raw: bytes, fields: dict[str, type]) -> dict[str, Any]:
         value = doc.get(name)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = doc[name] = float(value)
-        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise CorruptValue(key, raw, f"{name} must be a {kind.__name__}")
     return doc
 

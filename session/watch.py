@@ -9,7 +9,7 @@ compacted it re-reads the key and hands the caller a :class:`Resync` snapshot be
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -83,14 +83,14 @@ def covering_range(prefixes: Sequence[str], key: str) -> tuple[bytes, bytes]:
     return min(starts), max(ends)
 
 
-def key_value(raw: object) -> KeyValue:
+def key_value(raw: Any) -> KeyValue:
     """Our :class:`KeyValue` of an etcd ``mvccpb.KeyValue`` (from a range response or an event)."""
     return KeyValue(
-        key=raw.key.decode("utf-8", "replace"),  # type: ignore[attr-defined]
-        value=bytes(raw.value),  # type: ignore[attr-defined]
-        create_revision=int(raw.create_revision),  # type: ignore[attr-defined]
-        mod_revision=int(raw.mod_revision),  # type: ignore[attr-defined]
-        lease=int(raw.lease),  # type: ignore[attr-defined]
+        key=raw.key.decode("utf-8", "replace"),
+        value=bytes(raw.value),
+        create_revision=int(raw.create_revision),
+        mod_revision=int(raw.mod_revision),
+        lease=int(raw.lease),
     )
 
 
@@ -114,7 +114,7 @@ async def watch(
     on_restart: Callable[[str, WatchRestart], None] | None = None,
     resync: bool = True,
     range_end: bytes | None = None,
-) -> AsyncIterator[Any]:
+) -> AsyncGenerator[Any, None]:
     """Yield every change of ``key`` from ``start_revision`` on, forever.
 
     Items are :class:`KeyEvent` in revision order, or a :class:`Resync` when the needed history was

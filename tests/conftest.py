@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from etcd3aio import Etcd3Client
-
 from etcd_server import EtcdCluster, find_etcd_binary, find_etcdctl_binary, free_port
 from procs import ENV_SECTION, STANDBY_LOG_INTERVAL, TTL, Launch, MilvusProcess, clean_env
 from tcp_proxy import TcpProxy

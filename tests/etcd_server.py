@@ -142,7 +142,7 @@ def find_etcdctl_binary() -> str:
     return _find_binary("etcdctl", "ETCDCTL_BIN", beside)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def etcd_version(binary: str) -> tuple[int, int, int]:
     """(major, minor, patch) of an etcd binary, to guard flags older releases lack."""
     out = subprocess.run(

@@ -26,15 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from etcd_server import EtcdCluster, EtcdMember, free_port
 from grpclib.client import Channel
+from history import Call, ClientLoad
+from procs import ENV_SECTION, MilvusProcess, clean_env
+from tcp_proxy import TcpProxy
 
 from coordinators.client import STUBS
 from coordinators.proto import common_pb2
-from etcd_server import EtcdCluster, EtcdMember, free_port
-from procs import ENV_SECTION, MilvusProcess, clean_env
-from history import Call, ClientLoad
 from session import Etcd
-from tcp_proxy import TcpProxy
 
 sys.modules.setdefault("faults", sys.modules[__name__])
 sys.modules.setdefault("tests.faults", sys.modules[__name__])

@@ -236,7 +236,7 @@ class History:
                 )
         # Uniqueness, overlapping calls included.
         ordered = sorted(spans, key=lambda s: s[2])
-        for a, b in zip(ordered, ordered[1:]):
+        for a, b in itertools.pairwise(ordered):
             if b[2] <= a[3]:
                 verdict.violations.append(f"timestamp {b[2]} handed out twice: {a[4]} and {b[4]}")
 
@@ -260,12 +260,12 @@ class History:
         ranges += [(sid, sid + 1, what) for sid, what in segments.items()]
         verdict.stats["ids"] = sum(end - begin for begin, end, _ in ranges)
         ranges.sort()
-        for (b1, e1, w1), (b2, e2, w2) in zip(ranges, ranges[1:]):
+        for (b1, e1, w1), (b2, e2, w2) in itertools.pairwise(ranges):
             if b2 < e1:
                 verdict.violations.append(f"ID {b2} handed out twice: [{b1}, {e1}) to {w1} and [{b2}, {e2}) to {w2}")
         for sid, spans in rows.items():
             spans.sort(key=lambda s: s[0])
-            for (s1, e1, c1), (s2, e2, c2) in zip(spans, spans[1:]):
+            for (_s1, e1, c1), (s2, e2, c2) in itertools.pairwise(spans):
                 if s2 < e1:
                     verdict.violations.append(f"rows [{s2}, {e2}) of segment {sid} assigned twice: {c1} and {c2}")
 
@@ -312,7 +312,7 @@ class History:
                         f"a write under the older epoch {c.epoch} ({c}) started"
                     )
             # Completion order going down is allowed only for overlapping calls; count them.
-            for a, b in zip(by_end, by_end[1:]):
+            for a, b in itertools.pairwise(by_end):
                 if b.epoch < a.epoch:
                     overlapping += 1
         verdict.stats["write epochs seen out of completion order (in flight)"] = overlapping

@@ -14,9 +14,12 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import pytest
+from etcd_server import EtcdCluster, free_port
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from procs import ENV_SECTION, clean_env
+from session_helpers import wait_until
 
 from coordinators.client import STUBS, CoordinatorClient
 from coordinators.config import Config, load_config
@@ -24,11 +27,8 @@ from coordinators.process import CoordinatorProcess
 from coordinators.proto import common_pb2
 from coordinators.proto import rootcoord_pb2 as rc_pb
 from coordinators.role import Role
-from etcd_server import EtcdCluster, free_port
-from procs import ENV_SECTION, clean_env
 from session import Etcd
 from session.clock import Clock, deadline_clock
-from session_helpers import wait_until
 
 R = TypeVar("R", bound=Role)
 

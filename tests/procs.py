@@ -8,6 +8,7 @@ deadline; etcd is polled directly (a ``milvus status`` call costs a Python start
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -116,14 +117,10 @@ class MilvusProcess:
     def kill(self) -> None:
         """SIGKILL its whole process group (it is the group leader) and reap it; idempotent."""
         if self.popen.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
         self._log.close()
 
     def output(self) -> str:

@@ -196,7 +196,7 @@ class TcpProxy:
                     asyncio.open_connection(self.target_host, self.target_port),
                     timeout=_UPSTREAM_CONNECT_TIMEOUT,
                 )
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 return  # finally aborts the client: it sees the target as down
             conn.upstream_writer = up_writer
             pipes = [

@@ -34,7 +34,9 @@ def run_bench(script: str, out: Path, *extra: str, timeout: float = 120.0) -> di
         [sys.executable, str(BENCH / script), "--quick", "--out", str(out), *extra],
         cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False,
     )
-    assert proc.returncode == 0, f"{script} --quick exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, (
+        f"{script} --quick exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    )
     assert "|" in proc.stdout, f"{script} printed no table:\n{proc.stdout[-2000:]}"
     return json.loads(out.read_text())
 

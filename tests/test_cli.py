@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from etcd_server import EtcdCluster, free_port
 from procs import clean_env, run_cli
 
@@ -114,7 +113,7 @@ async def test_unwritable_log_directory_exits_2_before_anything_starts(tmp_path:
     no pid file taken, nothing registered (etcd is not even contacted)."""
     blocker = tmp_path / "afile"
     blocker.write_text("", encoding="utf-8")
-    endpoint, env = _unreachable_env()
+    _endpoint, env = _unreachable_env()
     env.update({"LOG_FILE_ROOT_PATH": str(blocker / "logs"), "MILVUS_RUN_DIR": str(tmp_path / "run")})
     code, out, err, seconds = await run_cli(["run", "rootcoord"], env)
     assert code == 2, out + err

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 from etcd3aio import Etcd3Client
-
-from coordinators.tso import decompose
 from history import ClientLoad
 from procs import Launch, MilvusProcess, holder, wait_for_serving, wait_until
+
+from coordinators.tso import decompose
 from session import Etcd
 
 pytestmark = pytest.mark.process

@@ -11,6 +11,7 @@ in its environment; that is how the test finds (and, on failure, kills) its proc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -25,7 +26,6 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from etcd3aio import Etcd3Client
-
 from etcd_server import free_port
 from procs import ENV_SECTION, REPO, TTL, clean_env, holder, parse_line, run_cli, wait_until
 
@@ -122,10 +122,8 @@ async def cluster(tmp_path: Path, etcd_prefix: str) -> AsyncIterator[Cluster]:
         yield made
     finally:
         for pid in our_pids(run_dir):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 async def status(cluster: Cluster) -> list[dict[str, object]]:

@@ -321,7 +321,7 @@ def test_datacoord_segment_max_rows() -> None:
 def test_event_loop_and_claim_grace() -> None:
     assert load_config(env={}).event_loop == "asyncio"
     assert load_config(env={"COMMON_EVENTLOOP": "uvloop"}).event_loop == "uvloop"  # installed with the test extra
-    with pytest.raises(ConfigError, match="common.eventLoop.*must be one of asyncio, uvloop"):
+    with pytest.raises(ConfigError, match=r"common\.eventLoop.*must be one of asyncio, uvloop"):
         load_config(env={"COMMON_EVENTLOOP": "trio"})
     assert load_config(env={"COMMON_SESSION_CLAIMGRACE": "250"}).session.claim_grace == 0.25
     with pytest.raises(ConfigError, match="claimGrace"):

@@ -18,18 +18,18 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from etcd_server import EtcdCluster
 from grpclib.const import Status
+from inproc import InProcCluster, expect_status, member_stub, role_impl
+from procs import run_cli
+from session_helpers import wait_until
 
 from coordinators.client import CoordinatorClient, OutcomeUnknown
 from coordinators.datacoord import DataCoord
 from coordinators.proto import common_pb2, rootcoord_pb2
 from coordinators.proto import datacoord_pb2 as pb
-from etcd_server import EtcdCluster
-from inproc import InProcCluster, expect_status, member_stub, role_impl
-from procs import run_cli
 from session import EtcdUnavailable
 from session.etcd import op_put
-from session_helpers import wait_until
 
 TTL = 2
 MAX_ROWS = 100

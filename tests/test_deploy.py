@@ -12,9 +12,9 @@ import asyncio
 import functools
 import importlib.util
 import json
-import signal
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -26,13 +26,12 @@ from typing import Any
 
 import pytest
 import yaml
+from etcd3aio import Etcd3Client
+from etcd_server import free_port
+from procs import Launch, MilvusProcess, clean_env, holder, sessions, wait_until
 
 from coordinators.cli import build_parser
 from coordinators.config import DEFAULTS, ROLES, _leaves, _normalize, _Tree, load_config
-from etcd3aio import Etcd3Client
-
-from etcd_server import free_port
-from procs import Launch, MilvusProcess, clean_env, holder, sessions, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "deployments" / "docker-compose.yml"
@@ -97,7 +96,7 @@ class HealthServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 outer.paths.append(self.path)
                 self.send_response(outer.status if self.path == "/healthz" else 404)
                 self.send_header("Content-Length", "0")
@@ -335,7 +334,7 @@ def test_values_mapping_rules(values_to_env: ModuleType) -> None:
     assert load_config(env=members[2].env).role("datacoord").enable_active_standby is False
 
     values["dataCoordinator"]["replicas"] = 2  # two replicas without active-standby: the seed forbids it
-    with pytest.raises(values_to_env.ValuesError, match="dataCoordinator.replicas is 2 but"):
+    with pytest.raises(values_to_env.ValuesError, match=r"dataCoordinator\.replicas is 2 but"):
         values_to_env.values_to_members(values)
 
 

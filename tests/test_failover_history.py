@@ -17,15 +17,15 @@ import time
 
 import pytest
 from etcd3aio import Etcd3Client
+from etcd_server import EtcdCluster
 from grpclib.client import Channel
 from grpclib.const import Status
+from history import ClientLoad, History
+from procs import TTL, Launch, MilvusProcess, get_kv, holder, pair, wait_for_active, wait_for_serving, wait_until
 
 from coordinators.client import CoordinatorClient
 from coordinators.proto import common_pb2, datacoord_pb2, querycoord_pb2, rootcoord_pb2
 from coordinators.proto.rootcoord_grpc import RootCoordStub
-from etcd_server import EtcdCluster
-from history import ClientLoad, History
-from procs import TTL, Launch, MilvusProcess, get_kv, holder, pair, wait_for_active, wait_for_serving, wait_until
 from session import Etcd
 
 pytestmark = pytest.mark.process
@@ -52,24 +52,26 @@ async def test_rootcoord_history_survives_kill_and_stop_rounds(
 ) -> None:
     active, standby, _kv, _own = await pair(etcd_client, etcd_prefix, "rootcoord", launch)
     await wait_for_serving(active, "rootcoord")
-    async with Etcd(etcd.endpoints, timeout=2.0) as etcd_:
-        async with ClientLoad(etcd_, f"{etcd_prefix}/meta", ("rootcoord",), failover_budget=TTL + 10) as load:
-            for i, how in enumerate(rounds):
-                await asyncio.sleep(0.7)  # load on the current active
-                active.signal(signal.SIGKILL if how == "SIGKILL" else signal.SIGTERM)
-                t0 = time.monotonic()
-                await wait_for_active(etcd_client, etcd_prefix, "rootcoord", standby, timeout=TTL + 3)
-                took = time.monotonic() - t0
-                bound = TTL + 1.0 if how == "SIGKILL" else 1.0
-                assert took < bound + 0.5, f"round {i} ({how}): takeover after {took:.2f}s"
-                code = await active.wait(10)
-                assert code == (-9 if how == "SIGKILL" else 0), active.output()
-                # the clients carry on with the new active
-                await load.wait_progress("rootcoord", calls=4, timeout=TTL + 5)
-                active, standby = standby, await _restart_as_standby(launch, f"r{i}")
-                await wait_until(_standing_by(standby), timeout=10, what="the restarted process to stand by")
-            await asyncio.sleep(0.5)
-            verdict = await load.verdict()
+    async with (
+        Etcd(etcd.endpoints, timeout=2.0) as etcd_,
+        ClientLoad(etcd_, f"{etcd_prefix}/meta", ("rootcoord",), failover_budget=TTL + 10) as load,
+    ):
+        for i, how in enumerate(rounds):
+            await asyncio.sleep(0.7)  # load on the current active
+            active.signal(signal.SIGKILL if how == "SIGKILL" else signal.SIGTERM)
+            t0 = time.monotonic()
+            await wait_for_active(etcd_client, etcd_prefix, "rootcoord", standby, timeout=TTL + 3)
+            took = time.monotonic() - t0
+            bound = TTL + 1.0 if how == "SIGKILL" else 1.0
+            assert took < bound + 0.5, f"round {i} ({how}): takeover after {took:.2f}s"
+            code = await active.wait(10)
+            assert code == (-9 if how == "SIGKILL" else 0), active.output()
+            # the clients carry on with the new active
+            await load.wait_progress("rootcoord", calls=4, timeout=TTL + 5)
+            active, standby = standby, await _restart_as_standby(launch, f"r{i}")
+            await wait_until(_standing_by(standby), timeout=10, what="the restarted process to stand by")
+        await asyncio.sleep(0.5)
+        verdict = await load.verdict()
     print(load.history.summary())
     print(verdict.summary())
     verdict.assert_ok()

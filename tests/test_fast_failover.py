@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 from etcd3aio import Etcd3Client
-
 from etcd_server import EtcdCluster, free_port
 from faults import ROLES, Coordinators, Takeover, one_active_per_role, start_pairs
 from history import ClientLoad
@@ -30,6 +29,7 @@ from procs import (
     wait_for_serving,
     wait_until,
 )
+
 from session import Etcd, LeaseSession
 
 pytestmark = pytest.mark.process
@@ -52,8 +52,9 @@ async def crash_rounds(coords: Coordinators, load: ClientLoad, role: str) -> lis
         takeovers.append(took)
         assert await member.proc.wait(5) == -signal.SIGKILL
         lines = await wait_for_log(  # the line follows the Healthy state by a moment
-            new.proc, lambda ls: any(ln.msg == f"{role} is ACTIVE and serving" and ln.fields.get("epoch") == str(took.new_epoch)
-                                     for ln in ls), 5, "the serving line")
+            new.proc, lambda ls, epoch=str(took.new_epoch): any(
+                ln.msg == f"{role} is ACTIVE and serving" and ln.fields.get("epoch") == epoch for ln in ls
+            ), 5, "the serving line")
         serving = next(ln for ln in lines if ln.msg == f"{role} is ACTIVE and serving"
                        and ln.fields.get("epoch") == str(took.new_epoch))
         assert serving.fields["cause"] == "fast_path", serving

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 from etcd3aio import Etcd3Client
-
 from etcd_server import EtcdCluster, free_port
 from netns import NetHost, NetHosts, listen_also_on, net_hosts_or_skip
-from procs import TTL, MilvusProcess, clean_env, get_kv, active_key, wait_for_log, wait_for_serving
+from procs import TTL, MilvusProcess, active_key, clean_env, get_kv, wait_for_log, wait_for_serving
 
 pytestmark = pytest.mark.process
 

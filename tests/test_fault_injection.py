@@ -20,16 +20,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from etcd_server import EtcdCluster
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from inproc import InProcCluster
+from session_helpers import wait_until
 
 from coordinators.process import CoordinatorProcess
 from coordinators.proto import common_pb2
-from etcd_server import EtcdCluster
-from inproc import InProcCluster
 from session import EtcdAuthError, EtcdRequestFailed, EtcdUnavailable, LeaseNotFound, SessionError
 from session.etcd import Etcd, EtcdTLSError
-from session_helpers import wait_until
 
 #: Every exception of session/errors.py an etcd call raises (CorruptValue, NotActive, SessionLost and
 #: AlreadyActive come from our own checks of what etcd answered, never from a call).
@@ -142,7 +142,7 @@ async def test_no_injected_etcd_error_kills_the_process_and_it_still_takes_over(
             healthy = await cluster.start("rootcoord")
         task = asyncio.create_task(faulty.run(), name="faulty-member")
         cluster.tasks[faulty] = task
-        await wait_until(lambda: faulty.session is not None and faulty.server_id > 0 or task.done(), timeout=10)
+        await wait_until(lambda: (faulty.session is not None and faulty.server_id > 0) or task.done(), timeout=10)
         injected.armed = True
         if healthy is None:
             await _serving(cluster, faulty, task, injected)

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-
-from coordinators.process import CoordinatorProcess
-from coordinators.proto import common_pb2
 from etcd_server import EtcdCluster
 from faults import ROLES, STANDBY, Coordinators, Takeover, member_state, start_pairs
 from history import Call, ClientLoad
 from inproc import InProcCluster
+
+from coordinators.process import CoordinatorProcess
+from coordinators.proto import common_pb2
 
 ENV = {"DATA_COORD_SEGMENT_MAX_ROWS": "100"}
 

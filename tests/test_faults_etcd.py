@@ -1,4 +1,5 @@
-"""etcd misbehaves under a running cluster with client load: SPEC section 7's bounds, shown by breaking things.
+"""etcd misbehaves under a running cluster with client load: the bounds of docs/design.md (*Timings the tests
+hold*), shown by breaking things.
 
 Each scenario runs whole ``milvus run`` processes (two per role) on a fresh 3-member etcd (heartbeat
 50 ms, election 500 ms; :mod:`faults` drives them), TTL 3 s, and :class:`~history.ClientLoad` on every
@@ -29,7 +30,6 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-
 from etcd_server import EtcdCluster
 from faults import (
     HEALTHY,
@@ -45,6 +45,7 @@ from faults import (
     start_pairs,
 )
 from history import ClientLoad
+
 from session import Etcd
 
 pytestmark = pytest.mark.process

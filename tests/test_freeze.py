@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
-
-from coordinators.proto import common_pb2
 from etcd_server import EtcdCluster
 from inproc import InProcCluster
-from session import NotActive
 from session_helpers import wait_until
+
+from coordinators.proto import common_pb2
+from session import NotActive
 
 TTL = 2
 

@@ -175,7 +175,7 @@ async def test_port_in_use() -> None:
 
 
 def test_unknown_role() -> None:
-    with pytest.raises(ValueError, match="unknown role 'indexcoord'.*rootcoord"):
+    with pytest.raises(ValueError, match=r"unknown role 'indexcoord'.*rootcoord"):
         CoordinatorServer("indexcoord", Snap("indexcoord"))
 
 

@@ -33,8 +33,8 @@ from coordinators.querycoord import LoadImage, collection_prefix
 from coordinators.role import RoleContext
 from coordinators.rootcoord import RootImage
 from session import Etcd
-from session.etcd import op_delete, op_put
 from session.campaign import active_key
+from session.etcd import op_delete, op_put
 from session.mirror import Mirror
 from session.watch import covering_range
 
@@ -154,7 +154,7 @@ async def test_the_mirror_always_equals_a_reload_at_the_same_revision(
                     await mirror.stop()
                     mirror = Mirror(follower, new_image, fence, page=3)
                     mirror.start()
-                    await wait_until(lambda: mirror.state == "following", timeout=10)
+                    await wait_until(lambda m=mirror: m.state == "following", timeout=10)
         finally:
             await mirror.stop()
 

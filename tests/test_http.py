@@ -21,18 +21,10 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 from etcd3aio import Etcd3Client
+from etcd_server import EtcdCluster, free_port
 from grpclib.client import Channel
 from grpclib.const import Status as GrpcStatus
 from grpclib.exceptions import GRPCError
-from prometheus_client.parser import text_string_to_metric_families
-
-from coordinators.config import load_config
-from coordinators.http_server import liveness, readiness
-from coordinators.metrics import CoordinatorMetrics, ProcessView, SessionMetrics
-from coordinators.process import CoordinatorProcess
-from coordinators.proto import common_pb2, rootcoord_pb2
-from coordinators.proto.rootcoord_grpc import RootCoordStub
-from etcd_server import EtcdCluster, free_port
 from procs import (
     ENV_SECTION,
     TTL,
@@ -46,9 +38,17 @@ from procs import (
     wait_for_serving,
     wait_until,
 )
-from session.watch import KeyEvent, Resync, watch
+from prometheus_client.parser import text_string_to_metric_families
 from session_helpers import connected
 from tcp_proxy import TcpProxy
+
+from coordinators.config import load_config
+from coordinators.http_server import liveness, readiness
+from coordinators.metrics import CoordinatorMetrics, ProcessView, SessionMetrics
+from coordinators.process import CoordinatorProcess
+from coordinators.proto import common_pb2, rootcoord_pb2
+from coordinators.proto.rootcoord_grpc import RootCoordStub
+from session.watch import KeyEvent, Resync, watch
 
 TcpProxyFactory = Callable[[str], Awaitable[TcpProxy]]
 
@@ -66,9 +66,11 @@ FAMILIES = (
 
 async def http_get(port: int, path: str) -> tuple[int, str]:
     """(status, body) of one GET on 127.0.0.1."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as client:
-        async with client.get(f"http://127.0.0.1:{port}{path}") as resp:
-            return resp.status, await resp.text()
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as client,
+        client.get(f"http://127.0.0.1:{port}{path}") as resp,
+    ):
+        return resp.status, await resp.text()
 
 
 class Scrape:

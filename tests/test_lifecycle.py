@@ -17,19 +17,19 @@ from contextlib import aclosing
 import pytest
 import pytest_asyncio
 import structlog
+from etcd_server import EtcdCluster
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from inproc import Healthy, InProcCluster, StandBy, member_stub
+from session_helpers import wait_until
 from structlog.testing import capture_logs
 
 from coordinators.exit_codes import ExitCode
 from coordinators.process import CoordinatorProcess
 from coordinators.proto import rootcoord_pb2 as pb
-from etcd_server import EtcdCluster
-from inproc import Healthy, InProcCluster, StandBy, member_stub
 from session import NotActive
 from session.etcd import op_delete
 from session.watch import KeyEvent, KeyValue, read_state, watch
-from session_helpers import wait_until
 
 TTL = 2
 ROLE = "rootcoord"

@@ -17,11 +17,11 @@ import time
 
 import pytest
 from etcd3aio import Etcd3Client
-
-from coordinators.client import CoordinatorClient
 from etcd_server import free_port
 from inproc import create
 from procs import MILVUS, REPO, TTL, sessions, wait_until
+
+from coordinators.client import CoordinatorClient
 from session import Etcd
 
 pytestmark = pytest.mark.process

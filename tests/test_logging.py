@@ -298,7 +298,7 @@ def test_writer_never_splits_a_line(tmp_path: Path) -> None:
         assert size <= 64 or text.count("\n") == 1, f"{file.name}: {size} bytes over the limit, not one long line"
     joined = "".join(file.read_text(encoding="utf-8") for file in files)
     assert written[-1] == files[-1].read_text()  # the long line got a file of its own, the next line a new one
-    assert "z" * 100 + "\n" == files[-2].read_text()[-101:]
+    assert files[-2].read_text()[-101:] == "z" * 100 + "\n"
     assert joined == "".join(written)[-len(joined):]  # whole entries, in order, none split or lost within
 
 

@@ -30,12 +30,13 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from unittest import mock
 
 import pytest
 import pytest_asyncio
 import yaml
+from etcd_server import EtcdCluster, free_port
 from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from grpclib.client import Channel
@@ -43,6 +44,8 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from procs import ENV_SECTION, clean_env, run_cli
+from session_helpers import wait_until
 
 from coordinators import cli
 from coordinators.config import DEFAULTS, Config, ConfigError, load_config
@@ -52,11 +55,8 @@ from coordinators.proto.datacoord_grpc import DataCoordStub
 from coordinators.proto.querycoord_grpc import QueryCoordStub
 from coordinators.proto.rootcoord_grpc import RootCoordStub
 from coordinators.status import read_sessions
-from etcd_server import EtcdCluster, free_port
-from procs import ENV_SECTION, clean_env, run_cli
 from session import CorruptValue, Etcd, SessionInfo, allocate_server_id
 from session.etcd import parse_endpoint
-from session_helpers import wait_until
 
 # CI runs the same examples every time (a failure there is reproducible, not a lottery); developers'
 # runs explore new ones.
@@ -188,7 +188,7 @@ env_values = st.one_of(
     st.integers(-(2**40), 2**40).map(str),
     st.integers(-5, 70000).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(str),
-    _spellings(list(_BOOL_WORDS) + ["debug", "INFO", "json", "text", "maybe", "2", "-1"]),
+    _spellings([*list(_BOOL_WORDS), "debug", "INFO", "json", "text", "maybe", "2", "-1"]),
     st.sampled_from(["", " ", "0x10", "1e3", "1_000", "٣", "+7", "65536", "9101", "19531", "nan", "inf", "1" * 5000]),
 )
 
@@ -332,7 +332,7 @@ _printable = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=
 async def test_cli_subprocess_bad_environment_exits_2_with_one_line(typed: Typed, value: str) -> None:
     if not _refused(typed.var, value):
         return
-    code, out, err, _ = await run_cli(["run", "rootcoord"], clean_env({typed.var: value}))
+    code, _out, err, _ = await run_cli(["run", "rootcoord"], clean_env({typed.var: value}))
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -581,7 +581,7 @@ async def _loads_settled(client: Etcd, root: str) -> None:
 class Fuzz:
     """A running cluster under ``root`` and stubs straight to its members (no failover, raw statuses)."""
 
-    STUBS = {"rootcoord": RootCoordStub, "datacoord": DataCoordStub, "querycoord": QueryCoordStub}
+    STUBS: ClassVar[dict[str, Any]] = {"rootcoord": RootCoordStub, "datacoord": DataCoordStub, "querycoord": QueryCoordStub}
 
     def __init__(self, client: Etcd, root: str, procs: list[CoordinatorProcess]) -> None:
         self.client, self.root = client, root

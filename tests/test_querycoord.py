@@ -16,16 +16,16 @@ from typing import Any, TypeVar
 
 import pytest
 import pytest_asyncio
+from etcd_server import EtcdCluster
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from inproc import InProcCluster, grpc_error, member_stub
+from procs import run_cli
+from session_helpers import wait_until
 
 from coordinators.proto import common_pb2, datacoord_pb2, querycoord_pb2, rootcoord_pb2
 from coordinators.querycoord import QueryCoord, collection_prefix
-from etcd_server import EtcdCluster
-from inproc import InProcCluster, grpc_error, member_stub
-from procs import run_cli
 from session.etcd import op_put
-from session_helpers import wait_until
 
 T = TypeVar("T")
 TTL = 2
@@ -52,7 +52,8 @@ class QueryCluster(InProcCluster):
         return ids
 
     async def load(self, name: str, replicas: int = 0) -> int:
-        reply = await self.client("querycoord").call("LoadCollection", Q.LoadCollectionRequest(collection_name=name, replica_number=replicas))
+        request = Q.LoadCollectionRequest(collection_name=name, replica_number=replicas)
+        reply = await self.client("querycoord").call("LoadCollection", request)
         return int(reply.collection_id)
 
     async def release(self, name: str) -> None:

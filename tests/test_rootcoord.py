@@ -10,6 +10,7 @@ member runs as a `milvus run rootcoord` subprocess so it can be SIGKILLed.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import subprocess
@@ -22,8 +23,12 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import structlog
+from etcd_server import EtcdCluster, free_port
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from inproc import InProcCluster, create, expect_status, member_stub, role_impl, schema
+from procs import MilvusProcess, clean_env, run_cli
+from session_helpers import connected, new_session, wait_until
 
 from coordinators.client import CoordinatorClient
 from coordinators.id_allocator import IDAllocator
@@ -32,12 +37,8 @@ from coordinators.proto import common_pb2
 from coordinators.proto import rootcoord_pb2 as pb
 from coordinators.rootcoord import Collection, Field, RootCoord
 from coordinators.tso import MAX_LOGICAL, SAVE_WINDOW_MS, TimestampOracle, compose, decompose, parse_bound
-from etcd_server import EtcdCluster, free_port
-from inproc import InProcCluster, create, expect_status, member_stub, role_impl, schema
-from procs import MilvusProcess, clean_env, run_cli
 from session import Campaign, CorruptValue, Etcd, EtcdUnavailable, FencedWriter, NotActive
 from session.etcd import op_put
-from session_helpers import connected, new_session, wait_until
 
 log = structlog.get_logger(__name__)
 
@@ -190,7 +191,7 @@ async def test_id_allocator_persists_before_use_and_never_repeats() -> None:
     assert begin == max(end for _, end in ranges)  # the bound, exactly
     ranges.append((begin, begin + 5))
     ranges.sort()
-    assert all(a_end <= b_begin for (_, a_end), (b_begin, _) in zip(ranges, ranges[1:], strict=False))
+    assert all(a_end <= b_begin for (_, a_end), (b_begin, _) in itertools.pairwise(ranges))
 
 
 # =========================================================================== processes
@@ -245,7 +246,7 @@ async def direct_alloc_ts(process: CoordinatorProcess) -> int:
 
 def assert_disjoint(ranges: list[tuple[int, int]]) -> None:
     ordered = sorted(ranges)
-    for (_, end), (begin, _) in zip(ordered, ordered[1:], strict=False):
+    for (_, end), (begin, _) in itertools.pairwise(ordered):
         assert end <= begin, f"ID ranges overlap: ...{end}) and [{begin}..."
 
 
@@ -356,7 +357,8 @@ async def test_every_bad_argument_is_refused_with_a_clear_status(cluster: InProc
     await expect_status(ia, call("HasCollection", pb.HasCollectionRequest(collection_name="no way")), "invalid collection name")
     await expect_status(nf, call("DescribeCollection", pb.DescribeCollectionRequest(collection_name="missing")), "not found")
     await expect_status(nf, call("DescribeCollection", pb.DescribeCollectionRequest(collection_id=987654)), "987654")
-    await expect_status(nf, call("DescribeCollection", pb.DescribeCollectionRequest(collection_name="c", collection_id=987654)), "not 987654")
+    both = pb.DescribeCollectionRequest(collection_name="c", collection_id=987654)
+    await expect_status(nf, call("DescribeCollection", both), "not 987654")
     await expect_status(ia, call("DescribeCollection", pb.DescribeCollectionRequest()), "collection_name or a positive collection_id")
     await expect_status(ia, call("DescribeCollection", pb.DescribeCollectionRequest(collection_id=-3)), "positive")
 
@@ -442,12 +444,12 @@ async def test_five_failovers_timestamps_increase_ids_never_repeat_collections_s
     probes: list[int] = []
     try:
         for round_ in range(5):
-            await wait_until(lambda n=len(stamps): len(stamps) > n + 20, timeout=10)
+            await wait_until(lambda n=len(stamps): len(stamps) > n + 20, timeout=10)  # noqa: B008 - n: the count now
             before, old_id, new_id = stamps[-1], active.server_id, standby.server_id
             old_bound = await saved_bound(kv, etcd_prefix)
             t0 = time.monotonic()
             stopping = asyncio.create_task(cluster.stop(active))
-            await wait_until(lambda: standby.state == common_pb2.Healthy, timeout=5)
+            await wait_until(lambda s=standby: s.state == common_pb2.Healthy, timeout=5)
             handover = time.monotonic() - t0
             # No waiting at takeover: the new term starts above the old bound (~3 s ahead of the
             # clock) at once, instead of sleeping until the clock passes it.
@@ -467,7 +469,7 @@ async def test_five_failovers_timestamps_increase_ids_never_repeat_collections_s
             active, standby = standby, await cluster.start(ROLE, expect=common_pb2.StandBy)
             shown = await client.call("ShowCollections", pb.RootShowCollectionsRequest())
             assert dict(zip(shown.collection_names, shown.collection_ids, strict=True)) == created
-        await wait_until(lambda n=len(stamps): len(stamps) > n + 20, timeout=10)
+        await wait_until(lambda n=len(stamps): len(stamps) > n + 20, timeout=10)  # noqa: B008 - n: the count now
     finally:
         stop.set()
         await asyncio.wait_for(worker, 15)
@@ -510,7 +512,9 @@ async def test_crash_of_the_active_process(
         crashed.kill()
 
 
-async def test_activation_with_10k_collections_is_fast(cluster: InProcCluster, client: CoordinatorClient, kv: Etcd, etcd_prefix: str) -> None:
+async def test_activation_with_10k_collections_is_fast(
+    cluster: InProcCluster, client: CoordinatorClient, kv: Etcd, etcd_prefix: str
+) -> None:
     count, per_txn = 10_000, 64  # 2 puts per collection: 128 ops, etcd's default max per txn
     fields = (Field("id", "Int64", True, 0, 100, 0, ""), Field("vector", "FloatVector", False, 128, 101, 0, ""))
     meta = f"{etcd_prefix}/meta/root-coord"

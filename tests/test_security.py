@@ -22,10 +22,13 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import yaml
+from certs import TLSFiles, make_tls_files
+from etcd_server import EtcdMember, etcdctl, free_port
 from grpclib.client import Channel
 from grpclib.exceptions import StreamTerminatedError
+from procs import ENV_SECTION, MilvusProcess, clean_env, run_cli, wait_for_serving
+from session_helpers import wait_until
 
-from certs import TLSFiles, make_tls_files
 from coordinators.client import CoordinatorClient, NoActiveMember
 from coordinators.config import ConfigError, load_config
 from coordinators.process import CoordinatorProcess
@@ -33,11 +36,8 @@ from coordinators.proto import common_pb2, rootcoord_pb2
 from coordinators.proto import querycoord_pb2 as qc_pb
 from coordinators.proto.rootcoord_grpc import RootCoordStub
 from coordinators.tls import check_grpc_tls, client_ssl_context, make_etcd
-from etcd_server import EtcdMember, etcdctl, free_port
-from procs import ENV_SECTION, MilvusProcess, clean_env, run_cli, wait_for_serving
 from session import Etcd, EtcdAuthError, EtcdTLS
 from session.etcd import EtcdTLSError
-from session_helpers import wait_until
 
 pytestmark = pytest.mark.process
 
@@ -393,7 +393,11 @@ async def test_auth_run_status_and_role_commands(auth_etcd: EtcdMember, tmp_path
 
 @pytest.mark.parametrize(
     ("case", "credentials"),
-    [("wrong password", auth_env("not-the-password")), ("no credentials", {}), ("unknown user", {**auth_env(), "ETCD_AUTH_USER_NAME": "nobody"})],
+    [
+        ("wrong password", auth_env("not-the-password")),
+        ("no credentials", {}),
+        ("unknown user", {**auth_env(), "ETCD_AUTH_USER_NAME": "nobody"}),
+    ],
 )
 async def test_refused_credentials_are_a_clear_error_at_start_up(
     case: str, credentials: dict[str, str], auth_etcd: EtcdMember, tmp_path: Path, runs: Runs
@@ -560,7 +564,8 @@ async def test_grpc_tls_one_way(etcd: Any, plain_etcd: Etcd, tls_files: TLSFiles
             rootcoord_pb2.FieldSchema(name="v", data_type=rootcoord_pb2.FloatVector, dim=4)])
         created = await rc.call("CreateCollection", request, idempotent=False)
         # querycoord resolves the name through rootcoord: a role-to-role call over TLS.
-        loaded = await client("querycoord", trusted).call("LoadCollection", qc_pb.LoadCollectionRequest(collection_name="tls_c", replica_number=1), idempotent=False)
+        load = qc_pb.LoadCollectionRequest(collection_name="tls_c", replica_number=1)
+        loaded = await client("querycoord", trusted).call("LoadCollection", load, idempotent=False)
         assert loaded.collection_id == created.collection_id
 
         with pytest.raises(NoActiveMember):
@@ -635,6 +640,6 @@ async def test_grpc_tls_bad_key_file_exits_2_with_one_line(tls_files: TLSFiles, 
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n")
     env = clean_env({"MILVUS_RUN_DIR": str(tmp_path / "run"), **grpc_tls_env(tls_files), "TLS_SERVER_KEY_PATH": str(garbage)})
-    code, out, err, _ = await run_cli(["run", "rootcoord"], env)
+    code, _out, err, _ = await run_cli(["run", "rootcoord"], env)
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and "tls.serverPemPath" in err and "Traceback" not in err, err

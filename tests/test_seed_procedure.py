@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 import yaml
 from etcd3aio import Etcd3Client
-
 from etcd_server import EtcdCluster, free_port
 from procs import (
     MILVUS,

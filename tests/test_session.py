@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from contextlib import aclosing
 
 import pytest
 import structlog
+from etcd_server import EtcdCluster
+from session_helpers import active_and_standby, connected, crash, new_session, wait_until
 from structlog.testing import capture_logs
 
-from etcd_server import EtcdCluster
 from session import (
     Campaign,
     CorruptValue,
@@ -25,7 +27,6 @@ from session import (
 from session.etcd import cmp_value, op_put
 from session.server_id import server_id_key
 from session.watch import KeyEvent, Resync, watch
-from session_helpers import active_and_standby, connected, crash, new_session, wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -154,7 +155,7 @@ async def test_one_active_among_five_campaigners_and_each_takes_its_turn(etcd: E
         seen: list[int] = []
         try:
             for _ in range(5):
-                done, _pending = await asyncio.wait([t for t in tasks if not t.done() or t.result().server_id not in seen],
+                _done, _pending = await asyncio.wait([t for t in tasks if not t.done() or t.result().server_id not in seen],
                                                     timeout=5, return_when=asyncio.FIRST_COMPLETED)
                 winners = [t for t in tasks if t.done() and t.result().server_id not in seen]
                 assert len(winners) == 1, f"{len(winners)} members ACTIVE at once"
@@ -255,7 +256,7 @@ async def test_standby_line_cadence_and_seed_log_lines(etcd: EtcdCluster, etcd_p
                 await asyncio.sleep(0.01)
             await active.close()
             await asyncio.wait_for(waiting, 2)
-        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        gaps = [b - a for a, b in itertools.pairwise(stamps)]
         assert len(stamps) >= 4, stamps
         assert all(0.1 < g < 0.4 for g in gaps), gaps
         events = [e["event"] for e in logs]

@@ -10,8 +10,7 @@ import time
 
 import pytest
 from etcd3aio import Etcd3Client
-
-from procs import MILVUS, REPO, Launch, get_kv, active_key, pair, run_cli, wait_for_serving, wait_until
+from procs import MILVUS, REPO, Launch, active_key, get_kv, pair, run_cli, wait_for_serving, wait_until
 
 pytestmark = pytest.mark.process
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 from etcd3aio import Etcd3Client
-
 from etcd_server import free_port
 from procs import (
     ENV_SECTION,
@@ -383,7 +382,7 @@ async def test_stop_times_out_without_killing_unless_told(
 ) -> None:
     proc = stubborn("rootcoord-b", "/opt/x/bin/milvus", "run", "rootcoord", "--alias", "b")
 
-    code, out, err, took = await run_cli(["stop", "rootcoord", "--alias", "b", "--timeout", "0.5"], env)
+    code, out, err, _took = await run_cli(["stop", "rootcoord", "--alias", "b", "--timeout", "0.5"], env)
     assert code == 1, out + err
     assert lines(err) == [
         f"milvus stop: rootcoord (alias b) (pid {proc.pid}) is still running 0.5 s after SIGTERM; "

@@ -12,15 +12,15 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-
-from coordinators.process import CoordinatorProcess
 from etcd_server import EtcdCluster, free_port
 from history import ClientLoad
 from inproc import Healthy, InProcCluster, StandBy
 from procs import run_cli
+from session_helpers import wait_until
+
+from coordinators.process import CoordinatorProcess
 from session import Campaign, LeaseSession, active_key
 from session.switchover import request_key, successor_key
-from session_helpers import wait_until
 
 REFUSED, TIMED_OUT = 10, 11
 TTL = 3
@@ -175,7 +175,7 @@ async def test_etcd_unreachable_is_exit_3_and_changes_nothing(cluster: InProcClu
 async def test_bad_arguments_are_usage_errors(cluster: InProcCluster) -> None:
     for args in (["switchover", "indexcoord"], ["switchover", "rootcoord", "--to", "x"],
                  ["switchover", "rootcoord", "--to", "0"], ["switchover", "rootcoord", "--timeout", "-1"]):
-        code, out, err, _ = await run_cli(args, cluster.cli_env())
+        code, _out, err, _ = await run_cli(args, cluster.cli_env())
         assert code == 2 and "Traceback" not in err, (args, err)
 
 

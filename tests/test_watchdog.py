@@ -14,14 +14,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from etcd_server import EtcdCluster
+from session_helpers import connected, wait_until
 
 from coordinators.config import load_config
 from coordinators.process import CoordinatorProcess
 from coordinators.proto import common_pb2
 from coordinators.watchdog import LoopWatchdog
-from etcd_server import EtcdCluster
 from session import active_key, safety_margin
-from session_helpers import connected, wait_until
 
 TTL = 4  # margin 0.6 s; keep-alive every 1.33 s, so the time left never drops below 2.07 s
 
@@ -83,7 +83,7 @@ async def test_watchdog_measures_a_blocking_stall_and_survives_its_callbacks() -
     dog.start()
     try:
         await asyncio.sleep(0.3)
-        time.sleep(0.4)  # the whole loop stalls
+        time.sleep(0.4)  # noqa: ASYNC251 - the whole loop stalls: what the watchdog is for
         await asyncio.sleep(0.3)
         assert dog.running  # the handler's exception did not kill it
     finally:
@@ -109,7 +109,7 @@ async def test_stall_longer_than_margin_ends_the_term_though_the_lease_is_valid(
     old_epoch, server_id = proc.epoch, proc.server_id
     assert session.time_left() > 2.0 and session.margin == safety_margin(TTL) == 0.6
 
-    time.sleep(1.2)  # the process's loop (this one) stalls
+    time.sleep(1.2)  # noqa: ASYNC251 - the process's loop (this one) stalls
     left_after_stall = session.time_left()
     assert left_after_stall > 0.5  # a local-deadline check alone would not have objected
 
@@ -142,7 +142,7 @@ async def test_stall_past_the_deadline_declares_the_session_lost_before_etcd_exp
     assert session is not None
     await session._stop_tasks()  # keep-alive, deadline check and own-key watch frozen
     session._deadline = time.monotonic() + 0.2
-    time.sleep(0.9)  # the loop stalls (0.9 s > margin 0.6 s) across the local deadline
+    time.sleep(0.9)  # noqa: ASYNC251 - the loop stalls (0.9 s > margin 0.6 s) across the local deadline
     assert session.time_left() < 0 and not session.lost.is_set()
     await asyncio.sleep(0.15)  # the watchdog's first wake-up after the stall
     assert session.lost.is_set(), "the watchdog did not declare the session lost"
