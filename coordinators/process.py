@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import Awaitable
 from importlib.metadata import PackageNotFoundError, version
@@ -80,6 +81,18 @@ _SECTIONS = {
     "querycoord": ("queryCoord", "QUERY_COORD"),
     "datacoord": ("dataCoord", "DATA_COORD"),
 }
+
+
+def freeze_long_lived_state() -> None:
+    """Put every object alive now out of the cyclic garbage collector's reach (``gc.freeze``).
+
+    Why: a role's state is large and lives as long as the process (a STANDBY's mirror) or the term (a
+    reload). Python's full collection scans every tracked object: measured, 41 ms with 100k querycoord
+    records, and one that falls in a takeover delays it by as much (a hot takeover at 100k took 76 to
+    227 ms, against 40 with no metadata). The records hold no reference cycles: reference counting
+    still frees them when they are replaced or dropped.
+    """
+    gc.freeze()
 
 
 def package_version() -> str:
@@ -496,7 +509,7 @@ class CoordinatorProcess:
         if not self.config.session.hot_standby:
             return None
         mirror = Mirror(self.etcd, self.role_impl.new_image, active_key(self.config.etcd.meta_root, self.role),
-                        on_restart=self.observer.watch_restarted)
+                        on_restart=self.observer.watch_restarted, on_ready=freeze_long_lived_state)
         mirror.start()
         self.mirror = mirror
         return mirror
@@ -584,6 +597,8 @@ class CoordinatorProcess:
             log.warning(f"{self.role} activation abandoned: the ACTIVE term ended meanwhile",
                         ServerID=session.server_id, epoch=term.epoch, reason=term.end_reason)
             return False
+        if image is None:
+            freeze_long_lived_state()  # what the reload built lives as long as the term
         return True
 
     async def _serve_until_over(

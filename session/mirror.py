@@ -80,8 +80,11 @@ class Mirror:
         *,
         page: int = 1000,
         on_restart: Callable[[str, WatchRestart], None] | None = None,
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         self.etcd = etcd
+        #: Told each time a snapshot is complete (the process takes the chance to settle its memory).
+        self.on_ready = on_ready
         self.new_image = new_image
         template = new_image()
         self.prefixes = tuple(template.prefixes)
@@ -179,6 +182,8 @@ class Mirror:
             self._changed.notify_all()
         log.info("standby mirror ready: a takeover will not reload", keys=read + len(self.keys), revision=revision,
                  seconds=round(self.snapshot_seconds, 3))
+        if self.on_ready is not None:
+            self.on_ready()
 
     async def _read_keys(self, image: Image, revision: int, timeout: float | None = None) -> None:
         async def read(key: str) -> None:

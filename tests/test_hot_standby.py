@@ -183,10 +183,12 @@ async def test_a_catch_up_waits_for_the_claim_to_come_through_the_watch(etcd: Et
                          "progress": 100, "target_segment_ids": [], "loaded_segment_ids": []}).encode()
     async with TcpProxy(etcd.endpoint) as proxy, connected(etcd.endpoints, timeout=5.0) as writer, \
             connected([proxy.endpoint], timeout=5.0) as follower:
-        mirror = Mirror(follower, lambda: LoadImage(prefix), fence)
+        readies: list[int] = []  # the process freezes its GC state on each complete snapshot
+        mirror = Mirror(follower, lambda: LoadImage(prefix), fence, on_ready=lambda: readies.append(mirror.revision))
         mirror.start()
         try:
             await wait_until(lambda: mirror.state == "following", timeout=10)
+            assert readies == [mirror.revision]
             proxy.blackhole()
             await writer.put(f"{prefix}7", record)
             claim = await writer.put(fence, "claim")
