@@ -25,8 +25,9 @@ from session import (
     safety_margin,
 )
 from session.etcd import cmp_value, op_put
+from session.fastpath import TakeoverMark, remove_dead_holder
 from session.server_id import server_id_key
-from session.watch import KeyEvent, Resync, watch
+from session.watch import KeyEvent, Resync, key_value, watch
 
 
 @pytest.fixture(autouse=True)
@@ -225,6 +226,27 @@ async def test_a_death_watch_slow_to_end_does_not_delay_the_takeover(etcd: EtcdC
         await asyncio.wait_for(campaign.close(), 5)
         assert watch_.ended.is_set()
         await standby.close()
+
+
+async def test_the_fast_path_removes_only_the_dead_term_never_its_successor(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    """remove_dead_holder compares the dead term's create revision and lease: a verdict that comes after
+    another term took the key removes nothing (turn the compare off and the new term's key goes)."""
+    async with connected(etcd.endpoints) as etcd_:
+        old, new = await active_and_standby(etcd_, etcd_prefix, ttl=3)
+        key = active_key(old.meta_root, "rootcoord")
+        dead = key_value((await etcd_.get(key)).kvs[0])
+        await old.close()  # its term is over: the key goes with its lease
+        term = await Campaign(new).try_claim()
+        assert term is not None
+        mark = TakeoverMark(dead.create_revision, "fast_path", new.server_id, "a late verdict")
+        assert await remove_dead_holder(etcd_, new.meta_root, "rootcoord", dead, mark=mark, revoke=False) == 0
+        now = (await etcd_.get(key)).kvs
+        assert now and now[0].create_revision == term.epoch and now[0].lease == new.lease_id
+        # The same call removes the term it names while that term still holds the key.
+        current = key_value(now[0])
+        assert await remove_dead_holder(etcd_, new.meta_root, "rootcoord", current, mark=mark, revoke=False) > 0
+        assert not (await etcd_.get(key)).kvs
+        await new.close()
 
 
 async def test_takeover_after_ttl_expiry(etcd: EtcdCluster, etcd_prefix: str) -> None:
