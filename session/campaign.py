@@ -708,10 +708,19 @@ class _DeathTask:
         return self._task is None and not self._cancelled and not self._revokes
 
     async def close(self) -> None:
-        """Cancel the watch and wait for every watch this object started to be over, and its revokes."""
+        """Cancel the watch and wait for every watch this object started to be over, and its revokes.
+
+        A watch still running half a second after its cancellation is cancelled again: grpclib turns
+        a cancellation that meets a lost connection into StreamTerminatedError, and a watch whose probe
+        then finds no proof would go back to watching, for ever."""
         self.cancel()
         cancelled, self._cancelled = self._cancelled, []
         revokes, self._revokes = self._revokes, []
+        running = {task for task in cancelled if not task.done()}
+        while running:
+            _done, running = await asyncio.wait(running, timeout=0.5)
+            for task in running:
+                task.cancel()
         await asyncio.gather(*cancelled, *revokes, return_exceptions=True)
 
 

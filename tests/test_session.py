@@ -205,8 +205,10 @@ class _RunsOnAfterCancel:
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
-            await asyncio.sleep(self.runs_on)
-            self.ended.set()
+            try:
+                await asyncio.sleep(self.runs_on)  # the campaign cancels it again after 0.5 s
+            finally:
+                self.ended.set()
             raise
         return "never"
 
@@ -220,11 +222,46 @@ async def test_a_death_watch_slow_to_end_does_not_delay_the_takeover(etcd: EtcdC
         waiting = asyncio.create_task(campaign.acquire())
         await asyncio.wait_for(watch_.started.wait(), 5)
         await active.close()
-        term = await asyncio.wait_for(waiting, 1.5)  # the teardown alone takes 3 s
+        term = await asyncio.wait_for(waiting, 1.5)  # the teardown alone would take 3 s
         assert term.server_id == standby.server_id
-        assert not watch_.ended.is_set()
+        assert not watch_.ended.is_set()  # still tearing down (cancelled again only 0.5 s after the claim)
         await asyncio.wait_for(campaign.close(), 5)
         assert watch_.ended.is_set()
+        await standby.close()
+
+
+class _SwallowsACancel:
+    """A death watch that swallows its first cancellation and goes back to watching (grpclib's stream
+    can turn a cancellation into StreamTerminatedError; a probe without proof then watches again)."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancels = 0
+
+    async def dead(self, holder: SessionInfo) -> str:
+        self.started.set()
+        while True:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancels += 1
+                if self.cancels > 1:
+                    raise
+
+
+async def test_closing_a_campaign_ends_a_death_watch_that_swallowed_its_cancellation(
+    etcd: EtcdCluster, etcd_prefix: str
+) -> None:
+    async with connected(etcd.endpoints) as etcd_:
+        active, standby = await active_and_standby(etcd_, etcd_prefix, ttl=3)
+        watch_ = _SwallowsACancel()
+        campaign = Campaign(standby, death_watch=watch_)
+        waiting = asyncio.create_task(campaign.acquire())
+        await asyncio.wait_for(watch_.started.wait(), 5)
+        await active.close()
+        assert (await asyncio.wait_for(waiting, 5)).server_id == standby.server_id
+        await asyncio.wait_for(campaign.close(), 5)  # hung for ever before: the watch was cancelled once
+        assert watch_.cancels == 2
         await standby.close()
 
 
