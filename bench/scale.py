@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import statistics
 import sys
 import time
@@ -209,8 +208,7 @@ async def activation_case(etcd: Etcd, cluster: bl.EtcdCluster, work: Path, role:
             await coord.child.stop(15)
     finally:
         await fleet.stop_all(5)
-        with contextlib.suppress(Exception):
-            await etcd.delete(root + "/", prefix=True, timeout=60)
+        await bl.clear_root(etcd, root, timeout=60)
     reload_p50 = statistics.median(r["reload_s"] for r in reps)
     case = {
         "role": role,

@@ -14,7 +14,6 @@ Used by ``bench/scale.py`` (part 3), on its etcd.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import signal
 import statistics
@@ -111,8 +110,7 @@ async def takeover_case(etcd: Etcd, cluster: bl.EtcdCluster, work: Path, role: s
     finally:
         await client.close()
         await fleet.stop_all(15)
-        with contextlib.suppress(Exception):
-            await etcd.delete(root + "/", prefix=True, timeout=120)
+        await bl.clear_root(etcd, root, timeout=120)
     service = [r["service_ms"] for r in rounds]
     return {
         "role": role, "size": size, "what": WHAT[role], "standby": kind, "write_s": round(write_s, 1),
