@@ -460,7 +460,8 @@ class CoordinatorProcess:
                     self.observer.vacancy_at = None
                     mirror = self._new_mirror()
                     try:
-                        term = await self._until_stopped(campaign.acquire(), session)
+                        term = await self._until_stopped(
+                            campaign.acquire(on_position=mirror.set_fenced if mirror is not None else None), session)
                         log.info(f"{self.role} switch from standby to active, activating", ServerID=session.server_id)
                         if mirror is not None:
                             image = await mirror.catch_up(term.epoch, timeout=_CATCH_UP_S)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -38,7 +38,7 @@ from session.errors import (
     SessionError,
     SessionLost,
 )
-from session.etcd import cmp_create_revision, cmp_value, cmp_version, op_delete, op_get, op_put
+from session.etcd import GREATER, cmp_create_revision, cmp_value, cmp_version, op_delete, op_get, op_put
 from session.fastpath import DeathWatch, TakeoverMark, read_mark, remove_dead_holder, revoke_dead_lease
 from session.info import SessionInfo
 from session.lease import LeaseSession, session_prefix
@@ -138,6 +138,12 @@ class Campaign:
         self.claim_txns = 0
         #: Death watches being torn down after a claim, off the takeover's path; :meth:`close` awaits them.
         self._teardown: set[asyncio.Task[None]] = set()
+        self._on_position: Callable[[bool], None] | None = None
+        self._near: bool | None = None
+        #: Times this member, far back in line, was woken by the members just ahead of it (tests read it).
+        self.far_back_wakes = 0
+        #: The designation this member last said it waits for (said once per designation).
+        self._reserved_for: bytes | None = None
 
     # -- claiming ----------------------------------------------------------------------------
 
@@ -153,9 +159,10 @@ class Campaign:
         value = replace(info, active_since_ms=time.time_ns() // 1_000_000)
         encoded = value.to_json()
         members = self.lineup.member_prefix
+        own = self._own_key_ops()
         resp = await self._txn(
-            [cmp_version(self.key, 0), cmp_version(self.successor_key, 0)],
-            [op_put(self.key, encoded, lease=info.lease_id)],
+            [cmp_version(self.key, 0), cmp_version(self.successor_key, 0), *own[0]],
+            [op_put(self.key, encoded, lease=info.lease_id), *own[1]],
             [op_get(self.key), op_get(self.successor_key), op_get(members, range_end=prefix_range_end(members))],
         )
         if resp.succeeded:
@@ -191,8 +198,8 @@ class Campaign:
         # Designated (or the designation is unreadable): claim under it, deleting it in the same txn.
         self.successor = None
         resp = await self._txn(
-            [cmp_version(self.key, 0), cmp_value(self.successor_key, raw)],
-            [op_put(self.key, encoded, lease=info.lease_id), op_delete(self.successor_key)],
+            [cmp_version(self.key, 0), cmp_value(self.successor_key, raw), *own[0]],
+            [op_put(self.key, encoded, lease=info.lease_id), op_delete(self.successor_key), *own[1]],
         )
         self._waiting_from = int(resp.header.revision) + 1
         if not resp.succeeded:
@@ -202,6 +209,15 @@ class Campaign:
                      successor=successor.describe())
             self._designated = True
         return self._won(int(resp.header.revision), value)
+
+    def _own_key_ops(self) -> tuple[list[Compare], list[RequestOp]]:
+        """What a claim adds for the member's own key: it must still exist (a member whose key is gone
+        has lost its session), and it is written again, unchanged, so that the members waiting behind
+        this one (they watch only the keys just ahead of theirs: :meth:`Lineup.nearest_ahead`) learn
+        that it left the line."""
+        session = self.session
+        return ([cmp_version(session.key, 0, result=GREATER)],
+                [op_put(session.key, session.info.to_json(), lease=session.lease_id)])
 
     def _won(self, epoch: int, value: SessionInfo) -> Term:
         self.holder = None
@@ -260,11 +276,16 @@ class Campaign:
             return mark.cause
         return "graceful" if self._waited_stopping else "ttl"
 
-    async def acquire(self) -> Term:
+    async def acquire(self, *, on_position: Callable[[bool], None] | None = None) -> Term:
         """Stay STANDBY until this session holds the ACTIVE key; return the new term.
+
+        ``on_position(near)`` is told whenever this member moves between the front of the line (first
+        or second: it follows the ACTIVE key) and far back (it watches only the members just ahead):
+        the hot mirror follows the ACTIVE key only while near the front (:mod:`session.mirror`).
 
         :raises SessionLost: the session ended while waiting (the caller re-registers).
         """
+        self._on_position, self._near = on_position, None
         log.info(f"serverName: {self.role} enter STANDBY mode")
         ticker = asyncio.create_task(self._standby_ticker(), name=f"standby-log-{self.role}")
         backoff = _Backoff(min(1.0, self.backstop_interval / 4))
@@ -422,71 +443,34 @@ class Campaign:
 
         With a death watch, the first in line watches the holder too: once it is proven dead its key
         is removed (the watch then sees the DELETE as for any other vacancy).
+
+        A member far back in line (:meth:`Lineup.far_back`) watches only the keys of the two members
+        just ahead of it and the designation, and reads the line again when one of them changes: a
+        handover then wakes a constant number of standbys, however many wait.
         """
         lost = asyncio.ensure_future(self.session.lost.wait())
         line = self.lineup
         start, end = line.range
         applied = start_revision - 1
-        reserved_for: bytes | None = None
         quiet_since = self.session.clock()  # the last event (or read): a backstop read after an interval
         try:
             while True:
-                stream = watch(self.etcd, start.decode(), start_revision=applied + 1, range_end=end,
-                               on_restart=self.session.observer.watch_restarted)
-                again, settled = False, True
-                async with aclosing(stream) as events:
-                    while True:
-                        now = self.session.clock()
-                        if not settled:  # more events of the same txn follow: no decision halfway through it
-                            # They came in the same response: the next one is at hand, no waiting.
-                            outcome = await anext(events)
-                            if not isinstance(outcome, KeyEvent):
-                                break  # a resync: watch again, read it all
-                            applied, settled = outcome.kv.mod_revision, outcome.ends_revision
-                            self._apply_line_event(outcome)
-                            continue
-                        decision = line.decide(now, self.claim_grace, self._designation())
-                        if decision.action == "claim":
-                            death.cancel()  # awaited by the caller, after its claim
-                            return
-                        if line.successor is not None and line.holder is None:
-                            if reserved_for != line.successor.value:
-                                reserved_for = line.successor.value
-                                log.info("the ACTIVE key is reserved by a switchover; waiting for the designated member",
-                                         ServerID=self.session.server_id, successor=self._designation_text())
-                            withdraw_at = self._withdraw_at(line.successor.value)
-                            if withdraw_at is not None and now >= withdraw_at:
-                                await self._withdraw_designation()
-                                if self._released is not None:  # it failed: not again at once
-                                    await self._sleep_or_lost(0.2)
-                                continue  # its DELETE comes through the watch; decide again then
-                        death.follow(self.holder if line.holder is not None and line.first_in_line() else None)
-                        timeout = _earliest(decision.timeout, self._withdraw_in(now),
-                                            quiet_since + self.backstop_interval - now)
-                        outcome = await self._next_or(events, lost, *death.pending(), timeout=timeout)
-                        if isinstance(outcome, KeyEvent):
-                            applied, settled = outcome.kv.mod_revision, outcome.ends_revision
-                            self._apply_line_event(outcome)
-                            quiet_since = self.session.clock()
-                        elif isinstance(outcome, Resync):
-                            applied = outcome.revision
-                            self._load_line(outcome.kvs, "re-read after compaction")
-                            quiet_since = self.session.clock()
-                        elif lost.done():
-                            raise SessionLost(self.session.lost_reason)
-                        else:
-                            # Cancelled, the stream is over: watch again from the revision after the last
-                            # event (a proven death's DELETE then arrives as for any vacancy, with Milvus's
-                            # lines), after a backstop read if a whole interval went by without an event.
-                            if death.proven() and (removed_at := await death.act()):
-                                # This member removed the dead holder's key: the vacancy is known now. (A
-                                # watch from before that revision would deliver it only on etcd's next sync
-                                # of unsynced watchers, up to 100 ms later.)
-                                self._vacated_by_removal(removed_at)
-                            again = self.session.clock() < quiet_since + self.backstop_interval
-                            break
-                if again:
-                    continue
+                if line.far_back():
+                    death.follow(None)
+                    self._report_position(near=False)
+                    await self._wait_far_back(applied + 1, lost, quiet_since + self.backstop_interval)
+                    if lost.done():
+                        raise SessionLost(self.session.lost_reason)
+                    how = "re-read far back in line"
+                else:
+                    self._report_position(near=True)
+                    how = "backstop read"
+                    followed = await self._follow_line(applied, death, lost, quiet_since)
+                    if followed.turn:
+                        return
+                    applied, quiet_since = followed.applied, followed.quiet_since
+                    if followed.again:
+                        continue
                 try:
                     state = await read_state(self.etcd, start.decode(), range_end=end)
                 except EtcdUnavailable as exc:
@@ -497,10 +481,103 @@ class Campaign:
                     await self._sleep_or_lost(min(1.0, self.backstop_interval / 4))
                     continue
                 applied, quiet_since = state.revision, self.session.clock()
-                self._load_line(state.kvs, "backstop read")
+                self._load_line(state.kvs, how)
         finally:
             death.cancel()
             lost.cancel()
+
+    def _report_position(self, *, near: bool) -> None:
+        if self._near is not near:
+            self._near = near
+            log.debug("place in the STANDBY line", ServerID=self.session.server_id,
+                      place="near the front: following the ACTIVE key" if near else "far back: watching the members ahead")
+            if self._on_position is not None:
+                self._on_position(near)
+
+    async def _wait_far_back(self, from_revision: int, lost: asyncio.Future[Any], until: float) -> None:
+        """Far back in line: wait for a change of the two members just ahead or of the designation
+        (from ``from_revision``), for the session to be lost, or for the clock to reach ``until``."""
+        keys = [*self.lineup.nearest_ahead(2), self.successor_key]
+        streams = [watch(self.etcd, key, start_revision=from_revision, prev_kv=False,
+                         on_restart=self.session.observer.watch_restarted) for key in keys]
+        nexts = [asyncio.ensure_future(anext(stream)) for stream in streams]
+        try:
+            timeout = max(until - self.session.clock(), 0.0)
+            done, _ = await asyncio.wait({*nexts, lost}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if done - {lost}:
+                self.far_back_wakes += 1
+        finally:
+            for nxt in nexts:
+                nxt.cancel()
+            await asyncio.gather(*nexts, return_exceptions=True)
+            for stream in streams:
+                await stream.aclose()
+
+    async def _follow_line(
+        self, applied: int, death: _DeathTask, lost: asyncio.Future[Any], quiet_since: float
+    ) -> _Followed:
+        """Near the front of the line: follow the whole line (one watch) until it is this member's
+        turn, or until the caller must open the watch again or read the line again."""
+        line = self.lineup
+        start, end = line.range
+        stream = watch(self.etcd, start.decode(), start_revision=applied + 1, range_end=end,
+                       on_restart=self.session.observer.watch_restarted)
+        again, settled = False, True
+        async with aclosing(stream) as events:
+            while True:
+                now = self.session.clock()
+                if not settled:  # more events of the same txn follow: no decision halfway through it
+                    # They came in the same response: the next one is at hand, no waiting.
+                    outcome = await anext(events)
+                    if not isinstance(outcome, KeyEvent):
+                        break  # a resync: watch again, read it all
+                    applied, settled = outcome.kv.mod_revision, outcome.ends_revision
+                    self._apply_line_event(outcome)
+                    continue
+                decision = line.decide(now, self.claim_grace, self._designation())
+                if decision.action == "claim":
+                    death.cancel()  # awaited by the caller, after its claim
+                    return _Followed(True, applied, quiet_since, again)
+                if line.far_back():  # others joined ahead (a holder that lost its term): watch them instead
+                    again = True
+                    break
+                if line.successor is not None and line.holder is None:
+                    if self._reserved_for != line.successor.value:
+                        self._reserved_for = line.successor.value
+                        log.info("the ACTIVE key is reserved by a switchover; waiting for the designated member",
+                                 ServerID=self.session.server_id, successor=self._designation_text())
+                    withdraw_at = self._withdraw_at(line.successor.value)
+                    if withdraw_at is not None and now >= withdraw_at:
+                        await self._withdraw_designation()
+                        if self._released is not None:  # it failed: not again at once
+                            await self._sleep_or_lost(0.2)
+                        continue  # its DELETE comes through the watch; decide again then
+                death.follow(self.holder if line.holder is not None and line.first_in_line() else None)
+                timeout = _earliest(decision.timeout, self._withdraw_in(now),
+                                    quiet_since + self.backstop_interval - now)
+                outcome = await self._next_or(events, lost, *death.pending(), timeout=timeout)
+                if isinstance(outcome, KeyEvent):
+                    applied, settled = outcome.kv.mod_revision, outcome.ends_revision
+                    self._apply_line_event(outcome)
+                    quiet_since = self.session.clock()
+                elif isinstance(outcome, Resync):
+                    applied = outcome.revision
+                    self._load_line(outcome.kvs, "re-read after compaction")
+                    quiet_since = self.session.clock()
+                elif lost.done():
+                    raise SessionLost(self.session.lost_reason)
+                else:
+                    # Cancelled, the stream is over: watch again from the revision after the last
+                    # event (a proven death's DELETE then arrives as for any vacancy, with Milvus's
+                    # lines), after a backstop read if a whole interval went by without an event.
+                    if death.proven() and (removed_at := await death.act()):
+                        # This member removed the dead holder's key: the vacancy is known now. (A
+                        # watch from before that revision would deliver it only on etcd's next sync
+                        # of unsynced watchers, up to 100 ms later.)
+                        self._vacated_by_removal(removed_at)
+                    again = self.session.clock() < quiet_since + self.backstop_interval
+                    break
+        return _Followed(False, applied, quiet_since, again)
 
     def _vacated_by_removal(self, revision: int) -> None:
         """The DELETE this member wrote (the crash fast path), with Milvus's lines as if it was watched."""
@@ -722,6 +799,18 @@ class _DeathTask:
             for task in running:
                 task.cancel()
         await asyncio.gather(*cancelled, *revokes, return_exceptions=True)
+
+
+@dataclass(frozen=True)
+class _Followed:
+    """Where following the line stopped: this member's ``turn`` to claim; else the last revision
+    ``applied``, the last event (``quiet_since``), and whether to watch ``again`` at once (False: read
+    the line first)."""
+
+    turn: bool
+    applied: int
+    quiet_since: float
+    again: bool
 
 
 class _Backoff:

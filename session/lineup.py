@@ -18,7 +18,10 @@ ACTIVE key is free:
 
 One watch over the range that holds the ACTIVE key, the members' keys and the designation (all
 small and rarely written: :func:`line_range`) delivers them in revision order, so a decision never
-rests on a state etcd never had. Only the first in line follows the holder's death watch.
+rests on a state etcd never had. Only the first in line follows the holder's death watch. Only the
+first two follow that range at all: a member far back (:meth:`Lineup.far_back`) watches the keys of
+the two just ahead of it (:meth:`Lineup.nearest_ahead`), so a handover wakes a constant number of
+standbys however many wait.
 Safety does not depend on any of this: the claim is a txn that compares the key; the line only
 decides who sends it.
 """
@@ -133,12 +136,33 @@ class Lineup:
 
     def ahead(self) -> int:
         """How many members are before this one in line (``-1``: this member's own key is not seen)."""
+        if not any(m.server_id == self.me for m in self.members.values()):
+            return -1
+        return len(self._ahead_of_me())
+
+    def _ahead_of_me(self) -> list[tuple[str, Member]]:
         out = {self.vacated_by, self.holder_id}
         mine = next((m for m in self.members.values() if m.server_id == self.me), None)
         if mine is None:
-            return -1
-        return sum(1 for m in self.members.values()
-                   if m.create_revision < mine.create_revision and not m.stopping and m.server_id not in out)
+            return []
+        return [(key, m) for key, m in self.members.items()
+                if m.create_revision < mine.create_revision and not m.stopping and m.server_id not in out]
+
+    def far_back(self) -> bool:
+        """Someone holds the key and at least two members are ahead of this one: it cannot be the next
+        to claim, nor the one that claims over a first in line that does not (:meth:`decide`), so it
+        need not follow the ACTIVE key at all (:meth:`nearest_ahead`)."""
+        return self.holder is not None and self.ahead() >= 2
+
+    def nearest_ahead(self, count: int = 2) -> list[str]:
+        """The own keys of the ``count`` members just ahead of this one (latest create revision first).
+
+        Why two: while both stay in line (no event on either key) at least two are ahead, so a member
+        far back only has to watch these, as in etcd's election recipe (which waits for one); a
+        member leaving the line (claiming, stopping, gone) is an event on its own key, since the claim
+        rewrites the claimer's key in the same txn."""
+        ahead = sorted(self._ahead_of_me(), key=lambda km: km[1].create_revision, reverse=True)
+        return [key for key, _ in ahead[:count]]
 
     @property
     def holder_id(self) -> int | None:

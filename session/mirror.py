@@ -18,6 +18,12 @@ etcd-io/etcd#15220, #17507.) Events of keys between the prefixes are dropped her
 (rootcoord's two saved bounds, written every few seconds, far from the fence) are not followed but
 read at C during the catch-up: one small read each.
 
+Only a member near the front of its line needs the fence (:mod:`session.lineup`): a standby far
+back watches the prefixes alone (:meth:`Mirror.set_fenced`), so that a handover, which writes the
+ACTIVE key twice, wakes the mirrors of two standbys, not of fifty. A mirror told to take the fence
+again, or asked to catch up without it, opens its watch again from the revision after the last one
+it applied, over the fenced range: etcd delivers what it missed, fence events included.
+
 A mirror whose history was compacted away (it fell behind) starts over with a new snapshot; one
 asked to catch up while it is not following says so, and the caller reloads instead.
 """
@@ -32,6 +38,7 @@ from contextlib import aclosing
 from typing import Protocol
 
 import structlog
+from etcd3aio.kv import prefix_range_end
 
 from session.errors import SessionError
 from session.etcd import Etcd
@@ -91,6 +98,10 @@ class Mirror:
         self.keys = tuple(template.keys)
         self.fence = fence
         self.range = covering_range(self.prefixes, fence)
+        #: The range followed without the fence (a member far back in line): the prefixes alone.
+        self.unfenced_range = (min(p.encode() for p in self.prefixes), max(prefix_range_end(p) for p in self.prefixes))
+        self.fenced = True
+        self._refence = asyncio.Event()
         self.page = page
         self.on_restart = on_restart
         self.state = "starting"
@@ -113,12 +124,20 @@ class Mirror:
         await cancel_and_wait(task)
         self.state = "stopped"
 
+    def set_fenced(self, fenced: bool) -> None:
+        """Follow the fence too (near the front of the line), or the prefixes alone (far back); the
+        watch is opened again over the new range from the revision after the last one applied."""
+        if fenced is not self.fenced:
+            self.fenced = fenced
+            self._refence.set()
+
     async def catch_up(self, revision: int, timeout: float) -> Image | None:
         """The image with every change up to ``revision`` (the winning claim's), the mirror then
         stopped: from now on the new term owns the image. None when that cannot be had in time (still
         reading its snapshot, behind, or the single keys could not be read; :attr:`behind_reason` says
         why): the caller reloads instead, and the mirror goes on (the caller stops it)."""
         deadline = time.monotonic() + timeout
+        self.set_fenced(True)  # the claim's own event is the proof: it must come through the watch
         async with self._changed:
             while not (self.state == "following" and self.revision >= revision):
                 left = deadline - time.monotonic()
@@ -199,8 +218,23 @@ class Mirror:
         return key.startswith(self.prefixes)
 
     async def _follow(self) -> str:
-        """Apply every change until the watch reports a compaction; returns why it stopped."""
-        start, end = self.range
+        """Apply every change until the watch reports a compaction; returns why it stopped. The watch
+        is opened again over the other range each time :meth:`set_fenced` changes it."""
+        while True:
+            self._refence.clear()
+            follow = asyncio.ensure_future(self._follow_range(self.range if self.fenced else self.unfenced_range))
+            moved = asyncio.ensure_future(self._refence.wait())
+            try:
+                await asyncio.wait({follow, moved}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                await cancel_and_wait(moved)
+                if not follow.done():
+                    await cancel_and_wait(follow)
+            if not follow.cancelled():
+                return follow.result()
+
+    async def _follow_range(self, watched: tuple[bytes, bytes]) -> str:
+        start, end = watched
         stream = watch(self.etcd, start.decode("utf-8", "replace"), start_revision=self.revision + 1, prev_kv=False,
                        resync=False, range_end=end, on_restart=self.on_restart)
         assert self.image is not None

@@ -8,6 +8,7 @@ claims at once wherever it stands in line.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import AsyncIterator
 
@@ -16,6 +17,7 @@ from etcd_server import EtcdCluster, free_port
 from inproc import Healthy, InProcCluster, StandBy
 from procs import run_cli
 from session_helpers import wait_until
+from structlog.testing import capture_logs
 
 from coordinators.process import CoordinatorProcess
 from session import LeaseSession
@@ -79,6 +81,26 @@ def test_a_designation_overrides_the_line() -> None:
     assert line(3, own(2, 11), own(3, 12), designated).decide(100.0, 0.5, None).action == "claim"
 
 
+def test_only_a_member_with_two_ahead_behind_a_holder_is_far_back() -> None:
+    """Far back: somebody holds the key and two or more are ahead; such a member watches only the two
+    just ahead of it (by create revision, the holder and stopping members left out)."""
+    members = [own(1, 10), own(2, 11), own(3, 12), own(4, 13), own(5, 14, stopping=True), own(6, 15)]
+    held = [holder(1, 20), *members]
+    assert [line(me, *held).far_back() for me in (2, 3, 4, 6)] == [False, False, True, True]
+    assert line(4, *held).nearest_ahead() == [f"{META}/session/rootcoord-3", f"{META}/session/rootcoord-2"]
+    assert line(6, *held).nearest_ahead() == [f"{META}/session/rootcoord-4", f"{META}/session/rootcoord-3"]
+    # A vacancy: nobody is far back (the grace rule needs the ACTIVE key followed).
+    vacant = line(6, *held)
+    vacant.delete(f"{META}/session/rootcoord", now=100.0)
+    assert not vacant.far_back()
+    # One of the two just ahead leaves the line (it claims: a new holder): the next decision sees it.
+    moved = line(4, *held)
+    moved.put(holder(2, 30), now=100.0)
+    assert moved.ahead() == 2 and moved.far_back()  # 1 is back in line, 3 is still ahead
+    moved.put(own(1, 10, stopping=True), now=100.1)
+    assert not moved.far_back() and moved.nearest_ahead() == [f"{META}/session/rootcoord-3"]
+
+
 def test_a_member_that_does_not_see_its_own_key_waits_one_grace() -> None:
     lineup = line(9, own(1, 10))
     assert lineup.ahead() == -1
@@ -126,6 +148,44 @@ async def test_a_handover_with_many_standbys_costs_one_claim(cluster: InProcClus
     await cluster.wait_state(standbys[1], Healthy)
     await wait_until(lambda: all(m.campaign.lineup.holder is not None for m in standbys[2:]), timeout=10)  # type: ignore[union-attr]
     assert txns(standbys[1:]) - before == 1
+
+
+async def test_a_handover_wakes_the_front_of_the_line_only(cluster: InProcCluster) -> None:
+    """Five standbys; the ACTIVE stops. The two far back (fourth and fifth in line) see nothing of it:
+    neither their line (they watch only the two members just ahead) nor their hot mirror (it follows
+    the role's keys without the ACTIVE key); the third, whose member ahead claimed, moves up and follows
+    the ACTIVE key again. Then every member takes its turn, each from its mirror (hot)."""
+    active, *standbys = await line_of(cluster, 5)
+    front, back = standbys[:2], standbys[3:]
+    await wait_until(lambda: all(m.mirror is not None and m.mirror.fenced for m in front)
+                     and all(m.mirror is not None and not m.mirror.fenced for m in [standbys[2], *back]), timeout=10)
+    dropped = {m.server_id: m.mirror.events_dropped for m in standbys}  # type: ignore[union-attr]
+    woken = {m.server_id: m.campaign.far_back_wakes for m in standbys}  # type: ignore[union-attr]
+    with capture_logs() as logs:
+        await cluster.stop(active)
+        await cluster.wait_state(standbys[0], Healthy)
+        await wait_until(lambda: standbys[2].mirror is not None and standbys[2].mirror.fenced, timeout=10)
+        await wait_until(lambda: serving_state(logs) != "", timeout=5)
+    assert standbys[2].campaign.far_back_wakes == woken[standbys[2].server_id] + 1  # type: ignore[union-attr]
+    for m in back:
+        assert m.observer.vacancy_at is None, f"{m.server_id} saw the vacancy"
+        assert m.mirror.events_dropped == dropped[m.server_id], f"{m.server_id}'s mirror saw the ACTIVE key"  # type: ignore[union-attr]
+        assert m.campaign.far_back_wakes == woken[m.server_id]  # type: ignore[union-attr]
+    assert front[1].mirror.events_dropped > dropped[front[1].server_id]  # type: ignore[union-attr]  # it did follow
+    assert serving_state(logs) == "hot"
+    # Down the line: each holder stops, the next takes over from its mirror, whatever its place was.
+    for holding, nxt in itertools.pairwise(standbys):
+        with capture_logs() as logs:
+            await cluster.stop(holding)
+            await cluster.wait_state(nxt, Healthy)
+            await wait_until(lambda: serving_state(logs) != "", timeout=5)
+        assert serving_state(logs) == "hot", logs
+
+
+def serving_state(logs: list[dict[str, object]]) -> str:
+    """``hot`` or ``reloaded`` from the new ACTIVE's serving line ('' before it)."""
+    lines = [e for e in logs if e.get("event") == "rootcoord is ACTIVE and serving"]
+    return str(lines[-1]["state"]) if lines else ""
 
 
 async def test_a_first_in_line_that_never_claims_costs_one_grace(cluster: InProcCluster) -> None:
