@@ -69,7 +69,6 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
                 "fastFailover": {"enabled": True, "probeAttempts": 2, "probeTimeout": 200, "probeInterval": 20},
                 "hotStandby": True,
                 "claimGrace": 500,
-                "handoverWait": 100,
             },
             "security": {"tlsMode": 0},
             "eventLoop": "asyncio",
@@ -179,8 +178,6 @@ class SessionConfig:
     fast_failover: FastFailoverConfig = FastFailoverConfig()
     hot_standby: bool = True  #: a STANDBY keeps its role's metadata in memory, so a takeover reloads nothing
     claim_grace: float = 0.5  #: seconds a STANDBY waits per member ahead in line before claiming a free key
-    #: seconds the first STANDBY in line waits for the stopping ACTIVE to hand it the key (0: no handover)
-    handover_wait: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -590,7 +587,6 @@ def _session(r: _Reader) -> SessionConfig:
         exit_on_lost=r.boolean("common", "session", "exitOnLost"),
         hot_standby=r.boolean("common", "session", "hotStandby"),
         claim_grace=r.integer("common", "session", "claimGrace", low=1, high=60_000) / 1000,
-        handover_wait=r.integer("common", "session", "handoverWait", low=0, high=60_000) / 1000,
         fast_failover=FastFailoverConfig(
             enabled=r.boolean("common", "session", "fastFailover", "enabled"),
             probe_attempts=r.integer("common", "session", "fastFailover", "probeAttempts", low=1, high=10),

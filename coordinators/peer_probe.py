@@ -68,39 +68,6 @@ def probe_target(info: SessionInfo, own_hostname: str) -> tuple[str, int] | str:
     return host, int(match["port"])
 
 
-async def component_states(
-    role: str, host: str, port: int, *, ssl: ssl.SSLContext | None, timeout: float
-) -> common_pb2.ComponentStates:
-    """``GetComponentStates`` of the coordinator at ``host:port``, within ``timeout`` (TimeoutError)."""
-    channel = Channel(host, port, ssl=ssl)
-    try:
-        stub = STUBS[role](channel)
-        async with asyncio.timeout(timeout):
-            reply: common_pb2.ComponentStates = await stub.GetComponentStates(common_pb2.GetComponentStatesRequest())
-            return reply
-    finally:
-        channel.close()
-
-
-async def answers_as_standby(
-    role: str, info: SessionInfo, *, own_hostname: str, ssl: ssl.SSLContext | None, timeout: float
-) -> str:
-    """'' when the member ``info`` describes answers at its address, as a STANDBY with its server ID,
-    within ``timeout``; else why not (a frozen process accepts connections but does not answer)."""
-    target = probe_target(info, own_hostname)
-    if isinstance(target, str):
-        return target
-    try:
-        reply = await component_states(role, *target, ssl=ssl, timeout=timeout)
-    except TimeoutError:
-        return f"no answer from {info.address} within {timeout:g}s"
-    except Exception as exc:  # noqa: BLE001 - any failure: not a member to hand the key to
-        return f"{info.address}: {type(exc).__name__}: {exc}"
-    if reply.state.nodeID != info.server_id or reply.state.state_code != common_pb2.StandBy:
-        return f"{info.address} answers as ServerID={reply.state.nodeID} in state {reply.state.state_code}"
-    return ""
-
-
 def _is_loopback(host: str) -> bool:
     if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"):
         return True
@@ -227,12 +194,17 @@ class GrpcDeathWatch:
         with contextlib.suppress(OSError):
             await writer.wait_closed()
         # Something listens: ask who it is (a restarted process of ours, on the same address?).
+        channel = Channel(host, port, ssl=self.ssl)
         try:
-            reply = await component_states(self.role, host, port, ssl=self.ssl, timeout=self.bounds.timeout)
+            stub = STUBS[self.role](channel)
+            async with asyncio.timeout(self.bounds.timeout):
+                reply = await stub.GetComponentStates(common_pb2.GetComponentStatesRequest())
         except TimeoutError:
             return "timeout", f"{address} accepts connections but does not answer within {self.bounds.timeout:g}s"
         except Exception as exc:  # noqa: BLE001 - whatever answers there is not our gRPC server
             return "not_ours", f"{address} answers, but not as a coordinator: {type(exc).__name__}: {exc}"
+        finally:
+            channel.close()
         if reply.state.nodeID and reply.state.nodeID != holder.server_id:
             return "dead", f"{address} is served by ServerID={reply.state.nodeID}, not ServerID={holder.server_id}"
         if reply.state.nodeID == holder.server_id:

@@ -32,7 +32,7 @@ from coordinators.exit_codes import ExitCode
 from coordinators.grpc_server import ComponentSnapshot, CoordinatorServer, PortInUseError
 from coordinators.http_server import HttpServer, start_with_fallback
 from coordinators.metrics import CoordinatorMetrics, ProcessView, SessionMetrics, state_name
-from coordinators.peer_probe import GrpcDeathWatch, ProbeBounds, answers_as_standby
+from coordinators.peer_probe import GrpcDeathWatch, ProbeBounds
 from coordinators.pidfile import PidFile
 from coordinators.predecessors import find_dead_predecessors, revoke_dead_predecessors
 from coordinators.proto import common_pb2
@@ -60,7 +60,6 @@ from session.campaign import active_key
 from session.clock import Clock, deadline_clock
 from session.etcd import EtcdTLSError, op_delete
 from session.fastpath import TakeoverMark, mark_op
-from session.handover import NextInLine, first_in_line, hand_over
 from session.lease import DEADLINE_STEP, IDLE_DEADLINE_STEP
 from session.mirror import Mirror
 from session.tasks import cancel_and_wait
@@ -73,8 +72,6 @@ DRAIN_DEADLINE_S = 5.0
 #: How long a new ACTIVE member waits for its standby mirror to see its own claim (every change
 #: before it is then applied: :mod:`session.mirror`; normally a millisecond) before it reloads instead.
 _CATCH_UP_S = 1.0
-#: The longest a stopping ACTIVE waits on each step of its handover (see ``_handover_bound``).
-_HANDOVER_STEP_S = 0.25
 #: Pause before campaigning again after a failed activation, doubling while it keeps failing.
 _ACTIVATION_BACKOFF_MIN, _ACTIVATION_BACKOFF_MAX = 0.05, 5.0
 
@@ -451,7 +448,7 @@ class CoordinatorProcess:
         ) if fast.enabled else None
         self.campaign = campaign = Campaign(
             session, standby_log_interval=self.config.session.standby_log_interval, death_watch=death_watch,
-            claim_grace=self.config.session.claim_grace, handover_wait=self.config.session.handover_wait,
+            claim_grace=self.config.session.claim_grace,
         )
         standby = self.role_config.enable_active_standby
         try:
@@ -753,60 +750,19 @@ class CoordinatorProcess:
         self._stop_started = time.monotonic()
         self.state = common_pb2.Stopping
         self.server.set_serving(False)
-        handover = self.role_config.enable_active_standby and self.config.session.handover_wait > 0
-        heir = asyncio.ensure_future(self._next_in_line(session)) if handover else None
+        left = await self.server.wait_idle(DRAIN_DEADLINE_S)
+        if left:
+            log.warning("releasing the ACTIVE key with calls still in flight after the drain deadline", calls=left)
+        if not term.active:
+            return
+        mark = TakeoverMark(term.epoch, "graceful", session.server_id, "the ACTIVE member stopped")
         try:
-            left = await self.server.wait_idle(DRAIN_DEADLINE_S)
-            if left:
-                log.warning("releasing the ACTIVE key with calls still in flight after the drain deadline", calls=left)
-            if not term.active:
-                return
-            mark = TakeoverMark(term.epoch, "graceful", session.server_id, "the ACTIVE member stopped")
-            try:
-                await writer.txn([], [op_delete(term.key), session.stopping_op(),
-                                      mark_op(self.config.etcd.meta_root, self.role, mark)])
-                self._released_at_stop = True
-            except SessionError as exc:  # NotActive included: the term was over anyway; the revoke frees the key
-                log.warning("could not release the ACTIVE key at stop; the lease revocation will", error=str(exc))
-            term.end("stopping: the ACTIVE key was released")
-            if self._released_at_stop and heir is not None:
-                await self._hand_over(heir)
-        finally:
-            await cancel_and_wait(heir)
-
-    @property
-    def _handover_bound(self) -> float:
-        """Bound on each step of the handover at a stop (read the line, ask the heir, the txn): the
-        standby stops waiting for it after ``handoverWait``, and a stop must not wait long for it."""
-        return min(self.config.session.handover_wait, _HANDOVER_STEP_S)
-
-    async def _next_in_line(self, session: LeaseSession) -> NextInLine | None:
-        """The STANDBY to hand the key to at this stop (:mod:`session.handover`), if it answers as one."""
-        try:
-            heir = await first_in_line(self.etcd, self.config.etcd.meta_root, self.role, session.server_id,
-                                       timeout=self._handover_bound)
-        except SessionError as exc:
-            log.info("no handover at stop: the line could not be read", error=str(exc))
-            return None
-        if heir is None:
-            return None
-        why_not = await answers_as_standby(self.role, heir.info, own_hostname=session.hostname, ssl=self.client_ssl,
-                                           timeout=self._handover_bound)
-        if why_not:
-            log.info("no handover at stop: the first STANDBY in line does not answer as one",
-                     ServerID=heir.info.server_id, reason=why_not)
-            return None
-        return heir
-
-    async def _hand_over(self, heir: asyncio.Future[NextInLine | None]) -> None:
-        """Right after the release: the first STANDBY in line gets the key from this member (one txn)."""
-        try:
-            async with asyncio.timeout(self._handover_bound):
-                chosen = await heir
-            if chosen is not None:
-                await hand_over(self.etcd, self.config.etcd.meta_root, self.role, chosen, timeout=self._handover_bound)
-        except (TimeoutError, SessionError) as exc:  # the standby claims by itself, a moment later
-            log.info("no handover at stop", error=str(exc) or type(exc).__name__)
+            await writer.txn([], [op_delete(term.key), session.stopping_op(),
+                                  mark_op(self.config.etcd.meta_root, self.role, mark)])
+            self._released_at_stop = True
+        except SessionError as exc:  # NotActive included: the term was over anyway; the revoke frees the key
+            log.warning("could not release the ACTIVE key at stop; the lease revocation will", error=str(exc))
+        term.end("stopping: the ACTIVE key was released")
 
     async def _drain(self, session: LeaseSession) -> None:
         """Graceful stop: Stopping=true (unless the ACTIVE release did it), refuse new calls, let the ones

@@ -99,8 +99,6 @@ class Campaign:
         proves dead is removed at once instead of waiting for its lease to expire.
     :param claim_grace: how long a STANDBY waits, per member ahead of it in line, for those to claim
         a free key before it claims itself (:mod:`session.lineup`).
-    :param handover_wait: how long the first in line waits, after its holder released the key at a
-        graceful stop, for that member to hand it the key (:mod:`session.handover`); 0: it claims at once.
     """
 
     def __init__(
@@ -111,7 +109,6 @@ class Campaign:
         backstop_interval: float | None = None,
         death_watch: DeathWatch | None = None,
         claim_grace: float = 0.5,
-        handover_wait: float = 0.0,
     ) -> None:
         self.session = session
         self.etcd = session.etcd
@@ -136,7 +133,6 @@ class Campaign:
         self._removed_epoch = 0
         self._designated = False
         self.claim_grace = claim_grace
-        self.handover_wait = handover_wait
         self.lineup = Lineup(session.meta_root, session.role, 0)
         #: Claim txns this campaign sent (the etcd cost of its takeovers; tests and metrics read it).
         self.claim_txns = 0
@@ -146,8 +142,6 @@ class Campaign:
         self._near: bool | None = None
         #: Times this member, far back in line, was woken by the members just ahead of it (tests read it).
         self.far_back_wakes = 0
-        #: The ACTIVE key as handed over to this member by the releasing one (:mod:`session.handover`).
-        self._handed: KeyValue | None = None
         #: The designation this member last said it waits for (said once per designation).
         self._reserved_for: bytes | None = None
 
@@ -320,9 +314,6 @@ class Campaign:
                 if self.holder is not None:
                     self._log_holder()
                 await self._wait_for_turn(self._waiting_from, death)
-                if (handed := self._take_handed()) is not None:
-                    log.info("quit STANDBY mode, this node will become ACTIVE", ServerID=handed.server_id)
-                    return handed
                 log.info("start retrying to register as ACTIVE service...")
                 backoff.reset()
         finally:
@@ -464,8 +455,6 @@ class Campaign:
         quiet_since = self.session.clock()  # the last event (or read): a backstop read after an interval
         try:
             while True:
-                if self._handed_over():
-                    return
                 if line.far_back():
                     death.follow(None)
                     self._report_position(near=False)
@@ -496,28 +485,6 @@ class Campaign:
         finally:
             death.cancel()
             lost.cancel()
-
-    def _handed_over(self) -> bool:
-        """The ACTIVE key is on this member's own lease (the releasing member handed it over:
-        :mod:`session.handover`): remember it, the wait is over."""
-        line = self.lineup
-        if not line.handed_to_me(self.session.lease_id):
-            return False
-        assert line.holder is not None
-        if line.holder.create_revision in self.distrusted:
-            return False  # try_claim says why this session cannot go on
-        self._handed = line.holder
-        return True
-
-    def _take_handed(self) -> Term | None:
-        """The term handed over to this member, taken as its own (the key was created for it: a new epoch)."""
-        kv, self._handed = self._handed, None
-        if kv is None:
-            return None
-        info = self.session.info
-        self.holder, self.successor, self._released = None, None, None
-        log.info("register ACTIVE service successfully", ServerID=info.server_id, handedOver=True)
-        return Term(self.role, self.key, kv.create_revision, info.server_id, info.lease_id)
 
     def _report_position(self, *, near: bool) -> None:
         if self._near is not near:
@@ -567,10 +534,7 @@ class Campaign:
                     applied, settled = outcome.kv.mod_revision, outcome.ends_revision
                     self._apply_line_event(outcome)
                     continue
-                if self._handed_over():
-                    death.cancel()
-                    return _Followed(True, applied, quiet_since, again)
-                decision = line.decide(now, self.claim_grace, self._designation(), self.handover_wait)
+                decision = line.decide(now, self.claim_grace, self._designation())
                 if decision.action == "claim":
                     death.cancel()  # awaited by the caller, after its claim
                     return _Followed(True, applied, quiet_since, again)
@@ -626,9 +590,7 @@ class Campaign:
     def _load_line(self, kvs: Sequence[KeyValue], how: str) -> None:
         had_holder = self.lineup.holder is not None
         self.lineup.load(kvs, self.session.clock())
-        if self.lineup.handed_to_me(self.session.lease_id):
-            pass  # handed over to this member: :meth:`_handed_over` takes it
-        elif self.lineup.holder is not None:
+        if self.lineup.holder is not None:
             self._note_holder(self.lineup.holder)
         elif had_holder:
             log.info(f"the ACTIVE key is gone ({how})", key=self.key)
@@ -652,8 +614,7 @@ class Campaign:
             else:
                 log.debug("watch the ACTIVE key", PUT=item.describe())
                 self.lineup.put(item.kv, now)
-                if not self.lineup.handed_to_me(self.session.lease_id):  # else: the last holder stays the one waited
-                    self._note_holder(item.kv)
+                self._note_holder(item.kv)
             return
         if item.kind == "DELETE":
             self.lineup.delete(item.kv.key, now)

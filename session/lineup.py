@@ -164,17 +164,6 @@ class Lineup:
         ahead = sorted(self._ahead_of_me(), key=lambda km: km[1].create_revision, reverse=True)
         return [key for key, _ in ahead[:count]]
 
-    def released_gracefully(self) -> bool:
-        """The key is free because its holder released it at its stop (it marked its own key stopping
-        in the same txn): it is handing the key to the first in line."""
-        return self.vacated_by is not None and any(
-            m.server_id == self.vacated_by and m.stopping for m in self.members.values())
-
-    def handed_to_me(self, lease: int) -> bool:
-        """The ACTIVE key is held on this member's own lease: handed over to it, or a claim of its own
-        whose answer was lost."""
-        return self.holder is not None and lease != 0 and self.holder.lease == lease
-
     @property
     def holder_id(self) -> int | None:
         return _holder_id(self.holder) if self.holder is not None else None
@@ -182,7 +171,7 @@ class Lineup:
     def first_in_line(self) -> bool:
         return self.ahead() == 0
 
-    def decide(self, now: float, grace: float, designation: Successor | None, handover_wait: float = 0.0) -> Decision:
+    def decide(self, now: float, grace: float, designation: Successor | None) -> Decision:
         """The turn rule of the module docstring; ``designation`` is :attr:`successor` parsed (None
         when absent or unreadable: an unreadable one is claimed over, the claim deletes it)."""
         if self.holder is not None:
@@ -192,12 +181,9 @@ class Lineup:
                 return Decision("claim", designated=True)
             return Decision("wait")
         ahead = self.ahead()
-        since = self.vacant_since if self.vacant_since is not None else now
         if ahead == 0:
-            left = since + min(handover_wait, grace) - now
-            if self.released_gracefully() and left > 0:
-                return Decision("wait", left)  # the releasing member is handing the key over
             return Decision("claim")
+        since = self.vacant_since if self.vacant_since is not None else now
         left = since + max(ahead, 1) * grace - now
         return Decision("claim") if left <= 0 else Decision("wait", left)
 

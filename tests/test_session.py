@@ -25,11 +25,9 @@ from session import (
     safety_margin,
 )
 from session.campaign import _DeathTask
-from session.etcd import cmp_value, op_delete, op_put
-from session.fastpath import TakeoverMark, mark_op, remove_dead_holder
-from session.handover import first_in_line, hand_over
+from session.etcd import cmp_value, op_put
+from session.fastpath import TakeoverMark, remove_dead_holder
 from session.server_id import server_id_key
-from session.switchover import successor_key
 from session.watch import KeyEvent, Resync, key_value, watch
 
 
@@ -555,63 +553,6 @@ async def test_a_large_prefix_is_read_in_pages_whose_ranges_stay_small(etcd: Etc
     assert read == sorted(keys)
     assert counting.counted < 8 * len(keys), f"etcd counted {counting.counted} keys for {len(keys)}"
     assert counting.requests < 3 * len(keys) / 100, counting.requests
-
-
-# -- handover at a graceful stop -----------------------------------------------------------------
-
-
-async def test_a_handover_puts_the_key_only_while_it_is_free_and_the_heir_unchanged(
-    etcd: EtcdCluster, etcd_prefix: str
-) -> None:
-    """The releasing member's txn for the first in line (:mod:`session.handover`) writes nothing while
-    the key is held, while a switchover designates someone, or once the heir's own key changed (it
-    marked itself stopping); otherwise the key is new (a new epoch) on the heir's lease, and the heir's
-    campaign takes that term as its own without a claim of its own."""
-    meta = f"{etcd_prefix}/meta"
-    async with connected(etcd.endpoints) as etcd_:
-        active, standby = await active_and_standby(etcd_, etcd_prefix, ttl=5)
-        try:
-            heir = await first_in_line(etcd_, meta, "rootcoord", active.server_id, timeout=2)
-            assert heir is not None and heir.info.server_id == standby.server_id
-            key = active_key(meta, "rootcoord")
-            held = (await etcd_.get(key)).kvs[0]
-            assert await hand_over(etcd_, meta, "rootcoord", heir, timeout=2) == 0  # still held
-            assert (await etcd_.get(key)).kvs[0].mod_revision == held.mod_revision
-            await etcd_.delete(key)
-            await etcd_.put(successor_key(meta, "rootcoord"), b"{}")
-            assert await hand_over(etcd_, meta, "rootcoord", heir, timeout=2) == 0  # a switchover decides
-            assert await first_in_line(etcd_, meta, "rootcoord", active.server_id, timeout=2) is None
-            await etcd_.delete(successor_key(meta, "rootcoord"))
-            await standby.mark_stopping()
-            assert await hand_over(etcd_, meta, "rootcoord", heir, timeout=2) == 0  # the heir changed
-            assert not (await etcd_.get(key)).kvs
-            assert await first_in_line(etcd_, meta, "rootcoord", active.server_id, timeout=2) is None  # stopping
-        finally:
-            await active.close()
-            await standby.close()
-
-        first, second = new_session(etcd_, etcd_prefix, ttl=5), new_session(etcd_, etcd_prefix, ttl=5)
-        await first.open()
-        await second.open()
-        campaign = Campaign(second, standby_log_interval=60, handover_wait=5.0, claim_grace=30.0)
-        try:
-            assert await Campaign(first).try_claim() is not None
-            waiting = asyncio.create_task(campaign.acquire())
-            await wait_until(lambda: campaign.lineup.holder is not None, timeout=5)
-            heir = await first_in_line(etcd_, meta, "rootcoord", first.server_id, timeout=2)
-            assert heir is not None
-            mark = TakeoverMark(int((await etcd_.get(key)).kvs[0].create_revision),
-                                "graceful", first.server_id, "stopped")
-            await etcd_.txn([], [op_delete(key), first.stopping_op(), mark_op(meta, "rootcoord", mark)])  # the release
-            epoch = await hand_over(etcd_, meta, "rootcoord", heir, timeout=2)
-            term = await asyncio.wait_for(waiting, 5)
-            now = (await etcd_.get(key)).kvs[0]
-            assert epoch == term.epoch == now.create_revision and now.lease == second.lease_id
-            assert campaign.claim_txns == 1  # its first attempt only: the key was handed, not claimed
-            assert await campaign.takeover_cause() == "graceful"
-        finally:
-            await first.close()
-            await second.close()
 
 
 async def test_a_death_proven_in_the_same_turn_as_a_line_event_is_still_acted_on(
