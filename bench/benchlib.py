@@ -46,6 +46,7 @@ for _p in (str(REPO), str(TESTS)):
 import etcd_server  # noqa: E402  (tests/etcd_server.py: etcd on free ports, binaries)
 from etcd_server import EtcdCluster, etcd_version, find_etcd_binary, find_etcdctl_binary, free_port  # noqa: E402
 
+from coordinators.registry import ROLE_SPECS  # noqa: E402
 from session import Etcd  # noqa: E402  (after the path set-up above)
 
 __all__ = [
@@ -74,7 +75,7 @@ MILVUS = str(Path(sys.executable).parent / "milvus")
 #: Environment variables that would reach a process's config (Milvus's rule: compare lower-cased,
 #: ``_ . /`` removed): the outer environment must not leak into a bench's processes.
 _CONFIG_PREFIXES = ("etcd", "rootcoord", "querycoord", "datacoord", "common", "log", "milvusconf")
-ENV_SECTION = {"rootcoord": "ROOT_COORD", "querycoord": "QUERY_COORD", "datacoord": "DATA_COORD"}
+ENV_SECTION = {name: s.env_prefix for name, s in ROLE_SPECS.items()}
 
 
 # --------------------------------------------------------------------------- cleanup

@@ -16,10 +16,11 @@ from typing import Any, NoReturn
 
 import structlog
 
-from coordinators.config import ROLES, Config, ConfigError, load_config
+from coordinators.config import Config, ConfigError, load_config
 from coordinators.exit_codes import ExitCode
 from coordinators.logging_setup import LogSetupError, configure_logging
 from coordinators.pidfile import AlreadyRunning, PidFile, PidFileError, check_alias
+from coordinators.registry import ROLE_SPECS, ROLES
 from coordinators.signals import hold_early_signals
 
 log = structlog.get_logger(__name__)
@@ -27,7 +28,7 @@ log = structlog.get_logger(__name__)
 
 #: Modules adding ``milvus <role> <action>`` commands; each has ``register(subparsers) -> parser``
 #: and sets ``handler=async fn(client, args) -> JSON-able result`` on each action.
-_ROLE_COMMANDS = ("coordinators.rootcoord_cli", "coordinators.datacoord_cli", "coordinators.querycoord_cli")
+_ROLE_COMMANDS = tuple(s.cli_module for s in ROLE_SPECS.values())
 
 
 class _Parser(argparse.ArgumentParser):

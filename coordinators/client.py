@@ -23,9 +23,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from coordinators.deadline import remaining as deadline_left
 from coordinators.grpc_server import EPOCH_HEADER, SERVER_ID_HEADER
-from coordinators.proto.datacoord_grpc import DataCoordStub
-from coordinators.proto.querycoord_grpc import QueryCoordStub
-from coordinators.proto.rootcoord_grpc import RootCoordStub
+from coordinators.registry import spec
 from session import CorruptValue, Etcd, EtcdUnavailable, SessionInfo, active_key
 from session.watch import KeyEvent, Resync, read_state, watch
 
@@ -41,7 +39,6 @@ METADATA_UNAVAILABLE = "metadata store unavailable"
 #: can still answer with the reason (at most a tenth of the time left).
 _ANSWER_MARGIN_S = 0.25
 
-STUBS: dict[str, type[Any]] = {"rootcoord": RootCoordStub, "querycoord": QueryCoordStub, "datacoord": DataCoordStub}
 
 
 class NoActiveMember(Exception):
@@ -155,8 +152,7 @@ class CoordinatorClient:
         failover_budget: float = 70.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        if role not in STUBS:
-            raise ValueError(f"unknown role {role!r}: expected one of {', '.join(STUBS)}")
+        self._stub = spec(role).stub()  # ValueError for an unknown role
         self.role = role
         self.call_timeout = call_timeout
         self.failover_budget = failover_budget
@@ -248,7 +244,7 @@ class CoordinatorClient:
             await asyncio.sleep(0.02)
 
     async def _attempt(self, target: SessionInfo, method: str, request: Any) -> tuple[Any, int, int]:
-        stub = STUBS[self.role](self._channel(target.address))
+        stub = self._stub(self._channel(target.address))
         rpc = getattr(stub, method)
         timeout = self.call_timeout
         outer = deadline_left()

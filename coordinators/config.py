@@ -21,13 +21,11 @@ from typing import Any, Literal
 
 import yaml
 
-ROLES = ("rootcoord", "querycoord", "datacoord")
+from coordinators.registry import ROLE_SPECS, ROLES
 
 KeyPath = tuple[str, ...]
 
-_ROLE_SECTIONS: Mapping[str, str] = MappingProxyType(
-    {"rootcoord": "rootCoord", "querycoord": "queryCoord", "datacoord": "dataCoord"}
-)
+_ROLE_SECTIONS: Mapping[str, str] = MappingProxyType({name: s.section for name, s in ROLE_SPECS.items()})
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 _BUILTIN_SOURCE = "<built-in defaults>"
 _LOG_LEVELS = ("debug", "info", "warn", "warning", "error")

@@ -34,13 +34,10 @@ from grpclib.protocol import H2Protocol
 from grpclib.server import Server, Stream
 
 from coordinators.proto import common_pb2
-from coordinators.proto.datacoord_grpc import DataCoordBase
-from coordinators.proto.querycoord_grpc import QueryCoordBase
-from coordinators.proto.rootcoord_grpc import RootCoordBase
+from coordinators.registry import spec
 
 __all__ = [
     "EPOCH_HEADER",
-    "ROLE_SERVICES",
     "SERVER_ID_HEADER",
     "CallDone",
     "ComponentSnapshot",
@@ -49,13 +46,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
-
-#: Generated grpclib base class of each role's service, by role name.
-ROLE_SERVICES: Mapping[str, type[Any]] = {
-    "rootcoord": RootCoordBase,
-    "querycoord": QueryCoordBase,
-    "datacoord": DataCoordBase,
-}
 
 _STATES_METHOD = "GetComponentStates"
 #: Initial-metadata keys on every reply: the answering process's server ID and term epoch.
@@ -170,11 +160,7 @@ class CoordinatorServer:
         gate: Callable[[], str | None] | None = None,
         on_call_done: CallDone | None = None,
     ) -> None:
-        base = ROLE_SERVICES.get(role)
-        if base is None:
-            raise ValueError(
-                f"unknown role {role!r}: expected one of {', '.join(sorted(ROLE_SERVICES))}"
-            )
+        base = spec(role).service_base()  # ValueError for an unknown role
         for handler in extra_handlers:
             if not callable(getattr(handler, "__mapping__", None)):
                 raise TypeError(f"extra handler {handler!r} is not a grpclib service (no __mapping__)")

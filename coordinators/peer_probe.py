@@ -33,8 +33,8 @@ from grpclib.config import Configuration
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest
 
-from coordinators.client import STUBS
 from coordinators.proto import common_pb2
+from coordinators.registry import spec
 from session import SessionInfo
 
 __all__ = ["GrpcDeathWatch", "ProbeBounds", "probe_target"]
@@ -196,7 +196,7 @@ class GrpcDeathWatch:
         # Something listens: ask who it is (a restarted process of ours, on the same address?).
         channel = Channel(host, port, ssl=self.ssl)
         try:
-            stub = STUBS[self.role](channel)
+            stub = spec(self.role).stub()(channel)
             async with asyncio.timeout(self.bounds.timeout):
                 reply = await stub.GetComponentStates(common_pb2.GetComponentStatesRequest())
         except TimeoutError:

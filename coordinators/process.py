@@ -36,8 +36,8 @@ from coordinators.peer_probe import GrpcDeathWatch, ProbeBounds
 from coordinators.pidfile import PidFile
 from coordinators.predecessors import find_dead_predecessors, revoke_dead_predecessors
 from coordinators.proto import common_pb2
+from coordinators.registry import spec
 from coordinators.role import RoleContext
-from coordinators.roles import role_class
 from coordinators.tls import client_ssl_context, make_etcd, server_ssl_context
 from coordinators.watchdog import DEFAULT_INTERVAL_S, IDLE_INTERVAL_S, LoopWatchdog
 from session import (
@@ -75,12 +75,6 @@ _CATCH_UP_S = 1.0
 #: Pause before campaigning again after a failed activation, doubling while it keeps failing.
 _ACTIVATION_BACKOFF_MIN, _ACTIVATION_BACKOFF_MAX = 0.05, 5.0
 
-#: Each role's section in milvus.yaml and its environment-variable prefix (Milvus's rule).
-_SECTIONS = {
-    "rootcoord": ("rootCoord", "ROOT_COORD"),
-    "querycoord": ("queryCoord", "QUERY_COORD"),
-    "datacoord": ("dataCoord", "DATA_COORD"),
-}
 
 
 def freeze_long_lived_state() -> None:
@@ -135,7 +129,7 @@ class CoordinatorProcess:
         self.server_ssl = server_ssl_context(config)  # gRPC TLS (common.security.tlsMode), None when off
         self.client_ssl = client_ssl_context(config)
         self.clients: dict[str, CoordinatorClient] = {}
-        self.role_impl = role_class(role)(RoleContext(role, config, self.client))
+        self.role_impl = spec(role).role_class()(RoleContext(role, config, self.client))
         self.metrics = CoordinatorMetrics(role, self.view)
         self.observer = SessionMetrics(self.metrics)
         self.server = CoordinatorServer(
@@ -270,7 +264,7 @@ class CoordinatorProcess:
             )
             return ExitCode.CORRUPT_METADATA
         except AlreadyActive as exc:
-            section, prefix = _SECTIONS[self.role]
+            section, prefix = spec(self.role).section, spec(self.role).env_prefix
             env = f"{prefix}_ENABLE_ACTIVE_STANDBY"
             log.error(
                 f"{exc}. To run more than one {self.role}, enable active-standby on each of them: "

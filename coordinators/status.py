@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TextIO
 
-from coordinators.config import ROLES, Config
+from coordinators.config import Config
 from coordinators.exit_codes import ExitCode
+from coordinators.registry import ROLES
 from session import CorruptValue, Etcd, SessionError, SessionInfo, session_prefix
 
 _OWN_KEY = re.compile(r"^(?P<role>[a-z]+)-(?P<id>\d+)$")

@@ -21,9 +21,9 @@ from typing import TextIO
 import structlog
 from grpclib.client import Channel
 
-from coordinators.client import STUBS
 from coordinators.exit_codes import ExitCode
 from coordinators.proto import common_pb2
+from coordinators.registry import ROLE_SPECS
 from session import CorruptValue, Etcd, SessionError, SessionInfo, active_key, session_prefix
 from session.etcd import cmp_create_revision, cmp_lease, cmp_mod_revision, cmp_value, cmp_version, op_delete, op_put
 from session.switchover import Request, Successor, request_key, successor_key
@@ -240,7 +240,7 @@ async def _serving(info: SessionInfo, deadline: float, ssl_context: ssl.SSLConte
     """Poll the member's GetComponentStates until it reports Healthy (True) or ``deadline`` passes."""
     host, _, port = info.address.rpartition(":")
     channel = Channel(host.strip("[]") or "127.0.0.1", int(port), ssl=ssl_context)
-    stub = STUBS[info.server_name](channel) if info.server_name in STUBS else None
+    stub = ROLE_SPECS[info.server_name].stub()(channel) if info.server_name in ROLE_SPECS else None
     try:
         while stub is not None and time.monotonic() < deadline:
             try:

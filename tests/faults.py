@@ -32,8 +32,8 @@ from history import Call, ClientLoad
 from procs import ENV_SECTION, MilvusProcess, clean_env
 from tcp_proxy import TcpProxy
 
-from coordinators.client import STUBS
 from coordinators.proto import common_pb2
+from coordinators.registry import spec
 from session import Etcd
 
 sys.modules.setdefault("faults", sys.modules[__name__])
@@ -162,7 +162,7 @@ class State:
 
 async def member_state(member: Member, timeout: float = 0.5) -> State:
     """Ask ``member`` its state; ``State(None)`` when it does not answer within ``timeout``."""
-    stub = STUBS[member.role](member.get_channel())
+    stub = spec(member.role).stub()(member.get_channel())
     try:
         reply = await stub.GetComponentStates(common_pb2.GetComponentStatesRequest(), timeout=timeout)
     except Exception:  # noqa: BLE001 - down, paused, starting: all "no answer"

@@ -46,9 +46,10 @@ from typing import Any
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from coordinators.client import STUBS, CoordinatorClient, NoActiveMember, OutcomeUnknown
+from coordinators.client import CoordinatorClient, NoActiveMember, OutcomeUnknown
 from coordinators.grpc_server import EPOCH_HEADER, SERVER_ID_HEADER
 from coordinators.proto import datacoord_pb2, querycoord_pb2, rootcoord_pb2
+from coordinators.registry import spec
 from session import Etcd
 
 sys.modules.setdefault("history", sys.modules[__name__])
@@ -130,7 +131,7 @@ async def call_member(
     role: str, channel: Channel, method: str, request: Any, *, timeout: float
 ) -> tuple[Any, int, int]:
     """One call to one member (no failover): ``(reply, server_id, epoch)`` from its initial metadata."""
-    rpc = getattr(STUBS[role](channel), method)
+    rpc = getattr(spec(role).stub()(channel), method)
     async with asyncio.timeout(timeout):
         async with rpc.open(timeout=timeout) as stream:
             await stream.send_message(request, end=True)

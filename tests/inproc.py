@@ -21,11 +21,12 @@ from grpclib.exceptions import GRPCError
 from procs import ENV_SECTION, clean_env
 from session_helpers import wait_until
 
-from coordinators.client import STUBS, CoordinatorClient
+from coordinators.client import CoordinatorClient
 from coordinators.config import Config, load_config
 from coordinators.process import CoordinatorProcess
 from coordinators.proto import common_pb2
 from coordinators.proto import rootcoord_pb2 as rc_pb
+from coordinators.registry import spec
 from coordinators.role import Role
 from session import Etcd
 from session.clock import Clock, deadline_clock
@@ -221,7 +222,7 @@ def member_stub(process: CoordinatorProcess) -> Iterator[Any]:
     """A stub of ``process``'s own API (no failover: a call reaches that member or fails)."""
     channel = Channel("127.0.0.1", process.role_config.port)
     try:
-        yield STUBS[process.role](channel)
+        yield spec(process.role).stub()(channel)
     finally:
         channel.close()
 

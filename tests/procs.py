@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 
 from etcd3aio import Etcd3Client
 
+from coordinators.registry import ROLE_SPECS
+
 T = TypeVar("T")
 
 #: Timings every process test uses: failovers and log lines come quickly.
@@ -35,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 MILVUS = str(Path(sys.executable).parent / "milvus")
 
 #: Environment-variable prefix of each role's section (Milvus's rule: rootCoord.port <- ROOT_COORD_PORT).
-ENV_SECTION = {"rootcoord": "ROOT_COORD", "querycoord": "QUERY_COORD", "datacoord": "DATA_COORD"}
+ENV_SECTION = {name: s.env_prefix for name, s in ROLE_SPECS.items()}
 
 # Variables that would reach the config (Milvus's matching rule compares names lower-cased with
 # `_`, `.`, `/` removed): the outer environment must not leak into a test's processes.

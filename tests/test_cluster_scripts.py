@@ -29,9 +29,10 @@ from etcd3aio import Etcd3Client
 from etcd_server import free_port
 from procs import ENV_SECTION, REPO, TTL, clean_env, holder, parse_line, run_cli, wait_until
 
+from coordinators.registry import ROLES
+
 pytestmark = pytest.mark.process
 
-ROLES = ("rootcoord", "querycoord", "datacoord")
 START_TIMEOUT_S = 90.0  # the script's own waits are 20 s each; a cold venv check adds a little
 
 

@@ -10,12 +10,12 @@ import yaml
 
 from coordinators.config import (
     DEFAULTS,
-    ROLES,
     Config,
     ConfigError,
     find_config_file,
     load_config,
 )
+from coordinators.registry import ROLES
 
 REPO_YAML = Path(__file__).resolve().parent.parent / "config" / "milvus.yaml"
 

@@ -31,7 +31,8 @@ from etcd_server import free_port
 from procs import Launch, MilvusProcess, clean_env, holder, sessions, wait_until
 
 from coordinators.cli import build_parser
-from coordinators.config import DEFAULTS, ROLES, _leaves, _normalize, _Tree, load_config
+from coordinators.config import DEFAULTS, _leaves, _normalize, _Tree, load_config
+from coordinators.registry import ROLES
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "deployments" / "docker-compose.yml"

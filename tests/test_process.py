@@ -44,18 +44,11 @@ from procs import (
 )
 
 from coordinators.proto import common_pb2
-from coordinators.proto.datacoord_grpc import DataCoordStub
-from coordinators.proto.querycoord_grpc import QueryCoordStub
-from coordinators.proto.rootcoord_grpc import RootCoordStub
+from coordinators.registry import ROLE_SPECS, ROLES
 
 pytestmark = pytest.mark.process
 
-ROLES = ("rootcoord", "querycoord", "datacoord")
-STUBS: dict[str, Callable[[Channel], Any]] = {
-    "rootcoord": RootCoordStub,
-    "querycoord": QueryCoordStub,
-    "datacoord": DataCoordStub,
-}
+STUBS: dict[str, Callable[[Channel], Any]] = {name: s.stub() for name, s in ROLE_SPECS.items()}
 
 def server_id_of(own: dict[int, Kv], proc: MilvusProcess) -> int:
     ids = [sid for sid, kv in own.items() if kv.value["Address"] == proc.address]
