@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -45,6 +45,8 @@ for _p in (str(REPO), str(TESTS)):
 
 import etcd_server  # noqa: E402  (tests/etcd_server.py: etcd on free ports, binaries)
 from etcd_server import EtcdCluster, etcd_version, find_etcd_binary, find_etcdctl_binary, free_port  # noqa: E402
+from procs import LogLine, parse_line  # noqa: E402 - the benches read logs as the tests do
+from session_helpers import wait_until  # noqa: E402, F401 - the benches wait as the tests do
 
 from coordinators.registry import ROLE_SPECS  # noqa: E402
 from session import Etcd  # noqa: E402  (after the path set-up above)
@@ -69,7 +71,7 @@ __all__ = [
     "write_result",
 ]
 
-#: The product's console script (``milvus = coordinators.cli:main``), beside this interpreter.
+#: The product's console script (``milvus = coordinators.ops.cli:main``), beside this interpreter.
 MILVUS = str(Path(sys.executable).parent / "milvus")
 
 #: Environment variables that would reach a process's config (Milvus's rule: compare lower-cased,
@@ -280,7 +282,7 @@ class Coordinator:
         if json.dumps(msg) not in text:  # cheap test first: many processes are polled at once
             return None
         for line in parse_log(text):
-            if line.msg == msg and line.time >= after:
+            if line.msg == msg and line.stamp >= after:
                 return line
         return None
 
@@ -371,18 +373,6 @@ async def wait_log(coord: Coordinator, msg: str, timeout: float, *, after: float
         await asyncio.sleep(interval)
 
 
-async def wait_until(probe: Callable[[], Awaitable[T | None]], *, timeout: float, interval: float = 0.02,
-                     what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
 async def settle_idle(children: Iterable[Child], *, window: float = 0.3, max_wait: float = 10.0,
                       threshold: float = 0.05) -> None:
     """Wait until the processes use less than ``threshold`` of a core over ``window`` (start-up done)."""
@@ -398,41 +388,9 @@ async def settle_idle(children: Iterable[Child], *, window: float = 0.3, max_wai
 
 # --------------------------------------------------------------------------- log lines
 
-_LINE = re.compile(
-    r"^\[(?P<time>[^\]]+)\] \[(?P<level>[A-Z]+)\] \[(?P<caller>[^\]]+)\] \[(?P<msg>\"(?:[^\"\\]|\\.)*\")\](?P<rest>.*)$"
-)
-_FIELD = re.compile(r"\[(?P<key>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>\"(?:[^\"\\]|\\.)*\"|[^\]]*)\]")
-
-
-@dataclass(frozen=True)
-class LogLine:
-    """One text-format log line: wall time (epoch seconds, ms resolution), level, message, fields."""
-
-    time: float
-    level: str
-    msg: str
-    fields: dict[str, str] = field(default_factory=dict)
-
-
 def parse_log(text: str) -> list[LogLine]:
-    out = []
-    for raw in text.splitlines():
-        m = _LINE.match(raw)
-        if m is None:
-            continue
-        try:
-            when = dt.datetime.strptime(m["time"], "%Y/%m/%d %H:%M:%S.%f %z").timestamp()
-            msg = json.loads(m["msg"])
-        except ValueError:
-            continue
-        fields = {}
-        for f in _FIELD.finditer(m["rest"]):
-            value = f["value"]
-            with contextlib.suppress(ValueError):
-                value = json.loads(value) if value.startswith('"') else value
-            fields[f["key"]] = value
-        out.append(LogLine(when, m["level"], msg, fields))
-    return out
+    """The text-format log lines of ``text``, parsed as the tests parse them (tests/procs.py)."""
+    return [line for raw in text.splitlines() if (line := parse_line(raw)) is not None]
 
 
 # --------------------------------------------------------------------------- /proc

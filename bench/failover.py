@@ -254,8 +254,8 @@ class Group:
 
         def rel_log(coord: bl.Coordinator, *msgs: str) -> float | None:
             for line in coord.lines():
-                if line.msg in msgs and line.time >= t0w - 0.002:
-                    return line.time - t0w
+                if line.msg in msgs and line.stamp >= t0w - 0.002:
+                    return line.stamp - t0w
             return None
 
         serving = winner.first(MSG_SERVING, after=t0w - 0.002)

@@ -454,7 +454,7 @@ def uvloop_paragraph(tp: dict[str, Any]) -> list[str]:
     cpu = [us_per_call(u[k])[0] / us_per_call(a[k])[0] for k in keys]
     return ["### uvloop", "",
             "Under uvloop (the rootcoord and echo processes and the client; `bench/serve.py` installs uvloop's policy "
-            "before calling `coordinators.cli.main`, so the product runs unchanged, etcd client, keep-alives and "
+            "before calling `coordinators.ops.cli.main`, so the product runs unchanged, etcd client, keep-alives and "
             "signal handling included), over the rootcoord cases: calls/s x"
             f"**{geo(rate):.2f}** (geometric mean; range x{min(rate):.2f} to x{max(rate):.2f}) and the server's CPU "
             f"per call x**{geo(cpu):.2f}** (range x{min(cpu):.2f} to x{max(cpu):.2f}).", ""]

@@ -139,8 +139,8 @@ async def standbys_case(etcd: Etcd, cluster: bl.EtcdCluster, work: Path, n: int,
 
 def collection_records(meta_root: str, start: int, count: int) -> list[tuple[str, str]]:
     """(key, value) pairs of ``count`` collections in rootcoord's format (two keys each)."""
-    from coordinators.rootcoord import Collection, Field
-    from coordinators.tso import compose
+    from coordinators.roles.rootcoord.role import Collection, Field
+    from coordinators.roles.rootcoord.tso import compose
 
     now = int(time.time() * 1000)
     out = []
@@ -155,14 +155,14 @@ def collection_records(meta_root: str, start: int, count: int) -> list[tuple[str
 
 def segment_records(meta_root: str, start: int, count: int) -> list[tuple[str, str]]:
     """(key, value) pairs of ``count`` flushed segments in datacoord's format."""
-    from coordinators.datacoord import Segment
     from coordinators.proto.datacoord_pb2 import Flushed
+    from coordinators.roles.datacoord.role import Segment
 
     out = []
     for sid in range(start, start + count):
         coll = 1 + sid % 100
         seg = Segment(sid, coll, 0, f"by-dev-dml_{sid % 4}_{coll}v0", Flushed, 1000, 1000)
-        out.append((f"{meta_root}/datacoord-meta/s/{coll}/0/{sid}", seg.encode().decode()))
+        out.append((f"{meta_root}/datacoord-meta/s/{coll}/0/{sid}", seg.to_json().decode()))
     return out
 
 

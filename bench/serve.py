@@ -1,4 +1,4 @@
-"""``milvus`` (coordinators.cli:main) under a chosen event loop, without touching product code.
+"""``milvus`` (coordinators.ops.cli:main) under a chosen event loop, without touching product code.
 
     python bench/serve.py --loop uvloop run rootcoord --alias a
 
@@ -24,7 +24,7 @@ def main() -> int:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    from coordinators.cli import main as milvus_main
+    from coordinators.ops.cli import main as milvus_main
 
     return milvus_main(rest)
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ssl
 import time
+from collections.abc import Mapping
 from contextlib import aclosing
 from typing import Any
 
@@ -22,18 +23,15 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from coordinators.deadline import remaining as deadline_left
-from coordinators.grpc_server import EPOCH_HEADER, SERVER_ID_HEADER
+from coordinators.errors import CoordinatorError
 from coordinators.registry import spec
+from coordinators.rpc import EPOCH_HEADER, REFUSAL_HEADER, SERVER_ID_HEADER, Refusal
 from session import CorruptValue, Etcd, EtcdUnavailable, SessionInfo, active_key
+from session.tasks import cancel_and_wait
 from session.watch import KeyEvent, Resync, read_state, watch
 
 log = structlog.get_logger(__name__)
 
-#: How a member that holds the ACTIVE key but is still reloading refuses calls.
-INITIALIZING = "reason: Initializing"
-#: How a member says an etcd call of its handler failed (coordinators/rpc.py): an etcd write that
-#: timed out may have been applied, so a non-idempotent call that got this is not retried.
-METADATA_UNAVAILABLE = "metadata store unavailable"
 
 #: Inside a handler, how long before the caller's deadline an inner call gives up, so the handler
 #: can still answer with the reason (at most a tenth of the time left).
@@ -41,11 +39,25 @@ _ANSWER_MARGIN_S = 0.25
 
 
 
-class NoActiveMember(Exception):
+class _Unavailable(CoordinatorError):
+    """An UNAVAILABLE answer, with the :class:`~coordinators.rpc.Refusal` code of its trailers (None
+    without one: a member of an older version, or a dependency of the handler that was unavailable)."""
+
+    def __init__(self, error: GRPCError, trailers: Mapping[str, str] | None) -> None:
+        super().__init__(error.message or "UNAVAILABLE")
+        self.message = error.message or "UNAVAILABLE"
+        raw = (trailers or {}).get(REFUSAL_HEADER, "")
+        try:
+            self.code: Refusal | None = Refusal(raw)
+        except ValueError:
+            self.code = None
+
+
+class NoActiveMember(CoordinatorError):
     """No ACTIVE member of the role answered within the failover budget."""
 
 
-class OutcomeUnknown(Exception):
+class OutcomeUnknown(CoordinatorError):
     """A non-idempotent call may or may not have been applied (the connection broke mid-call)."""
 
 
@@ -71,11 +83,8 @@ class ActiveTracker:
             self._task = asyncio.create_task(self._follow(), name=f"track-{self.role}")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     async def wait_for_active(self, deadline: float, *, not_server: int = 0) -> SessionInfo:
         """Wait until the key names a member (other than ``not_server``), up to ``deadline`` (monotonic)."""
@@ -209,14 +218,13 @@ class CoordinatorClient:
                 raise NoActiveMember(f"{exc}; last error: {last_error or 'none'}") from None
             try:
                 reply, server_id, epoch = await self._attempt(target, method, request)
-            except GRPCError as exc:
-                if exc.status != Status.UNAVAILABLE:
-                    raise
-                last_error = exc.message or "UNAVAILABLE"
-                if not idempotent and METADATA_UNAVAILABLE in last_error:
+            except _Unavailable as exc:
+                last_error = exc.message
+                if not idempotent and exc.code == Refusal.METADATA_UNAVAILABLE:
+                    # An etcd write of the handler timed out: it may have been applied; asking again could apply it twice.
                     raise OutcomeUnknown(f"{self.role}.{method} on {target.address}: {last_error}") from exc
                 named = self.tracker.active
-                if INITIALIZING in last_error or (named is not None and named.server_id == target.server_id):
+                if exc.code == Refusal.INITIALIZING or (named is not None and named.server_id == target.server_id):
                     # The key names this member: it has just won and is switching out of STANDBY, or
                     # reloading its state. It is the right member: ask again shortly, don't forget it.
                     await asyncio.sleep(0.01)
@@ -252,11 +260,16 @@ class CoordinatorClient:
             timeout = max(min(timeout, outer), 0.001)
         async with asyncio.timeout(timeout):
             async with rpc.open(timeout=timeout) as stream:
-                await stream.send_message(request, end=True)
-                reply = await stream.recv_message()
-                server_id = int(stream.initial_metadata.get(SERVER_ID_HEADER, "0") or 0)
-                epoch = int(stream.initial_metadata.get(EPOCH_HEADER, "0") or 0)
-                await stream.recv_trailing_metadata()
+                try:
+                    await stream.send_message(request, end=True)
+                    reply = await stream.recv_message()
+                    server_id = int(stream.initial_metadata.get(SERVER_ID_HEADER, "0") or 0)
+                    epoch = int(stream.initial_metadata.get(EPOCH_HEADER, "0") or 0)
+                    await stream.recv_trailing_metadata()
+                except GRPCError as exc:
+                    if exc.status != Status.UNAVAILABLE:
+                        raise
+                    raise _Unavailable(exc, stream.trailing_metadata) from exc
         return reply, server_id, epoch
 
     def _channel(self, address: str) -> Channel:

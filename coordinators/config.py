@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
+from coordinators.errors import CoordinatorError
 from coordinators.registry import ROLE_SPECS, ROLES
 
 KeyPath = tuple[str, ...]
@@ -77,7 +78,7 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
 )
 
 
-class ConfigError(Exception):
+class ConfigError(CoordinatorError):
     """A configuration problem the operator must fix; the CLI prints it and exits with code 2."""
 
     def __init__(self, message: str, key: str | None = None) -> None:

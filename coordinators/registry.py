@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from coordinators.role import Role
+    from coordinators.roles.base import Role
 
 __all__ = ["ROLES", "ROLE_SPECS", "RoleSpec", "spec"]
 
@@ -30,7 +30,7 @@ class RoleSpec:
     :param name: the role as operators type it (``milvus run rootcoord``) and as its keys name it.
     :param section: its section in milvus.yaml (``rootCoord``).
     :param env_prefix: its environment-variable prefix, Milvus's rule (``rootCoord.port`` <- ``ROOT_COORD_PORT``).
-    :param implementation: ``module:Class`` of its :class:`~coordinators.role.Role`.
+    :param implementation: ``module:Class`` of its :class:`~coordinators.roles.base.Role`.
     :param service: its gRPC service name: ``{service}Base`` and ``{service}Stub`` in ``proto_module``.
     :param proto_module: the generated grpclib module of that service.
     :param cli_module: the module of its ``milvus <role> ...`` commands.
@@ -45,7 +45,7 @@ class RoleSpec:
     cli_module: str
 
     def role_class(self) -> type[Role]:
-        """The :class:`~coordinators.role.Role` subclass (imported now)."""
+        """The :class:`~coordinators.roles.base.Role` subclass (imported now)."""
         module, attr = self.implementation.split(":")
         cls: type[Role] = getattr(importlib.import_module(module), attr)
         return cls
@@ -60,12 +60,12 @@ class RoleSpec:
 
 
 ROLE_SPECS: Mapping[str, RoleSpec] = MappingProxyType({s.name: s for s in (
-    RoleSpec("rootcoord", "rootCoord", "ROOT_COORD", "coordinators.rootcoord:RootCoord", "RootCoord",
-             "coordinators.proto.rootcoord_grpc", "coordinators.rootcoord_cli"),
-    RoleSpec("querycoord", "queryCoord", "QUERY_COORD", "coordinators.querycoord:QueryCoord", "QueryCoord",
-             "coordinators.proto.querycoord_grpc", "coordinators.querycoord_cli"),
-    RoleSpec("datacoord", "dataCoord", "DATA_COORD", "coordinators.datacoord:DataCoord", "DataCoord",
-             "coordinators.proto.datacoord_grpc", "coordinators.datacoord_cli"),
+    RoleSpec("rootcoord", "rootCoord", "ROOT_COORD", "coordinators.roles.rootcoord.role:RootCoord", "RootCoord",
+             "coordinators.proto.rootcoord_grpc", "coordinators.roles.rootcoord.cli"),
+    RoleSpec("querycoord", "queryCoord", "QUERY_COORD", "coordinators.roles.querycoord.role:QueryCoord", "QueryCoord",
+             "coordinators.proto.querycoord_grpc", "coordinators.roles.querycoord.cli"),
+    RoleSpec("datacoord", "dataCoord", "DATA_COORD", "coordinators.roles.datacoord.role:DataCoord", "DataCoord",
+             "coordinators.proto.datacoord_grpc", "coordinators.roles.datacoord.cli"),
 )})
 
 #: The role names, in the order tables and listings show them.

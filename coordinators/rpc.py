@@ -4,11 +4,17 @@ A handler is a plain ``async def handle(request) -> reply``; :func:`unary` reads
 runs it, and turns our exceptions into gRPC status codes, so a bad argument is
 INVALID_ARGUMENT with a message (never a crash), and a write refused by fencing is UNAVAILABLE
 "not serving" (the client then looks for the new active).
+
+Every UNAVAILABLE also carries a machine-readable :class:`Refusal` code in the trailing metadata
+(:data:`REFUSAL_HEADER`): the client decides on it (wait for this member, look for another, or
+report that a write's outcome is unknown), never on the words of the message, which are for people.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from enum import StrEnum
 from typing import Any, TypeVar
 
 import structlog
@@ -17,6 +23,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
 from coordinators.deadline import caller_deadline
+from coordinators.errors import CoordinatorError
 from session import CorruptValue, EtcdUnavailable, NotActive, SessionError
 
 log = structlog.get_logger(__name__)
@@ -25,7 +32,41 @@ Req = TypeVar("Req")
 Rep = TypeVar("Rep")
 
 
-class RpcError(Exception):
+#: Initial-metadata keys on every reply: the answering process's server ID and term epoch.
+SERVER_ID_HEADER = "x-milvus-server-id"
+EPOCH_HEADER = "x-milvus-epoch"
+#: Trailing-metadata key of a refused call's :class:`Refusal` code.
+REFUSAL_HEADER = "x-milvus-refusal"
+
+
+class Refusal(StrEnum):
+    """Why a call was refused with UNAVAILABLE, as the client reads it."""
+
+    #: It holds the ACTIVE key and is loading its state: the right member, ask it again shortly.
+    INITIALIZING = "initializing"
+    #: A STANDBY, or a member that is not ACTIVE any more: look for the ACTIVE one.
+    NOT_ACTIVE = "not_active"
+    #: It is stopping: look for the ACTIVE one.
+    STOPPING = "stopping"
+    #: An etcd call of the handler failed: a write may or may not have been applied.
+    METADATA_UNAVAILABLE = "metadata_unavailable"
+
+
+_refusal: ContextVar[Refusal | None] = ContextVar("refusal", default=None)
+
+
+def refuse(code: Refusal, message: str) -> GRPCError:
+    """The UNAVAILABLE error to raise for ``code`` (the server puts the code in the trailers)."""
+    _refusal.set(code)
+    return GRPCError(Status.UNAVAILABLE, message)
+
+
+def refusal_of_this_call() -> Refusal | None:
+    """The code :func:`refuse` set for the call being answered in this task, if any."""
+    return _refusal.get()
+
+
+class RpcError(CoordinatorError):
     """An error the caller should see as a gRPC status, with a message meant for people."""
 
     status: Status = Status.INTERNAL
@@ -68,12 +109,14 @@ async def unary(stream: Stream[Req, Rep], handle: Callable[[Req], Awaitable[Rep]
     try:
         with caller_deadline(stream.deadline.time_remaining() if stream.deadline is not None else None):
             reply = await handle(request)
+    except NotServing as exc:
+        raise refuse(Refusal.NOT_ACTIVE, exc.message) from exc
     except RpcError as exc:
         raise GRPCError(exc.status, exc.message) from exc
     except NotActive as exc:
-        raise GRPCError(Status.UNAVAILABLE, f"not serving, reason: {exc}") from exc
+        raise refuse(Refusal.NOT_ACTIVE, f"not serving, reason: {exc}") from exc
     except EtcdUnavailable as exc:
-        raise GRPCError(Status.UNAVAILABLE, f"metadata store unavailable: {exc}") from exc
+        raise refuse(Refusal.METADATA_UNAVAILABLE, f"metadata store unavailable: {exc}") from exc
     except CorruptValue as exc:
         log.error("corrupt metadata", error=str(exc))
         raise GRPCError(Status.INTERNAL, str(exc)) from exc
@@ -89,7 +132,7 @@ def require(condition: bool, message: str) -> None:
 
 
 async def _states_answered_by_server(_self: object, _stream: Stream[Any, Any]) -> None:
-    """Never reached: :class:`~coordinators.grpc_server.CoordinatorServer` registers its own
+    """Never reached: :class:`~coordinators.server.grpc_server.CoordinatorServer` registers its own
     ``GetComponentStates`` after the role's service."""
     raise GRPCError(Status.INTERNAL, "GetComponentStates is answered by the process server")
 

@@ -48,37 +48,37 @@ def make_etcd(config: Config, *, timeout: float | None = None) -> Etcd:
 
 
 def server_ssl_context(config: Config) -> ssl.SSLContext | None:
-    """The SSL context of a coordinator's gRPC server (None with ``tlsMode`` 0).
+    """The SSL context of a coordinator's gRPC server (None with ``tlsMode`` 0): it presents its
+    certificate, and with ``tlsMode`` 2 requires the client's, signed by the CA.
 
     :raises ConfigError: a file that is not a usable certificate, key or CA (naming the key).
     """
-    tls = config.grpc_tls
-    if tls.mode == 0:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_alpn_protocols(_ALPN)
-    _load_pair(ctx, tls)
-    if tls.mode == 2:
-        _load_ca(ctx, tls)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
+    return _ssl_context(config, server=True)
 
 
 def client_ssl_context(config: Config) -> ssl.SSLContext | None:
-    """The SSL context for calls to coordinators (None with ``tlsMode`` 0).
+    """The SSL context for calls to coordinators (None with ``tlsMode`` 0): it checks the server's
+    certificate against the CA, and with ``tlsMode`` 2 presents its own.
 
     :raises ConfigError: a file that is not a usable certificate, key or CA (naming the key).
     """
+    return _ssl_context(config, server=False)
+
+
+def _ssl_context(config: Config, *, server: bool) -> ssl.SSLContext | None:
+    """Both ends: TLS 1.2 or later and HTTP/2 by ALPN (gRPC); one side's pair and the other's CA,
+    the reverse as well in two-way mode."""
     tls = config.grpc_tls
     if tls.mode == 0:
         return None
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH if server else ssl.Purpose.SERVER_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(_ALPN)
-    _load_ca(ctx, tls)
+    always, two_way = (_load_pair, _load_ca) if server else (_load_ca, _load_pair)
+    always(ctx, tls)
     if tls.mode == 2:
-        _load_pair(ctx, tls)
+        two_way(ctx, tls)
+        ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
 

@@ -44,6 +44,7 @@ from session.info import SessionInfo
 from session.lease import LeaseSession, session_prefix
 from session.lineup import Lineup
 from session.switchover import Successor, successor_key
+from session.tasks import cancel_and_wait
 from session.watch import KeyEvent, KeyValue, Resync, WatchItem, key_value, read_state, watch
 
 log = structlog.get_logger(__name__)
@@ -319,8 +320,7 @@ class Campaign:
         finally:
             ticker.cancel()
             self._close_later(death)
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            await cancel_and_wait(ticker)
 
     def _close_later(self, death: _DeathTask) -> None:
         """End the death watch without making the new term wait for it: a cancelled watch may still be
@@ -373,10 +373,7 @@ class Campaign:
                 try:
                     await asyncio.wait({read, lost, ended}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
-                    if not read.done():
-                        read.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, SessionError):
-                        await read
+                    await cancel_and_wait(read, SessionError)  # its outcome is read below
                 failure = None if read.cancelled() else read.exception()
                 if isinstance(failure, SessionError) and not isinstance(failure, EtcdUnavailable):
                     # etcd answered, but not with the key: this term can no longer be sure it holds it.

@@ -14,10 +14,11 @@ from typing import Any
 __all__ = ["cancel_and_wait"]
 
 
-async def cancel_and_wait(task: asyncio.Future[Any] | None) -> None:
-    """Cancel ``task`` (None: nothing to do) and wait for it to finish; its cancellation is swallowed."""
+async def cancel_and_wait(task: asyncio.Future[Any] | None, *also: type[BaseException]) -> None:
+    """Cancel ``task`` (None: nothing to do) and wait for it to finish; its cancellation is swallowed,
+    and so are the exceptions ``also`` names (what the owner has no use for once it stops the task)."""
     if task is None:
         return
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    with contextlib.suppress(asyncio.CancelledError, *also):
         await task

@@ -47,9 +47,9 @@ from grpclib.client import Channel
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from coordinators.client import CoordinatorClient, NoActiveMember, OutcomeUnknown
-from coordinators.grpc_server import EPOCH_HEADER, SERVER_ID_HEADER
 from coordinators.proto import datacoord_pb2, querycoord_pb2, rootcoord_pb2
 from coordinators.registry import spec
+from coordinators.rpc import EPOCH_HEADER, SERVER_ID_HEADER
 from session import Etcd
 
 sys.modules.setdefault("history", sys.modules[__name__])

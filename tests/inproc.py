@@ -9,6 +9,7 @@ Members run in the test's event loop, so a test can read their state and swap th
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -23,11 +24,11 @@ from session_helpers import wait_until
 
 from coordinators.client import CoordinatorClient
 from coordinators.config import Config, load_config
-from coordinators.process import CoordinatorProcess
 from coordinators.proto import common_pb2
 from coordinators.proto import rootcoord_pb2 as rc_pb
 from coordinators.registry import spec
-from coordinators.role import Role
+from coordinators.roles.base import Role
+from coordinators.server.process import CoordinatorProcess
 from session import Etcd
 from session.clock import Clock, deadline_clock
 
@@ -142,8 +143,10 @@ class InProcCluster:
                 raise AssertionError(f"{process.role} ended ({outcome}) while waiting for {_state_name(state)}")
             return bool(process.state == state)
 
+        start = time.monotonic()
         try:
-            return await wait_until(reached, timeout=self.start_timeout if timeout is None else timeout)
+            await wait_until(reached, timeout=self.start_timeout if timeout is None else timeout)
+            return time.monotonic() - start
         except AssertionError as exc:
             raise AssertionError(
                 f"{process.role} ServerID={process.server_id}: {exc}; state {_state_name(process.state)}"

@@ -17,13 +17,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from etcd3aio import Etcd3Client
+from session_helpers import wait_until
 
 from coordinators.registry import ROLE_SPECS
 
@@ -154,17 +155,26 @@ class LogLine:
     msg: str
     fields: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def stamp(self) -> float:
+        """The wall time as epoch seconds (ms resolution): what the benches subtract."""
+        return self.time.timestamp()
+
 
 def parse_line(raw: str) -> LogLine | None:
+    """One text-format line, parsed (None for anything else: a traceback, a truncated line)."""
     match = _LINE.match(raw)
     if match is None:
         return None
-    fields = {
-        f["key"]: (json.loads(f["value"]) if f["value"].startswith('"') else f["value"])
-        for f in _FIELD.finditer(match["rest"])
-    }
-    when = datetime.strptime(match["time"], "%Y/%m/%d %H:%M:%S.%f %z")
-    return LogLine(when, match["level"], match["caller"], json.loads(match["msg"]), fields)
+    try:
+        fields = {
+            f["key"]: (json.loads(f["value"]) if f["value"].startswith('"') else f["value"])
+            for f in _FIELD.finditer(match["rest"])
+        }
+        when = datetime.strptime(match["time"], "%Y/%m/%d %H:%M:%S.%f %z")
+        return LogLine(when, match["level"], match["caller"], json.loads(match["msg"]), fields)
+    except ValueError:
+        return None
 
 
 def find_in_order(lines: list[LogLine], steps: list[Callable[[LogLine], bool]]) -> list[LogLine]:
@@ -185,18 +195,7 @@ def find_in_order(lines: list[LogLine], steps: list[Callable[[LogLine], bool]]) 
 # --------------------------------------------------------------------------- waiting
 
 
-async def wait_until(
-    probe: Callable[[], Awaitable[T | None]], *, timeout: float, interval: float = 0.02, what: str = "condition"
-) -> T:
-    """Call ``probe`` every ``interval`` s until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
+# ``wait_until`` (imported above from session_helpers, and exported from here too): the one bounded wait.
 
 
 # --------------------------------------------------------------------------- etcd

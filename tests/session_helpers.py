@@ -1,23 +1,33 @@
-"""Small helpers shared by the session-library tests."""
+"""Small helpers shared by the tests (and the benches, which import this file)."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from session import Campaign, Etcd, LeaseSession
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.01) -> float:
-    """Poll ``predicate`` until true; returns the seconds it took, fails the test on timeout."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(step)
-    return time.monotonic() - start
+async def wait_until(
+    probe: Callable[[], Any | Awaitable[Any]], timeout: float, *, interval: float = 0.01, what: str = "condition"
+) -> Any:
+    """Call ``probe`` (plain or async) every ``interval`` s until it returns something truthy, and
+    return that; fail after ``timeout`` s, saying ``what`` was awaited. The one wait of the tests
+    and benches: a condition is awaited with a bound, never slept on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
 
 
 @asynccontextmanager
@@ -29,6 +39,17 @@ async def connected(endpoints: list[str], timeout: float = 2.0) -> AsyncIterator
         yield etcd
     finally:
         await etcd.close()
+
+
+@asynccontextmanager
+async def opened(session: LeaseSession) -> AsyncIterator[LeaseSession]:
+    """``session`` registered for the body of the ``with`` and closed (revoked) after it, whatever
+    happened: the one way the tests open a session they do not crash on purpose."""
+    await session.open()
+    try:
+        yield session
+    finally:
+        await session.close()
 
 
 def new_session(etcd: Etcd, root: str, role: str = "rootcoord", ttl: int = 2, address: str = "127.0.0.1:1") -> LeaseSession:

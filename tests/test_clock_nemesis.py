@@ -19,7 +19,7 @@ from etcd3aio import Etcd3Client
 from history import ClientLoad
 from procs import Launch, MilvusProcess, holder, wait_for_serving, wait_until
 
-from coordinators.tso import decompose
+from coordinators.roles.rootcoord.tso import decompose
 from session import Etcd
 
 pytestmark = pytest.mark.process

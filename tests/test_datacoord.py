@@ -25,9 +25,9 @@ from procs import run_cli
 from session_helpers import wait_until
 
 from coordinators.client import CoordinatorClient, OutcomeUnknown
-from coordinators.datacoord import DataCoord
 from coordinators.proto import common_pb2, rootcoord_pb2
 from coordinators.proto import datacoord_pb2 as pb
+from coordinators.roles.datacoord.role import DataCoord
 from session import EtcdUnavailable
 from session.etcd import op_put
 

@@ -30,8 +30,8 @@ from etcd3aio import Etcd3Client
 from etcd_server import free_port
 from procs import Launch, MilvusProcess, clean_env, holder, sessions, wait_until
 
-from coordinators.cli import build_parser
 from coordinators.config import DEFAULTS, _leaves, _normalize, _Tree, load_config
+from coordinators.ops.cli import build_parser
 from coordinators.registry import ROLES
 
 REPO = Path(__file__).resolve().parent.parent

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from inproc import InProcCluster
 from session_helpers import wait_until
 
-from coordinators.process import CoordinatorProcess
 from coordinators.proto import common_pb2
+from coordinators.server.process import CoordinatorProcess
 from session import EtcdAuthError, EtcdRequestFailed, EtcdUnavailable, LeaseNotFound, SessionError
 from session.etcd import Etcd, EtcdTLSError
 

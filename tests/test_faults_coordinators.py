@@ -27,8 +27,8 @@ from faults import ROLES, STANDBY, Coordinators, Takeover, member_state, start_p
 from history import Call, ClientLoad
 from inproc import InProcCluster
 
-from coordinators.process import CoordinatorProcess
 from coordinators.proto import common_pb2
+from coordinators.server.process import CoordinatorProcess
 
 ENV = {"DATA_COORD_SEGMENT_MAX_ROWS": "100"}
 

@@ -17,11 +17,12 @@ from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from grpclib.server import Stream
 
-from coordinators.grpc_server import ComponentSnapshot, CoordinatorServer, PortInUseError
 from coordinators.proto import common_pb2 as pb
 from coordinators.proto.datacoord_grpc import DataCoordStub
 from coordinators.proto.querycoord_grpc import QueryCoordStub
 from coordinators.proto.rootcoord_grpc import RootCoordStub
+from coordinators.rpc import REFUSAL_HEADER, Refusal
+from coordinators.server.grpc_server import ComponentSnapshot, CoordinatorServer, PortInUseError
 
 HOST = "127.0.0.1"
 STUBS: dict[str, tuple[Callable[[Channel], Any], str]] = {
@@ -258,3 +259,29 @@ async def test_drain_without_calls_and_twice() -> None:
     assert await server.drain_and_close(5) == 0
     never_started = CoordinatorServer("rootcoord", Snap("rootcoord"))
     assert await never_started.drain_and_close(1) == 0
+
+
+async def test_a_refusal_carries_its_code_in_the_trailers_whatever_its_message(
+    channels: Callable[[int], Channel],
+) -> None:
+    """The gate's code reaches the client as the ``x-milvus-refusal`` trailer: the client decides on
+    it (coordinators/client.py), never on the message's words."""
+    refusal: list[tuple[Refusal, str] | None] = [(Refusal.INITIALIZING, "words for people only")]
+    slow = SlowService(0.0)
+    server = await started(CoordinatorServer("rootcoord", Snap("rootcoord"), extra_handlers=[slow],
+                                             gate=lambda: refusal[0]))
+    try:
+        method = slow_method(channels(server.port))
+        for code in (Refusal.INITIALIZING, Refusal.NOT_ACTIVE, Refusal.STOPPING):
+            refusal[0] = (code, "words for people only")
+            async with method.open() as stream:
+                await stream.send_message(pb.GetComponentStatesRequest(), end=True)
+                with pytest.raises(GRPCError) as raised:
+                    await stream.recv_message()
+                assert raised.value.status == GrpcStatus.UNAVAILABLE and raised.value.message == "words for people only"
+                assert stream.trailing_metadata is not None
+                assert stream.trailing_metadata.get(REFUSAL_HEADER) == code.value
+        refusal[0] = None
+        assert (await method(pb.GetComponentStatesRequest())).status.reason == "slow done"
+    finally:
+        await server.drain_and_close(1.0)

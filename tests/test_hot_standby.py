@@ -27,11 +27,11 @@ from structlog.testing import capture_logs
 from tcp_proxy import TcpProxy
 
 from coordinators.config import load_config
-from coordinators.datacoord import SegmentImage
 from coordinators.proto import rootcoord_pb2 as rc_pb
-from coordinators.querycoord import LoadImage, collection_prefix
-from coordinators.role import RoleContext
-from coordinators.rootcoord import RootImage
+from coordinators.roles.base import RoleContext
+from coordinators.roles.datacoord.role import SegmentImage
+from coordinators.roles.querycoord.role import LoadImage, collection_prefix
+from coordinators.roles.rootcoord.role import RootImage
 from session import Etcd
 from session.campaign import active_key
 from session.etcd import op_delete, op_put

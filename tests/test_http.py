@@ -43,11 +43,11 @@ from session_helpers import connected
 from tcp_proxy import TcpProxy
 
 from coordinators.config import load_config
-from coordinators.http_server import liveness, readiness
-from coordinators.metrics import CoordinatorMetrics, ProcessView, SessionMetrics
-from coordinators.process import CoordinatorProcess
 from coordinators.proto import common_pb2, rootcoord_pb2
 from coordinators.proto.rootcoord_grpc import RootCoordStub
+from coordinators.server.http_server import liveness, readiness
+from coordinators.server.metrics import CoordinatorMetrics, ProcessView, SessionMetrics
+from coordinators.server.process import CoordinatorProcess
 from session.watch import KeyEvent, Resync, watch
 
 TcpProxyFactory = Callable[[str], Awaitable[TcpProxy]]
@@ -437,7 +437,7 @@ async def raw_request(port: int, data: bytes) -> bytes:
 async def test_the_http_server_answers_what_it_must_and_refuses_the_rest() -> None:
     """Our own small server (aiohttp cost every process 9 MB): methods, paths, HEAD, garbage, a
     head too large, and a client that sends nothing must not hold up the others."""
-    from coordinators.http_server import HttpServer
+    from coordinators.server.http_server import HttpServer
 
     server = HttpServer("rootcoord", lambda: _view(state=common_pb2.StandBy, refusal="StandBy"), lambda: b"# metrics\n")
     await server.start("127.0.0.1", 0)

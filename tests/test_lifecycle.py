@@ -24,9 +24,9 @@ from inproc import Healthy, InProcCluster, StandBy, member_stub
 from session_helpers import wait_until
 from structlog.testing import capture_logs
 
-from coordinators.exit_codes import ExitCode
-from coordinators.process import CoordinatorProcess
+from coordinators.ops.exit_codes import ExitCode
 from coordinators.proto import rootcoord_pb2 as pb
+from coordinators.server.process import CoordinatorProcess
 from session import NotActive
 from session.etcd import op_delete
 from session.watch import KeyEvent, KeyValue, read_state, watch
@@ -334,7 +334,7 @@ async def test_a_term_that_ends_during_activation_never_serves_and_a_new_term_fo
     cluster: InProcCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Before the fix the reload ran to its end and the member turned Healthy with the ended term."""
-    from coordinators.rootcoord import RootCoord
+    from coordinators.roles.rootcoord.role import RootCoord
 
     reloading, go = asyncio.Event(), asyncio.Event()
     original = RootCoord.activate

@@ -19,7 +19,7 @@ from procs import run_cli
 from session_helpers import wait_until
 from structlog.testing import capture_logs
 
-from coordinators.process import CoordinatorProcess
+from coordinators.server.process import CoordinatorProcess
 from session import LeaseSession
 from session.info import SessionInfo
 from session.lineup import Lineup

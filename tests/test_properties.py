@@ -47,14 +47,14 @@ from hypothesis import strategies as st
 from procs import ENV_SECTION, clean_env, run_cli
 from session_helpers import wait_until
 
-from coordinators import cli
 from coordinators.config import DEFAULTS, Config, ConfigError, load_config
-from coordinators.process import CoordinatorProcess
+from coordinators.ops import cli
+from coordinators.ops.status import read_sessions
 from coordinators.proto import common_pb2, datacoord_pb2, querycoord_pb2, rootcoord_pb2
 from coordinators.proto.datacoord_grpc import DataCoordStub
 from coordinators.proto.querycoord_grpc import QueryCoordStub
 from coordinators.proto.rootcoord_grpc import RootCoordStub
-from coordinators.status import read_sessions
+from coordinators.server.process import CoordinatorProcess
 from session import CorruptValue, Etcd, SessionInfo, allocate_server_id
 from session.etcd import parse_endpoint
 

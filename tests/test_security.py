@@ -31,10 +31,10 @@ from session_helpers import wait_until
 
 from coordinators.client import CoordinatorClient, NoActiveMember
 from coordinators.config import ConfigError, load_config
-from coordinators.process import CoordinatorProcess
 from coordinators.proto import common_pb2, rootcoord_pb2
 from coordinators.proto import querycoord_pb2 as qc_pb
 from coordinators.proto.rootcoord_grpc import RootCoordStub
+from coordinators.server.process import CoordinatorProcess
 from coordinators.tls import check_grpc_tls, client_ssl_context, make_etcd
 from session import Etcd, EtcdAuthError, EtcdTLS
 from session.etcd import EtcdTLSError

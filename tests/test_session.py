@@ -10,7 +10,7 @@ from contextlib import aclosing
 import pytest
 import structlog
 from etcd_server import EtcdCluster
-from session_helpers import active_and_standby, connected, crash, new_session, wait_until
+from session_helpers import active_and_standby, connected, crash, new_session, opened, wait_until
 from structlog.testing import capture_logs
 
 from session import (
@@ -60,20 +60,15 @@ async def test_garbage_at_the_id_counter_is_reported_and_left_alone(etcd: EtcdCl
 
 
 async def test_session_registers_its_key_on_its_lease_and_keeps_it_alive(etcd: EtcdCluster, etcd_prefix: str) -> None:
-    async with connected(etcd.endpoints) as etcd_:
-        session = new_session(etcd_, etcd_prefix, ttl=2)
-        await session.open()
-        try:
-            resp = await etcd_.get(session.key)
-            info = SessionInfo.from_json(session.key, bytes(resp.kvs[0].value))
-            assert info.server_id == session.server_id and info.lease_id == session.lease_id
-            assert resp.kvs[0].lease == session.lease_id
-            await asyncio.sleep(3.0)  # longer than the TTL: only keep-alives can explain the key still there
-            assert (await etcd_.get(session.key)).kvs, "the key expired although the session was alive"
-            assert not session.lost.is_set()
-            assert 0 < session.time_left() <= 2 - safety_margin(2)
-        finally:
-            await session.close()
+    async with connected(etcd.endpoints) as etcd_, opened(new_session(etcd_, etcd_prefix, ttl=2)) as session:
+        resp = await etcd_.get(session.key)
+        info = SessionInfo.from_json(session.key, bytes(resp.kvs[0].value))
+        assert info.server_id == session.server_id and info.lease_id == session.lease_id
+        assert resp.kvs[0].lease == session.lease_id
+        await asyncio.sleep(3.0)  # longer than the TTL: only keep-alives can explain the key still there
+        assert (await etcd_.get(session.key)).kvs, "the key expired although the session was alive"
+        assert not session.lost.is_set()
+        assert 0 < session.time_left() <= 2 - safety_margin(2)
 
 
 async def test_graceful_close_revokes_both_keys_at_once(etcd: EtcdCluster, etcd_prefix: str) -> None:
@@ -90,29 +85,19 @@ async def test_graceful_close_revokes_both_keys_at_once(etcd: EtcdCluster, etcd_
 
 
 async def test_deleting_the_own_key_loses_the_session(etcd: EtcdCluster, etcd_prefix: str) -> None:
-    async with connected(etcd.endpoints) as etcd_:
-        session = new_session(etcd_, etcd_prefix, ttl=10)
-        await session.open()
-        try:
-            await etcd_.delete(session.key)
-            await wait_until(session.lost.is_set, timeout=2)
-            assert "own session key" in session.lost_reason
-            with pytest.raises(SessionLost):
-                session.ensure_alive()
-        finally:
-            await session.close()
+    async with connected(etcd.endpoints) as etcd_, opened(new_session(etcd_, etcd_prefix, ttl=10)) as session:
+        await etcd_.delete(session.key)
+        await wait_until(session.lost.is_set, timeout=2)
+        assert "own session key" in session.lost_reason
+        with pytest.raises(SessionLost):
+            session.ensure_alive()
 
 
 async def test_revoked_lease_is_noticed_through_keepalive(etcd: EtcdCluster, etcd_prefix: str) -> None:
-    async with connected(etcd.endpoints) as etcd_:
-        session = new_session(etcd_, etcd_prefix, ttl=2)
-        await session.open()
-        try:
-            await etcd_.revoke(session.lease_id)
-            await wait_until(session.lost.is_set, timeout=2)
-            assert "lease" in session.lost_reason or "own session key" in session.lost_reason
-        finally:
-            await session.close()
+    async with connected(etcd.endpoints) as etcd_, opened(new_session(etcd_, etcd_prefix, ttl=2)) as session:
+        await etcd_.revoke(session.lease_id)
+        await wait_until(session.lost.is_set, timeout=2)
+        assert "lease" in session.lost_reason or "own session key" in session.lost_reason
 
 
 async def test_local_deadline_fires_before_etcd_could_expire_the_lease(

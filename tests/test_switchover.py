@@ -18,7 +18,7 @@ from inproc import Healthy, InProcCluster, StandBy
 from procs import run_cli
 from session_helpers import wait_until
 
-from coordinators.process import CoordinatorProcess
+from coordinators.server.process import CoordinatorProcess
 from session import Campaign, LeaseSession, active_key
 from session.switchover import request_key, successor_key
 

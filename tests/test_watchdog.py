@@ -18,9 +18,9 @@ from etcd_server import EtcdCluster
 from session_helpers import connected, wait_until
 
 from coordinators.config import load_config
-from coordinators.process import CoordinatorProcess
 from coordinators.proto import common_pb2
-from coordinators.watchdog import LoopWatchdog
+from coordinators.server.process import CoordinatorProcess
+from coordinators.server.watchdog import LoopWatchdog
 from session import active_key, safety_margin
 
 TTL = 4  # margin 0.6 s; keep-alive every 1.33 s, so the time left never drops below 2.07 s

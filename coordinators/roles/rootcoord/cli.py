@@ -12,7 +12,7 @@ from typing import Any
 
 from coordinators.client import CoordinatorClient
 from coordinators.proto import rootcoord_pb2 as pb
-from coordinators.tso import describe
+from coordinators.roles.rootcoord.tso import describe
 
 _INT32_MAX = 2**31 - 1
 _UINT32_MAX = 2**32 - 1

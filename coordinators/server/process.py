@@ -25,21 +25,23 @@ from typing import Any, TypeVar
 
 import structlog
 
-from coordinators import pidfile
 from coordinators.client import CoordinatorClient
 from coordinators.config import Config, RoleConfig
-from coordinators.exit_codes import ExitCode
-from coordinators.grpc_server import ComponentSnapshot, CoordinatorServer, PortInUseError
-from coordinators.http_server import HttpServer, start_with_fallback
-from coordinators.metrics import CoordinatorMetrics, ProcessView, SessionMetrics, state_name
-from coordinators.peer_probe import GrpcDeathWatch, ProbeBounds
-from coordinators.pidfile import PidFile
-from coordinators.predecessors import find_dead_predecessors, revoke_dead_predecessors
+from coordinators.errors import CoordinatorError
+from coordinators.ops import pidfile
+from coordinators.ops.exit_codes import ExitCode
+from coordinators.ops.pidfile import PidFile
 from coordinators.proto import common_pb2
 from coordinators.registry import spec
-from coordinators.role import RoleContext
+from coordinators.roles.base import RoleContext
+from coordinators.rpc import Refusal
+from coordinators.server.grpc_server import ComponentSnapshot, CoordinatorServer, PortInUseError
+from coordinators.server.http_server import HttpServer, start_with_fallback
+from coordinators.server.metrics import CoordinatorMetrics, ProcessView, SessionMetrics, state_name
+from coordinators.server.peer_probe import GrpcDeathWatch, ProbeBounds
+from coordinators.server.predecessors import find_dead_predecessors, revoke_dead_predecessors
+from coordinators.server.watchdog import DEFAULT_INTERVAL_S, IDLE_INTERVAL_S, LoopWatchdog
 from coordinators.tls import client_ssl_context, make_etcd, server_ssl_context
-from coordinators.watchdog import DEFAULT_INTERVAL_S, IDLE_INTERVAL_S, LoopWatchdog
 from session import (
     AlreadyActive,
     Campaign,
@@ -97,7 +99,7 @@ def package_version() -> str:
         return "0.0.0"
 
 
-class Stopped(Exception):
+class Stopped(CoordinatorError):
     """The operator asked the process to stop while it was waiting for something."""
 
 
@@ -133,7 +135,7 @@ class CoordinatorProcess:
         self.metrics = CoordinatorMetrics(role, self.view)
         self.observer = SessionMetrics(self.metrics)
         self.server = CoordinatorServer(
-            role, self.snapshot, [self.role_impl.service()], gate=self.refusal, on_call_done=self.metrics.rpc
+            role, self.snapshot, [self.role_impl.service()], gate=self._gate, on_call_done=self.metrics.rpc
         )
         self.http: HttpServer | None = None
         self.watchdog = LoopWatchdog(
@@ -186,6 +188,15 @@ class CoordinatorProcess:
         if holder is not None and holder.info is not None:
             reason += f"; active: {holder.info.address} (ServerID={holder.info.server_id})"
         return reason
+
+    def _gate(self) -> tuple[Refusal, str] | None:
+        """The server's gate: the :meth:`refusal`, with the code the client acts on."""
+        message = self.refusal()
+        if message is None:
+            return None
+        if self.state == common_pb2.Initializing:
+            return Refusal.INITIALIZING, message  # it may hold the key and be loading: ask it again
+        return (Refusal.STOPPING if self.state == common_pb2.Stopping else Refusal.NOT_ACTIVE), message
 
     def view(self) -> ProcessView:
         """A fresh view for the HTTP probes and the scrape-time metrics."""
@@ -401,7 +412,7 @@ class CoordinatorProcess:
             log.info("registering a new session", role=self.role)
 
     async def _revoke_dead_predecessors(self, session: LeaseSession) -> None:
-        """The restart fast path (:mod:`coordinators.predecessors`): sessions of this role left on this
+        """The restart fast path (:mod:`coordinators.server.predecessors`): sessions of this role left on this
         host by processes that are provably gone are revoked now, not when their TTL runs out."""
         found = await asyncio.to_thread(pidfile.stale_sessions, self.role)  # file I/O off the loop
         stale = {(sid, lease): path for path, sid, lease in found}
@@ -560,9 +571,7 @@ class CoordinatorProcess:
             self.server.set_serving(False)
             if self.stop_requested.is_set():
                 self.state = common_pb2.Stopping
-            holder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await holder
+            await cancel_and_wait(holder)
 
     async def _activate(self, session: LeaseSession, term: Term, writer: FencedWriter, image: object | None) -> bool:
         """The role's reload, cut short when the term ends meanwhile; True when the term may serve.
@@ -576,10 +585,7 @@ class CoordinatorProcess:
             await self._until_stopped(asyncio.wait({activation, ended}, return_when=asyncio.FIRST_COMPLETED), session)
         finally:
             ended.cancel()
-            if not activation.done():
-                activation.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await activation
+            await cancel_and_wait(activation, Exception)  # its outcome is read below
         if not activation.cancelled() and (failure := activation.exception()) is not None:
             if isinstance(failure, CorruptValue):
                 raise failure  # the role's metadata is unreadable: serving from it would be wrong (exit 7)
@@ -806,9 +812,7 @@ class CoordinatorProcess:
                 fut.cancel()
         if task.done():
             return task.result()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, SessionError):
-            await task
+        await cancel_and_wait(task, SessionError)
         if session is not None and session.lost.is_set() and not self.stop_requested.is_set():
             raise SessionLost(session.lost_reason)
         raise Stopped()

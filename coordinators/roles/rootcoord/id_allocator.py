@@ -17,8 +17,8 @@ import asyncio
 
 import structlog
 
-from coordinators.bound import BoundStore, GrowingBound
-from coordinators.tso import _UNREAD, _Unread
+from coordinators.roles.rootcoord.bound import BoundWriter, GrowingBound
+from coordinators.roles.rootcoord.tso import _UNREAD, _Unread
 from session import CorruptValue
 
 log = structlog.get_logger(__name__)
@@ -41,13 +41,13 @@ def parse_id_bound(key: str, raw: bytes) -> int:
 class IDAllocator:
     """One term's ID allocator; :meth:`activate` before use."""
 
-    def __init__(self, store: BoundStore, key: str) -> None:
-        self.store = store
+    def __init__(self, writer: BoundWriter, key: str) -> None:
+        self.writer = writer
         self.key = key
         self.next = FIRST_ID
         self.end = FIRST_ID  # exclusive; [next, end) is persisted and not yet handed out
         self._lock = asyncio.Lock()
-        self._saved = GrowingBound(store, key, parse_id_bound)
+        self._saved = GrowingBound(writer, key, parse_id_bound)
 
     async def activate(self, saved: tuple[bytes, int] | _Unread | None = _UNREAD) -> None:
         """Start at the saved bound: whatever the former term held in memory is skipped.
@@ -63,7 +63,7 @@ class IDAllocator:
         if not 1 <= count <= MAX_COUNT:
             raise ValueError(f"count must be 1..{MAX_COUNT}, got {count}")
         async with self._lock:
-            self.store.check()  # after the wait: a former active hands out nothing, even from memory
+            self.writer.check()  # after the wait: a former active hands out nothing, even from memory
             while self.end - self.next < count:  # re-checked after the save: nothing else moves `next`
                 # Never below what is saved: a late save of ours that went further is ours to use.
                 self.end = max(self.end, await self._saved.raise_to(self.next + max(count, BATCH)))

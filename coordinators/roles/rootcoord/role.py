@@ -2,9 +2,9 @@
 
 What each piece guarantees across failovers (the new active reloads everything on activation):
 
-- Timestamps (:mod:`coordinators.tso`): strictly increasing across any number of terms, with no
+- Timestamps (:mod:`coordinators.roles.rootcoord.tso`): strictly increasing across any number of terms, with no
   waiting at takeover (a saved upper bound, PD / Milvus scheme).
-- IDs (:mod:`coordinators.id_allocator`): ranges persisted before use, never repeated.
+- IDs (:mod:`coordinators.roles.rootcoord.id_allocator`): ranges persisted before use, never repeated.
 - Collections: created and dropped by one fenced txn each (both keys or neither), IDs from the
   allocator, the created timestamp from the oracle; names unique (a create compares that the name
   key does not exist, and creates/drops are serialized by a lock).
@@ -29,7 +29,6 @@ former active (paused, cut off) answers nothing from memory once its session dea
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 import time
@@ -37,15 +36,16 @@ from typing import Any, NamedTuple
 
 import structlog
 
-from coordinators.id_allocator import MAX_COUNT as MAX_ID_COUNT
-from coordinators.id_allocator import IDAllocator
 from coordinators.proto import rootcoord_pb2 as pb
 from coordinators.proto.rootcoord_grpc import RootCoordBase
-from coordinators.role import Role, RoleContext
+from coordinators.roles.base import Role, RoleContext
+from coordinators.roles.rootcoord.id_allocator import MAX_COUNT as MAX_ID_COUNT
+from coordinators.roles.rootcoord.id_allocator import IDAllocator
+from coordinators.roles.rootcoord.tso import MAX_LOGICAL, TimestampOracle
 from coordinators.rpc import AlreadyExists, NotFound, NotServing, require, unary_service
-from coordinators.tso import MAX_LOGICAL, TimestampOracle
 from session import CorruptValue, FencedWriter
 from session.etcd import cmp_value, cmp_version, op_delete, op_put
+from session.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -401,13 +401,13 @@ class RootImage:
         return (self.tso, self.gid, self.catalog.visible(), dict(self.catalog._name_keys))
 
 
-class _Term:
+class _TermState:
     """Everything rootcoord holds during one ACTIVE term; built on activation, dropped at its end."""
 
-    def __init__(self, store: FencedWriter, image: RootImage) -> None:
-        self.store = store
-        self.oracle = TimestampOracle(store, image.tso_key)
-        self.ids = IDAllocator(store, image.gid_key)
+    def __init__(self, writer: FencedWriter, image: RootImage) -> None:
+        self.writer = writer
+        self.oracle = TimestampOracle(writer, image.tso_key)
+        self.ids = IDAllocator(writer, image.gid_key)
         self.collection_prefix = image.record_prefix
         self.name_prefix = image.name_prefix
         self.catalog = image.catalog
@@ -430,10 +430,7 @@ class _Term:
         """Cancel and await every background task of the term."""
         await self.oracle.stop()
         task, self._warm_up = self._warm_up, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     def lookup(self, name: str, collection_id: int) -> Collection:
         """By name, or by ID when the name is empty; both must agree when both are given."""
@@ -462,7 +459,7 @@ class _Term:
                 raise AlreadyExists(f"collection {spec.name!r} already exists (ID {existing})")
             coll = spec._replace(id=await self.ids.allocate(1), created_ts=await self.oracle.allocate(1))
             name_key = self.name_prefix + coll.name
-            resp = await self.store.txn(
+            resp = await self.writer.txn(
                 [cmp_version(name_key, 0)],
                 [op_put(name_key, str(coll.id)), op_put(self.collection_prefix + str(coll.id), coll.to_json())],
             )
@@ -474,11 +471,11 @@ class _Term:
 
     async def _reload_name(self, name: str) -> None:
         """Bring one name's record from etcd into the index (after a create found it written)."""
-        raw_id = await self.store.get(self.name_prefix + name)
+        raw_id = await self.writer.get(self.name_prefix + name)
         if raw_id is None or not raw_id.isdigit():
             return
         key = self.collection_prefix + raw_id.decode()
-        raw = await self.store.get(key)
+        raw = await self.writer.get(key)
         if raw is not None:
             self.catalog.add(Collection.from_json(key, raw))
 
@@ -492,7 +489,7 @@ class _Term:
             if cid is None:
                 raise NotFound(f"collection {name!r} not found")
             name_key = self.name_prefix + name
-            resp = await self.store.txn(
+            resp = await self.writer.txn(
                 [cmp_value(name_key, str(cid))],
                 [op_delete(name_key), op_delete(self.collection_prefix + str(cid))],
             )
@@ -521,7 +518,7 @@ class RootCoord(Role):
 
     def __init__(self, ctx: RoleContext) -> None:
         super().__init__(ctx)
-        self._term: _Term | None = None
+        self._term: _TermState | None = None
         self.reload_seconds = 0.0  # how long the last activation took (tests and logs)
 
     def service(self) -> object:
@@ -541,17 +538,17 @@ class RootCoord(Role):
     def new_image(self) -> RootImage:
         return RootImage(self.ctx)
 
-    async def activate(self, store: FencedWriter, image: object | None = None) -> None:
+    async def activate(self, writer: FencedWriter, image: object | None = None) -> None:
         """Serve from ``image`` (a STANDBY's mirror, caught up) or from a reload; start the term's tasks."""
-        await super().activate(store, image)
+        await super().activate(writer, image)
         t0 = time.monotonic()
         hot = isinstance(image, RootImage)
-        ready = image if isinstance(image, RootImage) else await self.read_image(store)
+        ready = image if isinstance(image, RootImage) else await self.read_image(writer)
         assert isinstance(ready, RootImage)
         reload_s = time.monotonic() - t0
         if not hot:
             ready.catalog.report_orphans()
-        term = _Term(store, ready)
+        term = _TermState(writer, ready)
         await term.activate()
         term.start()
         self._term = term
@@ -570,12 +567,12 @@ class RootCoord(Role):
     async def close(self) -> None:
         await self.deactivate()
 
-    def live(self) -> _Term:
+    def live(self) -> _TermState:
         """The current term's state; NotServing between terms (a call racing a demotion)."""
         term = self._term
         if term is None:
             raise NotServing("StandBy")
-        term.store.check()  # NotActive (UNAVAILABLE) once the term or the session is over
+        term.writer.check()  # NotActive (UNAVAILABLE) once the term or the session is over
         return term
 
     # -- handlers --------------------------------------------------------------------------

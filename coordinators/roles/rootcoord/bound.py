@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["BoundStore", "GrowingBound"]
+__all__ = ["BoundWriter", "GrowingBound"]
 
 
-class BoundStore(Protocol):
+class BoundWriter(Protocol):
     """What a bound needs from the term's fenced writer (a fake in unit tests)."""
 
     def check(self) -> None: ...
@@ -31,8 +31,8 @@ class GrowingBound:
     :param parse: the stored bytes -> the bound (raises CorruptValue for garbage).
     """
 
-    def __init__(self, store: BoundStore, key: str, parse: Callable[[str, bytes], int]) -> None:
-        self.store = store
+    def __init__(self, writer: BoundWriter, key: str, parse: Callable[[str, bytes], int]) -> None:
+        self.writer = writer
         self.key = key
         self.parse = parse
         self.value: int | None = None  #: None: no bound saved yet
@@ -40,7 +40,7 @@ class GrowingBound:
 
     async def load(self) -> int | None:
         """Read the saved bound (None when there is none)."""
-        return self.known(await self.store.get_kv(self.key))
+        return self.known(await self.writer.get_kv(self.key))
 
     def known(self, saved: tuple[bytes | None, int] | None) -> int | None:
         """Take the saved bound as already read (``(raw, mod revision)``; None: no key), e.g. from an
@@ -54,7 +54,7 @@ class GrowingBound:
         while True:
             if self.value is not None and self.value >= value:
                 return self.value
-            saved, raw, self._mod = await self.store.put_if_unchanged(self.key, str(value).encode(), self._mod)
+            saved, raw, self._mod = await self.writer.put_if_unchanged(self.key, str(value).encode(), self._mod)
             if saved:
                 self.value = value
                 return value

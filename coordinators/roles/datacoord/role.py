@@ -20,7 +20,7 @@ Every write is one fenced txn (the term's epoch compare) whose own compares hold
 to the value this term last read or wrote (``Version == 0`` for a new segment): a write whose
 outcome is unknown (a timeout) marks the in-memory view stale, and it is re-read from etcd before
 the next change, so a lost reply can never make the next write undo rows already persisted.
-Activation reloads every key by paging (``store.scan``).
+Activation reloads every key by paging (``writer.etcd.scan``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from coordinators.client import NoActiveMember, OutcomeUnknown
+from coordinators.errors import CoordinatorError
 from coordinators.proto import rootcoord_pb2
 from coordinators.proto.datacoord_grpc import DataCoordBase
 from coordinators.proto.datacoord_pb2 import (
@@ -59,7 +60,7 @@ from coordinators.proto.datacoord_pb2 import (
     ShowSegmentsRequest,
     ShowSegmentsResponse,
 )
-from coordinators.role import PrefixImage, Role, RoleContext
+from coordinators.roles.base import PrefixImage, Role, RoleContext
 from coordinators.rpc import NotFound, NotServing, RpcError, require, unary_service
 from session import CorruptValue, FencedWriter
 from session.etcd import cmp_value, cmp_version, op_put
@@ -111,7 +112,7 @@ class Segment:
     def channel_key(self) -> ChannelKey:
         return (self.collection_id, self.partition_id, self.channel_name)
 
-    def encode(self) -> bytes:
+    def to_json(self) -> bytes:
         return json.dumps(
             {
                 "id": self.id,
@@ -126,7 +127,7 @@ class Segment:
         ).encode()
 
     @classmethod
-    def decode(cls, key: str, raw: bytes) -> Segment:
+    def from_json(cls, key: str, raw: bytes) -> Segment:
         """Parse and check one stored segment; its key must name the same collection, partition and ID."""
         try:
             data = json.loads(raw)
@@ -179,7 +180,7 @@ class SegmentImage(PrefixImage):
 
     def put(self, key: str, value: bytes, mod_revision: int) -> None:
         try:
-            segment = Segment.decode(key, value)
+            segment = Segment.from_json(key, value)
         except CorruptValue as exc:
             log.error("skipping a corrupt segment record", key=key, error=str(exc))
             self.delete(key)
@@ -233,14 +234,14 @@ class SegmentImage(PrefixImage):
         return dict(self.raw)
 
 
-class _View:
+class _TermState:
     """One term's segments (its image) and what the term's calls share: the write lock, staleness.
 
     Changed only after etcd confirmed a write, so it never shows something etcd may not hold.
     """
 
-    def __init__(self, store: FencedWriter, image: SegmentImage, reload: Callable[[], Awaitable[SegmentImage]]) -> None:
-        self.store = store
+    def __init__(self, writer: FencedWriter, image: SegmentImage, reload: Callable[[], Awaitable[SegmentImage]]) -> None:
+        self.writer = writer
         self.image = image
         self._reload = reload
         self.known_collections: set[int] = set()
@@ -280,13 +281,13 @@ class _View:
         puts: list[RequestOp] = []
         encoded: dict[int, bytes] = {}
         for segment in changed:
-            key, value = self.key(segment), segment.encode()
+            key, value = self.key(segment), segment.to_json()
             old = self.image.raw.get(segment.id)
             compares.append(cmp_version(key, 0) if old is None else cmp_value(key, old))
             puts.append(op_put(key, value))
             encoded[segment.id] = value
         try:
-            resp = await self.store.txn(compares, puts)
+            resp = await self.writer.txn(compares, puts)
         except BaseException:
             self.stale = True
             raise
@@ -301,7 +302,7 @@ class _View:
 class _Plan:
     """The segments one AssignSegmentID call changes, built on top of the view without touching it."""
 
-    def __init__(self, view: _View) -> None:
+    def __init__(self, view: _TermState) -> None:
         self.view = view
         self.changed: dict[int, Segment] = {}
         self.growing: dict[ChannelKey, int | None] = {}
@@ -348,12 +349,12 @@ def _log_changes(changed: Iterable[Segment], opened: Sequence[int]) -> None:
             log.info("segment sealed", segmentID=segment.id, collectionID=segment.collection_id, numRows=segment.num_rows)
 
 
-class _OutOfIDs(Exception):
+class _OutOfIDs(CoordinatorError):
     """A plan needed more new segment IDs than were fetched (the view changed meanwhile)."""
 
 
 def _plan_assignments(
-    view: _View, requests: Sequence[SegmentIDRequest], new_ids: Iterable[int], max_rows: int
+    view: _TermState, requests: Sequence[SegmentIDRequest], new_ids: Iterable[int], max_rows: int
 ) -> tuple[_Plan, list[SegmentIDAssignment]]:
     """Which segment takes each request's rows, on top of the view; new segments get ``new_ids`` in order.
 
@@ -388,7 +389,7 @@ def _plan_assignments(
     return plan, assignments
 
 
-def _new_segments_needed(view: _View, requests: Sequence[SegmentIDRequest], max_rows: int) -> int:
+def _new_segments_needed(view: _TermState, requests: Sequence[SegmentIDRequest], max_rows: int) -> int:
     """How many new segments a plan on the view as it is now opens (IDs to fetch before the lock)."""
     plan, _ = _plan_assignments(view, requests, itertools.count(-1, -1), max_rows)  # placeholder IDs
     return sum(1 for segment_id in plan.changed if segment_id < 0)
@@ -406,7 +407,7 @@ class DataCoord(Role):
 
     def __init__(self, ctx: RoleContext) -> None:
         super().__init__(ctx)
-        self._view: _View | None = None
+        self._view: _TermState | None = None
         self.max_rows = ctx.config.datacoord.segment_max_rows
         self.prefix = f"{ctx.meta_root}/datacoord-meta/s/"
         self.reload_seconds = 0.0  # how long the last activation's reload took (tests and logs)
@@ -426,20 +427,20 @@ class DataCoord(Role):
     def new_image(self) -> SegmentImage:
         return SegmentImage(self.prefix)
 
-    async def activate(self, store: FencedWriter, image: object | None = None) -> None:
+    async def activate(self, writer: FencedWriter, image: object | None = None) -> None:
         """Serve from ``image`` (a STANDBY's mirror, caught up) or from a reload of every segment."""
-        await super().activate(store, image)
+        await super().activate(writer, image)
         t0 = time.monotonic()
         hot = isinstance(image, SegmentImage)
-        ready = image if isinstance(image, SegmentImage) else await self.read_image(store)
+        ready = image if isinstance(image, SegmentImage) else await self.read_image(writer)
         assert isinstance(ready, SegmentImage)
 
         async def reload() -> SegmentImage:
-            fresh = await self.read_image(store)
+            fresh = await self.read_image(writer)
             assert isinstance(fresh, SegmentImage)
             return fresh
 
-        view = _View(store, ready, reload)
+        view = _TermState(writer, ready, reload)
         self._view = view
         self.reload_seconds = time.monotonic() - t0
         log.info("datacoord metadata ready", source="standby mirror" if hot else "reload", segments=len(view.segments),
@@ -449,13 +450,13 @@ class DataCoord(Role):
         await super().deactivate()
         self._view = None
 
-    def view(self) -> _View:
+    def view(self) -> _TermState:
         """The term's view, checked: refuses outside a term (a call racing a demotion) and once the term
         or its session is over (NotActive), so no read is answered past the local deadline."""
         view = self._view
         if view is None:
             raise NotServing("StandBy")
-        view.store.check()
+        view.writer.check()
         return view
 
     # -- rootcoord ---------------------------------------------------------------------------
@@ -471,7 +472,7 @@ class DataCoord(Role):
         except (NoActiveMember, OutcomeUnknown) as exc:
             raise DependencyUnavailable(f"rootcoord unavailable: {exc}") from exc
 
-    async def _ensure_collection(self, view: _View, collection_id: int) -> None:
+    async def _ensure_collection(self, view: _TermState, collection_id: int) -> None:
         """NOT_FOUND unless rootcoord knows the collection (or we hold segments of it); cached for the term."""
         if collection_id in view.known_collections:
             return
@@ -487,7 +488,7 @@ class DataCoord(Role):
             raise NotFound(f"collection {collection_id} not found (rootcoord described {reply.collection_id})")
         view.known_collections.add(collection_id)
 
-    async def _new_segment_ids(self, view: _View, count: int) -> list[int]:
+    async def _new_segment_ids(self, view: _TermState, count: int) -> list[int]:
         """``count`` fresh IDs from rootcoord's allocator (unique across failovers of both roles).
 
         Called without the view's lock: a rootcoord failover must not hold up every other call.
@@ -524,7 +525,7 @@ class DataCoord(Role):
             if need > len(fresh):
                 fresh += await self._new_segment_ids(view, need - len(fresh))
             async with view.lock:
-                view.store.check()
+                view.writer.check()
                 await view.refresh_if_stale()
                 try:
                     plan, assignments = _plan_assignments(view, requests, fresh, self.max_rows)
@@ -546,7 +547,7 @@ class DataCoord(Role):
         await self._ensure_collection(view, collection_id)
         done: list[int] = []  # flushed by this call (across attempts)
         async with view.lock:
-            view.store.check()  # after the waits: this term's view, and still on
+            view.writer.check()  # after the waits: this term's view, and still on
             for _attempt in range(COMMIT_ATTEMPTS):
                 await view.refresh_if_stale()
                 segments = view.of_collection(collection_id)
@@ -561,7 +562,7 @@ class DataCoord(Role):
         raise ConcurrentChange("segment metadata kept changing under datacoord; retry")
 
     @staticmethod
-    async def _commit_batches(view: _View, segments: Sequence[Segment]) -> int:
+    async def _commit_batches(view: _TermState, segments: Sequence[Segment]) -> int:
         """One txn when it fits etcd's op limit, else batches (each segment's change is all or nothing).
 
         Returns how many of ``segments`` were committed: fewer than all when the view was stale.
@@ -575,13 +576,13 @@ class DataCoord(Role):
 
     # -- reads -----------------------------------------------------------------------------------
 
-    async def _fresh_view(self) -> _View:
+    async def _fresh_view(self) -> _TermState:
         """The term's view, re-read first if a write left it stale; checked again after any wait."""
         view = self.view()
         if view.stale:
             async with view.lock:
                 await view.refresh_if_stale()
-            view.store.check()
+            view.writer.check()
         return view
 
     async def _lookup(self, segment_ids: Sequence[int]) -> list[Segment]:
@@ -608,5 +609,5 @@ class DataCoord(Role):
         segments = view.of_collection(collection_id)
         if not segments:
             await self._ensure_collection(view, collection_id)
-            view.store.check()  # answered after an await: only while the term is on
+            view.writer.check()  # answered after an await: only while the term is on
         return ShowSegmentsResponse(infos=[s.to_proto() for s in segments])

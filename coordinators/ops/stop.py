@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from coordinators import pidfile
-from coordinators.exit_codes import ExitCode
+from coordinators.ops import pidfile
+from coordinators.ops.exit_codes import ExitCode
 
 #: How often the target's exit is polled: the handover is measured in milliseconds.
 _POLL_S = 0.01
@@ -62,7 +62,7 @@ class ProcInfo:
 
 
 def is_milvus_run(argv: Sequence[str], role: str, alias: str) -> bool:
-    """Whether ``argv`` is ``[python] .../milvus run <role>`` (or ``-m coordinators.cli``) with ``alias``."""
+    """Whether ``argv`` is ``[python] .../milvus run <role>`` (or ``-m coordinators.ops.cli``) with ``alias``."""
     for i in range(1, len(argv) - 1):
         if argv[i] == "run" and argv[i + 1] == role and any(_is_milvus(a) for a in argv[:i]):
             return _alias_in(argv[i + 2:]) == alias
@@ -70,7 +70,7 @@ def is_milvus_run(argv: Sequence[str], role: str, alias: str) -> bool:
 
 
 def _is_milvus(arg: str) -> bool:
-    return os.path.basename(arg) == "milvus" or arg == "coordinators.cli" or arg.endswith("coordinators/cli.py")
+    return os.path.basename(arg) == "milvus" or arg == "coordinators.ops.cli" or arg.endswith("coordinators/ops/cli.py")
 
 
 def _alias_in(args: Sequence[str]) -> str:

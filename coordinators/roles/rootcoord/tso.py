@@ -6,7 +6,7 @@ any waiting at takeover:
 
 - The oracle persists an *upper bound* on the physical part it may hand out, at
   ``{kv_root}/tso/timestamp``, and never hands out a timestamp whose physical part reaches it.
-  Saves only ever raise it (:mod:`coordinators.bound`), even when an old save is applied late.
+  Saves only ever raise it (:mod:`coordinators.roles.rootcoord.bound`), even when an old save is applied late.
 - A new term reads the last saved bound ``last``, starts at ``physical = max(now, last + 1)`` and
   saves ``physical + 3000`` (fenced) before serving anything. Every timestamp of every former
   term is below ``last``, so the new term's are above all of them, even if the clock went back.
@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from coordinators.bound import BoundStore, GrowingBound
+from coordinators.roles.rootcoord.bound import BoundWriter, GrowingBound
 from session import CorruptValue, EtcdUnavailable, NotActive
 from session.tasks import cancel_and_wait
 
@@ -87,14 +87,14 @@ _UNREAD = _Unread()
 class TimestampOracle:
     """One term's oracle. Build it, :meth:`activate`, :meth:`start`; :meth:`stop` at the term's end."""
 
-    def __init__(self, store: BoundStore, key: str, *, clock: Callable[[], int] = wall_clock_ms) -> None:
-        self.store = store
+    def __init__(self, writer: BoundWriter, key: str, *, clock: Callable[[], int] = wall_clock_ms) -> None:
+        self.writer = writer
         self.key = key
         self.clock = clock
         self.physical = 0
         self.logical = 0
         self.bound = 0  # the saved upper bound (exclusive) on the physical part
-        self._saved = GrowingBound(store, key, parse_bound)
+        self._saved = GrowingBound(writer, key, parse_bound)
         self._save_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
@@ -125,7 +125,7 @@ class TimestampOracle:
         if not 1 <= count <= MAX_LOGICAL:
             raise ValueError(f"count must be 1..{MAX_LOGICAL}, got {count}")
         while True:
-            self.store.check()  # a former active must not hand out anything, even from memory
+            self.writer.check()  # a former active must not hand out anything, even from memory
             ts = self._try_take(count)
             if ts is not None:
                 return ts

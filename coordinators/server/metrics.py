@@ -1,7 +1,7 @@
 """Prometheus metrics of one coordinator process (``milvus_coord_*``, label ``role``).
 
 Why a registry per process object and not prometheus-client's global one: tests run several
-:class:`~coordinators.process.CoordinatorProcess` objects in one interpreter, and each must report
+:class:`~coordinators.server.process.CoordinatorProcess` objects in one interpreter, and each must report
 only its own numbers. Values that are a function of the process's current state (state, epoch,
 server ID, lease time left) are read from a :class:`ProcessView` at scrape time, so they are never
 stale; events (transitions, keep-alives, RPCs, loop lag) are counted as they happen.
@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from coordinators.logging_setup import dropped_lines
+from coordinators.ops.logging_setup import dropped_lines
 from coordinators.proto import common_pb2
 from session import SessionObserver, WatchRestart
 

@@ -87,14 +87,14 @@ class Role:
 
     def __init__(self, ctx: RoleContext) -> None:
         self.ctx = ctx
-        self._store: FencedWriter | None = None
+        self._writer: FencedWriter | None = None
 
     @property
-    def store(self) -> FencedWriter:
+    def writer(self) -> FencedWriter:
         """The term's fenced writer; raises NotServing outside a term (e.g. a call racing a demotion)."""
-        if self._store is None:
+        if self._writer is None:
             raise NotServing("StandBy")
-        return self._store
+        return self._writer
 
     def service(self) -> object:
         """The grpclib handler of the role's API."""
@@ -104,32 +104,32 @@ class Role:
         """An empty image of the role's keys (:class:`session.mirror.Image`), with its ``prefixes`` and ``keys``."""
         raise NotImplementedError
 
-    async def read_image(self, store: FencedWriter) -> RoleImage:
+    async def read_image(self, writer: FencedWriter) -> RoleImage:
         """A cold reload: every key of the role, read now (paged, all concurrently), into a new image."""
         image = self.new_image()
-        store.check()
+        writer.check()
 
         async def scan(prefix: str) -> None:
-            async for key, value, mod in store.etcd.scan(prefix, page=RELOAD_PAGE):
+            async for key, value, mod in writer.etcd.scan(prefix, page=RELOAD_PAGE):
                 image.put(key, value, mod)
 
         async def read(key: str) -> None:
-            resp = await store.etcd.get(key)
+            resp = await writer.etcd.get(key)
             if resp.kvs:
                 image.put(key, bytes(resp.kvs[0].value), int(resp.kvs[0].mod_revision))
 
         await asyncio.gather(*(scan(prefix) for prefix in image.prefixes), *(read(key) for key in image.keys))
-        store.check()
+        writer.check()
         return image
 
-    async def activate(self, store: FencedWriter, image: object | None = None) -> None:
+    async def activate(self, writer: FencedWriter, image: object | None = None) -> None:
         """Serve from ``image`` when a STANDBY's mirror has caught up (a hot takeover), else reload
         from etcd first; then accept calls. Subclasses call this first."""
-        self._store = store
+        self._writer = writer
 
     async def deactivate(self) -> None:
         """Forget the term's state. Subclasses call this, then drop their own."""
-        self._store = None
+        self._writer = None
 
     async def close(self) -> None:
         """Release what the role holds at process exit (background tasks, clients)."""

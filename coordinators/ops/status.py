@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import TextIO
 
 from coordinators.config import Config
-from coordinators.exit_codes import ExitCode
+from coordinators.ops.exit_codes import ExitCode
 from coordinators.registry import ROLES
 from session import CorruptValue, Etcd, SessionError, SessionInfo, session_prefix
 

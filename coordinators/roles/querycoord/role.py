@@ -41,9 +41,10 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from coordinators.client import NoActiveMember, OutcomeUnknown
+from coordinators.errors import CoordinatorError
 from coordinators.proto import datacoord_pb2, querycoord_pb2, rootcoord_pb2
 from coordinators.proto.querycoord_grpc import QueryCoordBase
-from coordinators.role import PrefixImage, Role, RoleContext
+from coordinators.roles.base import PrefixImage, Role, RoleContext
 from coordinators.rpc import (
     FailedPrecondition,
     InvalidArgument,
@@ -53,8 +54,9 @@ from coordinators.rpc import (
     require,
     unary_service,
 )
-from session import EtcdUnavailable, FencedWriter, NotActive
+from session import CorruptValue, EtcdUnavailable, FencedWriter, NotActive
 from session.etcd import GREATER, cmp_version, op_delete, op_put
+from session.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -107,8 +109,8 @@ class LoadRecord:
         )
 
     @classmethod
-    def from_json(cls, raw: bytes) -> LoadRecord:
-        """Parse a persisted record; ValueError when it is not one."""
+    def from_json(cls, key: str, raw: bytes) -> LoadRecord:
+        """Parse a persisted record; CorruptValue when it is not one."""
         try:
             d = json.loads(raw)
             target = d.get("target_segment_ids")
@@ -122,9 +124,9 @@ class LoadRecord:
                 loaded_segment_ids=tuple(int(s) for s in d.get("loaded_segment_ids", ())),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"not a load record: {exc!r}") from exc
+            raise CorruptValue(key, raw, f"not a load record: {exc!r}") from None
         if record.state not in (LOADING, LOADED):
-            raise ValueError(f"unknown load state {record.state!r}")
+            raise CorruptValue(key, raw, f"unknown load state {record.state!r}")
         return record
 
     def with_loaded(self, target: tuple[int, ...], batch: Iterable[int]) -> LoadRecord:
@@ -184,8 +186,8 @@ class LoadImage(PrefixImage):
 
     def put(self, key: str, value: bytes, mod_revision: int) -> None:
         try:
-            record = LoadRecord.from_json(value)
-        except ValueError as exc:
+            record = LoadRecord.from_json(key, value)
+        except CorruptValue as exc:
             log.error("skipping an unreadable load record", key=key, error=str(exc))
             self.delete(key)
             return
@@ -206,15 +208,15 @@ class LoadImage(PrefixImage):
         return dict(self.records)
 
 
-class _LoadTerm:
+class _TermState:
     """Everything querycoord holds during one ACTIVE term: built on activation, dropped at its end.
 
     Handlers pin the term they started in and check it again after every await: a call whose term
     ended meanwhile answers "not serving" instead of reading records the next term may have changed.
     """
 
-    def __init__(self, store: FencedWriter, records: dict[int, LoadRecord]) -> None:
-        self.store = store
+    def __init__(self, writer: FencedWriter, records: dict[int, LoadRecord]) -> None:
+        self.writer = writer
         self.records = records
         self.lock = asyncio.Lock()
         self.wake = asyncio.Event()
@@ -222,7 +224,7 @@ class _LoadTerm:
 
     def check(self) -> None:
         """NotActive (answered UNAVAILABLE "not serving") once this term or its session is over."""
-        self.store.check()
+        self.writer.check()
 
 
 class QueryCoord(Role):
@@ -239,7 +241,7 @@ class QueryCoord(Role):
     def __init__(self, ctx: RoleContext) -> None:
         super().__init__(ctx)
         self._prefix = collection_prefix(ctx.meta_root)
-        self._term: _LoadTerm | None = None
+        self._term: _TermState | None = None
 
     def service(self) -> object:
         return unary_service(
@@ -257,14 +259,14 @@ class QueryCoord(Role):
     def new_image(self) -> LoadImage:
         return LoadImage(self._prefix)
 
-    async def activate(self, store: FencedWriter, image: object | None = None) -> None:
+    async def activate(self, writer: FencedWriter, image: object | None = None) -> None:
         """Serve from ``image`` (a STANDBY's mirror, caught up) or a reload; start the loader on the Loading ones."""
         await self._stop_loader()  # a term never inherits the previous one's loader
-        await super().activate(store, image)
+        await super().activate(writer, image)
         hot = isinstance(image, LoadImage)
-        ready = image if isinstance(image, LoadImage) else await self.read_image(store)
+        ready = image if isinstance(image, LoadImage) else await self.read_image(writer)
         assert isinstance(ready, LoadImage)
-        term = _LoadTerm(store, ready.records)
+        term = _TermState(writer, ready.records)
         term.wake.set()
         term.loader = asyncio.create_task(self._run_loader(term), name="querycoord-loader")
         self._term = term
@@ -286,12 +288,9 @@ class QueryCoord(Role):
         task = term.loader if term is not None else None
         if term is not None:
             term.loader = None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
-    def live(self) -> _LoadTerm:
+    def live(self) -> _TermState:
         """The current term, checked; NotServing between terms (a call racing a demotion)."""
         term = self._term
         if term is None:
@@ -339,7 +338,7 @@ class QueryCoord(Role):
             else:  # dropped in rootcoord: forget what is left of it under that name
                 ids = [r.collection_id for r in term.records.values() if r.collection_name == req.collection_name]
             if ids:  # one txn, however many records
-                await term.store.txn([], [op_delete(self._key(cid)) for cid in ids])
+                await term.writer.txn([], [op_delete(self._key(cid)) for cid in ids])
             for cid in ids:
                 del term.records[cid]
         if ids:
@@ -404,23 +403,23 @@ class QueryCoord(Role):
     def _key(self, collection_id: int) -> str:
         return f"{self._prefix}{collection_id}"
 
-    async def _create(self, term: _LoadTerm, record: LoadRecord) -> None:
+    async def _create(self, term: _TermState, record: LoadRecord) -> None:
         """Persist a new record; refuses to overwrite one (memory and etcd disagree otherwise)."""
         key = self._key(record.collection_id)
-        resp = await term.store.txn([cmp_version(key, 0)], [op_put(key, record.to_json())])
+        resp = await term.writer.txn([cmp_version(key, 0)], [op_put(key, record.to_json())])
         if not resp.succeeded:
             raise Unavailable(f"load record {key} exists in etcd but not in memory: retry")
 
-    async def _update(self, term: _LoadTerm, record: LoadRecord) -> None:
+    async def _update(self, term: _TermState, record: LoadRecord) -> None:
         """Persist a changed record, only if it still exists (a release may not be undone)."""
         key = self._key(record.collection_id)
-        resp = await term.store.txn([cmp_version(key, 0, result=GREATER)], [op_put(key, record.to_json())])
+        resp = await term.writer.txn([cmp_version(key, 0, result=GREATER)], [op_put(key, record.to_json())])
         if not resp.succeeded:
             raise _Released(record.collection_id)
 
     # -- the loader ----------------------------------------------------------------------------
 
-    async def _run_loader(self, term: _LoadTerm) -> None:
+    async def _run_loader(self, term: _TermState) -> None:
         """Load every Loading collection of ``term``, one after another, until the term ends."""
         backoff = self.RETRY_MIN
         while True:
@@ -450,7 +449,7 @@ class QueryCoord(Role):
                 if not any(r.state == LOADING for r in term.records.values()):
                     await term.wake.wait()
 
-    async def _load(self, term: _LoadTerm, record: LoadRecord) -> None:
+    async def _load(self, term: _TermState, record: LoadRecord) -> None:
         """Fix the target (once) and mark its segments loaded batch by batch, each batch persisted."""
         target = record.target_segment_ids
         if target is None:
@@ -473,7 +472,7 @@ class QueryCoord(Role):
         log.info("collection loaded", collection=record.collection_name, collectionID=record.collection_id,
                  segments=len(target))
 
-    async def _apply(self, term: _LoadTerm, old: LoadRecord, new: LoadRecord) -> LoadRecord:
+    async def _apply(self, term: _TermState, old: LoadRecord, new: LoadRecord) -> LoadRecord:
         """Persist ``new`` in place of ``old`` unless the collection was released or reloaded meanwhile."""
         async with term.lock:
             if term.records.get(old.collection_id) is not old:
@@ -483,5 +482,5 @@ class QueryCoord(Role):
         return new
 
 
-class _Released(Exception):
+class _Released(CoordinatorError):
     """The collection was released while the loader worked on it: drop the work."""

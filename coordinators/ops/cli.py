@@ -17,11 +17,11 @@ from typing import Any, NoReturn
 import structlog
 
 from coordinators.config import Config, ConfigError, load_config
-from coordinators.exit_codes import ExitCode
-from coordinators.logging_setup import LogSetupError, configure_logging
-from coordinators.pidfile import AlreadyRunning, PidFile, PidFileError, check_alias
+from coordinators.ops.exit_codes import ExitCode
+from coordinators.ops.logging_setup import LogSetupError, configure_logging
+from coordinators.ops.pidfile import AlreadyRunning, PidFile, PidFileError, check_alias
 from coordinators.registry import ROLE_SPECS, ROLES
-from coordinators.signals import hold_early_signals
+from coordinators.server.signals import hold_early_signals
 
 log = structlog.get_logger(__name__)
 
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"milvus: unknown role {role_arg!r}: expected one of {', '.join(ROLES)}", file=sys.stderr)
         return ExitCode.CONFIG
     if args.command == "stop":  # needs no config: a broken milvus.yaml must not keep a process from stopping
-        from coordinators.stop import stop
+        from coordinators.ops.stop import stop
 
         return stop(args.role, args.alias, timeout=args.timeout, kill=args.kill)
     try:
@@ -173,8 +173,8 @@ def _run_locked(config: Config, role: str, alias: str) -> int:
 
 
 def _run(config: Config, role: str, pid_file: PidFile) -> int:
-    from coordinators.process import CoordinatorProcess
-    from coordinators.signals import install_signal_handlers
+    from coordinators.server.process import CoordinatorProcess
+    from coordinators.server.signals import install_signal_handlers
 
     if pid_file.skipped:
         held = ", ".join(f"{path.name} (pid {pid})" for path, pid in pid_file.skipped)
@@ -204,14 +204,14 @@ def run_on_loop(main: Coroutine[Any, Any, int], event_loop: str) -> int:
 
 
 def _status(config: Config, *, as_json: bool, role: str | None, watch: float | None) -> int:
-    from coordinators.status import run_status
+    from coordinators.ops.status import run_status
 
     configure_logging("error", config.log.format, sys.stderr)
     return asyncio.run(run_status(config, as_json=as_json, role=role, watch=watch))
 
 
 def _switchover(config: Config, role: str, *, to: int, timeout: float) -> int:
-    from coordinators.switchover import switchover
+    from coordinators.ops.switchover import switchover
     from coordinators.tls import client_ssl_context, make_etcd
     from session import SessionError
 

@@ -12,14 +12,14 @@ just the file: the kernel drops the lock when the process dies, however it dies,
 process leaves a *stale* file (unlocked: anyone can tell) rather than a stuck one. After the pid,
 ``key=value`` lines record what the process is (its alias, and once registered its server ID, lease
 ID and advertised address): a stale file still names the session its dead process held, which a
-restart on the same host may then revoke at once (see :mod:`coordinators.process`).
+restart on the same host may then revoke at once (see :mod:`coordinators.server.process`).
 ``milvus stop`` and the cluster scripts read the same files.
 
 The run dir is ``$MILVUS_RUN_DIR`` when set (tests and scripts use it to stay apart), else
 ``/run/milvus`` when it exists or can be created and is writable, else ``/tmp/milvus``.
 
-Run as ``python -m coordinators.pidfile dir`` it prints the run dir, and as
-``python -m coordinators.pidfile holder <role> [alias]`` the pid holding that role's lock (exit 1 when
+Run as ``python -m coordinators.ops.pidfile dir`` it prints the run dir, and as
+``python -m coordinators.ops.pidfile holder <role> [alias]`` the pid holding that role's lock (exit 1 when
 none does): the shell scripts ask here rather than repeat the rules.
 """
 
@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from coordinators.errors import CoordinatorError
+
 RUN_DIR_ENV = "MILVUS_RUN_DIR"
 SYSTEM_RUN_DIR = Path("/run/milvus")
 FALLBACK_RUN_DIR = Path("/tmp/milvus")
@@ -47,7 +49,7 @@ _LOCK_ATTEMPTS = 5
 MAX_AUTOMATIC = 99
 
 
-class PidFileError(Exception):
+class PidFileError(CoordinatorError):
     """A pid file could not be taken or read; the message says what to do."""
 
 
@@ -418,7 +420,7 @@ def _main(argv: Sequence[str]) -> int:
     except PidFileError as exc:
         print(f"pidfile: {exc}", file=sys.stderr)
         return 2
-    print("usage: python -m coordinators.pidfile dir | holder <role> [alias]", file=sys.stderr)
+    print("usage: python -m coordinators.ops.pidfile dir | holder <role> [alias]", file=sys.stderr)
     return 2
 
 

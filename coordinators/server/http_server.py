@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from coordinators.grpc_server import PortInUseError
-from coordinators.metrics import ProcessView
 from coordinators.proto import common_pb2
+from coordinators.server.grpc_server import PortInUseError
+from coordinators.server.metrics import ProcessView
 
 __all__ = ["HttpServer", "Probe", "liveness", "readiness", "start_with_fallback"]
 

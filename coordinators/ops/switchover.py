@@ -21,7 +21,8 @@ from typing import TextIO
 import structlog
 from grpclib.client import Channel
 
-from coordinators.exit_codes import ExitCode
+from coordinators.errors import CoordinatorError
+from coordinators.ops.exit_codes import ExitCode
 from coordinators.proto import common_pb2
 from coordinators.registry import ROLE_SPECS
 from session import CorruptValue, Etcd, SessionError, SessionInfo, active_key, session_prefix
@@ -35,7 +36,7 @@ log = structlog.get_logger(__name__)
 _PROBE_TIMEOUT_S = 1.0
 
 
-class Refused(Exception):
+class Refused(CoordinatorError):
     """The switchover cannot be done now; the message says why (nothing was changed)."""
 
 

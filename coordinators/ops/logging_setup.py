@@ -36,6 +36,7 @@ from structlog.processors import CallsiteParameter, CallsiteParameterAdder
 from structlog.typing import EventDict
 
 from coordinators.config import LogFileConfig
+from coordinators.errors import CoordinatorError
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,
@@ -49,7 +50,7 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 Renderer = Callable[[Any, str, EventDict], str]
 
 
-class LogSetupError(Exception):
+class LogSetupError(CoordinatorError):
     """The log file cannot be opened (directory not creatable, not writable...): the CLI prints it, exit 2."""
 
     def __init__(self, message: str, path: str) -> None:

@@ -33,8 +33,10 @@ from grpclib.health.service import Health
 from grpclib.protocol import H2Protocol
 from grpclib.server import Server, Stream
 
+from coordinators.errors import CoordinatorError
 from coordinators.proto import common_pb2
 from coordinators.registry import spec
+from coordinators.rpc import EPOCH_HEADER, REFUSAL_HEADER, SERVER_ID_HEADER, Refusal, refusal_of_this_call, refuse
 
 __all__ = [
     "EPOCH_HEADER",
@@ -48,9 +50,6 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 _STATES_METHOD = "GetComponentStates"
-#: Initial-metadata keys on every reply: the answering process's server ID and term epoch.
-SERVER_ID_HEADER = "x-milvus-server-id"
-EPOCH_HEADER = "x-milvus-epoch"
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
 _STOPPING = "stopping"
 # How long close() waits for cancelled handlers to finish: a handler that swallows
@@ -65,7 +64,14 @@ _States = Stream[common_pb2.GetComponentStatesRequest, common_pb2.ComponentState
 CallDone = Callable[[str, GrpcStatus, float], None]
 
 
-class PortInUseError(OSError):
+async def _tag_refusal(event: SendTrailingMetadata) -> None:
+    """A refused call's trailers carry its :class:`Refusal` code (the client acts on it, not on the message)."""
+    code = refusal_of_this_call()
+    if code is not None:
+        event.metadata[REFUSAL_HEADER] = code.value
+
+
+class PortInUseError(CoordinatorError, OSError):
     """The listening port is taken: an operator error worth its own clear message, not a traceback.
 
     An OSError (errno EADDRINUSE) so callers that already handle bind errors keep working.
@@ -157,7 +163,7 @@ class CoordinatorServer:
         role: str,
         snapshot: Callable[[], ComponentSnapshot],
         extra_handlers: Sequence[object] = (),
-        gate: Callable[[], str | None] | None = None,
+        gate: Callable[[], tuple[Refusal, str] | None] | None = None,
         on_call_done: CallDone | None = None,
     ) -> None:
         base = spec(role).service_base()  # ValueError for an unknown role
@@ -225,6 +231,7 @@ class CoordinatorServer:
             listen(server, SendTrailingMetadata, self._on_send_trailing_metadata)
         listen(server, RecvRequest, self._on_recv_request)
         listen(server, SendInitialMetadata, self._on_send_initial_metadata)
+        listen(server, SendTrailingMetadata, _tag_refusal)
         try:
             # Never SO_REUSEPORT: that this process could bind the port proves no other listens there
             # (the restart fast path revokes a dead predecessor's session on that proof).
@@ -285,11 +292,11 @@ class CoordinatorServer:
         """Gate every call (extra handlers included) and count the ones a drain must wait for."""
         exempt = _is_exempt(event.method_name)
         if self._closed or (self._draining and not exempt):
-            raise GRPCError(GrpcStatus.UNAVAILABLE, _STOPPING)
+            raise refuse(Refusal.STOPPING, _STOPPING)
         if not exempt and self._gate is not None:
             refusal = self._gate()
-            if refusal:
-                raise GRPCError(GrpcStatus.UNAVAILABLE, refusal)
+            if refusal is not None:
+                raise refuse(*refusal)
         task = asyncio.current_task()
         if task is None:
             return

@@ -1,0 +1,1 @@
+"""The operator's side: the ``milvus`` command, stop, status, switchover, pid files, exit codes, logging."""

@@ -1,0 +1,1 @@
+"""datacoord: segments and their allocation."""

@@ -1,0 +1,1 @@
+"""querycoord: which collections are loaded."""

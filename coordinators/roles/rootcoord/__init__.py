@@ -1,0 +1,1 @@
+"""rootcoord: collections, the timestamp oracle and the ID allocator."""

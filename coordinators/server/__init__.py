@@ -1,0 +1,1 @@
+"""A coordinator process: its lifecycle, gRPC and HTTP servers, metrics, loop watchdog and peer probe."""
