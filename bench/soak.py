@@ -40,6 +40,7 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +50,7 @@ sys.path.insert(0, str(REPO))
 from etcd_server import EtcdCluster  # noqa: E402
 from faults import ROLES, Coordinators, Takeover, follower, kill_leader, off_loop, restart  # noqa: E402
 from history import ClientLoad  # noqa: E402
+from session_helpers import wait_until  # noqa: E402
 
 from session import Etcd  # noqa: E402
 
@@ -125,7 +127,7 @@ class Soak:
             member.signal({"sigterm": signal.SIGTERM, "sigkill": signal.SIGKILL, "sigstop": signal.SIGSTOP}[fault])
         took, new = await self.coords.wait_takeover(role, epoch, t0, fault, timeout=self.ttl + 15)
         self.takeovers.append(took)
-        cause = takeover_cause(new.proc.output(), role, took.new_epoch)
+        cause = await logged_cause(new.proc.output, role, took.new_epoch)
         self.causes[(role, fault, cause)] += 1
         if fault in ("sigstop", "cut") and cause == "fast_path":
             self.unexpected.append(f"{role}: a live ACTIVE member ({fault}) was replaced by the crash fast path")
@@ -190,6 +192,17 @@ class Soak:
         lines.append(f"Unexpected failovers or exits: {len(self.unexpected)}" +
                      "".join(f"\n  - {u}" for u in self.unexpected))
         return "\n".join(lines)
+
+
+async def logged_cause(output: Callable[[], str], role: str, epoch: int) -> str:
+    """The takeover's cause as the new member logs it. The member answers as serving a moment before
+    its log line is out (a thread writes the log): wait for the line, 2 s at most, then say "?"."""
+    try:
+        await wait_until(lambda: takeover_cause(output(), role, epoch) != "?", timeout=2.0, interval=0.02,
+                         what=f"the serving line of {role} epoch {epoch}")
+    except AssertionError:
+        return "?"
+    return takeover_cause(output(), role, epoch)
 
 
 def takeover_cause(log: str, role: str, epoch: int) -> str:

@@ -270,6 +270,13 @@ class CoordinatorClient:
                     if exc.status != Status.UNAVAILABLE:
                         raise
                     raise _Unavailable(exc, stream.trailing_metadata) from exc
+                except AttributeError as exc:
+                    # grpclib closes a connection (a GOAWAY from a stopping server) before it marks it
+                    # lost; a stream opened in between fails on the closed transport with AttributeError.
+                    # Nothing was sent: the same as a refused connection.
+                    if stream.initial_metadata is not None:
+                        raise
+                    raise ConnectionResetError(f"{target.address}: the connection was closing: {exc}") from exc
         return reply, server_id, epoch
 
     def _channel(self, address: str) -> Channel:

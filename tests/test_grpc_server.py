@@ -17,12 +17,14 @@ from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from grpclib.server import Stream
 
+from coordinators.client import CoordinatorClient
 from coordinators.proto import common_pb2 as pb
 from coordinators.proto.datacoord_grpc import DataCoordStub
 from coordinators.proto.querycoord_grpc import QueryCoordStub
 from coordinators.proto.rootcoord_grpc import RootCoordStub
 from coordinators.rpc import REFUSAL_HEADER, Refusal
 from coordinators.server.grpc_server import ComponentSnapshot, CoordinatorServer, PortInUseError
+from session import SessionInfo
 
 HOST = "127.0.0.1"
 STUBS: dict[str, tuple[Callable[[Channel], Any], str]] = {
@@ -284,4 +286,25 @@ async def test_a_refusal_carries_its_code_in_the_trailers_whatever_its_message(
         refusal[0] = None
         assert (await method(pb.GetComponentStatesRequest())).status.reason == "slow done"
     finally:
+        await server.drain_and_close(1.0)
+
+
+async def test_a_call_on_a_connection_grpclib_is_closing_fails_as_a_refused_connection() -> None:
+    """grpclib closes a connection (on a GOAWAY, from a server that stops) before it marks it lost; a
+    stream opened in between raised AttributeError from deep in grpclib, which crashed callers (seen
+    once in the crash suite). The client turns it into a connection error, which its failover loop
+    handles like a refused connection: nothing was sent. Forced here by closing the connection under
+    the channel, as grpclib does, with no loop turn before the next call."""
+    server = await started(CoordinatorServer("rootcoord", Snap("rootcoord", state=pb.Healthy)))
+    client = CoordinatorClient(None, "meta", "rootcoord")  # type: ignore[arg-type]  # no etcd: the call is made directly
+    target = SessionInfo(7, "rootcoord", f"{HOST}:{server.port}", True, "0.0.0-test", 0, "h")
+    try:
+        reply, server_id, _epoch = await client._attempt(target, "GetComponentStates", pb.GetComponentStatesRequest())
+        assert server_id == 7 and reply.state.nodeID == 7
+        channel = client._channels[target.address]
+        channel._protocol.processor.connection.close()  # what grpclib does on a GOAWAY, before connection_lost
+        with pytest.raises(ConnectionResetError, match="closing"):
+            await client._attempt(target, "GetComponentStates", pb.GetComponentStatesRequest())
+    finally:
+        await client.close()
         await server.drain_and_close(1.0)
