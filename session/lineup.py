@@ -136,15 +136,15 @@ class Lineup:
 
     def ahead(self) -> int:
         """How many members are before this one in line (``-1``: this member's own key is not seen)."""
-        if not any(m.server_id == self.me for m in self.members.values()):
-            return -1
-        return len(self._ahead_of_me())
+        ahead = self._ahead_of_me()
+        return -1 if ahead is None else len(ahead)
 
-    def _ahead_of_me(self) -> list[tuple[str, Member]]:
+    def _ahead_of_me(self) -> list[tuple[str, Member]] | None:
+        """The members before this one in line, by key (None: this member's own key is not seen)."""
         out = {self.vacated_by, self.holder_id}
         mine = next((m for m in self.members.values() if m.server_id == self.me), None)
         if mine is None:
-            return []
+            return None
         return [(key, m) for key, m in self.members.items()
                 if m.create_revision < mine.create_revision and not m.stopping and m.server_id not in out]
 
@@ -161,7 +161,7 @@ class Lineup:
         far back only has to watch these, as in etcd's election recipe (which waits for one); a
         member leaving the line (claiming, stopping, gone) is an event on its own key, since the claim
         rewrites the claimer's key in the same txn."""
-        ahead = sorted(self._ahead_of_me(), key=lambda km: km[1].create_revision, reverse=True)
+        ahead = sorted(self._ahead_of_me() or [], key=lambda km: km[1].create_revision, reverse=True)
         return [key for key, _ in ahead[:count]]
 
     @property

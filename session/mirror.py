@@ -38,7 +38,6 @@ from contextlib import aclosing
 from typing import Protocol
 
 import structlog
-from etcd3aio.kv import prefix_range_end
 
 from session.errors import SessionError
 from session.etcd import Etcd
@@ -99,7 +98,7 @@ class Mirror:
         self.fence = fence
         self.range = covering_range(self.prefixes, fence)
         #: The range followed without the fence (a member far back in line): the prefixes alone.
-        self.unfenced_range = (min(p.encode() for p in self.prefixes), max(prefix_range_end(p) for p in self.prefixes))
+        self.unfenced_range = covering_range(self.prefixes)
         self.fenced = True
         self._refence = asyncio.Event()
         self.page = page

@@ -75,11 +75,11 @@ class Compacted:
 WatchItem = KeyEvent | Resync
 
 
-def covering_range(prefixes: Sequence[str], key: str) -> tuple[bytes, bytes]:
-    """The smallest key range ``[start, end)`` holding every key under ``prefixes`` and ``key``: one
+def covering_range(prefixes: Sequence[str], *keys: str) -> tuple[bytes, bytes]:
+    """The smallest key range ``[start, end)`` holding every key under ``prefixes`` and ``keys``: one
     watcher over it delivers all their events in revision order (two watchers would not)."""
-    starts = [p.encode() for p in prefixes] + [key.encode()]
-    ends = [prefix_range_end(p) for p in prefixes] + [key.encode() + b"\x00"]
+    starts = [p.encode() for p in prefixes] + [key.encode() for key in keys]
+    ends = [prefix_range_end(p) for p in prefixes] + [key.encode() + b"\x00" for key in keys]
     return min(starts), max(ends)
 
 
