@@ -98,8 +98,8 @@ def pid_in(path: Path) -> int:
 
 
 def facts_in(path: Path) -> dict[str, str]:
-    """The ``key=value`` lines after the pid."""
-    return dict(line.split("=", 1) for line in path.read_text().splitlines()[1:])
+    """The ``key=value`` lines after the pid (a line caught half-written is left out)."""
+    return dict(line.split("=", 1) for line in path.read_text().splitlines()[1:] if "=" in line)
 
 
 def dead_pid() -> int:
@@ -145,13 +145,17 @@ async def test_second_run_without_alias_starts_under_an_automatic_pid_file_and_r
         line = next(ln for ln in proc.lines() if ln.msg == "pid file locked")
         assert line.fields["path"] == str(path) and line.fields["automatic"] == "true", line
         assert f"rootcoord.pid (pid {first.pid})" in line.fields["reason"], line
-    # Each records what it is and, once registered, the session it holds (a restart reads it).
+    # Each records what it is and, once registered, the session it holds (a restart reads it). The
+    # record follows the registration in etcd: wait for it (bounded) rather than race it.
     own = await sessions(etcd_client, etcd_prefix, "rootcoord")
+    expected: dict[Path, dict[str, str]] = {}
     for proc in (first, second, third):
-        facts = facts_in(run_dir / by_pid[proc.pid])
         session = next(kv for kv in own.values() if kv.value["Address"] == proc.address)
-        assert facts == {"role": "rootcoord", "alias": "", "server_id": str(session.value["ServerID"]),
-                         "lease_id": f"{session.lease:x}", "address": proc.address}, facts
+        expected[run_dir / by_pid[proc.pid]] = {
+            "role": "rootcoord", "alias": "", "server_id": str(session.value["ServerID"]),
+            "lease_id": f"{session.lease:x}", "address": proc.address}
+    await wait_until(lambda: all(facts_in(path) == facts for path, facts in expected.items()), timeout=10,
+                     what="each process to record its session in its pid file")
 
     first.kill()  # SIGKILL: rootcoord.pid stays behind, unlocked
     fourth = start("rootcoord")
