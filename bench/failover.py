@@ -214,8 +214,12 @@ class Group:
             if self.client.last_server_id != old:
                 return time.monotonic()
 
-    async def round(self, mode: str, *, random_phase: bool = True, settle: bool = True) -> dict[str, Any]:
-        """One failover: signal the ACTIVE, measure, then start a new STANDBY for the next round."""
+    async def round(self, mode: str, *, random_phase: bool = True, settle: bool = True, load: bool = True) -> dict[str, Any]:
+        """One failover: signal the ACTIVE, measure, then start a new STANDBY for the next round.
+
+        ``load=False``: no client calls from the signal until the new key is seen (the key handover as
+        etcd's election is measured: nothing else runs); ``service_ms`` is then None.
+        """
         assert self.active is not None and self.standbys
         active = self.active
         if settle:
@@ -231,12 +235,13 @@ class Group:
         t0w, t0 = time.time(), time.monotonic()
         active.child.signal(sig)
         key_task = asyncio.create_task(self._new_holder(mark, info.server_id))
-        svc_task = asyncio.create_task(self._served_by_new(info.server_id))
+        svc_task = asyncio.create_task(self._served_by_new(info.server_id)) if load else None
         measure_expiry = mode == "crash" and not self.fast  # with the fast path the standby revokes the lease
         exp_task = asyncio.create_task(lease_expiry(self.etcd, lease)) if measure_expiry else None
         try:
             async with asyncio.timeout(self.ttl + 30):
-                (t_del, t_key), t_svc = await asyncio.gather(key_task, svc_task)
+                t_del, t_key = await key_task
+                t_svc = await svc_task if svc_task is not None else None
                 expiry = await exp_task if exp_task is not None else None
         finally:
             for task in (key_task, svc_task, exp_task):
@@ -263,7 +268,8 @@ class Group:
         r: dict[str, Any] = {
             "mode": mode,
             "key_ms": ms(t_key - t0),
-            "service_ms": ms(t_svc - t0),
+            "service_ms": ms(t_svc - t0) if t_svc is not None else None,
+            "load": load,
             "delete_seen_ms": ms(t_del - t0) if t_del is not None else None,
             "stopping_seen_ms": ms(stopping_seen - t0) if stopping_seen is not None else None,
             "old_server_id": info.server_id,
@@ -288,7 +294,7 @@ class Group:
             r["expiry_ms"] = ms(expiry - t0) if expiry is not None else None
             r["expiry_to_delete_ms"] = ms(t_del - expiry) if expiry is not None and t_del is not None else None
             r["expiry_to_key_ms"] = ms(t_key - expiry) if expiry is not None else None
-            r["expiry_to_service_ms"] = ms(t_svc - expiry) if expiry is not None else None
+            r["expiry_to_service_ms"] = ms(t_svc - expiry) if expiry is not None and t_svc is not None else None
         self.active = winner
         self.standbys.remove(winner)
         await self._new_standby()
@@ -484,10 +490,15 @@ def print_tables(res: dict[str, Any]) -> None:
     rows = [
         stat_row("ours: key handover", g["ours"]["summary"]["key_ms"]),
         stat_row("ours: service handover", g["ours"]["summary"]["service_ms"]),
+        stat_row("ours, no client load: key handover", g["ours_unloaded"]["summary"]["key_ms"]),
         stat_row("etcd election: waiter elected", g["etcd"]["summary"]["elected_ms"]),
     ]
     print(bl.table(hdr, rows, title=f"\nGraceful stop (SIGTERM / etcdctl SIGINT), TTL {res['config']['ttl']} s"))
-    print(f"key handover p50, ours / etcd's: {g['ratio_key_p50']}x")
+    print(f"key handover p50, ours / etcd's: {g['ratio_key_p50_unloaded']}x without client load, "
+          f"{g['ratio_key_p50']}x with the client calling")
+    print(bl.table(["stage (ms)", "n", "p50", "p95", "max", "mean"],
+                   [stat_row(b["stage"], b) for b in g["ours_unloaded"]["breakdown"]],
+                   title="\nGraceful breakdown (ours, no client load)"))
     print(bl.table(["stage (ms)", "n", "p50", "p95", "max", "mean"],
                    [stat_row(b["stage"], b) for b in g["ours"]["breakdown"]], title="\nGraceful breakdown (ours)"))
     print(bl.table(["stage (ms)", "n", "p50", "p95", "max", "mean"],
@@ -583,20 +594,32 @@ async def run(args: argparse.Namespace) -> int:
         elections.append(elect)
         await asyncio.gather(ours.start(), elect.start())
 
-        g_ours, g_etcd = [], []
+        # Three interleaved series: ours with the client calling from the signal on (key and service
+        # handover), ours with nothing else running (the key handover measured as etcd's election is),
+        # and etcd's election.
+        g_ours, g_idle, g_etcd = [], [], []
         for i in range(args.rounds):
             g_ours.append(await ours.round("graceful", settle=not args.quick))
+            g_idle.append(await ours.round("graceful", settle=not args.quick, load=False))
             g_etcd.append(await elect.round("graceful"))
             print(f"graceful {i + 1}/{args.rounds}: ours key {g_ours[-1]['key_ms']} ms, service "
-                  f"{g_ours[-1]['service_ms']} ms; etcd elected {g_etcd[-1]['elected_ms']} ms", flush=True)
+                  f"{g_ours[-1]['service_ms']} ms; ours without client load: key {g_idle[-1]['key_ms']} ms; "
+                  f"etcd elected {g_etcd[-1]['elected_ms']} ms", flush=True)
         gs = summarize_rounds(g_ours, ["key_ms", "service_ms", "delete_seen_ms", "reload_ms"])
+        gi = summarize_rounds(g_idle, ["key_ms", "delete_seen_ms"])
         es = summarize_rounds(g_etcd, ["elected_ms"])
-        ratio = round(gs["key_ms"]["p50"] / es["elected_ms"]["p50"], 2) if es["elected_ms"].get("p50") else None
+
+        def ratio(ours_key: dict[str, Any]) -> float | None:
+            return round(ours_key["p50"] / es["elected_ms"]["p50"], 2) if es["elected_ms"].get("p50") else None
+
         result["graceful"] = {
             "ours": {"rounds": g_ours, "summary": gs, "breakdown": breakdown(g_ours, GRACEFUL_STAGES),
                      "etcd_view": breakdown(g_ours, GRACEFUL_ETCD_STAGES)},
+            "ours_unloaded": {"rounds": g_idle, "summary": gi, "breakdown": breakdown(g_idle, GRACEFUL_STAGES[:-1]),
+                              "etcd_view": breakdown(g_idle, GRACEFUL_ETCD_STAGES[:-1])},
             "etcd": {"rounds": g_etcd, "summary": es},
-            "ratio_key_p50": ratio,
+            "ratio_key_p50": ratio(gs["key_ms"]),
+            "ratio_key_p50_unloaded": ratio(gi["key_ms"]),
         }
         for group in pairs:
             await group.close()

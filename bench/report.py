@@ -33,6 +33,9 @@ def _breakdowns(fo: dict[str, Any]) -> None:
     ours = fo["graceful"]["ours"]
     ours["breakdown"] = failover.breakdown(ours["rounds"], failover.GRACEFUL_STAGES)
     ours["etcd_view"] = failover.breakdown(ours["rounds"], failover.GRACEFUL_ETCD_STAGES)
+    if (idle := fo["graceful"].get("ours_unloaded")) is not None:  # no client: no "first call" stage
+        idle["breakdown"] = failover.breakdown(idle["rounds"], failover.GRACEFUL_STAGES[:-1])
+        idle["etcd_view"] = failover.breakdown(idle["rounds"], failover.GRACEFUL_ETCD_STAGES[:-1])
     for series in fo.get("crash", {}).get("series", []):
         stages = failover.CRASH_FAST_STAGES if series["fast"] else failover.CRASH_STAGES
         series["breakdown"] = failover.breakdown(series["rounds"], stages)
@@ -324,10 +327,15 @@ def failover_section(fo: dict[str, Any] | None, plots: Plots) -> list[str]:
         table(STAT_HDR, stat_rows([
             ("ours: key handover", gr["ours"]["summary"]["key_ms"]),
             ("ours: service handover (client)", gr["ours"]["summary"]["service_ms"]),
+            *([("ours, no client load: key handover", gr["ours_unloaded"]["summary"]["key_ms"])]
+              if "ours_unloaded" in gr else []),
             ("etcd election: waiter elected", gr["etcd"]["summary"]["elected_ms"]),
         ])),
         "",
-        f"Key handover p50, ours / etcd's: **{gr['ratio_key_p50']}x**.",
+        *([f"Key handover p50, ours / etcd's: **{gr['ratio_key_p50_unloaded']}x** with nothing else running (as etcd's "
+           f"election is measured: a third series of rounds, interleaved), {gr['ratio_key_p50']}x while the client "
+           "calls the stopping member from the signal on."]
+          if "ours_unloaded" in gr else [f"Key handover p50, ours / etcd's: **{gr['ratio_key_p50']}x**."]),
         "",
     ]
     img = plots.failover_graceful(fo)
@@ -559,9 +567,15 @@ def goal_rows(docs: dict[str, Any]) -> list[dict[str, Any]]:
     ratio = g(fo, "graceful", "ratio_key_p50")
     ours_p50 = g(fo, "graceful", "ours", "summary", "key_ms", "p50")
     etcd_p50 = g(fo, "graceful", "etcd", "summary", "elected_ms", "p50")
+    figure = f"p50 {fmt_ms(ours_p50)} vs etcd {fmt_ms(etcd_p50)}: {ratio}x" if ratio else "-"
+    idle_ratio = g(fo, "graceful", "ratio_key_p50_unloaded")
+    if idle_ratio:  # like for like: etcd's election runs with nothing else; the loaded figure beside it
+        idle_p50 = g(fo, "graceful", "ours_unloaded", "summary", "key_ms", "p50")
+        figure = (f"no client load: p50 {fmt_ms(idle_p50)} vs etcd {fmt_ms(etcd_p50)}: {idle_ratio}x; "
+                  f"client calling: p50 {fmt_ms(ours_p50)}: {ratio}x")
+    verdict = idle_ratio or ratio
     rows.append({"id": "key", "goal": "graceful key handover no worse than 2x etcd's own election",
-                 "figure": f"p50 {fmt_ms(ours_p50)} vs etcd {fmt_ms(etcd_p50)}: {ratio}x" if ratio else "-",
-                 "met": (ratio <= 2.0) if ratio else None})
+                 "figure": figure, "met": (verdict <= 2.0) if verdict else None})
 
     s = g(fo, "graceful", "ours", "summary", "service_ms", default={})
     rows.append({"id": "service", "goal": "graceful service handover p50 < 100 ms, p95 < 500 ms",

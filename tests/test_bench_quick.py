@@ -67,6 +67,9 @@ def test_failover_quick(results: Path) -> None:
         positive(fast60, "summary", key, "p50")
     positive(doc, "graceful", "etcd", "summary", "elected_ms", "p50")
     positive(doc, "graceful", "ratio_key_p50")
+    positive(doc, "graceful", "ours_unloaded", "summary", "key_ms", "p50")  # the like-for-like series
+    positive(doc, "graceful", "ratio_key_p50_unloaded")
+    assert all(r["service_ms"] is None and not r["load"] for r in doc["graceful"]["ours_unloaded"]["rounds"])
     positive(doc, "crash", "goals", "ratio_p95_vs_graceful")
     assert fast60["causes"] == {"fast_path": 1}, fast60["causes"]
     assert len(doc["graceful"]["ours"]["breakdown"]) >= 5 and len(fast60["breakdown"]) >= 5
