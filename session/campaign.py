@@ -27,8 +27,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
-from etcd3aio._protobuf import Compare, RequestOp, TxnResponse
-from etcd3aio.kv import prefix_range_end
 
 from session.errors import (
     AlreadyActive,
@@ -38,7 +36,19 @@ from session.errors import (
     SessionError,
     SessionLost,
 )
-from session.etcd import GREATER, cmp_create_revision, cmp_value, cmp_version, op_delete, op_get, op_put
+from session.etcd import (
+    GREATER,
+    Compare,
+    RequestOp,
+    TxnResponse,
+    cmp_create_revision,
+    cmp_value,
+    cmp_version,
+    op_delete,
+    op_get,
+    op_put,
+    prefix_range_end,
+)
 from session.fastpath import DeathWatch, TakeoverMark, read_mark, remove_dead_holder, revoke_dead_lease
 from session.info import SessionInfo
 from session.lease import LeaseSession, session_prefix

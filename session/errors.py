@@ -1,6 +1,6 @@
 """The session library's own exception hierarchy.
 
-Callers never see etcd3aio, grpc or timeout exceptions: every failure of an etcd call is mapped
+Callers never see grpclib, connection, TLS or timeout exceptions: every failure of an etcd call is mapped
 here, so the HA logic can tell "etcd did not answer" (retry, the deadline decides) from "etcd said
 no" (a decision) from "our term or session is over" (demote).
 """

@@ -1,8 +1,8 @@
 """A thin etcd v3 client: every call has a timeout, every failure is one of our exceptions.
 
-Built on etcd3aio's raw services (KV, Lease, Auth) and its generated stubs for the two streams we
-drive ourselves (lease keep-alive and watch). etcd3aio's own retries are switched off
-(``max_attempts=1``): the HA logic decides when to retry, under its own deadlines.
+Built on :mod:`session.etcd_rpc` (etcd's API messages over grpclib, one connection per member, calls
+that move to the next member when one cannot be reached). Nothing here retries on its own: the HA
+logic decides when to retry, under its own deadlines.
 
 Security: TLS (a CA, optionally a client pair for etcd's ``--client-cert-auth``, a server-name
 override) and user/password authentication. etcd's simple tokens expire (``--auth-token-ttl``, 5 min
@@ -16,46 +16,26 @@ start-up reports at once instead of retrying. The password is never put in a mes
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ipaddress
 import re
-import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
-import grpc
-import grpc.aio
 import structlog
-from etcd3aio import (
-    EtcdConnectionError,
-    EtcdPermissionDeniedError,
-    EtcdTransientError,
-    EtcdUnauthenticatedError,
-)
-from etcd3aio._protobuf import (
-    Compare,
-    LeaseKeepAliveRequest,
-    LeaseStub,
-    RangeResponse,
-    RequestOp,
-    StatusResponse,
-    TxnResponse,
-    WatchRequest,
-    WatchStub,
-)
-from etcd3aio.auth import AuthService
-from etcd3aio.kv import KVService, prefix_range_end
-from etcd3aio.lease import LeaseService
-from etcd3aio.maintenance import MaintenanceService
 
+from session import etcd_rpc as rpc
 from session.errors import (
     EtcdAuthError,
     EtcdRequestFailed,
     EtcdUnavailable,
     LeaseNotFound,
+    SessionError,
 )
+from session.etcd_rpc import AUTH_FAILURE as _AUTH_FAILURE
+from session.etcd_rpc import AUTH_NOT_ENABLED as _AUTH_NOT_ENABLED
+from session.etcd_rpc import EtcdTLSError, rpc_pb
 from session.paging import SpanGuess
 
 T = TypeVar("T")
@@ -78,32 +58,91 @@ __all__ = [
     "prefix_range_end",
 ]
 
-# Builders for txn compares and operations, re-exported so callers need not know etcd3aio.
-cmp_version = KVService.txn_compare_version
-cmp_create_revision = KVService.txn_compare_create_revision
-cmp_value = KVService.txn_compare_value
-op_put = KVService.txn_op_put
-op_get = KVService.txn_op_get
-op_delete = KVService.txn_op_delete
-EQUAL = Compare.EQUAL
-GREATER = Compare.GREATER
+# Message types the session layer builds and reads: etcd's own generated classes (untyped: the
+# generated modules ship no stubs, so type checkers see Any).
+if TYPE_CHECKING:
+    Compare: TypeAlias = Any
+    RequestOp: TypeAlias = Any
+    TxnResponse: TypeAlias = Any
+    RangeResponse: TypeAlias = Any
+    StatusResponse: TypeAlias = Any
+    WatchRequest: TypeAlias = Any
+    WatchCreateRequest: TypeAlias = Any
+else:
+    Compare = rpc_pb.Compare
+    RequestOp = rpc_pb.RequestOp
+    TxnResponse = rpc_pb.TxnResponse
+    RangeResponse = rpc_pb.RangeResponse
+    StatusResponse = rpc_pb.StatusResponse
+    WatchRequest = rpc_pb.WatchRequest
+    WatchCreateRequest = rpc_pb.WatchCreateRequest
+EQUAL: int = rpc_pb.Compare.EQUAL
+GREATER: int = rpc_pb.Compare.GREATER
 
 
-def cmp_lease(key: str, lease: int) -> Compare:
+def _bytes(data: str | bytes) -> bytes:
+    return data.encode() if isinstance(data, str) else data
+
+
+def prefix_range_end(prefix: str | bytes) -> bytes:
+    """The exclusive end of the range of keys that start with ``prefix`` (``b"\\0"``: every key, when
+    the prefix is all 0xff bytes)."""
+    end = bytearray(_bytes(prefix))
+    for i in range(len(end) - 1, -1, -1):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return b"\0"
+
+
+# Builders for txn compares and operations.
+
+
+def cmp_version(key: str | bytes, version: int, *, result: int = EQUAL) -> Any:
+    """``Compare(VERSION(key) <result> version)``; version 0: the key does not exist."""
+    return rpc_pb.Compare(result=result, target=rpc_pb.Compare.VERSION, key=_bytes(key), version=version)
+
+
+def cmp_create_revision(key: str | bytes, revision: int, *, result: int = EQUAL) -> Any:
+    """``Compare(CREATE(key) <result> revision)``: which creation of the key this is (0: absent)."""
+    return rpc_pb.Compare(result=result, target=rpc_pb.Compare.CREATE, key=_bytes(key), create_revision=revision)
+
+
+def cmp_value(key: str | bytes, value: str | bytes, *, result: int = EQUAL) -> Any:
+    """``Compare(VALUE(key) <result> value)``."""
+    return rpc_pb.Compare(result=result, target=rpc_pb.Compare.VALUE, key=_bytes(key), value=_bytes(value))
+
+
+def cmp_lease(key: str, lease: int) -> Any:
     """``Compare(LEASE(key) == lease)``: the key is still attached to that lease (etcd >= 3.3)."""
-    return Compare(result=Compare.EQUAL, target=Compare.LEASE, key=key.encode(), lease=lease)
+    return rpc_pb.Compare(result=EQUAL, target=rpc_pb.Compare.LEASE, key=key.encode(), lease=lease)
 
 
-def cmp_mod_revision(key: str, revision: int) -> Compare:
+def cmp_mod_revision(key: str, revision: int) -> Any:
     """``Compare(MOD(key) == revision)``: the key was not written since that revision (0: absent)."""
-    return Compare(result=Compare.EQUAL, target=Compare.MOD, key=key.encode(), mod_revision=revision)
+    return rpc_pb.Compare(result=EQUAL, target=rpc_pb.Compare.MOD, key=key.encode(), mod_revision=revision)
 
 
-def op_txn(compare: Sequence[Compare], success: Sequence[RequestOp], failure: Sequence[RequestOp] = ()) -> RequestOp:
+def op_put(key: str | bytes, value: str | bytes, *, lease: int = 0) -> Any:
+    """A put inside a txn."""
+    return rpc_pb.RequestOp(request_put=rpc_pb.PutRequest(key=_bytes(key), value=_bytes(value), lease=lease))
+
+
+def op_get(key: str | bytes, *, range_end: str | bytes | None = None, revision: int = 0) -> Any:
+    """A read inside a txn (one key, or ``[key, range_end)``)."""
+    return rpc_pb.RequestOp(request_range=rpc_pb.RangeRequest(
+        key=_bytes(key), range_end=_bytes(range_end) if range_end is not None else b"", revision=revision))
+
+
+def op_delete(key: str | bytes, *, range_end: str | bytes | None = None) -> Any:
+    """A delete inside a txn (one key, or ``[key, range_end)``)."""
+    return rpc_pb.RequestOp(request_delete_range=rpc_pb.DeleteRangeRequest(
+        key=_bytes(key), range_end=_bytes(range_end) if range_end is not None else b""))
+
+
+def op_txn(compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()) -> Any:
     """A nested txn, so a fenced writer can wrap a caller's own txn in its epoch compare."""
-    from etcd3aio._protobuf import TxnRequest
-
-    return RequestOp(request_txn=TxnRequest(compare=list(compare), success=list(success), failure=list(failure)))
+    return rpc_pb.RequestOp(request_txn=rpc_pb.TxnRequest(compare=list(compare), success=list(success), failure=list(failure)))
 
 
 @dataclass(frozen=True)
@@ -116,72 +155,8 @@ class EtcdTLS:
     server_name: str = ""  # the name etcd's certificate must carry, when it differs from the endpoint host
 
 
-class EtcdTLSError(EtcdUnavailable):
-    """TLS with etcd failed: the handshake was refused (untrusted CA, client certificate missing or
-    refused, wrong server name) or a PEM file could not be read.
-
-    An :class:`EtcdUnavailable`, so a running session treats it as any other outage (a certificate
-    rotated on one side may come right); start-up reports it at once, since retrying the same
-    handshake with the same files cannot succeed.
-    """
-
-
-# What gRPC's core says when a TLS handshake is refused (a certificate check failed on either side,
-# or TLS met a plain-text peer), as opposed to a peer that is down, restarting or unreachable (a
-# reset during the handshake is SSL_ERROR_SYSCALL: an outage, retried).
-_TLS_FAILURE = re.compile(
-    r"SSL_ERROR_SSL|verification check failed|hostname verification|certificate_verify_failed"
-    r"|bad_certificate|unknown_ca|certificate_required|wrong_version_number",
-    re.IGNORECASE,
-)
 # etcd's answers that mean "this token is no longer good: authenticate again" (the Go client's list).
 _TOKEN_EXPIRED = re.compile(r"invalid auth token|user name is empty|revision of auth store is old", re.IGNORECASE)
-# etcd's answers to bad credentials or a request it will not take without them.
-_AUTH_FAILURE = re.compile(
-    r"authentication failed|invalid user ID or password|user name is empty|user name not found"
-    r"|invalid auth token|revision of auth store is old|permission denied",
-    re.IGNORECASE,
-)
-_AUTH_NOT_ENABLED = "authentication is not enabled"
-
-
-def _rpc_error(exc: BaseException) -> grpc.aio.AioRpcError | None:
-    """The gRPC error behind ``exc`` (etcd3aio wraps some codes in its own exceptions)."""
-    for candidate in (exc, exc.__cause__, exc.__context__):
-        if isinstance(candidate, grpc.aio.AioRpcError):
-            return candidate
-    return None
-
-
-def _map_error(exc: BaseException, what: str) -> Exception:
-    """Turn an etcd3aio / grpc / timeout failure into one of ours."""
-    if isinstance(exc, TimeoutError):
-        return EtcdUnavailable(f"etcd {what}: no answer in time")
-    rpc = _rpc_error(exc)
-    code = rpc.code() if rpc is not None else None
-    detail = (rpc.details() or (code.name if code else "")) if rpc is not None else str(exc)
-    unavailable = isinstance(exc, EtcdConnectionError | EtcdTransientError) or code in (
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.CANCELLED,
-    )
-    if unavailable:
-        if _TLS_FAILURE.search(detail):
-            return EtcdTLSError(f"etcd {what}: TLS handshake failed: {detail}")
-        return EtcdUnavailable(f"etcd {what}: {detail}")
-    if isinstance(exc, EtcdUnauthenticatedError) or code == grpc.StatusCode.UNAUTHENTICATED:
-        return EtcdAuthError(f"etcd {what}: {detail}", code="UNAUTHENTICATED")
-    if isinstance(exc, EtcdPermissionDeniedError) or code == grpc.StatusCode.PERMISSION_DENIED:
-        return EtcdAuthError(f"etcd {what}: {detail}", code="PERMISSION_DENIED")
-    if _AUTH_FAILURE.search(detail) or _AUTH_NOT_ENABLED in detail:
-        # etcd answers a wrong password or a missing token with INVALID_ARGUMENT, not UNAUTHENTICATED.
-        return EtcdAuthError(f"etcd {what}: {detail}", code=code.name if code else "")
-    if "lease not found" in detail:
-        return LeaseNotFound(f"etcd {what}: {detail}", code=code.name if code else "")
-    if rpc is not None:
-        return EtcdRequestFailed(f"etcd {what}: {detail}", code=code.name if code else "")
-    return EtcdRequestFailed(f"etcd {what}: {exc!r}")
-
 
 def _token_expired(exc: EtcdAuthError) -> bool:
     return bool(_TOKEN_EXPIRED.search(str(exc)))
@@ -208,64 +183,17 @@ def parse_endpoint(text: str) -> tuple[str, int]:
     return match["host"].removeprefix("[").removesuffix("]"), port
 
 
-def _ip_version(host: str) -> int:
-    """4 or 6 for an IP literal (``localhost`` counts as 127.0.0.1), 0 for a host name."""
-    if host == "localhost":
-        return 4
-    try:
-        return ipaddress.ip_address(host).version
-    except ValueError:
-        return 0
-
-
-def _literal(host: str, port: int) -> str:
-    host = "127.0.0.1" if host == "localhost" else host
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _resolve(hosts: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
-    """IP literals for host names (blocking: run it in a thread); names that do not resolve are skipped."""
-    out: list[tuple[str, int]] = []
-    for host, port in hosts:
-        if _ip_version(host):
-            out.append((host, port))
-            continue
-        with contextlib.suppress(OSError, UnicodeError):
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            addresses = [str(info[4][0]) for info in infos]
-            v4 = [a for a in addresses if ":" not in a]
-            out.extend((a, port) for a in dict.fromkeys(v4 or addresses))
-    return out
-
-
-def _target(addresses: Sequence[tuple[str, int]]) -> str:
-    """A gRPC target over IP literals: ``ipv4:`` when any is IPv4 (IPv6 ones are dropped), else ``ipv6:``."""
-    v4 = [(h, p) for h, p in addresses if _ip_version(h) == 4]
-    chosen = v4 or list(addresses)
-    return ("ipv4:" if v4 else "ipv6:") + ",".join(_literal(h, p) for h, p in chosen)
-
-
-_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
-    ("grpc.lb_policy_name", "round_robin"),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", True),
-    ("grpc.enable_retries", 1),
-    # gRPC's default reconnect backoff grows to 120 s: after an etcd restart of a fraction of a
-    # second the channel could stay down past the session's local deadline. Reconnect fast instead
-    # (a few small TCP connects per second while etcd is down cost nothing).
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 500),
-)
+def _member(host: str, port: int) -> tuple[str, int]:
+    """``localhost`` is 127.0.0.1 (what etcd listens on by default; no IPv6 attempt first)."""
+    return ("127.0.0.1" if host == "localhost" else host), port
 
 
 class Etcd:
-    """One gRPC channel to an etcd cluster, with the calls the session layer needs.
+    """A client of one etcd cluster, with the calls the session layer needs.
 
-    :param endpoints: ``host:port`` strings (``http(s)://`` prefixes allowed); several give
-        round-robin balancing. IP literals and ``localhost`` are used as they are; one host name is
-        left to gRPC's DNS resolver; several host names are resolved at :meth:`connect`.
+    :param endpoints: ``host:port`` strings (``http(s)://`` prefixes allowed), one per member: calls
+        go to one member and move to the next when it cannot be reached (:class:`~session.etcd_rpc.Members`).
+        Host names are resolved at each connection.
     :param timeout: default per-call timeout in seconds; every call also takes its own.
     :param tls: TLS to etcd (None: plain text).
     :param user: etcd user; with it, every call carries a token, fetched on the first call and
@@ -290,8 +218,7 @@ class Etcd:
         self._tls = tls
         self._user = user
         self._password = password
-        self._channel: grpc.aio.Channel | None = None
-        self._svc: _Services | None = None
+        self._members: rpc.Members | None = None
         self._metadata: tuple[tuple[str, str], ...] = ()
         self._keepalive: _KeepAliveStream | None = None
         self._auth_lock: asyncio.Lock | None = None
@@ -312,58 +239,20 @@ class Etcd:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Open the channel (it connects lazily; calling again re-opens it).
+        """Get ready to call (connections open on the first call; calling again starts afresh).
 
         No call is made here: the first call authenticates when a user is configured, so bad
         credentials or an unreachable etcd surface there, under that call's timeout and its
         caller's retry policy.
 
-        :raises EtcdTLSError: a TLS file cannot be read.
-        :raises EtcdUnavailable: none of several host names resolves.
+        :raises EtcdTLSError: a TLS file cannot be read or is not a certificate or key.
         """
         await self.close()
-        target, server_name = await self._target()
-        options = list(_CHANNEL_OPTIONS)
-        if self._tls is not None:
-            pem = await asyncio.to_thread(_read_tls, self._tls)
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=pem["ca_cert"], private_key=pem["cert_key"], certificate_chain=pem["cert_chain"]
-            )
-            if server_name:
-                options.append(("grpc.ssl_target_name_override", server_name))
-            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
-        else:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
-        self._svc = _Services(
-            kv=KVService(self._channel, max_attempts=1),
-            lease=LeaseService(self._channel, max_attempts=1),
-            auth=AuthService(self._channel, max_attempts=1),
-            maintenance=MaintenanceService(self._channel, max_attempts=1),
-        )
+        context = await asyncio.to_thread(_ssl_context, self._tls) if self._tls is not None else None
+        server_name = self._tls.server_name if self._tls is not None else ""
+        self._members = rpc.Members([_member(host, port) for host, port in self._hosts], ssl_context=context,
+                                    server_name=server_name)
         self._auth_lock = asyncio.Lock()
-
-    async def _target(self) -> tuple[str, str]:
-        """The gRPC target and the TLS server name to check (empty: the target's own host)."""
-        override = self._tls.server_name if self._tls is not None else ""
-        versions = {_ip_version(host) for host, _ in self._hosts}
-        if 0 not in versions:
-            target = _target(self._hosts)
-        elif len(self._hosts) == 1:
-            host, port = self._hosts[0]
-            return f"dns:///{_literal(host, port)}", override
-        else:
-            try:
-                resolved = await asyncio.wait_for(asyncio.to_thread(_resolve, self._hosts), self.timeout)
-            except TimeoutError:
-                resolved = []
-            if not resolved:
-                raise EtcdUnavailable(f"etcd: none of the endpoints {','.join(self.endpoints)} resolves")
-            target = _target(resolved)
-        if self._tls is not None and not override and len(self._hosts) > 1:
-            # Several addresses give gRPC no single name to check the certificate against: use the
-            # first endpoint's (set tlsServerName when the members' certificates share another name).
-            override = self._hosts[0][0]
-        return target, override
 
     async def authenticate(self) -> None:
         """Get a fresh token for the configured user now (calls also do it on demand)."""
@@ -376,16 +265,15 @@ class Etcd:
             raise EtcdUnavailable("etcd authenticate: no answer in time") from exc
 
     async def close(self) -> None:
-        """Close the streams and the channel; safe to call twice."""
+        """Close the streams and the connections; safe to call twice."""
         if self._keepalive is not None:
-            self._keepalive.close()
+            await self._keepalive.close()
             self._keepalive = None
         self._set_token("")
         self._authenticated = False
-        if self._channel is not None:
-            channel, self._channel, self._svc = self._channel, None, None
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(channel.close(), self.timeout)
+        if self._members is not None:
+            members, self._members = self._members, None
+            await members.close()
 
     async def __aenter__(self) -> Etcd:
         await self.connect()
@@ -413,7 +301,8 @@ class Etcd:
             range_end = prefix_range_end(key)
         t = self._t(timeout)
         return await self._call(
-            lambda: self._services().kv.get(key, range_end, revision=revision, limit=limit, keys_only=keys_only, timeout=t),
+            lambda: self._unary(rpc.RANGE, rpc_pb.RangeRequest(
+                key=_bytes(key), range_end=range_end or b"", revision=revision, limit=limit, keys_only=keys_only), t),
             f"get {key}",
             timeout,
         )
@@ -421,14 +310,16 @@ class Etcd:
     async def put(self, key: str, value: bytes | str, *, lease: int = 0, timeout: float | None = None) -> int:
         """Unconditional put; returns the revision. Session code uses :meth:`txn` for guarded writes."""
         t = self._t(timeout)
-        resp = await self._call(lambda: self._services().kv.put(key, value, lease, timeout=t), f"put {key}", timeout)
+        request = rpc_pb.PutRequest(key=_bytes(key), value=_bytes(value), lease=lease)
+        resp = await self._call(lambda: self._unary(rpc.PUT, request, t), f"put {key}", timeout)
         return int(resp.header.revision)
 
     async def delete(self, key: str, *, prefix: bool = False, timeout: float | None = None) -> int:
         """Delete one key (or a prefix); returns how many keys were deleted."""
         range_end = prefix_range_end(key) if prefix else None
         t = self._t(timeout)
-        resp = await self._call(lambda: self._services().kv.delete(key, range_end, timeout=t), f"delete {key}", timeout)
+        request = rpc_pb.DeleteRangeRequest(key=_bytes(key), range_end=range_end or b"")
+        resp = await self._call(lambda: self._unary(rpc.DELETE_RANGE, request, t), f"delete {key}", timeout)
         return int(resp.deleted)
 
     async def txn(
@@ -441,17 +332,19 @@ class Etcd:
     ) -> TxnResponse:
         """One atomic compare-and-swap transaction."""
         t = self._t(timeout)
-        return await self._call(lambda: self._services().kv.txn(compare, success, failure, timeout=t), "txn", timeout)
+        request = rpc_pb.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
+        return await self._call(lambda: self._unary(rpc.TXN, request, t), "txn", timeout)
 
     async def compact(self, revision: int, *, physical: bool = True, timeout: float | None = None) -> None:
         """Compact history up to ``revision`` (used by tests and maintenance)."""
         t = self._t(timeout)
-        await self._call(lambda: self._services().kv.compact(revision, physical=physical, timeout=t), "compact", timeout)
+        request = rpc_pb.CompactionRequest(revision=revision, physical=physical)
+        await self._call(lambda: self._unary(rpc.COMPACT, request, t), "compact", timeout)
 
     async def grant(self, ttl: int, *, timeout: float | None = None) -> tuple[int, int]:
         """Grant a lease; returns ``(lease_id, granted_ttl)``."""
         t = self._t(timeout)
-        resp = await self._call(lambda: self._services().lease.grant(ttl, timeout=t), "lease grant", timeout)
+        resp = await self._call(lambda: self._unary(rpc.LEASE_GRANT, rpc_pb.LeaseGrantRequest(TTL=ttl), t), "lease grant", timeout)
         if resp.error:
             raise EtcdRequestFailed(f"etcd lease grant: {resp.error}")
         return int(resp.ID), int(resp.TTL)
@@ -459,13 +352,14 @@ class Etcd:
     async def revoke(self, lease_id: int, *, timeout: float | None = None) -> None:
         """Revoke a lease: every key attached to it is deleted in one revision."""
         t = self._t(timeout)
-        await self._call(lambda: self._services().lease.revoke(lease_id, timeout=t), f"lease revoke {lease_id:x}", timeout)
+        request = rpc_pb.LeaseRevokeRequest(ID=lease_id)
+        await self._call(lambda: self._unary(rpc.LEASE_REVOKE, request, t), f"lease revoke {lease_id:x}", timeout)
 
     async def time_to_live(self, lease_id: int, *, timeout: float | None = None) -> int:
         """Seconds left on a lease as etcd sees it; -1 when the lease does not exist."""
         t = self._t(timeout)
         resp = await self._call(
-            lambda: self._services().lease.time_to_live(lease_id, timeout=t), f"lease ttl {lease_id:x}", timeout
+            lambda: self._unary(rpc.LEASE_TTL, rpc_pb.LeaseTimeToLiveRequest(ID=lease_id), t), f"lease ttl {lease_id:x}", timeout
         )
         return int(resp.TTL)
 
@@ -475,12 +369,12 @@ class Etcd:
         With a user configured, the first call also authenticates: a probe checks the credentials too.
         """
         t = self._t(timeout)
-        return await self._call(lambda: self._services().maintenance.status(timeout=t), "status", timeout)
+        return await self._call(lambda: self._unary(rpc.STATUS, rpc_pb.StatusRequest(), t), "status", timeout)
 
     async def defragment(self, *, timeout: float | None = None) -> None:
         """Defragment the answering member's backend (maintenance and fault tests)."""
         t = self._t(timeout)
-        await self._call(lambda: self._services().maintenance.defragment(timeout=t), "defragment", timeout)
+        await self._call(lambda: self._unary(rpc.DEFRAGMENT, rpc_pb.DefragmentRequest(), t), "defragment", timeout)
 
     async def keepalive_once(self, lease_id: int, *, timeout: float | None = None) -> int:
         """Renew a lease once over a long-lived stream; returns the TTL etcd granted.
@@ -491,13 +385,13 @@ class Etcd:
 
         async def renew() -> int:
             if self._keepalive is None:
-                self._keepalive = _KeepAliveStream(LeaseStub(self._live_channel()), self._metadata)
+                self._keepalive = _KeepAliveStream(rpc.BidiCall(self._live(), rpc.LEASE_KEEPALIVE, self._metadata))
             stream = self._keepalive
             try:
                 return await stream.renew(lease_id)
             except BaseException:
                 # A broken (or timed-out) stream is not reused; the next one carries the current token.
-                stream.close()
+                await stream.close()
                 if self._keepalive is stream:
                     self._keepalive = None
                 raise
@@ -522,7 +416,7 @@ class Etcd:
         t = self._t(timeout)
         while True:
             def read_page(start: bytes = start, end: bytes = end, revision: int = revision) -> Awaitable[Any]:
-                return self._services().kv.get(start, end, revision=revision, limit=page, timeout=t)
+                return self._unary(rpc.RANGE, rpc_pb.RangeRequest(key=start, range_end=end, revision=revision, limit=page), t)
 
             resp = await self._call(read_page, f"scan {prefix}", timeout)
             revision = revision or int(resp.header.revision)
@@ -541,14 +435,14 @@ class Etcd:
                 start = end
             end, span = guess.end_after(start, hard_end)
 
-    def watch_stub(self) -> tuple[Any, tuple[tuple[str, str], ...]]:
-        """A watch stub and call metadata, for :mod:`session.watch`.
+    def open_watch(self) -> WatchCall:
+        """A Watch stream for :mod:`session.watch` (opened by its first write).
 
-        Its streams authenticate again (once) when etcd refuses a watch's creation for an expired
-        token: etcd answers that with ``created`` + ``canceled`` "permission denied", not an error.
+        It authenticates again (once) when etcd refuses a watch's creation for an expired token:
+        etcd answers that with ``created`` + ``canceled`` "permission denied", not an error.
         """
-        self._live_channel()
-        return _WatchStub(self), self._metadata
+        self._live()
+        return WatchCall(self)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -568,22 +462,18 @@ class Etcd:
                     await self._refresh_token(self._auth_generation)
                 generation = self._auth_generation
                 try:
-                    return await self._mapped(make(), what)
+                    return await _mapped(make(), what)
                 except EtcdAuthError as exc:
                     if not (self._user and _token_expired(exc)):
                         raise
                 await self._refresh_token(generation, noticed_by=what)
-                return await self._mapped(make(), what)
+                return await _mapped(make(), what)
         except TimeoutError as exc:
             raise EtcdUnavailable(f"etcd {what}: no answer in time") from exc
 
-    @staticmethod
-    async def _mapped(call: Awaitable[T], what: str) -> T:
-        try:
-            return await call
-        except (grpc.aio.AioRpcError, EtcdConnectionError, EtcdTransientError,
-                EtcdUnauthenticatedError, EtcdPermissionDeniedError) as exc:
-            raise _map_error(exc, what) from exc
+    def _unary(self, method: rpc.Method, request: Any, timeout: float) -> Awaitable[Any]:
+        """One call of etcd's API with the current token (the caller maps its failure)."""
+        return self._live().unary(method, request, metadata=self._metadata, timeout=timeout)
 
     async def _refresh_token(self, seen: int | None, *, noticed_by: str = "") -> None:
         """Authenticate and install the new token, unless another call already did since ``seen``.
@@ -597,9 +487,11 @@ class Etcd:
             if seen is not None and self._authenticated and self._auth_generation != seen:
                 return
             first = not self._authenticated
-            auth = self._services().auth
+            request = rpc_pb.AuthenticateRequest(name=self._user, password=self._password)
             try:
-                resp = await self._mapped(auth.authenticate(self._user, self._password, timeout=self.timeout), "authenticate")
+                # Without the token it replaces.
+                call = self._live().unary(rpc.AUTHENTICATE, request, metadata=(), timeout=self.timeout)
+                resp = await _mapped(call, "authenticate")
             except EtcdAuthError as exc:
                 if _AUTH_NOT_ENABLED not in str(exc):
                     raise
@@ -615,56 +507,57 @@ class Etcd:
 
     def _set_token(self, token: str) -> None:
         self._metadata = (("token", token),) if token else ()
-        if self._svc is not None:
-            # Not the auth service: Authenticate must not carry the token it replaces.
-            for service in (self._svc.kv, self._svc.lease, self._svc.maintenance):
-                service.set_token(token or None)
         # The keep-alive stream keeps the token it was opened with: etcd does not check tokens on
         # keep-alives, and a renewal etcd refused would drop the stream and open one with the new token.
 
-    def _open_watch_stream(self) -> grpc.aio.StreamStreamCall:
-        return WatchStub(self._live_channel()).Watch(metadata=self._metadata or None)
-
-    def _live_channel(self) -> grpc.aio.Channel:
-        if self._channel is None:
+    def _live(self) -> rpc.Members:
+        if self._members is None:
             raise EtcdUnavailable("etcd client is not connected")
-        return self._channel
-
-    def _services(self) -> _Services:
-        if self._svc is None:
-            raise EtcdUnavailable("etcd client is not connected")
-        return self._svc
+        return self._members
 
 
-@dataclass(frozen=True)
-class _Services:
-    """etcd3aio's unary service facades, all on one channel."""
+async def _mapped(call: Awaitable[T], what: str) -> T:
+    try:
+        return await call
+    except (asyncio.CancelledError, SessionError):
+        raise
+    except Exception as exc:
+        raise rpc.map_error(exc, what) from exc
 
-    kv: KVService
-    lease: LeaseService
-    auth: AuthService
-    maintenance: MaintenanceService
 
+def _ssl_context(tls: EtcdTLS) -> ssl.SSLContext:
+    """The client TLS context from the PEM files (file I/O: run it in a thread).
 
-def _read_tls(tls: EtcdTLS) -> dict[str, bytes | None]:
-    """Read the PEM files (in a thread: file I/O stays off the event loop)."""
+    :raises EtcdTLSError: a file cannot be read, is not PEM, or does not hold a certificate or key.
+    """
 
-    def read(path: str, what: str) -> bytes:
+    def read(path: str, what: str) -> str:
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
             raise EtcdTLSError(f"etcd TLS: cannot read the {what} {path}: {exc.strerror or exc}") from None
         if b"-----BEGIN" not in data:
             raise EtcdTLSError(f"etcd TLS: the {what} {path} is not a PEM file")
-        return data
+        return data.decode("ascii", "replace")
 
     if bool(tls.cert) != bool(tls.key):
         raise EtcdTLSError("etcd TLS: a client certificate needs its key and a key its certificate")
-    return {
-        "ca_cert": read(tls.ca_cert, "CA certificate"),
-        "cert_chain": read(tls.cert, "client certificate") if tls.cert else None,
-        "cert_key": read(tls.key, "client key") if tls.key else None,
-    }
+    ca = read(tls.ca_cert, "CA certificate")
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    try:
+        context.load_verify_locations(cadata=ca)
+    except (ssl.SSLError, ValueError) as exc:
+        raise EtcdTLSError(f"etcd TLS: the CA certificate {tls.ca_cert} is unusable: {exc}") from None
+    if tls.cert:
+        read(tls.cert, "client certificate")
+        read(tls.key, "client key")
+        try:
+            context.load_cert_chain(tls.cert, tls.key)
+        except (ssl.SSLError, OSError) as exc:
+            raise EtcdTLSError(f"etcd TLS: the client certificate {tls.cert} and key {tls.key} are unusable: "
+                               f"{getattr(exc, 'reason', None) or exc}") from None
+    context.set_alpn_protocols(["h2"])  # gRPC is HTTP/2; etcd's gRPC server negotiates it
+    return context
 
 
 class _KeepAliveStream:
@@ -674,35 +567,25 @@ class _KeepAliveStream:
     process; one long-lived stream is what etcd's Go client does.
     """
 
-    def __init__(self, stub: LeaseStub, metadata: tuple[tuple[str, str], ...]) -> None:
-        self._call: grpc.aio.StreamStreamCall = stub.LeaseKeepAlive(metadata=metadata or None)
+    def __init__(self, call: rpc.BidiCall) -> None:
+        self._call = call
         self._lock = asyncio.Lock()
 
     async def renew(self, lease_id: int) -> int:
         async with self._lock:
-            await self._call.write(LeaseKeepAliveRequest(ID=lease_id))
+            await self._call.write(rpc_pb.LeaseKeepAliveRequest(ID=lease_id))
             resp = await self._call.read()
-            if resp is grpc.aio.EOF:
+            if resp is rpc.EOF:
                 raise EtcdUnavailable("etcd keep-alive stream closed")
             return int(resp.TTL)
 
-    def close(self) -> None:
-        self._call.cancel()
+    async def close(self) -> None:
+        await self._call.close()
 
 
-class _WatchStub:
-    """What :func:`session.watch.watch` needs of a ``WatchStub``: ``Watch()`` opening a stream."""
-
-    def __init__(self, etcd: Etcd) -> None:
-        self._etcd = etcd
-
-    def Watch(self, metadata: object = None) -> _WatchCall:
-        return _WatchCall(self._etcd)
-
-
-class _WatchCall:
-    """One Watch stream (write, read, cancel), re-opened once when etcd refuses a watch's creation
-    for an expired token.
+class WatchCall:
+    """One Watch stream (write, read, close), re-opened once when etcd refuses a watch's creation
+    for an expired token. Every failure is one of :mod:`session.errors`.
 
     etcd checks the token when a watch is created, not on the events of a live watch, and answers
     a bad one with ``created`` + ``canceled`` ("permission denied"). The first refusal re-authenticates
@@ -713,19 +596,23 @@ class _WatchCall:
     def __init__(self, etcd: Etcd) -> None:
         self._etcd = etcd
         self._generation = etcd._auth_generation
-        self._call = etcd._open_watch_stream()
-        self._create: WatchRequest | None = None
+        self._call = self._open()
+        self._create: Any = None
         self._creating = False
         self._retried = False
 
-    async def write(self, request: WatchRequest) -> None:
+    def _open(self) -> rpc.BidiCall:
+        return rpc.BidiCall(self._etcd._live(), rpc.WATCH, self._etcd._metadata)
+
+    async def write(self, request: Any) -> None:
         if request.HasField("create_request"):
             self._create, self._creating = request, True
         await self._call.write(request)
 
     async def read(self) -> Any:
+        """The next response, or :data:`session.etcd_rpc.EOF` when etcd ended the stream."""
         resp = await self._call.read()
-        if not self._creating or resp is grpc.aio.EOF or not resp.created:
+        if not self._creating or resp is rpc.EOF or not resp.created:
             return resp
         self._creating = False
         refused = resp.canceled and bool(_AUTH_FAILURE.search(resp.cancel_reason))
@@ -736,10 +623,10 @@ class _WatchCall:
             raise EtcdAuthError(f"etcd watch {key}: {resp.cancel_reason}", code="PERMISSION_DENIED")
         self._retried = True
         await self._etcd._refresh_token(self._generation, noticed_by=f"watch {key}")
-        self._call.cancel()
-        self._call = self._etcd._open_watch_stream()
+        await self._call.close()
+        self._call = self._open()
         await self.write(self._create)
         return await self.read()
 
-    def cancel(self) -> None:
-        self._call.cancel()
+    async def close(self) -> None:
+        await self._call.close()

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
-from etcd3aio._protobuf import RequestOp
 
 from session.errors import CorruptValue, LeaseNotFound, SessionError
-from session.etcd import Etcd, cmp_create_revision, cmp_lease, op_delete, op_put
+from session.etcd import Etcd, RequestOp, cmp_create_revision, cmp_lease, op_delete, op_put
 from session.info import SessionInfo
 from session.watch import KeyValue
 

@@ -10,11 +10,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
-from etcd3aio._protobuf import Compare, RequestOp, TxnResponse
-
 from session.campaign import Term
 from session.errors import NotActive, SessionLost
-from session.etcd import cmp_create_revision, cmp_lease, cmp_mod_revision, op_delete, op_get, op_put, op_txn
+from session.etcd import (
+    Compare,
+    RequestOp,
+    TxnResponse,
+    cmp_create_revision,
+    cmp_lease,
+    cmp_mod_revision,
+    op_delete,
+    op_get,
+    op_put,
+    op_txn,
+)
 from session.lease import LeaseSession
 
 

@@ -20,11 +20,10 @@ from contextlib import aclosing
 from typing import Any
 
 import structlog
-from etcd3aio._protobuf import RequestOp
 
 from session.clock import Clock, deadline_clock
 from session.errors import EtcdAuthError, EtcdUnavailable, LeaseNotFound, SessionError, SessionLost
-from session.etcd import GREATER, Etcd, cmp_version, op_put
+from session.etcd import GREATER, Etcd, RequestOp, cmp_version, op_put
 from session.info import SessionInfo
 from session.observer import NO_OBSERVER, SessionObserver
 from session.server_id import allocate_server_id
@@ -271,7 +270,7 @@ class LeaseSession:
                 self.observer.keepalive(self.clock() - sent, False)
                 log.warning("keep-alive failed", error=str(exc), timeLeft=round(self.time_left(), 3))
                 delay = interval / 4
-            except Exception as exc:  # noqa: BLE001 - e.g. grpc.aio's InvalidStateError on a stream that ended
+            except Exception as exc:  # noqa: BLE001 - whatever a broken stream raises
                 # Whatever else a renewal raises is a failed renewal too: this task must never die while
                 # the session lives (nothing would renew the lease any more); the local deadline decides.
                 self.observer.keepalive(self.clock() - sent, False)

@@ -1,7 +1,8 @@
 """A watch on one key (or prefix) that survives compaction and lost connections.
 
-etcd3aio's watch helper hangs when etcd cancels a watch for compaction and, on reconnect, resumes
-from the response header's revision (which can skip events). This one owns its stream: it resumes
+etcd3aio's watch helper (measured when it was our transport) hangs when etcd cancels a watch for
+compaction and, on reconnect, resumes from the response header's revision (which can skip events).
+This one owns its stream: it resumes
 from the revision after the last event it delivered, and when etcd says that revision was
 compacted it re-reads the key and hands the caller a :class:`Resync` snapshot before going on.
 """
@@ -13,14 +14,11 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import grpc
-import grpc.aio
 import structlog
-from etcd3aio._protobuf import WatchCreateRequest, WatchRequest
-from etcd3aio.kv import prefix_range_end
 
 from session.errors import EtcdUnavailable, SessionError
-from session.etcd import Etcd
+from session.etcd import Etcd, WatchCall, WatchCreateRequest, WatchRequest, prefix_range_end
+from session.etcd_rpc import EOF
 from session.observer import WatchRestart
 
 log = structlog.get_logger(__name__)
@@ -132,17 +130,16 @@ async def watch(
         range_end = prefix_range_end(key) if prefix else b""
     timeout = create_timeout if create_timeout is not None else etcd.timeout
     while True:
-        call: grpc.aio.StreamStreamCall | None = None
+        call: WatchCall | None = None
         try:
-            stub, metadata = etcd.watch_stub()
-            call = stub.Watch(metadata=metadata or None)
+            call = etcd.open_watch()
             create = WatchCreateRequest(
                 key=key.encode(), range_end=range_end, start_revision=next_revision, prev_kv=prev_kv
             )
             async with asyncio.timeout(timeout):
                 await call.write(WatchRequest(create_request=create))
                 created = await call.read()
-            if created is grpc.aio.EOF or not created.created:
+            if created is EOF or not created.created:
                 raise EtcdUnavailable(f"etcd watch {key}: stream closed before the watch was created")
             response = created
             while True:
@@ -179,10 +176,9 @@ async def watch(
                     backoff = 0.05
                     yield item
                 response = await call.read()
-                if response is grpc.aio.EOF:
+                if response is EOF:
                     raise EtcdUnavailable(f"etcd watch {key}: stream closed")
-        except (grpc.aio.AioRpcError, SessionError, TimeoutError, asyncio.InvalidStateError) as exc:
-            # InvalidStateError: grpc.aio's answer to a write on a stream that already ended (connection lost).
+        except (SessionError, TimeoutError) as exc:
             # The first failure of a streak is worth a warning; the retries of an outage are not.
             report = log.warning if backoff == 0.05 else log.debug
             report("watch interrupted, reconnecting", key=key, fromRevision=next_revision, error=str(exc) or type(exc).__name__)
@@ -192,4 +188,4 @@ async def watch(
             backoff = min(backoff * 2, max_backoff)
         finally:
             if call is not None:
-                call.cancel()
+                await call.close()

@@ -106,9 +106,9 @@ class FaultyEtcd(Etcd):
         async for item in super().scan(*args, **kwargs):
             yield item
 
-    def watch_stub(self) -> Any:
+    def open_watch(self) -> Any:
         self._maybe_fail("watch")
-        return super().watch_stub()
+        return super().open_watch()
 
 
 def everywhere(name: str, *positions: int) -> dict[tuple[str, int], str]:

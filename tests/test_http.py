@@ -344,6 +344,8 @@ async def test_watch_restarts_are_counted(etcd: EtcdCluster, etcd_prefix: str, t
         events = watch(proxied, key, start_revision=first, on_restart=observer.watch_restarted)
         async with aclosing(events):
             assert isinstance(await asyncio.wait_for(anext(events), 3), Resync)
+            await direct.put(key, b"live")  # its event proves the new stream is open before it is broken
+            assert (await asyncio.wait_for(anext(events), 5)).kv.value == b"live"  # type: ignore[union-attr]
             proxy.reset()  # the stream breaks; the watch reconnects once the proxy forwards again
             await asyncio.sleep(0.2)
             proxy.forward()

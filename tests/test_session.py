@@ -506,21 +506,24 @@ async def test_a_resumed_member_knows_at_once_that_its_deadline_passed(etcd: Etc
 
 
 class CountingEtcd:
-    """Wraps an Etcd's KV service to add up the ``count`` etcd computed for each range request."""
+    """Wraps an Etcd's calls to add up the ``count`` etcd computed for each range request."""
 
     def __init__(self, etcd: object) -> None:
+        from session import etcd_rpc
+
         self.counted = 0
         self.requests = 0
-        kv = etcd._services().kv  # type: ignore[attr-defined]
-        original = kv.get
+        members = etcd._live()  # type: ignore[attr-defined]
+        original = members.unary
 
-        async def get(*args: object, **kwargs: object) -> object:
-            resp = await original(*args, **kwargs)
-            self.counted += int(resp.count)
-            self.requests += 1
+        async def unary(method: object, *args: object, **kwargs: object) -> object:
+            resp = await original(method, *args, **kwargs)
+            if method is etcd_rpc.RANGE:
+                self.counted += int(resp.count)
+                self.requests += 1
             return resp
 
-        kv.get = get
+        members.unary = unary
 
 
 async def test_a_large_prefix_is_read_in_pages_whose_ranges_stay_small(etcd: EtcdCluster, etcd_prefix: str) -> None:

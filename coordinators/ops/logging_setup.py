@@ -368,7 +368,7 @@ _current_sink: _LineSink | None = None
 
 
 class _StdlibBridge(logging.Handler):
-    """Renders stdlib records (grpclib, etcd3aio...) in our layout, with the record's own caller."""
+    """Renders stdlib records (grpclib, asyncio...) in our layout, with the record's own caller."""
 
     def __init__(self, sink: _LineSink, renderer: Renderer, level: int) -> None:
         super().__init__(level)

@@ -34,7 +34,6 @@ from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import structlog
-from etcd3aio._protobuf import Compare, RequestOp
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
@@ -63,7 +62,7 @@ from coordinators.proto.datacoord_pb2 import (
 from coordinators.roles.base import PrefixImage, Role, RoleContext
 from coordinators.rpc import NotFound, NotServing, RpcError, require, unary_service
 from session import CorruptValue, FencedWriter
-from session.etcd import cmp_value, cmp_version, op_put
+from session.etcd import Compare, RequestOp, cmp_value, cmp_version, op_put
 
 log = structlog.get_logger(__name__)
 

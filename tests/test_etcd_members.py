@@ -1,0 +1,95 @@
+"""The etcd client's members (session/etcd_rpc.py): which member a call goes to, and which calls may be
+sent to another one.
+
+The safety rule under test: a call etcd may have received is never sent again to another member (a
+txn could be applied twice); a call that could not reach a member at all is sent to the next one at
+once. Both against a real etcd, with a fake member (a grpclib server that receives the request and
+then breaks the connection, or never answers) or a port nothing listens on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from etcd_server import EtcdCluster, free_port
+from grpclib.const import Cardinality, Handler
+from grpclib.server import Server, Stream
+from session_helpers import connected
+
+from session.errors import EtcdUnavailable
+from session.etcd import cmp_version, op_put
+from session.etcd_rpc import TXN, rpc_pb
+
+
+class FakeMember:
+    """A grpclib server that takes etcd's Txn: records each request, then does what ``then`` says."""
+
+    def __init__(self, then: str) -> None:
+        self.then = then
+        self.received: list[Any] = []
+        self.port = free_port()
+        self._server = Server([self])
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {TXN.path: Handler(self._txn, Cardinality.UNARY_UNARY, TXN.request, TXN.reply)}
+
+    async def _txn(self, stream: Stream[Any, Any]) -> None:
+        self.received.append(await stream.recv_message())
+        if self.then == "break":  # the request arrived; the connection dies before any answer
+            stream._stream._transport.abort()  # grpclib has no public way to do this
+        await asyncio.Event().wait()  # "silent": no answer, ever (the server cancels this at exit)
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> FakeMember:
+        await self._server.start("127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server.wait_closed(), 2)
+
+
+@contextlib.asynccontextmanager
+async def members(*endpoints: str, timeout: float = 2.0) -> AsyncIterator[Any]:
+    async with connected(list(endpoints), timeout=timeout) as etcd:
+        yield etcd
+
+
+def claim(key: str) -> Callable[[Any], Any]:
+    """A txn that creates ``key`` only if it does not exist: applied twice, the second one fails."""
+    return lambda etcd: etcd.txn([cmp_version(key, 0)], [op_put(key, b"once")])
+
+
+async def test_a_member_that_refuses_connections_is_passed_over_within_the_same_call(
+    etcd: EtcdCluster, etcd_prefix: str
+) -> None:
+    key = f"{etcd_prefix}/refused"
+    closed = f"127.0.0.1:{free_port()}"  # nothing listens there: the connection is refused
+    async with members(closed, etcd.endpoint) as client:
+        resp = await claim(key)(client)  # the first call already lands on the second member
+        assert resp.succeeded
+        assert client._live().current == etcd.endpoint
+        assert [kv.value for kv in (await client.get(key)).kvs] == [b"once"]
+
+
+@pytest.mark.parametrize("then", ["break", "silent"])
+async def test_a_call_the_member_received_is_never_sent_to_another(etcd: EtcdCluster, etcd_prefix: str, then: str) -> None:
+    """The fake member receives the txn, then breaks the connection (or never answers): the call fails
+    as EtcdUnavailable and the real member never sees it; the next call goes to the real member."""
+    key = f"{etcd_prefix}/once-{then}"
+    async with FakeMember(then) as fake, members(fake.endpoint, etcd.endpoint, timeout=1.0) as client:
+        with pytest.raises(EtcdUnavailable):
+            await claim(key)(client)
+        assert len(fake.received) == 1 and isinstance(fake.received[0], rpc_pb.TxnRequest)
+        assert len((await client.get(key)).kvs) == 0, "the txn was sent again to the other member"
+        assert client._live().current == etcd.endpoint  # and from now on calls go there
+        assert (await claim(key)(client)).succeeded
+        assert len(fake.received) == 1
