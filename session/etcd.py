@@ -389,8 +389,10 @@ class Etcd:
             stream = self._keepalive
             try:
                 return await stream.renew(lease_id)
-            except BaseException:
+            except BaseException as exc:
                 # A broken (or timed-out) stream is not reused; the next one carries the current token.
+                if isinstance(exc, asyncio.CancelledError):
+                    stream.unanswered()  # no answer in time: the next stream goes to the next member
                 await stream.close()
                 if self._keepalive is stream:
                     self._keepalive = None
@@ -578,6 +580,9 @@ class _KeepAliveStream:
             if resp is rpc.EOF:
                 raise EtcdUnavailable("etcd keep-alive stream closed")
             return int(resp.TTL)
+
+    def unanswered(self) -> None:
+        self._call.unanswered()
 
     async def close(self) -> None:
         await self._call.close()

@@ -325,6 +325,13 @@ class BidiCall:
             self._members.failed(self._index)
         return map_error(exc, self._what)
 
+    def unanswered(self) -> None:
+        """The caller gave up waiting for an answer (its timeout): streams opened later go to the next
+        member. A silent stream is not a failure by itself (a watch may wait for hours): the caller
+        says when silence was one."""
+        if self._stream is not None:
+            self._members.failed(self._index)
+
     async def close(self) -> None:
         """End the stream (an RST_STREAM to etcd); safe to call twice."""
         stream, self._stream = self._stream, None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -19,10 +19,13 @@ from etcd_server import EtcdCluster, free_port
 from grpclib.const import Cardinality, Handler
 from grpclib.server import Server, Stream
 from session_helpers import connected
+from tcp_proxy import TcpProxy
 
 from session.errors import EtcdUnavailable
 from session.etcd import cmp_version, op_put
 from session.etcd_rpc import TXN, rpc_pb
+
+TcpProxyFactory = Callable[[str], Awaitable[TcpProxy]]
 
 
 class FakeMember:
@@ -93,3 +96,20 @@ async def test_a_call_the_member_received_is_never_sent_to_another(etcd: EtcdClu
         assert client._live().current == etcd.endpoint  # and from now on calls go there
         assert (await claim(key)(client)).succeeded
         assert len(fake.received) == 1
+
+
+async def test_a_keep_alive_left_unanswered_moves_the_next_one_to_another_member(
+    etcd: EtcdCluster, tcp_proxy: TcpProxyFactory
+) -> None:
+    """The lease keep-alive is a stream: a member that stops answering (a partition: the connection stays
+    open) must not keep it until the session's deadline. The renewal that timed out sends the next
+    stream to the next member, even when no other call noticed anything."""
+    proxy = await tcp_proxy(etcd.endpoint)
+    async with members(proxy.endpoint, etcd.endpoint, timeout=0.5) as client:
+        lease, _ttl = await client.grant(30)
+        assert await client.keepalive_once(lease) > 0  # through the proxy: its stream is open
+        proxy.blackhole()
+        with pytest.raises(EtcdUnavailable):
+            await client.keepalive_once(lease)
+        assert await client.keepalive_once(lease) > 0  # on the other member, within one call's timeout
+        await client.revoke(lease)
