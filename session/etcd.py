@@ -98,49 +98,49 @@ def prefix_range_end(prefix: str | bytes) -> bytes:
 # Builders for txn compares and operations.
 
 
-def cmp_version(key: str | bytes, version: int, *, result: int = EQUAL) -> Any:
+def cmp_version(key: str | bytes, version: int, *, result: int = EQUAL) -> Compare:
     """``Compare(VERSION(key) <result> version)``; version 0: the key does not exist."""
     return rpc_pb.Compare(result=result, target=rpc_pb.Compare.VERSION, key=_bytes(key), version=version)
 
 
-def cmp_create_revision(key: str | bytes, revision: int, *, result: int = EQUAL) -> Any:
+def cmp_create_revision(key: str | bytes, revision: int, *, result: int = EQUAL) -> Compare:
     """``Compare(CREATE(key) <result> revision)``: which creation of the key this is (0: absent)."""
     return rpc_pb.Compare(result=result, target=rpc_pb.Compare.CREATE, key=_bytes(key), create_revision=revision)
 
 
-def cmp_value(key: str | bytes, value: str | bytes, *, result: int = EQUAL) -> Any:
+def cmp_value(key: str | bytes, value: str | bytes, *, result: int = EQUAL) -> Compare:
     """``Compare(VALUE(key) <result> value)``."""
     return rpc_pb.Compare(result=result, target=rpc_pb.Compare.VALUE, key=_bytes(key), value=_bytes(value))
 
 
-def cmp_lease(key: str, lease: int) -> Any:
+def cmp_lease(key: str, lease: int) -> Compare:
     """``Compare(LEASE(key) == lease)``: the key is still attached to that lease (etcd >= 3.3)."""
     return rpc_pb.Compare(result=EQUAL, target=rpc_pb.Compare.LEASE, key=key.encode(), lease=lease)
 
 
-def cmp_mod_revision(key: str, revision: int) -> Any:
+def cmp_mod_revision(key: str, revision: int) -> Compare:
     """``Compare(MOD(key) == revision)``: the key was not written since that revision (0: absent)."""
     return rpc_pb.Compare(result=EQUAL, target=rpc_pb.Compare.MOD, key=key.encode(), mod_revision=revision)
 
 
-def op_put(key: str | bytes, value: str | bytes, *, lease: int = 0) -> Any:
+def op_put(key: str | bytes, value: str | bytes, *, lease: int = 0) -> RequestOp:
     """A put inside a txn."""
     return rpc_pb.RequestOp(request_put=rpc_pb.PutRequest(key=_bytes(key), value=_bytes(value), lease=lease))
 
 
-def op_get(key: str | bytes, *, range_end: str | bytes | None = None, revision: int = 0) -> Any:
+def op_get(key: str | bytes, *, range_end: str | bytes | None = None, revision: int = 0) -> RequestOp:
     """A read inside a txn (one key, or ``[key, range_end)``)."""
     return rpc_pb.RequestOp(request_range=rpc_pb.RangeRequest(
         key=_bytes(key), range_end=_bytes(range_end) if range_end is not None else b"", revision=revision))
 
 
-def op_delete(key: str | bytes, *, range_end: str | bytes | None = None) -> Any:
+def op_delete(key: str | bytes, *, range_end: str | bytes | None = None) -> RequestOp:
     """A delete inside a txn (one key, or ``[key, range_end)``)."""
     return rpc_pb.RequestOp(request_delete_range=rpc_pb.DeleteRangeRequest(
         key=_bytes(key), range_end=_bytes(range_end) if range_end is not None else b""))
 
 
-def op_txn(compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()) -> Any:
+def op_txn(compare: Sequence[Compare], success: Sequence[RequestOp], failure: Sequence[RequestOp] = ()) -> RequestOp:
     """A nested txn, so a fenced writer can wrap a caller's own txn in its epoch compare."""
     return rpc_pb.RequestOp(request_txn=rpc_pb.TxnRequest(compare=list(compare), success=list(success), failure=list(failure)))
 
@@ -551,7 +551,7 @@ def _ssl_context(tls: EtcdTLS) -> ssl.SSLContext:
     except (ssl.SSLError, ValueError) as exc:
         raise EtcdTLSError(f"etcd TLS: the CA certificate {tls.ca_cert} is unusable: {exc}") from None
     if tls.cert:
-        read(tls.cert, "client certificate")
+        read(tls.cert, "client certificate")  # the same checks and messages as the CA's, before ssl reads them
         read(tls.key, "client key")
         try:
             context.load_cert_chain(tls.cert, tls.key)
