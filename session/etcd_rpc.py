@@ -100,6 +100,12 @@ EOF: Final = object()
 
 Metadata = tuple[tuple[str, str], ...]
 
+#: Sent with every stream (etcd's Go client does the same: ``WithRequireLeader``): a member that has
+#: had no leader for a few election timeouts (cut from its quorum) ends the stream with "no leader"
+#: instead of keeping it open and silent, and a new stream there is refused at once; the stream then
+#: opens again on another member.
+REQUIRE_LEADER: Final[Metadata] = (("hasleader", "true"),)
+
 
 # -- errors -------------------------------------------------------------------------------------
 
@@ -290,7 +296,7 @@ class BidiCall:
     def __init__(self, members: Members, method: Method, metadata: Metadata) -> None:
         self._members = members
         self._method = method
-        self._metadata = metadata
+        self._metadata = (*metadata, *REQUIRE_LEADER)
         self._stream: Stream[Any, Any] | None = None
         self._index = 0
         self._what = method.path.rsplit("/", 1)[-1]

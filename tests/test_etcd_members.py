@@ -18,12 +18,13 @@ import pytest
 from etcd_server import EtcdCluster, free_port
 from grpclib.const import Cardinality, Handler
 from grpclib.server import Server, Stream
-from session_helpers import connected
+from session_helpers import connected, wait_until
 from tcp_proxy import TcpProxy
 
 from session.errors import EtcdUnavailable
 from session.etcd import cmp_version, op_put
 from session.etcd_rpc import TXN, rpc_pb
+from session.watch import KeyEvent, watch
 
 TcpProxyFactory = Callable[[str], Awaitable[TcpProxy]]
 
@@ -113,3 +114,48 @@ async def test_a_keep_alive_left_unanswered_moves_the_next_one_to_another_member
             await client.keepalive_once(lease)
         assert await client.keepalive_once(lease) > 0  # on the other member, within one call's timeout
         await client.revoke(lease)
+
+
+async def test_a_watch_on_a_member_without_a_leader_is_ended_not_left_silent(etcd3: EtcdCluster, etcd_prefix: str) -> None:
+    """A member cut from its quorum keeps serving its open watches, silently: no event can reach it.
+    Ours ask for a leader (etcd's "hasleader", as its Go client does), so that member ends them after a
+    few election timeouts and the watch opens again elsewhere. Here the other two members are paused:
+    the one the client uses has no leader. The watch must restart (not wait, silent), then deliver the
+    next event once the cluster has a leader again."""
+    alone, *others = etcd3.members
+    key = f"{etcd_prefix}/watched"
+    restarts: list[str] = []
+    async with members(alone.endpoint, timeout=1.0) as client, members(*(m.endpoint for m in others)) as writer:
+        start = await writer.put(key, b"0")
+        events = watch(client, key, start_revision=start + 1, on_restart=lambda _key, reason: restarts.append(reason))
+        async with contextlib.aclosing(events):
+            nxt = asyncio.ensure_future(anext(events))
+            await writer.put(key, b"1")
+            first = await asyncio.wait_for(nxt, 5)
+            assert isinstance(first, KeyEvent) and first.kv.value == b"1"  # the stream is open on `alone`
+            nxt = asyncio.ensure_future(anext(events))  # keeps the watch running while we wait
+            try:
+                for member in others:
+                    member.pause()
+                try:
+                    await wait_until(lambda: "reconnect" in restarts, timeout=15, what="the leaderless member to end the watch")
+                finally:
+                    for member in others:
+                        member.resume()
+                await wait_until(_written(writer, key, b"2"), timeout=15, what="a write once the cluster has a leader again")
+                item = await asyncio.wait_for(asyncio.shield(nxt), 15)
+                assert isinstance(item, KeyEvent) and item.kv.value == b"2"
+            finally:
+                nxt.cancel()  # the generator must not be running when it is closed
+                await asyncio.gather(nxt, return_exceptions=True)
+
+
+def _written(client: Any, key: str, value: bytes) -> Callable[[], Awaitable[bool]]:
+    async def attempt() -> bool:
+        try:
+            await client.put(key, value)
+        except EtcdUnavailable:
+            return False
+        return True
+
+    return attempt
