@@ -42,14 +42,13 @@ __all__ = [
     "EtcdTLSError",
     "Members",
     "Method",
-    "kv_pb",
     "map_error",
     "rpc_pb",
 ]
 
 
-def _load_messages() -> tuple[Any, Any]:
-    """``(etcdserverpb.rpc_pb2, mvccpb.kv_pb2)`` from etcd3aio's ``proto`` directory, put on the path
+def _load_messages() -> Any:
+    """etcd's ``etcdserverpb.rpc_pb2`` from etcd3aio's ``proto`` directory, put on the path
     as etcd3aio itself does (the generated modules import each other as top-level packages)."""
     spec = importlib.util.find_spec("etcd3aio")  # finds the package without running it (it imports grpcio)
     if spec is None or not spec.submodule_search_locations:
@@ -62,10 +61,10 @@ def _load_messages() -> tuple[Any, Any]:
                  "protoc_gen_openapiv2.options.annotations_pb2", "protoc_gen_openapiv2.options.openapiv2_pb2",
                  "etcd.api.mvccpb.kv_pb2", "etcd.api.authpb.auth_pb2", "etcd.api.versionpb.version_pb2"):
         importlib.import_module(name)
-    return importlib.import_module("etcd.api.etcdserverpb.rpc_pb2"), sys.modules["etcd.api.mvccpb.kv_pb2"]
+    return importlib.import_module("etcd.api.etcdserverpb.rpc_pb2")
 
 
-rpc_pb, kv_pb = _load_messages()
+rpc_pb = _load_messages()
 
 
 @dataclass(frozen=True)
@@ -151,12 +150,9 @@ def map_error(exc: BaseException, what: str) -> SessionError:
     detail = exc.message or code
     if exc.status in _UNAVAILABLE:
         return EtcdUnavailable(f"etcd {what}: {detail}")
-    if exc.status == Status.UNAUTHENTICATED:
-        return EtcdAuthError(f"etcd {what}: {detail}", code=code)
-    if exc.status == Status.PERMISSION_DENIED:
-        return EtcdAuthError(f"etcd {what}: {detail}", code=code)
-    if AUTH_FAILURE.search(detail) or AUTH_NOT_ENABLED in detail:
-        # etcd answers a wrong password or a missing token with INVALID_ARGUMENT, not UNAUTHENTICATED.
+    # etcd answers a wrong password or a missing token with INVALID_ARGUMENT, not UNAUTHENTICATED.
+    auth = AUTH_FAILURE.search(detail) or AUTH_NOT_ENABLED in detail
+    if auth or exc.status in (Status.UNAUTHENTICATED, Status.PERMISSION_DENIED):
         return EtcdAuthError(f"etcd {what}: {detail}", code=code)
     if "lease not found" in detail:
         return LeaseNotFound(f"etcd {what}: {detail}", code=code)
@@ -236,14 +232,12 @@ class Members:
                                                   method.reply, timeout=timeout, metadata=metadata or None)
             await stream.__aenter__()
             try:
-                await stream.send_request()
-            except AttributeError as exc:
-                # grpclib closes a connection (a GOAWAY) before it marks it lost; a stream opened in
-                # between fails on the closed transport. Nothing was sent.
-                await _abandon(stream)
-                self.failed(index)
-                if attempt + 1 == attempts:
-                    raise EtcdUnavailable(f"etcd {self.current}: the connection was closing") from exc
+                try:
+                    await stream.send_request()
+                except AttributeError as exc:
+                    # grpclib closes a connection (a GOAWAY) before it marks it lost; a stream opened
+                    # in between fails on the closed transport. Nothing was sent: a refused connection.
+                    raise ConnectionResetError(f"etcd {self.current}: the connection was closing") from exc
             except BaseException as exc:
                 await _abandon(stream)
                 self.failed(index)

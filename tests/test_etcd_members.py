@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -61,12 +61,6 @@ class FakeMember:
             await asyncio.wait_for(self._server.wait_closed(), 2)
 
 
-@contextlib.asynccontextmanager
-async def members(*endpoints: str, timeout: float = 2.0) -> AsyncIterator[Any]:
-    async with connected(list(endpoints), timeout=timeout) as etcd:
-        yield etcd
-
-
 def claim(key: str) -> Callable[[Any], Any]:
     """A txn that creates ``key`` only if it does not exist: applied twice, the second one fails."""
     return lambda etcd: etcd.txn([cmp_version(key, 0)], [op_put(key, b"once")])
@@ -77,7 +71,7 @@ async def test_a_member_that_refuses_connections_is_passed_over_within_the_same_
 ) -> None:
     key = f"{etcd_prefix}/refused"
     closed = f"127.0.0.1:{free_port()}"  # nothing listens there: the connection is refused
-    async with members(closed, etcd.endpoint) as client:
+    async with connected([closed, etcd.endpoint]) as client:
         resp = await claim(key)(client)  # the first call already lands on the second member
         assert resp.succeeded
         assert client._live().current == etcd.endpoint
@@ -89,7 +83,7 @@ async def test_a_call_the_member_received_is_never_sent_to_another(etcd: EtcdClu
     """The fake member receives the txn, then breaks the connection (or never answers): the call fails
     as EtcdUnavailable and the real member never sees it; the next call goes to the real member."""
     key = f"{etcd_prefix}/once-{then}"
-    async with FakeMember(then) as fake, members(fake.endpoint, etcd.endpoint, timeout=1.0) as client:
+    async with FakeMember(then) as fake, connected([fake.endpoint, etcd.endpoint], timeout=1.0) as client:
         with pytest.raises(EtcdUnavailable):
             await claim(key)(client)
         assert len(fake.received) == 1 and isinstance(fake.received[0], rpc_pb.TxnRequest)
@@ -106,7 +100,7 @@ async def test_a_keep_alive_left_unanswered_moves_the_next_one_to_another_member
     open) must not keep it until the session's deadline. The renewal that timed out sends the next
     stream to the next member, even when no other call noticed anything."""
     proxy = await tcp_proxy(etcd.endpoint)
-    async with members(proxy.endpoint, etcd.endpoint, timeout=0.5) as client:
+    async with connected([proxy.endpoint, etcd.endpoint], timeout=0.5) as client:
         lease, _ttl = await client.grant(30)
         assert await client.keepalive_once(lease) > 0  # through the proxy: its stream is open
         proxy.blackhole()
@@ -125,7 +119,7 @@ async def test_a_watch_on_a_member_without_a_leader_is_ended_not_left_silent(etc
     alone, *others = etcd3.members
     key = f"{etcd_prefix}/watched"
     restarts: list[str] = []
-    async with members(alone.endpoint, timeout=1.0) as client, members(*(m.endpoint for m in others)) as writer:
+    async with connected([alone.endpoint], timeout=1.0) as client, connected([m.endpoint for m in others]) as writer:
         start = await writer.put(key, b"0")
         events = watch(client, key, start_revision=start + 1, on_restart=lambda _key, reason: restarts.append(reason))
         async with contextlib.aclosing(events):
