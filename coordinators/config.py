@@ -68,6 +68,7 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
                 "fastFailover": {"enabled": True, "probeAttempts": 2, "probeTimeout": 200, "probeInterval": 20},
                 "hotStandby": True,
                 "claimGrace": 500,
+                "handover": True,
             },
             "security": {"tlsMode": 0},
             "eventLoop": "asyncio",
@@ -177,6 +178,7 @@ class SessionConfig:
     fast_failover: FastFailoverConfig = FastFailoverConfig()
     hot_standby: bool = True  #: a STANDBY keeps its role's metadata in memory, so a takeover reloads nothing
     claim_grace: float = 0.5  #: seconds a STANDBY waits per member ahead in line before claiming a free key
+    handover: bool = True  #: a graceful stop hands the ACTIVE key to the first STANDBY in line (session.handover)
 
 
 @dataclass(frozen=True)
@@ -586,6 +588,7 @@ def _session(r: _Reader) -> SessionConfig:
         exit_on_lost=r.boolean("common", "session", "exitOnLost"),
         hot_standby=r.boolean("common", "session", "hotStandby"),
         claim_grace=r.integer("common", "session", "claimGrace", low=1, high=60_000) / 1000,
+        handover=r.boolean("common", "session", "handover"),
         fast_failover=FastFailoverConfig(
             enabled=r.boolean("common", "session", "fastFailover", "enabled"),
             probe_attempts=r.integer("common", "session", "fastFailover", "probeAttempts", low=1, high=10),

@@ -155,6 +155,8 @@ class Campaign:
         self.far_back_wakes = 0
         #: The designation this member last said it waits for (said once per designation).
         self._reserved_for: bytes | None = None
+        #: The ACTIVE key as handed over to this member by the releasing one (:mod:`session.handover`).
+        self._handed: KeyValue | None = None
 
     # -- claiming ----------------------------------------------------------------------------
 
@@ -325,6 +327,9 @@ class Campaign:
                 if self.holder is not None:
                     self._log_holder()
                 await self._wait_for_turn(self._waiting_from, death)
+                if (handed := self._take_handed()) is not None:
+                    log.info("quit STANDBY mode, this node will become ACTIVE", ServerID=handed.server_id)
+                    return handed
                 log.info("start retrying to register as ACTIVE service...")
                 backoff.reset()
         finally:
@@ -462,6 +467,8 @@ class Campaign:
         quiet_since = self.session.clock()  # the last event (or read): a backstop read after an interval
         try:
             while True:
+                if self._handed_over():
+                    return
                 if line.far_back():
                     death.follow(None)
                     self._report_position(near=False)
@@ -492,6 +499,28 @@ class Campaign:
         finally:
             death.cancel()
             lost.cancel()
+
+    def _handed_over(self) -> bool:
+        """The ACTIVE key is on this member's own lease: the releasing member handed it over
+        (:mod:`session.handover`). Remember it: the wait is over."""
+        holder = self.lineup.holder
+        if holder is None or not self.lineup.handed_to_me(self.session.lease_id):
+            return False
+        if holder.create_revision in self.distrusted:
+            return False  # try_claim says why this session cannot go on
+        self._handed = holder
+        return True
+
+    def _take_handed(self) -> Term | None:
+        """The term handed over to this member, taken as its own: the key was created for it, its
+        create revision is a new epoch, as after a claim of its own."""
+        kv, self._handed = self._handed, None
+        if kv is None:
+            return None
+        info = self.session.info
+        self.holder, self.successor, self._released = None, None, None
+        log.info("register ACTIVE service successfully", ServerID=info.server_id, handedOver=True)
+        return Term(self.role, self.key, kv.create_revision, info.server_id, info.lease_id)
 
     def _report_position(self, *, near: bool) -> None:
         if self._near is not near:
@@ -541,6 +570,9 @@ class Campaign:
                     applied, settled = outcome.kv.mod_revision, outcome.ends_revision
                     self._apply_line_event(outcome)
                     continue
+                if self._handed_over():
+                    death.cancel()
+                    return _Followed(True, applied, quiet_since, again)
                 decision = line.decide(now, self.claim_grace, self._designation())
                 if decision.action == "claim":
                     death.cancel()  # awaited by the caller, after its claim
@@ -597,7 +629,9 @@ class Campaign:
     def _load_line(self, kvs: Sequence[KeyValue], how: str) -> None:
         had_holder = self.lineup.holder is not None
         self.lineup.load(kvs, self.session.clock())
-        if self.lineup.holder is not None:
+        if self.lineup.handed_to_me(self.session.lease_id):
+            pass  # handed over to this member: _handed_over() takes it; the last holder stays the one waited behind
+        elif self.lineup.holder is not None:
             self._note_holder(self.lineup.holder)
         elif had_holder:
             log.info(f"the ACTIVE key is gone ({how})", key=self.key)
@@ -621,7 +655,8 @@ class Campaign:
             else:
                 log.debug("watch the ACTIVE key", PUT=item.describe())
                 self.lineup.put(item.kv, now)
-                self._note_holder(item.kv)
+                if not self.lineup.handed_to_me(self.session.lease_id):  # else: the last holder stays the one waited
+                    self._note_holder(item.kv)
             return
         if item.kind == "DELETE":
             self.lineup.delete(item.kv.key, now)

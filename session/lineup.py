@@ -164,6 +164,11 @@ class Lineup:
         ahead = sorted(self._ahead_of_me() or [], key=lambda km: km[1].create_revision, reverse=True)
         return [key for key, _ in ahead[:count]]
 
+    def handed_to_me(self, lease: int) -> bool:
+        """The ACTIVE key is held on this member's own lease: handed over to it (:mod:`session.handover`),
+        or a claim of its own whose answer was lost."""
+        return self.holder is not None and lease != 0 and self.holder.lease == lease
+
     @property
     def holder_id(self) -> int | None:
         return _holder_id(self.holder) if self.holder is not None else None

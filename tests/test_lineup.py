@@ -140,14 +140,16 @@ async def test_a_handover_with_many_standbys_costs_one_claim(cluster: InProcClus
     await cluster.stop(active)
     await cluster.wait_state(standbys[0], Healthy)
     await wait_until(lambda: all(m.campaign.lineup.holder is not None for m in standbys[1:]), timeout=10)  # type: ignore[union-attr]
-    assert txns(standbys) - before == 1
+    # One claim, or none: the stopping member hands the key over (session.handover), and the first
+    # in line takes it from its claim's answer, or from its watch without a txn when that came first.
+    assert txns(standbys) - before <= 1
     assert all(m.state == StandBy for m in standbys[1:])
     # Again: the next in line takes over from the new holder.
     before = txns(standbys[1:])
     await cluster.stop(standbys[0])
     await cluster.wait_state(standbys[1], Healthy)
     await wait_until(lambda: all(m.campaign.lineup.holder is not None for m in standbys[2:]), timeout=10)  # type: ignore[union-attr]
-    assert txns(standbys[1:]) - before == 1
+    assert txns(standbys[1:]) - before <= 1
 
 
 async def test_a_handover_wakes_the_front_of_the_line_only(cluster: InProcCluster) -> None:
@@ -190,8 +192,9 @@ def serving_state(logs: list[dict[str, object]]) -> str:
 
 async def test_a_first_in_line_that_never_claims_costs_one_grace(cluster: InProcCluster) -> None:
     """A session ahead of every standby that never campaigns (a frozen or stuck member): the next in
-    line waits one grace, not the stuck member's lease, then claims."""
-    grace = {"COMMON_SESSION_CLAIMGRACE": "400"}
+    line waits one grace, not the stuck member's lease, then claims. (With the graceful handover on,
+    the stuck member is handed the key and it is taken back: tests/test_handover.py.)"""
+    grace = {"COMMON_SESSION_CLAIMGRACE": "400", "COMMON_SESSION_HANDOVER": "false"}
     active = await cluster.start("rootcoord", env=grace)
     stuck = LeaseSession(cluster.etcd, meta_root=cluster.meta_root, role="rootcoord",
                          address=f"127.0.0.1:{free_port()}", ttl=30, version="0.0.0-test", active_standby=True)

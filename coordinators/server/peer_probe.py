@@ -37,7 +37,7 @@ from coordinators.proto import common_pb2
 from coordinators.registry import spec
 from session import SessionInfo
 
-__all__ = ["GrpcDeathWatch", "ProbeBounds", "probe_target"]
+__all__ = ["GrpcDeathWatch", "ProbeBounds", "answers", "component_states", "probe_target"]
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +66,37 @@ def probe_target(info: SessionInfo, own_hostname: str) -> tuple[str, int] | str:
         return (f"it advertises the loopback address {info.address} from another host ({info.hostname}): "
                 "a probe would reach this host instead")
     return host, int(match["port"])
+
+
+async def component_states(
+    role: str, host: str, port: int, *, ssl: ssl.SSLContext | None, timeout: float
+) -> common_pb2.ComponentStates:
+    """``GetComponentStates`` of the coordinator at ``host:port``, within ``timeout`` (TimeoutError)."""
+    channel = Channel(host, port, ssl=ssl)
+    try:
+        stub = spec(role).stub()(channel)
+        async with asyncio.timeout(timeout):
+            reply: common_pb2.ComponentStates = await stub.GetComponentStates(common_pb2.GetComponentStatesRequest())
+            return reply
+    finally:
+        channel.close()
+
+
+async def answers(role: str, info: SessionInfo, *, own_hostname: str, ssl: ssl.SSLContext | None, timeout: float) -> str:
+    """'' when the member ``info`` describes answers at its address with its server ID within
+    ``timeout``, else why not (a frozen process accepts connections but does not answer)."""
+    target = probe_target(info, own_hostname)
+    if isinstance(target, str):
+        return target
+    try:
+        reply = await component_states(role, *target, ssl=ssl, timeout=timeout)
+    except TimeoutError:
+        return f"no answer from {info.address} within {timeout:g}s"
+    except Exception as exc:  # noqa: BLE001 - any failure: no proof that it is alive
+        return f"{info.address}: {type(exc).__name__}: {exc}"
+    if reply.state.nodeID != info.server_id:
+        return f"{info.address} answers as ServerID={reply.state.nodeID}, not ServerID={info.server_id}"
+    return ""
 
 
 def _is_loopback(host: str) -> bool:
@@ -194,17 +225,12 @@ class GrpcDeathWatch:
         with contextlib.suppress(OSError):
             await writer.wait_closed()
         # Something listens: ask who it is (a restarted process of ours, on the same address?).
-        channel = Channel(host, port, ssl=self.ssl)
         try:
-            stub = spec(self.role).stub()(channel)
-            async with asyncio.timeout(self.bounds.timeout):
-                reply = await stub.GetComponentStates(common_pb2.GetComponentStatesRequest())
+            reply = await component_states(self.role, host, port, ssl=self.ssl, timeout=self.bounds.timeout)
         except TimeoutError:
             return "timeout", f"{address} accepts connections but does not answer within {self.bounds.timeout:g}s"
         except Exception as exc:  # noqa: BLE001 - whatever answers there is not our gRPC server
             return "not_ours", f"{address} answers, but not as a coordinator: {type(exc).__name__}: {exc}"
-        finally:
-            channel.close()
         if reply.state.nodeID and reply.state.nodeID != holder.server_id:
             return "dead", f"{address} is served by ServerID={reply.state.nodeID}, not ServerID={holder.server_id}"
         if reply.state.nodeID == holder.server_id:

@@ -38,7 +38,7 @@ from coordinators.rpc import Refusal
 from coordinators.server.grpc_server import ComponentSnapshot, CoordinatorServer, PortInUseError
 from coordinators.server.http_server import HttpServer, start_with_fallback
 from coordinators.server.metrics import CoordinatorMetrics, ProcessView, SessionMetrics, state_name
-from coordinators.server.peer_probe import GrpcDeathWatch, ProbeBounds
+from coordinators.server.peer_probe import GrpcDeathWatch, ProbeBounds, answers
 from coordinators.server.predecessors import find_dead_predecessors, revoke_dead_predecessors
 from coordinators.server.watchdog import DEFAULT_INTERVAL_S, IDLE_INTERVAL_S, LoopWatchdog
 from coordinators.tls import client_ssl_context, make_etcd, server_ssl_context
@@ -62,6 +62,7 @@ from session.campaign import active_key
 from session.clock import Clock, deadline_clock
 from session.etcd import EtcdTLSError, op_delete
 from session.fastpath import TakeoverMark, mark_op
+from session.handover import Heir, LineView, confirm_or_take_back, hand_over_behind
 from session.lease import DEADLINE_STEP, IDLE_DEADLINE_STEP
 from session.mirror import Mirror
 from session.tasks import cancel_and_wait
@@ -533,6 +534,9 @@ class CoordinatorProcess:
         self.active_address = self.role_config.advertised_address
         self.writer = writer = FencedWriter(session, term)
         holder = asyncio.create_task(campaign.hold(term), name=f"hold-{self.role}")
+        line = self._new_line_view(session)
+        line_task = asyncio.create_task(line.run(on_restart=self.observer.watch_restarted),
+                                        name=f"line-{self.role}") if line is not None else None
         try:
             self.state = common_pb2.Initializing  # holds the key, reloading: clients wait for it
             t0 = time.monotonic()
@@ -559,7 +563,7 @@ class CoordinatorProcess:
             leftover = await self._serve_until_over(session, campaign, term, writer, holder)
             try:
                 if self.stop_requested.is_set():
-                    await self._release_for_stop(session, term, writer)
+                    await self._release_for_stop(session, term, writer, line)
                 else:
                     log.warning(f"{self.role} stops serving: ACTIVE term ended", ServerID=session.server_id,
                                 reason=term.end_reason)
@@ -572,6 +576,13 @@ class CoordinatorProcess:
             if self.stop_requested.is_set():
                 self.state = common_pb2.Stopping
             await cancel_and_wait(holder)
+            await cancel_and_wait(line_task)
+
+    def _new_line_view(self, session: LeaseSession) -> LineView | None:
+        """The line the ACTIVE member follows to hand its key over at a graceful stop (None: no handover)."""
+        if not (self.role_config.enable_active_standby and self.config.session.handover):
+            return None
+        return LineView(self.etcd, self.config.etcd.meta_root, self.role, session.server_id)
 
     async def _activate(self, session: LeaseSession, term: Term, writer: FencedWriter, image: object | None) -> bool:
         """The role's reload, cut short when the term ends meanwhile; True when the term may serve.
@@ -742,11 +753,14 @@ class CoordinatorProcess:
         self.active_address = ""
         await self.role_impl.deactivate()
 
-    async def _release_for_stop(self, session: LeaseSession, term: Term, writer: FencedWriter) -> None:
+    async def _release_for_stop(
+        self, session: LeaseSession, term: Term, writer: FencedWriter, line: LineView | None
+    ) -> None:
         """Graceful stop of the ACTIVE member: refuse new calls, let the ones in flight finish (within the
-        term, under its epoch, while it still holds the key: no successor serves meanwhile), then hand
-        the key over in ONE fenced txn that deletes it and marks the own key Stopping. The standby takes
-        over from that txn on; closing the server and revoking the lease come after, off its path."""
+        term, under its epoch, while it still holds the key: no successor serves meanwhile), then release
+        the key in ONE fenced txn that deletes it and marks the own key Stopping, with the handover to the
+        first STANDBY in line right behind it (:mod:`session.handover`). The standby takes over from
+        there; closing the server and revoking the lease come after, off its path."""
         self._stop_started = time.monotonic()
         self.state = common_pb2.Stopping
         self.server.set_serving(False)
@@ -756,13 +770,53 @@ class CoordinatorProcess:
         if not term.active:
             return
         mark = TakeoverMark(term.epoch, "graceful", session.server_id, "the ACTIVE member stopped")
+        heir = line.heir() if line is not None else None
+        release = asyncio.ensure_future(writer.txn([], [op_delete(term.key), session.stopping_op(),
+                                                        mark_op(self.config.etcd.meta_root, self.role, mark)]))
+        # Sent right behind the release, without waiting for its answer (see session.handover).
+        handing = asyncio.ensure_future(hand_over_behind(
+            self.etcd, self.config.etcd.meta_root, self.role, heir, release, timeout=self._handover_bound,
+        )) if heir is not None else None
         try:
-            await writer.txn([], [op_delete(term.key), session.stopping_op(),
-                                  mark_op(self.config.etcd.meta_root, self.role, mark)])
+            await release
             self._released_at_stop = True
         except SessionError as exc:  # NotActive included: the term was over anyway; the revoke frees the key
             log.warning("could not release the ACTIVE key at stop; the lease revocation will", error=str(exc))
-        term.end("stopping: the ACTIVE key was released")
+        finally:
+            term.end("stopping: the ACTIVE key was released")
+            if handing is not None and not self._released_at_stop:
+                await cancel_and_wait(handing, SessionError)
+        if handing is None or heir is None or not self._released_at_stop:
+            return
+        try:
+            epoch = await handing  # each of its requests is bounded
+        except SessionError as exc:
+            log.info("no handover at stop: the standby claims by itself", error=str(exc))
+            return
+        await self._confirm_heir(heir, epoch)
+
+    @property
+    def _handover_bound(self) -> float:
+        """Bound on each etcd request and on the heir's answer at a graceful handover: a stop must not
+        wait long for it, and the next in line claims after one grace anyway."""
+        return max(self.config.session.claim_grace, 0.2)
+
+    async def _confirm_heir(self, heir: Heir, epoch: int) -> None:
+        """After a handover (``epoch``; 0: the heir or nobody claimed by itself): the heir must answer,
+        else the key handed to it is taken back (:func:`session.handover.confirm_or_take_back`)."""
+        if not epoch:
+            return
+        log.info("handed the ACTIVE key over to the first STANDBY in line", role=self.role,
+                 ServerID=heir.info.server_id, epoch=epoch)
+        session = self.session
+        hostname = session.hostname if session is not None else ""
+        probe = answers(self.role, heir.info, own_hostname=hostname, ssl=self.client_ssl, timeout=self._handover_bound)
+        try:
+            await confirm_or_take_back(self.etcd, self.config.etcd.meta_root, self.role, heir, epoch, probe,
+                                       timeout=self._handover_bound)
+        except SessionError as exc:
+            log.warning("could not take back the ACTIVE key handed to a silent heir; its lease decides",
+                        ServerID=heir.info.server_id, error=str(exc))
 
     async def _drain(self, session: LeaseSession) -> None:
         """Graceful stop: Stopping=true (unless the ACTIVE release did it), refuse new calls, let the ones
