@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from etcd_server import EtcdCluster, EtcdMember, free_port
+from etcd_server import EtcdCluster, EtcdMember, find_etcdctl_binary, free_port
 from grpclib.client import Channel
 from history import Call, ClientLoad
 from procs import ENV_SECTION, MilvusProcess, clean_env
@@ -61,6 +61,26 @@ async def kill_leader(cluster: EtcdCluster) -> EtcdMember:
 async def restart(member: EtcdMember, *, wait: bool = True) -> None:
     """Start a killed or stopped member again on its ports and data (waits for /health)."""
     await off_loop(member.start, wait=wait)
+
+
+async def members_disagree(cluster: EtcdCluster, prefix: str) -> str:
+    """'' when every running member holds the same keys under ``prefix`` (each read from its own
+    store: serializable), else what differs. For a failed history check: it tells a divergent etcd
+    member (etcd 3.5.0-3.5.2 could lose applied writes on a member killed under load, etcd-io/etcd#13766)
+    from a fault of ours."""
+    seen: dict[str, set[str]] = {}
+    for member in cluster.running_members():
+        proc = await asyncio.create_subprocess_exec(
+            find_etcdctl_binary(), f"--endpoints={member.endpoint}", "get", prefix, "--prefix", "--keys-only",
+            "--consistency=s", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 10)
+        seen[member.endpoint] = {line for line in out.decode().splitlines() if line} if proc.returncode == 0 else {
+            f"<read failed: {err.decode().strip()}>"}
+    union = set().union(*seen.values()) if seen else set()
+    missing = {ep: sorted(union - keys)[:10] for ep, keys in seen.items() if union - keys}
+    return "" if not missing else f"etcd members disagree under {prefix}: missing on each {missing}"
 
 
 async def follower(cluster: EtcdCluster) -> EtcdMember:

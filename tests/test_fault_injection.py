@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import io
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -169,7 +170,16 @@ def _report(member: CoordinatorProcess, task: asyncio.Task[Any], etcd: FaultyEtc
     outcome = "running"
     if task.done():
         outcome = "cancelled" if task.cancelled() else repr(task.exception()) if task.exception() else f"exit {task.result()}"
-    return f"{outcome}; state {member.state}; injected {etcd.fired}; calls {dict(etcd.calls)}"
+    stacks = "" if task.done() else f"\nwhere each task waits:\n{_stacks()}"
+    return f"{outcome}; state {member.state}; injected {etcd.fired}; calls {dict(etcd.calls)}{stacks}"
+
+
+def _stacks() -> str:
+    """Where every task of the loop waits: what the report of a member that never got there needs."""
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=6, file=out)
+    return out.getvalue()
 
 
 @pytest.fixture(autouse=True)

@@ -39,6 +39,7 @@ from faults import (
     Prober,
     kill_leader,
     member_state,
+    members_disagree,
     off_loop,
     one_active_per_role,
     restart,
@@ -87,6 +88,8 @@ async def test_etcd_leader_killed_three_times_and_a_member_down_cause_no_failove
         verdict = await load.verdict()
     print(load.history.summary())
     print(verdict.summary())
+    if not verdict:
+        print(await members_disagree(etcd3, coords.meta_root) or "every etcd member holds the same keys")
     verdict.assert_ok()
     for role in ROLES:
         key = await coords.active_key(role)
