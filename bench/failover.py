@@ -62,6 +62,7 @@ MSG_REVOKED = "session lease revoked"
 MSG_STOPPED = "coordinator stopped"
 MSG_DEAD = "the ACTIVE member is dead"
 MSG_REMOVED = "removed the ACTIVE key of a dead member"
+MSG_HANDED = "handed the ACTIVE key over to the first STANDBY in line"
 FAST = "COMMON_SESSION_FAST_FAILOVER_ENABLED"
 
 TS_REQ = rootcoord_pb2.AllocTimestampRequest(count=1)
@@ -275,6 +276,8 @@ class Group:
             "old_server_id": info.server_id,
             "new_server_id": new_info.server_id,
             "exit_code": exit_code,
+            # The stopping member's handover txn put the new key (session.handover); else the standby claimed it.
+            "handed": rel_log(active, MSG_HANDED) is not None if mode == "graceful" else None,
             "log_ms": {
                 "stop_requested": ms(rel_log(active, MSG_STOP)) if mode == "graceful" else None,
                 "lease_revoked": ms(rel_log(active, MSG_REVOKED)) if mode == "graceful" else None,
@@ -618,6 +621,8 @@ async def run(args: argparse.Namespace) -> int:
             "ours_unloaded": {"rounds": g_idle, "summary": gi, "breakdown": breakdown(g_idle, GRACEFUL_STAGES[:-1]),
                               "etcd_view": breakdown(g_idle, GRACEFUL_ETCD_STAGES[:-1])},
             "etcd": {"rounds": g_etcd, "summary": es},
+            "handed": {"ours": sum(bool(r["handed"]) for r in g_ours), "ours_unloaded": sum(bool(r["handed"]) for r in g_idle),
+                       "rounds": args.rounds},
             "ratio_key_p50": ratio(gs["key_ms"]),
             "ratio_key_p50_unloaded": ratio(gi["key_ms"]),
         }

@@ -337,6 +337,10 @@ def failover_section(fo: dict[str, Any] | None, plots: Plots) -> list[str]:
            "calls the stopping member from the signal on."]
           if "ours_unloaded" in gr else [f"Key handover p50, ours / etcd's: **{gr['ratio_key_p50']}x**."]),
         "",
+        *([f"The stopping member's handover txn put the new key in {gr['handed']['ours_unloaded']} of "
+           f"{gr['handed']['rounds']} rounds without client load and {gr['handed']['ours']} of {gr['handed']['rounds']} "
+           "with it (`session/handover.py`); in the others the standby's own claim came first.", ""]
+          if "handed" in gr else []),
     ]
     img = plots.failover_graceful(fo)
     if img:
