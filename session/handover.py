@@ -125,17 +125,19 @@ class LineView:
         line = self.lineup
         if not self.ready.is_set() or line.successor is not None:
             return None
-        waiting = [(m.create_revision, key) for key, m in line.members.items()
-                   if not m.stopping and m.server_id != self.me]
-        if not waiting:
-            return None
-        own = self._own.get(min(waiting)[1])
-        if own is None or not own.lease:
-            return None
-        try:
-            return Heir(own, SessionInfo.from_json(own.key, own.value))
-        except CorruptValue:
-            return None
+        waiting = sorted((m.create_revision, key) for key, m in line.members.items()
+                         if not m.stopping and m.server_id != self.me)
+        for _, key in waiting:
+            own = self._own.get(key)
+            if own is None or not own.lease:
+                continue
+            try:
+                info = SessionInfo.from_json(own.key, own.value)
+            except CorruptValue:
+                continue  # its lease decides; the next one in line may take the key
+            if info.active_standby is not False:  # a member running with active-standby off never serves as a STANDBY
+                return Heir(own, info)
+        return None
 
 
 async def hand_over(etcd: Etcd, meta_root: str, role: str, heir: Heir, *, timeout: float | None = None) -> int:

@@ -212,6 +212,23 @@ async def test_the_line_view_names_the_first_member_not_stopping(etcd: EtcdClust
             await cancel_and_wait(task)
 
 
+async def test_the_heir_is_never_a_member_running_with_active_standby_off(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    """Such a member never waits as a STANDBY (it exits when the key is held): the one after it is the heir."""
+    async with members(etcd, etcd_prefix, 1) as (e, (active,)):
+        assert await Campaign(active).try_claim() is not None
+        view = LineView(e, active.meta_root, ROLE, active.server_id)
+        task = asyncio.create_task(view.run())
+        off = LeaseSession(e, meta_root=active.meta_root, role=ROLE, address="127.0.0.1:1", ttl=10,
+                           version="0.0.0-test", active_standby=False)
+        try:
+            async with opened(off), opened(new_session(e, etcd_prefix, ttl=10)) as on:
+                await wait_until(lambda: view.heir() is not None and view.heir().info.server_id == on.server_id,  # type: ignore[union-attr]
+                                 timeout=5, what="the member after it to be the heir")
+                assert off.server_id in {m.server_id for m in view.lineup.members.values()}
+        finally:
+            await cancel_and_wait(task)
+
+
 async def test_a_silent_heir_has_its_key_taken_back_but_never_a_later_one(etcd: EtcdCluster, etcd_prefix: str) -> None:
     async def says(answer: str) -> str:
         return answer
