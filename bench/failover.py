@@ -428,18 +428,18 @@ class EtcdElection:
 #: winner (wall clock, 1 ms resolution). Each stage is the time from the previous point.
 GRACEFUL_STAGES = [
     ("signal -> stop requested (old, log)", None, "stop_requested"),
-    ("-> Stopping=true put (old, seen in etcd)", "stop_requested", "@stopping_seen_ms"),
-    ("-> ACTIVE key deleted: lease revoked (seen in etcd)", "@stopping_seen_ms", "@delete_seen_ms"),
+    ("-> release txn: Stopping=true (old, seen in etcd)", "stop_requested", "@stopping_seen_ms"),
+    ("-> ACTIVE key deleted (the same txn, seen in etcd)", "@stopping_seen_ms", "@delete_seen_ms"),
     ("-> watch event (standby, log)", "@delete_seen_ms", "watch_event"),
-    ("-> ACTIVE key won (standby, log)", "watch_event", "key_won"),
+    ("-> ACTIVE key taken (standby, log)", "watch_event", "key_won"),
     ("-> serving: activation and reload (log)", "key_won", "serving"),
     ("-> first client call answered (bench)", "serving", "@service_ms"),
 ]
 #: The same graceful handover from etcd's side only (the bench's watch on {metaRoot}/session/).
 GRACEFUL_ETCD_STAGES = [
-    ("signal -> Stopping=true put (old)", None, "@stopping_seen_ms"),
-    ("-> ACTIVE key deleted (revoke)", "@stopping_seen_ms", "@delete_seen_ms"),
-    ("-> ACTIVE key put by the standby", "@delete_seen_ms", "@key_ms"),
+    ("signal -> release txn: Stopping=true (old)", None, "@stopping_seen_ms"),
+    ("-> ACTIVE key deleted (the same txn)", "@stopping_seen_ms", "@delete_seen_ms"),
+    ("-> ACTIVE key put for the standby (handover txn, or its claim)", "@delete_seen_ms", "@key_ms"),
     ("-> first client call", "@key_ms", "@service_ms"),
 ]
 CRASH_FAST_STAGES = [
@@ -453,7 +453,7 @@ CRASH_FAST_STAGES = [
 CRASH_STAGES = [
     ("signal -> lease expiry (measured)", None, "@expiry_ms"),
     ("-> watch event: etcd's expiry scan (standby, log)", "@expiry_ms", "watch_event"),
-    ("-> ACTIVE key won (standby, log)", "watch_event", "key_won"),
+    ("-> ACTIVE key taken (standby, log)", "watch_event", "key_won"),
     ("-> serving: activation and reload (log)", "key_won", "serving"),
     ("-> first client call answered (bench)", "serving", "@service_ms"),
 ]

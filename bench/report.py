@@ -339,7 +339,8 @@ def failover_section(fo: dict[str, Any] | None, plots: Plots) -> list[str]:
         "",
         *([f"The stopping member's handover txn put the new key in {gr['handed']['ours_unloaded']} of "
            f"{gr['handed']['rounds']} rounds without client load and {gr['handed']['ours']} of {gr['handed']['rounds']} "
-           "with it (`session/handover.py`); in the others the standby's own claim came first.", ""]
+           "with it (`session/handover.py`); in the others the handover overtook the release in etcd or the standby's "
+           "own claim came first.", ""]
           if "handed" in gr else []),
     ]
     img = plots.failover_graceful(fo)
@@ -356,8 +357,9 @@ def failover_section(fo: dict[str, Any] | None, plots: Plots) -> list[str]:
         table(["stage (ms)", "n", "p50", "p95", "max", "mean"], stat_rows([(b["stage"], b) for b in gr["ours"]["breakdown"]])),
         "",
         "The same handovers seen from etcd only, by `bench/keywatch.py` (sub-ms): "
-        "the old ACTIVE's `Stopping=true` put on its own key, the ACTIVE key's deletion (the lease revoked), the "
-        "standby's put of the ACTIVE key, the client's first answer from the new ACTIVE:",
+        "the old ACTIVE's release (one txn: `Stopping=true` on its own key, the ACTIVE key deleted), the ACTIVE key "
+        "put for the standby (by the old ACTIVE's handover txn, or by the standby's own claim), the client's first "
+        "answer from the new ACTIVE:",
         "",
         table(["stage (ms)", "n", "p50", "p95", "max", "mean"],
               stat_rows([(b["stage"], b) for b in gr["ours"].get("etcd_view", [])])),
