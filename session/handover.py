@@ -47,11 +47,13 @@ from typing import Any
 
 import structlog
 
+from session.campaign import active_key
 from session.errors import CorruptValue, SessionError
 from session.etcd import Etcd, cmp_create_revision, cmp_mod_revision, cmp_version, op_delete, op_put
 from session.info import SessionInfo
 from session.lineup import Lineup
 from session.observer import WatchRestart
+from session.switchover import successor_key
 from session.watch import KeyEvent, KeyValue, Resync, read_state, watch
 
 __all__ = ["Heir", "LineView", "confirm_or_take_back", "hand_over", "hand_over_behind"]
@@ -144,12 +146,11 @@ async def hand_over(etcd: Etcd, meta_root: str, role: str, heir: Heir, *, timeou
     """Put the ACTIVE key for ``heir`` (see the module docstring). Returns its create revision (the
     new term's epoch) when done, 0 when a compare failed (the key still held or claimed meanwhile,
     a designation, the heir's key changed or gone)."""
-    line = Lineup(meta_root, role, heir.info.server_id)
-    own = heir.own
+    key, own = active_key(meta_root, role), heir.own
     value = replace(heir.info, active_since_ms=time.time_ns() // 1_000_000)
     resp = await etcd.txn(
-        [cmp_version(line.active_key, 0), cmp_version(line.successor_key, 0), cmp_mod_revision(own.key, own.mod_revision)],
-        [op_put(line.active_key, value.to_json(), lease=own.lease), op_put(own.key, own.value, lease=own.lease)],
+        [cmp_version(key, 0), cmp_version(successor_key(meta_root, role), 0), cmp_mod_revision(own.key, own.mod_revision)],
+        [op_put(key, value.to_json(), lease=own.lease), op_put(own.key, own.value, lease=own.lease)],
         timeout=timeout,
     )
     return int(resp.header.revision) if resp.succeeded else 0
@@ -178,8 +179,8 @@ async def confirm_or_take_back(
     why_not = await answers
     if not why_not:
         return True
-    line = Lineup(meta_root, role, heir.info.server_id)
-    resp = await etcd.txn([cmp_create_revision(line.active_key, epoch)], [op_delete(line.active_key)], timeout=timeout)
+    key = active_key(meta_root, role)
+    resp = await etcd.txn([cmp_create_revision(key, epoch)], [op_delete(key)], timeout=timeout)
     log.warning("the heir of the ACTIVE key did not answer: the key handed to it is taken back", role=role,
                 ServerID=heir.info.server_id, epoch=epoch, reason=why_not, takenBack=bool(resp.succeeded))
     return False

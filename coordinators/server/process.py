@@ -786,14 +786,8 @@ class CoordinatorProcess:
             term.end("stopping: the ACTIVE key was released")
             if handing is not None and not self._released_at_stop:
                 await cancel_and_wait(handing, SessionError)
-        if handing is None or heir is None or not self._released_at_stop:
-            return
-        try:
-            epoch = await handing  # each of its requests is bounded
-        except SessionError as exc:
-            log.info("no handover at stop: the standby claims by itself", error=str(exc))
-            return
-        await self._confirm_heir(heir, epoch)
+        if heir is not None and handing is not None and self._released_at_stop:
+            await self._confirm_heir(session, heir, handing)
 
     @property
     def _handover_bound(self) -> float:
@@ -801,16 +795,21 @@ class CoordinatorProcess:
         wait long for it, and the next in line claims after one grace anyway."""
         return max(self.config.session.claim_grace, 0.2)
 
-    async def _confirm_heir(self, heir: Heir, epoch: int) -> None:
-        """After a handover (``epoch``; 0: the heir or nobody claimed by itself): the heir must answer,
-        else the key handed to it is taken back (:func:`session.handover.confirm_or_take_back`)."""
+    async def _confirm_heir(self, session: LeaseSession, heir: Heir, handing: asyncio.Future[int]) -> None:
+        """After the release: when ``handing`` put the key for ``heir`` (its epoch; 0: the heir or nobody
+        claimed by itself), the heir must answer, else that key is taken back
+        (:func:`session.handover.confirm_or_take_back`)."""
+        try:
+            epoch = await handing  # each of its requests is bounded
+        except SessionError as exc:
+            log.info("no handover at stop: the standby claims by itself", error=str(exc))
+            return
         if not epoch:
             return
         log.info("handed the ACTIVE key over to the first STANDBY in line", role=self.role,
                  ServerID=heir.info.server_id, epoch=epoch)
-        session = self.session
-        hostname = session.hostname if session is not None else ""
-        probe = answers(self.role, heir.info, own_hostname=hostname, ssl=self.client_ssl, timeout=self._handover_bound)
+        probe = answers(self.role, heir.info, own_hostname=session.hostname, ssl=self.client_ssl,
+                        timeout=self._handover_bound)
         try:
             await confirm_or_take_back(self.etcd, self.config.etcd.meta_root, self.role, heir, epoch, probe,
                                        timeout=self._handover_bound)
