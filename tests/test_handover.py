@@ -25,6 +25,7 @@ from inproc import Healthy, InProcCluster, StandBy
 from session_helpers import connected, new_session, opened, wait_until
 from structlog.testing import capture_logs
 
+from coordinators.server.process import CoordinatorProcess
 from session import Campaign, FencedWriter, LeaseSession, NotActive, SessionInfo
 from session.etcd import Etcd, op_delete
 from session.fastpath import TakeoverMark, mark_op
@@ -254,6 +255,18 @@ async def test_a_silent_heir_has_its_key_taken_back_but_never_a_later_one(etcd: 
 # --------------------------------------------------------------------------- whole members
 
 
+async def heir_known(active: CoordinatorProcess, heir: int) -> None:
+    """Wait until the ACTIVE member's view of the line names ``heir``: its watch may deliver a member
+    that joined right after the view's first read only on etcd's next sync of lagging watchers (every
+    100 ms); a stop before that leaves the claim to the standby, as without a handover."""
+    def named() -> bool:
+        view = active.line_view
+        found = view.heir() if view is not None else None
+        return found is not None and found.info.server_id == heir
+
+    await wait_until(named, timeout=10, what=f"the ACTIVE member to see ServerID={heir} first in line")
+
+
 @pytest.fixture
 async def cluster(etcd: EtcdCluster, etcd_prefix: str) -> AsyncIterator[InProcCluster]:
     async with InProcCluster(etcd, etcd_prefix, ttl=3, start_timeout=10.0) as c:
@@ -282,6 +295,7 @@ async def test_a_graceful_stop_hands_the_key_to_the_first_in_line(cluster: InPro
         return await claim()
 
     first.campaign.try_claim = claim_once_the_key_is_back  # type: ignore[method-assign]
+    await heir_known(active, first.server_id)
     with capture_logs() as logs:
         await cluster.stop(active)
         await cluster.wait_state(first, Healthy)
@@ -316,6 +330,8 @@ async def test_a_frozen_heir_costs_the_next_in_line_a_moment_not_its_lease(
     async with opened(frozen):
         nxt = await cluster.start(ROLE, expect=StandBy, env=env)
         await wait_until(lambda: nxt.campaign is not None and nxt.campaign.lineup.holder is not None, timeout=10)
+        if take_back:
+            await heir_known(active, frozen.server_id)
         with capture_logs() as logs:
             t0 = time.monotonic()
             await cluster.stop(active)

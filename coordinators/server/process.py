@@ -151,6 +151,7 @@ class CoordinatorProcess:
         self._restarted_over = False  # the restart fast path removed a dead predecessor's ACTIVE key
         self._released_at_stop = False  # a graceful stop released the ACTIVE key (and marked Stopping)
         self.mirror: Mirror | None = None  # the hot standby's mirror while STANDBY (tests and metrics read it)
+        self.line_view: LineView | None = None  # the line as the ACTIVE member follows it (tests read it)
         self._stop_started = 0.0  # when the graceful stop began draining (monotonic)
         self._cancelled_at_stop = 0  # calls still in flight when the drain deadline passed
 
@@ -534,7 +535,7 @@ class CoordinatorProcess:
         self.active_address = self.role_config.advertised_address
         self.writer = writer = FencedWriter(session, term)
         holder = asyncio.create_task(campaign.hold(term), name=f"hold-{self.role}")
-        line = self._new_line_view(session)
+        self.line_view = line = self._new_line_view(session)
         line_task = asyncio.create_task(line.run(on_restart=self.observer.watch_restarted),
                                         name=f"line-{self.role}") if line is not None else None
         try:
@@ -577,6 +578,7 @@ class CoordinatorProcess:
                 self.state = common_pb2.Stopping
             await cancel_and_wait(holder)
             await cancel_and_wait(line_task)
+            self.line_view = None
 
     def _new_line_view(self, session: LeaseSession) -> LineView | None:
         """The line the ACTIVE member follows to hand its key over at a graceful stop (None: no handover)."""
