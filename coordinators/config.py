@@ -347,6 +347,8 @@ class _Tree:
 
     values: dict[str, Any]
     origins: dict[KeyPath, _Origin]
+    #: The sections this suite reads (a scalar there is an error); other mappings are kept, never read.
+    sections: frozenset[KeyPath] = frozenset()
 
     @classmethod
     def from_defaults(cls) -> _Tree:
@@ -354,14 +356,14 @@ class _Tree:
         values = copy.deepcopy(dict(DEFAULTS))
         for section in _ROLE_SECTIONS.values():
             values[section]["activeStandby"] = {"enabled": False}
-        return cls(values, {path: _DEFAULT_ORIGIN for path, _ in _leaves(values)})
+        return cls(values, {path: _DEFAULT_ORIGIN for path, _ in _leaves(values)}, frozenset(_sections(values)))
 
     def merge(self, data: Mapping[Any, Any], origin: _Origin, prefix: KeyPath = ()) -> None:
         """Deep-merge a file's mapping; a scalar where a section belongs is an error."""
         node = self._node(prefix)
         for key, value in data.items():
             path = (*prefix, str(key))
-            if isinstance(node.get(str(key)), dict):
+            if isinstance(node.get(str(key)), dict) and (path in self.sections or isinstance(value, Mapping)):
                 if value is None:  # a section whose keys are all commented out
                     continue
                 if not isinstance(value, Mapping):
@@ -389,6 +391,14 @@ class _Tree:
         for key in path:
             node = node[key]
         return node
+
+
+def _sections(tree: Mapping[str, Any], prefix: KeyPath = ()) -> Iterator[KeyPath]:
+    """The path of every mapping in ``tree``."""
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            yield (*prefix, key)
+            yield from _sections(value, (*prefix, key))
 
 
 class _Reader:

@@ -268,6 +268,8 @@ def _check_config_outcome(path: Path) -> None:
 
 @FAST
 @given(doc=yaml_documents)
+@example(doc={"True": {}, True: []})  # two keys that read as one ("True"): an unknown section is never an error
+@example(doc={"etcd": {"ssl": {}}, "x": {"y": {}}, "X": 1})
 def test_any_yaml_document_gives_a_config_or_an_error_naming_the_key(doc: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
     path = tmp_path_factory.mktemp("yaml") / "milvus.yaml"
     path.write_text(yaml.safe_dump(doc), encoding="utf-8")
