@@ -7,7 +7,7 @@ that survives compaction), :mod:`session.lease` (the lease and its local deadlin
 The library takes plain parameters and reads no config file.
 """
 
-from session.campaign import Campaign, Term, active_key
+from session.campaign import Campaign, active_key
 from session.errors import (
     AlreadyActive,
     CorruptValue,
@@ -25,6 +25,7 @@ from session.info import SessionInfo
 from session.lease import LeaseSession, safety_margin, session_prefix
 from session.observer import SessionObserver, WatchRestart
 from session.server_id import allocate_server_id
+from session.term import Term, TermEnd
 
 __all__ = [
     "AlreadyActive",
@@ -44,6 +45,7 @@ __all__ = [
     "SessionLost",
     "SessionObserver",
     "Term",
+    "TermEnd",
     "WatchRestart",
     "active_key",
     "allocate_server_id",

@@ -5,8 +5,8 @@ ACTIVE; the key carries the session's lease, so it vanishes with the session. Th
 STANDBY: they watch the key from the revision after their failed txn and try again as soon as it is
 deleted. A backstop read once per TTL catches an event a broken watch could have missed.
 
-A :class:`Term` is one stay in ACTIVE; its **epoch** is the create revision of the ACTIVE key it
-created, the token every fenced write compares (see :mod:`session.fencing`).
+A :class:`~session.term.Term` is one stay in ACTIVE; its **epoch** is the create revision of the
+ACTIVE key it created, the token every fenced write compares (see :mod:`session.fencing`).
 
 A planned handover (:mod:`session.switchover`) adds one key: while a *successor* designation
 exists, only the member it allows may claim, and its claim deletes the designation in the same txn.
@@ -23,7 +23,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -55,6 +55,7 @@ from session.lease import LeaseSession, session_prefix
 from session.lineup import Lineup
 from session.switchover import Successor, successor_key
 from session.tasks import cancel_and_wait
+from session.term import Term, TermEnd
 from session.watch import KeyEvent, KeyValue, Resync, WatchItem, key_value, read_state, watch
 
 log = structlog.get_logger(__name__)
@@ -63,33 +64,6 @@ log = structlog.get_logger(__name__)
 def active_key(meta_root: str, role: str) -> str:
     """``{metaRoot}/session/{role}``: the key only the ACTIVE member of a role holds."""
     return f"{session_prefix(meta_root)}{role}"
-
-
-@dataclass
-class Term:
-    """One ACTIVE term of one session.
-
-    :param epoch: create revision of the ACTIVE key this term created; fenced writes compare it.
-    """
-
-    role: str
-    key: str
-    epoch: int
-    server_id: int
-    lease: int = 0  #: the session lease the ACTIVE key must stay attached to
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-    end_reason: str = ""
-
-    def end(self, reason: str) -> None:
-        """Mark the term over (idempotent); the first reason is kept."""
-        if not self.ended.is_set():
-            self.end_reason = reason
-            self.ended.set()
-            log.warning("ACTIVE term ended", role=self.role, ServerID=self.server_id, epoch=self.epoch, reason=reason)
-
-    @property
-    def active(self) -> bool:
-        return not self.ended.is_set()
 
 
 @dataclass(frozen=True)
@@ -373,11 +347,11 @@ class Campaign:
                     while isinstance(outcome, KeyEvent | Resync):
                         reason = _term_over(outcome, term)
                         if reason:
-                            term.end(reason)
+                            term.end(TermEnd.KEY_LOST, reason)
                             return
                         outcome = await self._next_or(events, lost, ended)
                 if lost.done():
-                    term.end(f"session lost: {self.session.lost_reason}")
+                    term.end(TermEnd.SESSION_LOST, f"session lost: {self.session.lost_reason}")
                     return
                 if ended.done():
                     return
@@ -392,13 +366,13 @@ class Campaign:
                 failure = None if read.cancelled() else read.exception()
                 if isinstance(failure, SessionError) and not isinstance(failure, EtcdUnavailable):
                     # etcd answered, but not with the key: this term can no longer be sure it holds it.
-                    term.end(f"the backstop read of the ACTIVE key failed: {failure}")
+                    term.end(TermEnd.UNCERTAIN, f"the backstop read of the ACTIVE key failed: {failure}")
                     return
                 if not read.cancelled() and failure is None:
                     state = read.result()
                     reason = _term_over(state, term)
                     if reason:
-                        term.end(reason + " (backstop read)")
+                        term.end(TermEnd.KEY_LOST, reason + " (backstop read)")
                         return
                     start = state.revision + 1
         finally:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
-from session.campaign import Term
 from session.errors import NotActive, SessionLost
 from session.etcd import (
     Compare,
@@ -25,6 +24,7 @@ from session.etcd import (
     op_txn,
 )
 from session.lease import LeaseSession
+from session.term import Term, TermEnd
 
 
 class FencedWriter:
@@ -49,7 +49,7 @@ class FencedWriter:
         try:
             self.session.ensure_alive()
         except SessionLost as exc:
-            self.term.end(f"session lost: {exc}")
+            self.term.end(TermEnd.SESSION_LOST, f"session lost: {exc}")
             raise NotActive(f"{self.term.role} term {self.term.epoch} is over: session lost: {exc}") from exc
 
     async def txn(
@@ -70,7 +70,7 @@ class FencedWriter:
             kvs = resp.responses[0].response_range.kvs
             now = f"created at revision {kvs[0].create_revision}" if kvs else "absent"
             reason = f"fenced write refused: the ACTIVE key is {now}, not the epoch {self.term.epoch} on our lease"
-            self.term.end(reason)
+            self.term.end(TermEnd.WRITE_REFUSED, reason)
             raise NotActive(f"{self.term.role} term {self.term.epoch} is over: {reason}")
         inner: TxnResponse = resp.responses[0].response_txn
         inner.header.CopyFrom(resp.header)

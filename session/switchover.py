@@ -40,8 +40,9 @@ from session.observer import WatchRestart
 from session.watch import KeyValue, Resync, key_value, read_state, watch
 
 if TYPE_CHECKING:  # the campaign imports this module
-    from session.campaign import Campaign, Term
+    from session.campaign import Campaign
     from session.fencing import FencedWriter
+    from session.term import Term
 
 __all__ = [
     "Request",

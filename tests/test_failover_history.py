@@ -51,6 +51,7 @@ async def test_rootcoord_history_survives_kill_and_stop_rounds(
     etcd: EtcdCluster, etcd_prefix: str, etcd_client: Etcd3Client, launch: Launch, rounds: tuple[str, ...]
 ) -> None:
     active, standby, _kv, _own = await pair(etcd_client, etcd_prefix, "rootcoord", launch)
+    members = [active, standby]
     await wait_for_serving(active, "rootcoord")
     async with (
         Etcd(etcd.endpoints, timeout=2.0) as etcd_,
@@ -69,6 +70,7 @@ async def test_rootcoord_history_survives_kill_and_stop_rounds(
             # the clients carry on with the new active
             await load.wait_progress("rootcoord", calls=4, timeout=TTL + 5)
             active, standby = standby, await _restart_as_standby(launch, f"r{i}")
+            members.append(standby)
             await wait_until(_standing_by(standby), timeout=10, what="the restarted process to stand by")
         await asyncio.sleep(0.5)
         verdict = await load.verdict()
@@ -78,7 +80,14 @@ async def test_rootcoord_history_survives_kill_and_stop_rounds(
     failed = [str(c) for c in load.history.of("rootcoord", ok=False) if c.status != "OutcomeUnknown"]
     assert not failed, f"calls failed (other than a non-idempotent one whose reply was lost): {failed}"
     assert len(load.history.of("rootcoord", "CreateCollection", ok=True)) >= 10
-    assert len(load.history.epochs("rootcoord")) == len(rounds) + 1
+    # One term per round, plus the first. Under CPU starvation a term may also end unplanned (a loop
+    # stall past the safety margin, a lapsed session, a key taken back): a real event, logged with its
+    # cause by the member whose term it was, and counted. Each adds at most one term: no more, and
+    # none without its line.
+    unplanned = [f"{m}: {ln.fields}" for m in members for ln in m.lines()
+                 if ln.msg == "ACTIVE term ended" and ln.fields.get("cause") not in ("stopped", "switched_over")]
+    epochs = load.history.epochs("rootcoord")
+    assert len(rounds) + 1 <= len(epochs) <= len(rounds) + 1 + len(unplanned), (epochs, unplanned)
 
 
 def _standing_by(proc: MilvusProcess):  # type: ignore[no-untyped-def]

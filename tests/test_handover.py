@@ -26,7 +26,7 @@ from session_helpers import connected, new_session, opened, wait_until
 from structlog.testing import capture_logs
 
 from coordinators.server.process import CoordinatorProcess
-from session import Campaign, FencedWriter, LeaseSession, NotActive, SessionInfo
+from session import Campaign, FencedWriter, LeaseSession, NotActive, SessionInfo, TermEnd
 from session.etcd import Etcd, op_delete
 from session.fastpath import TakeoverMark, mark_op
 from session.handover import Heir, LineView, confirm_or_take_back, hand_over, hand_over_behind
@@ -60,7 +60,7 @@ async def release(writer: FencedWriter, session: LeaseSession) -> None:
     term = writer.term
     mark = TakeoverMark(term.epoch, "graceful", session.server_id, "the ACTIVE member stopped")
     await writer.txn([], [op_delete(term.key), session.stopping_op(), mark_op(session.meta_root, ROLE, mark)])
-    term.end("released")
+    term.end(TermEnd.STOPPED, "released")
 
 
 async def holder_create_revision(etcd: Etcd, key: str) -> int:

@@ -116,6 +116,7 @@ async def test_stall_longer_than_margin_ends_the_term_though_the_lease_is_valid(
     await wait_until(lambda: proc.epoch not in (0, old_epoch) and proc.state == common_pb2.Healthy, timeout=5)
     # It demoted (Healthy -> StandBy), resigned the key, and won a new term: same session, new epoch.
     assert _sample(proc, "milvus_coord_event_loop_stalls_total") == 1
+    assert _sample(proc, "milvus_coord_terms_ended_total", cause="loop_stall") == 1  # the cause, counted
     assert _sample(proc, "milvus_coord_state_transitions_total", **{"from": "Healthy", "to": "StandBy"}) == 1
     assert proc.session is session and not session.lost.is_set() and proc.server_id == server_id
     async with connected(etcd.endpoints) as etcd_:

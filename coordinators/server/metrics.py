@@ -144,6 +144,13 @@ class CoordinatorMetrics:
             "process found its predecessor dead), ttl (the holder's lease expired)",
             ["role", "cause"], registry=reg,
         )
+        self._terms_ended = Counter(
+            f"{PREFIX}_terms_ended",
+            "ACTIVE terms of this process that ended, by cause: stopped, switched_over (both planned), key_lost "
+            "(deleted or replaced by another: a peer's fast path, a take-back, an expired lease), session_lost, "
+            "write_refused, loop_stall, activation_failed, uncertain (etcd answered without the key)",
+            ["role", "cause"], registry=reg,
+        )
         self._verdicts = Counter(
             f"{PREFIX}_fast_failover_verdicts",
             "Probe rounds of the crash fast path after the ACTIVE member's stream broke, by outcome: dead (acted "
@@ -209,6 +216,9 @@ class CoordinatorMetrics:
     def takeover(self, seconds: float, cause: str) -> None:
         self._takeover.set(seconds)
         self._takeovers.labels(self.role, cause).inc()
+
+    def term_ended(self, cause: str) -> None:
+        self._terms_ended.labels(self.role, cause).inc()
 
     def fast_failover_verdict(self, outcome: str) -> None:
         self._verdicts.labels(self.role, outcome).inc()

@@ -55,6 +55,7 @@ from session import (
     SessionError,
     SessionLost,
     Term,
+    TermEnd,
     safety_margin,
     switchover,
 )
@@ -567,7 +568,7 @@ class CoordinatorProcess:
                     await self._release_for_stop(session, term, writer, line)
                 else:
                     log.warning(f"{self.role} stops serving: ACTIVE term ended", ServerID=session.server_id,
-                                reason=term.end_reason)
+                                cause=str(term.end_cause), reason=term.end_reason)
             finally:
                 await cancel_and_wait(leftover)  # after the release: it is on the standby's path
             return True
@@ -576,6 +577,8 @@ class CoordinatorProcess:
             self.server.set_serving(False)
             if self.stop_requested.is_set():
                 self.state = common_pb2.Stopping
+            if term.end_cause is not None:
+                self.metrics.term_ended(term.end_cause)
             await cancel_and_wait(holder)
             await cancel_and_wait(line_task)
             self.line_view = None
@@ -604,7 +607,7 @@ class CoordinatorProcess:
                 raise failure  # the role's metadata is unreadable: serving from it would be wrong (exit 7)
             if not isinstance(failure, SessionError):
                 raise failure
-            term.end(f"activation failed: {failure}")
+            term.end(TermEnd.ACTIVATION_FAILED, f"activation failed: {failure}")
             self._resign_term = term
             return False
         if not term.active:
@@ -681,7 +684,7 @@ class CoordinatorProcess:
             return  # the term ended meanwhile: the process demotes as for any ended term
         except SessionError as exc:
             # The outcome is unknown: this term cannot know whether it still holds the key; give it up.
-            term.end(f"switchover: the release failed: {exc}")
+            term.end(TermEnd.SWITCHED_OVER, f"switchover: the release failed: {exc}")
             self._resign_term = term
             return
         if successor is None:
@@ -690,7 +693,7 @@ class CoordinatorProcess:
             self.state = common_pb2.Healthy
             self.server.set_serving(True)
             return
-        term.end(f"switched over to {successor.describe()}")
+        term.end(TermEnd.SWITCHED_OVER, f"switched over to {successor.describe()}")
         log.info(f"{self.role} handed the ACTIVE role over and goes back to STANDBY", ServerID=term.server_id,
                  drainSeconds=round(time.monotonic() - t0, 3), cancelledCalls=left)
 
@@ -730,6 +733,7 @@ class CoordinatorProcess:
             if self.campaign is not None:
                 self.campaign.distrusted.add(term.epoch)  # never recovered: a new epoch, or a new session
             term.end(
+                TermEnd.LOOP_STALL,
                 f"event loop stalled {lag:.2f}s, longer than the session's safety margin {margin:.2f}s: "
                 "it cannot be trusted to have renewed the lease or seen the ACTIVE key in time"
             )
@@ -785,7 +789,7 @@ class CoordinatorProcess:
         except SessionError as exc:  # NotActive included: the term was over anyway; the revoke frees the key
             log.warning("could not release the ACTIVE key at stop; the lease revocation will", error=str(exc))
         finally:
-            term.end("stopping: the ACTIVE key was released")
+            term.end(TermEnd.STOPPED, "stopping: the ACTIVE key was released")
             if handing is not None and not self._released_at_stop:
                 await cancel_and_wait(handing, SessionError)
         if heir is not None and handing is not None and self._released_at_stop:
