@@ -12,6 +12,7 @@ import asyncio
 import json
 import signal
 import ssl
+import subprocess
 import time
 import urllib.request
 import uuid
@@ -23,7 +24,7 @@ import pytest
 import pytest_asyncio
 import yaml
 from certs import TLSFiles, make_tls_files
-from etcd_server import EtcdMember, etcdctl, free_port
+from etcd_server import EtcdMember, etcdctl, find_etcdctl_binary, free_port
 from grpclib.client import Channel
 from grpclib.exceptions import StreamTerminatedError
 from procs import ENV_SECTION, MilvusProcess, clean_env, run_cli, wait_for_serving
@@ -425,6 +426,15 @@ async def test_role_limited_to_its_prefix(auth_etcd: EtcdMember) -> None:
             await etcd.put("elsewhere/x", b"1")
 
 
+async def _invalidate_tokens(member: EtcdMember, user: str, password: str) -> None:
+    """Every token etcd gave ``user`` is invalid from now on: its password is set again (the same one),
+    which makes etcd drop the user's tokens, as their expiry would, but at a moment the test chooses."""
+    cmd = [find_etcdctl_binary(), f"--endpoints={member.endpoint}", f"--user=root:{ROOT_PASSWORD}",
+           "--command-timeout=5s", "user", "passwd", user, "--interactive=false"]
+    done = await asyncio.to_thread(subprocess.run, cmd, input=password + "\n", capture_output=True, text=True, timeout=10)
+    assert done.returncode == 0, done.stderr
+
+
 async def test_token_expiry_keeps_sessions_and_the_active_role(auth_etcd: EtcdMember) -> None:
     """Simple tokens expire every 2 s here: for several expiries the ACTIVE datacoord keeps its session,
     server ID and epoch, the STANDBY keeps its session, each re-authenticates, and the standby (whose
@@ -449,15 +459,18 @@ async def test_token_expiry_keeps_sessions_and_the_active_role(auth_etcd: EtcdMe
         active = await start(common_pb2.Healthy)
         standby = await start(common_pb2.StandBy)
         ids, epoch = (active.server_id, standby.server_id), active.epoch
-        await asyncio.sleep(4 * TOKEN_TTL + 1)  # several expiries of both tokens
+        # Several expiries of both tokens: each member has met an expired token and authenticated
+        # again at least twice (awaited: how soon depends on when each next calls etcd unary).
+        await wait_until(
+            lambda: min(active.etcd.token_refreshes, standby.etcd.token_refreshes) >= 2,
+            timeout=12 * TOKEN_TTL, interval=0.1, what="two token refreshes by each member",
+        )
         assert (active.state, standby.state) == (common_pb2.Healthy, common_pb2.StandBy)
         assert (active.server_id, standby.server_id, active.epoch) == (*ids, epoch)
         assert not active.session.lost.is_set() and not standby.session.lost.is_set()
-        assert active.etcd.token_refreshes >= 2, active.etcd.token_refreshes
-        assert standby.etcd.token_refreshes >= 2, standby.etcd.token_refreshes
 
         refreshes = standby.etcd.token_refreshes
-        await asyncio.sleep(TOKEN_TTL + 0.5)  # the standby's token has expired again
+        await _invalidate_tokens(auth_etcd, USER, PASSWORD)  # the standby's token is no longer valid
         active.request_stop()
         assert await asyncio.wait_for(tasks[0], 10) == 0
         await wait_until(lambda: standby.state == common_pb2.Healthy, timeout=3)

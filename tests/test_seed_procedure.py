@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -48,14 +49,18 @@ def shell(command: str, env: dict[str, str]) -> int:
     return int(done.stdout.split()[-1])
 
 
-def ps_milvus_run(role: str) -> list[str]:
-    """``ps aux`` lines of ``milvus run <role>`` processes.
+def ps_milvus_run(role: str, pids: Sequence[int]) -> list[str]:
+    """``ps aux`` lines of ``milvus run <role>`` among the processes ``pids`` (the test's own: a cluster
+    the user runs beside the suite, as the README's first command leaves, is not counted).
 
     Without ``COLUMNS`` (pytest's terminal sets it), as in a shell: ps would cut lines at that width.
     """
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     out = subprocess.run(["ps", "aux"], capture_output=True, text=True, timeout=10, check=True, env=env).stdout
-    return [line for line in out.splitlines() if re.search(rf"milvus run {role}( |$)", line)]
+    return [
+        line for line in out.splitlines()
+        if re.search(rf"milvus run {role}( |$)", line) and int(line.split()[1]) in pids
+    ]
 
 
 def log_lines(path: Path) -> list[LogLine]:
@@ -119,7 +124,7 @@ async def test_the_pages_shell_procedure_verbatim(
             return len(await sessions(etcd_client, etcd_prefix, role)) == 2
 
         await wait_until(two_sessions, timeout=15, what="two sessions")
-        running = ps_milvus_run(role)
+        running = ps_milvus_run(role, pids)
         assert len(running) == 2 and {int(line.split()[1]) for line in running} == set(pids), running
 
         # The standby says so, and again every ten seconds.
@@ -164,7 +169,7 @@ async def test_the_pages_shell_procedure_verbatim(
         assert re.fullmatch(rf"{role} stopped \(pid {pids[1]}\) in \d+\.\d\d s\n", out), out
         stale = tmp_path / "run" / f"{role}.pid"  # the SIGKILLed one's file, removed on the way
         assert err == f"milvus stop: stale pid file {stale} (process {pids[0]} is gone); removed\n", err
-        assert not alive(pids[1]) and ps_milvus_run(role) == []
+        assert not alive(pids[1]) and ps_milvus_run(role, pids) == []
         assert await sessions(etcd_client, etcd_prefix, role) == {} and await get_kv(etcd_client, key) is None
         assert list((tmp_path / "run").iterdir()) == []
         code, out, err, _ = await run_cli(["stop", role], env)
