@@ -36,15 +36,19 @@ log = structlog.get_logger(__name__)
 #: Inside a handler, how long before the caller's deadline an inner call gives up, so the handler
 #: can still answer with the reason (at most a tenth of the time left).
 _ANSWER_MARGIN_S = 0.25
+#: How long a call refused with ``retry_later`` waits before it asks again: doubled each time.
+_RETRY_LATER_MIN_S = 0.05
+_RETRY_LATER_MAX_S = 1.0
 
 
 
 class _Unavailable(CoordinatorError):
     """An UNAVAILABLE answer, with the :class:`~coordinators.rpc.Refusal` code of its trailers (None
-    without one: a member of an older version, or a dependency of the handler that was unavailable)."""
+    without one, or with one this client does not know: it is reported as it is, never retried)."""
 
     def __init__(self, error: GRPCError, trailers: Mapping[str, str] | None) -> None:
         super().__init__(error.message or "UNAVAILABLE")
+        self.error = error
         self.message = error.message or "UNAVAILABLE"
         raw = (trailers or {}).get(REFUSAL_HEADER, "")
         try:
@@ -162,6 +166,8 @@ class CoordinatorClient:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._stub = spec(role).stub()  # ValueError for an unknown role
+        self.etcd = etcd
+        self.meta_root = meta_root
         self.role = role
         self.call_timeout = call_timeout
         self.failover_budget = failover_budget
@@ -183,6 +189,12 @@ class CoordinatorClient:
         self._channels.clear()
         self._retired.clear()
 
+    def peer(self, role: str) -> CoordinatorClient:
+        """A client of ``role``'s ACTIVE member through the same etcd, with the same bounds and TLS
+        (the caller closes it)."""
+        return CoordinatorClient(self.etcd, self.meta_root, role, call_timeout=self.call_timeout,
+                                 failover_budget=self.failover_budget, ssl_context=self._ssl)
+
     async def __aenter__(self) -> CoordinatorClient:
         await self.start()
         return self
@@ -193,13 +205,18 @@ class CoordinatorClient:
     async def call(self, method: str, request: Any, *, idempotent: bool = True) -> Any:
         """Call ``method`` on the ACTIVE member and return its reply.
 
-        Retried on another member when the one reached is not serving (refused before the
-        handler ran) or unreachable; for ``idempotent`` calls also when the outcome is unknown
-        (timeout, broken connection, an etcd write of the member that failed). Other gRPC errors (INVALID_ARGUMENT, NOT_FOUND...) are
-        raised at once as :class:`GRPCError`.
+        Retried, within the failover budget, only where the answer says so: on another member when
+        the one reached is not serving (refused before the handler ran) or unreachable; on the same
+        member when it is initializing or asks to be asked again later (``retry_later``: a
+        coordinator it depends on did not answer); for ``idempotent`` calls also when the outcome
+        is unknown (timeout, broken connection, an etcd write of the member that failed). Any
+        other error (INVALID_ARGUMENT, NOT_FOUND, INTERNAL, an UNAVAILABLE without a refusal code
+        this client knows...) is raised at once as :class:`GRPCError`.
 
         :raises NoActiveMember: no member served the call within the failover budget.
         :raises OutcomeUnknown: a non-idempotent call broke mid-way.
+        :raises GRPCError: the member's error; also the ACTIVE member's last ``retry_later`` refusal
+            when the budget ran out on it.
         """
         await self.start()
         budget = self.failover_budget
@@ -209,20 +226,33 @@ class CoordinatorClient:
         deadline = time.monotonic() + budget
         avoid = 0
         last_error = ""
+        later: GRPCError | None = None  # the last retry_later refusal, raised if the budget runs out on it
+        backoff = _RETRY_LATER_MIN_S
         while True:
             if time.monotonic() > deadline:
+                if later is not None:
+                    raise later
                 raise NoActiveMember(f"no ACTIVE {self.role} served {method} in time; last error: {last_error or 'none'}")
             try:
                 target = await self.tracker.wait_for_active(deadline, not_server=avoid)
             except NoActiveMember as exc:
                 raise NoActiveMember(f"{exc}; last error: {last_error or 'none'}") from None
+            later = None
             try:
                 reply, server_id, epoch = await self._attempt(target, method, request)
             except _Unavailable as exc:
                 last_error = exc.message
+                if exc.code is None:
+                    raise exc.error from None  # no refusal this client knows: not a reason to retry
                 if not idempotent and exc.code == Refusal.METADATA_UNAVAILABLE:
                     # An etcd write of the handler timed out: it may have been applied; asking again could apply it twice.
                     raise OutcomeUnknown(f"{self.role}.{method} on {target.address}: {last_error}") from exc
+                if exc.code == Refusal.RETRY_LATER:
+                    # The right member; nothing was applied. Ask it again, less and less often.
+                    later = exc.error
+                    await asyncio.sleep(min(backoff, max(deadline - time.monotonic(), 0)))
+                    backoff = min(backoff * 2, _RETRY_LATER_MAX_S)
+                    continue
                 named = self.tracker.active
                 if exc.code == Refusal.INITIALIZING or (named is not None and named.server_id == target.server_id):
                     # The key names this member: it has just won and is switching out of STANDBY, or

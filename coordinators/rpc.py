@@ -24,7 +24,7 @@ from grpclib.server import Stream
 
 from coordinators.deadline import caller_deadline
 from coordinators.errors import CoordinatorError
-from session import CorruptValue, EtcdUnavailable, NotActive, SessionError
+from session import CorruptValue, EtcdUnavailable, LeaseNotFound, NotActive, SessionError, SessionLost
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +50,9 @@ class Refusal(StrEnum):
     STOPPING = "stopping"
     #: An etcd call of the handler failed: a write may or may not have been applied.
     METADATA_UNAVAILABLE = "metadata_unavailable"
+    #: The right member, which could not complete the call now (a coordinator it calls did not
+    #: answer, its keys changed under it); nothing was applied: ask it again later.
+    RETRY_LATER = "retry_later"
 
 
 _refusal: ContextVar[Refusal | None] = ContextVar("refusal", default=None)
@@ -67,9 +70,11 @@ def refusal_of_this_call() -> Refusal | None:
 
 
 class RpcError(CoordinatorError):
-    """An error the caller should see as a gRPC status, with a message meant for people."""
+    """An error the caller should see as a gRPC status, with a message meant for people; an
+    UNAVAILABLE one says with its :class:`Refusal` what the caller should do."""
 
     status: Status = Status.INTERNAL
+    refusal: Refusal | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -96,9 +101,46 @@ class NotServing(RpcError):
     """This process is not the ACTIVE one (or stopped being it mid-call)."""
 
     status = Status.UNAVAILABLE
+    refusal = Refusal.NOT_ACTIVE
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"not serving, reason: {reason}")
+
+
+class RetryLater(RpcError):
+    """The ACTIVE member could not complete the call now and applied nothing: the caller asks again
+    later (a coordinator it depends on did not answer; its keys kept changing under it)."""
+
+    status = Status.UNAVAILABLE
+    refusal = Refusal.RETRY_LATER
+
+
+class DependencyFailed(RpcError):
+    """A coordinator this call depends on answered with an error that asking again will not fix: the
+    caller gets that status and the dependency's message, at once."""
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def dependency_error(role: str, method: str, exc: Exception) -> RpcError:
+    """Our answer when a call to ``role``'s ACTIVE member (through its client) failed with ``exc``.
+
+    NOT_FOUND and INVALID_ARGUMENT stay what they are (the caller's request names something wrong);
+    UNAVAILABLE, no ACTIVE member in time, or a lost reply, is :class:`RetryLater`; any other status
+    (INTERNAL, ...) is passed on as it is, so the caller reports it at once instead of retrying.
+    """
+    if isinstance(exc, GRPCError):
+        what = f"{role} {method}: {exc.status.name}: {exc.message}"
+        if exc.status == Status.NOT_FOUND:
+            return NotFound(exc.message or what)
+        if exc.status == Status.INVALID_ARGUMENT:
+            return InvalidArgument(f"{role}: {exc.message}")
+        if exc.status == Status.UNAVAILABLE:
+            return RetryLater(what)
+        return DependencyFailed(exc.status, what)
+    return RetryLater(f"{role} unavailable: {exc}")
 
 
 async def unary(stream: Stream[Req, Rep], handle: Callable[[Req], Awaitable[Rep]]) -> None:
@@ -109,19 +151,21 @@ async def unary(stream: Stream[Req, Rep], handle: Callable[[Req], Awaitable[Rep]
     try:
         with caller_deadline(stream.deadline.time_remaining() if stream.deadline is not None else None):
             reply = await handle(request)
-    except NotServing as exc:
-        raise refuse(Refusal.NOT_ACTIVE, exc.message) from exc
     except RpcError as exc:
+        if exc.refusal is not None:
+            raise refuse(exc.refusal, exc.message) from exc
         raise GRPCError(exc.status, exc.message) from exc
-    except NotActive as exc:
+    except (NotActive, SessionLost) as exc:  # the term or the session is over
         raise refuse(Refusal.NOT_ACTIVE, f"not serving, reason: {exc}") from exc
     except EtcdUnavailable as exc:
         raise refuse(Refusal.METADATA_UNAVAILABLE, f"metadata store unavailable: {exc}") from exc
+    except LeaseNotFound as exc:  # the session's lease is gone: so is the term
+        raise refuse(Refusal.NOT_ACTIVE, f"not serving, reason: {exc}") from exc
     except CorruptValue as exc:
         log.error("corrupt metadata", error=str(exc))
         raise GRPCError(Status.INTERNAL, str(exc)) from exc
-    except SessionError as exc:
-        raise GRPCError(Status.UNAVAILABLE, str(exc)) from exc
+    except SessionError as exc:  # etcd answered with an error asking again will not fix
+        raise GRPCError(Status.INTERNAL, f"metadata store refused: {exc}") from exc
     await stream.send_message(reply)
 
 

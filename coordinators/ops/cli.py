@@ -10,6 +10,8 @@ import argparse
 import asyncio
 import importlib
 import json
+import os
+import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any, NoReturn
@@ -86,9 +88,24 @@ def build_parser(*, role_commands: bool = True) -> argparse.ArgumentParser:
 
     for module in _ROLE_COMMANDS if role_commands else ():
         role_parser = importlib.import_module(module).register(sub)
-        role_parser.add_argument("--config", default=None, help="milvus.yaml to use")
-        role_parser.add_argument("--timeout", type=float, default=30.0, help="seconds to find an ACTIVE member and get an answer")
+        _call_options(role_parser, config=None, timeout=30.0)
+        for action_parser in _subcommands(role_parser):  # also after the action: `milvus rootcoord show-collections --timeout 3`
+            _call_options(action_parser, config=argparse.SUPPRESS, timeout=argparse.SUPPRESS)
     return parser
+
+
+def _call_options(parser: argparse.ArgumentParser, *, config: Any, timeout: Any) -> None:
+    """``--config`` and ``--timeout`` of ``milvus <role> <action>``, with these defaults (SUPPRESS: an
+    action's copy sets the value only when given, so the role-level one keeps its default)."""
+    parser.add_argument("--config", default=config, help="milvus.yaml to use")
+    parser.add_argument("--timeout", type=_seconds, default=timeout,
+                        help="seconds to find an ACTIVE member and get an answer (default 30)")
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers of ``parser``'s sub-commands (argparse keeps them in its sub-parsers action)."""
+    return [p for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+            for p in action.choices.values()]
 
 
 def _seconds(text: str) -> float:
@@ -111,6 +128,18 @@ def _server_id(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``milvus`` console script."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe could not be reported
+        return code
+    except BrokenPipeError:
+        # Whoever read our output went away (`milvus rootcoord show-collections | head -1`): end
+        # quietly, as a Unix tool killed by SIGPIPE does, and keep Python from reporting it at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["run"]:
         hold_early_signals()  # before anything slow: `milvus stop` may signal us from the pid file on
@@ -239,8 +268,9 @@ def _role_command(config: Config, args: argparse.Namespace) -> int:
     from grpclib.exceptions import GRPCError
 
     from coordinators.client import CoordinatorClient, NoActiveMember, OutcomeUnknown
+    from coordinators.roles.listing import Listing
     from coordinators.tls import client_ssl_context, make_etcd
-    from session import SessionError
+    from session import SessionError, active_key
 
     configure_logging("error", config.log.format, sys.stderr)
 
@@ -250,6 +280,8 @@ def _role_command(config: Config, args: argparse.Namespace) -> int:
                                    ssl_context=client_ssl_context(config))
         try:
             await etcd.connect()
+            # One read first: an unreachable etcd is said at once (exit 3), not after the whole --timeout.
+            await etcd.get(active_key(config.etcd.meta_root, args.command))
             result: Any = await args.handler(client, args)
         except GRPCError as exc:
             print(f"milvus {args.command}: {exc.status.name}: {exc.message}", file=sys.stderr)
@@ -258,13 +290,18 @@ def _role_command(config: Config, args: argparse.Namespace) -> int:
             print(f"milvus {args.command}: {exc}", file=sys.stderr)
             return ExitCode.FAILURE
         except SessionError as exc:
-            print(f"milvus {args.command}: etcd at {','.join(config.etcd.endpoints)}: {exc}", file=sys.stderr)
+            print(f"milvus {args.command}: cannot reach etcd at {','.join(config.etcd.endpoints)}: {exc}", file=sys.stderr)
             return ExitCode.ETCD
         finally:
             await client.close()
             await etcd.close()
+        unreadable: Sequence[str] = ()
+        if isinstance(result, Listing):
+            result, unreadable = result.result, result.unreadable
         print(json.dumps(result, indent=2), flush=True)
-        return ExitCode.OK
+        for record in unreadable:  # never a listing that looks complete without them
+            print(f"milvus {args.command}: left out of the listing, unreadable: {record}", file=sys.stderr)
+        return ExitCode.CORRUPT_METADATA if unreadable else ExitCode.OK
 
     return asyncio.run(go())
 

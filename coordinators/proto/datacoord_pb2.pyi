@@ -122,7 +122,9 @@ class ShowSegmentsRequest(_message.Message):
     def __init__(self, collection_id: _Optional[int] = ...) -> None: ...
 
 class ShowSegmentsResponse(_message.Message):
-    __slots__ = ("infos",)
+    __slots__ = ("infos", "unreadable")
     INFOS_FIELD_NUMBER: _ClassVar[int]
+    UNREADABLE_FIELD_NUMBER: _ClassVar[int]
     infos: _containers.RepeatedCompositeFieldContainer[SegmentInfo]
-    def __init__(self, infos: _Optional[_Iterable[_Union[SegmentInfo, _Mapping]]] = ...) -> None: ...
+    unreadable: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, infos: _Optional[_Iterable[_Union[SegmentInfo, _Mapping]]] = ..., unreadable: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from coordinators.proto import common_pb2 as coordinators_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#coordinators/proto/querycoord.proto\x12\x0cmilvus.coord\x1a\x1f\x63oordinators/proto/common.proto\"H\n\x15LoadCollectionRequest\x12\x17\n\x0f\x63ollection_name\x18\x01 \x01(\t\x12\x16\n\x0ereplica_number\x18\x02 \x01(\x05\"/\n\x16LoadCollectionResponse\x12\x15\n\rcollection_id\x18\x01 \x01(\x03\"3\n\x18ReleaseCollectionRequest\x12\x17\n\x0f\x63ollection_name\x18\x01 \x01(\t\"\x1b\n\x19ReleaseCollectionResponse\"\x18\n\x16ShowCollectionsRequest\"\xc6\x01\n\x10LoadedCollection\x12\x15\n\rcollection_id\x18\x01 \x01(\x03\x12\x17\n\x0f\x63ollection_name\x18\x02 \x01(\t\x12\x16\n\x0ereplica_number\x18\x03 \x01(\x05\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.milvus.coord.LoadState\x12\x10\n\x08progress\x18\x05 \x01(\x05\x12\x17\n\x0floaded_segments\x18\x06 \x01(\x03\x12\x17\n\x0ftarget_segments\x18\x07 \x01(\x03\"N\n\x17ShowCollectionsResponse\x12\x33\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x1e.milvus.coord.LoadedCollection\".\n\x13GetLoadStateRequest\x12\x17\n\x0f\x63ollection_name\x18\x01 \x01(\t\"P\n\x14GetLoadStateResponse\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.milvus.coord.LoadState\x12\x10\n\x08progress\x18\x02 \x01(\x05*c\n\tLoadState\x12\x15\n\x11LoadStateNotExist\x10\x00\x12\x14\n\x10LoadStateNotLoad\x10\x01\x12\x14\n\x10LoadStateLoading\x10\x02\x12\x13\n\x0fLoadStateLoaded\x10\x03\x32\xe4\x03\n\nQueryCoord\x12\\\n\x12GetComponentStates\x12\'.milvus.coord.GetComponentStatesRequest\x1a\x1d.milvus.coord.ComponentStates\x12[\n\x0eLoadCollection\x12#.milvus.coord.LoadCollectionRequest\x1a$.milvus.coord.LoadCollectionResponse\x12\x64\n\x11ReleaseCollection\x12&.milvus.coord.ReleaseCollectionRequest\x1a\'.milvus.coord.ReleaseCollectionResponse\x12^\n\x0fShowCollections\x12$.milvus.coord.ShowCollectionsRequest\x1a%.milvus.coord.ShowCollectionsResponse\x12U\n\x0cGetLoadState\x12!.milvus.coord.GetLoadStateRequest\x1a\".milvus.coord.GetLoadStateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#coordinators/proto/querycoord.proto\x12\x0cmilvus.coord\x1a\x1f\x63oordinators/proto/common.proto\"H\n\x15LoadCollectionRequest\x12\x17\n\x0f\x63ollection_name\x18\x01 \x01(\t\x12\x16\n\x0ereplica_number\x18\x02 \x01(\x05\"/\n\x16LoadCollectionResponse\x12\x15\n\rcollection_id\x18\x01 \x01(\x03\"3\n\x18ReleaseCollectionRequest\x12\x17\n\x0f\x63ollection_name\x18\x01 \x01(\t\"\x1b\n\x19ReleaseCollectionResponse\"\x18\n\x16ShowCollectionsRequest\"\xc6\x01\n\x10LoadedCollection\x12\x15\n\rcollection_id\x18\x01 \x01(\x03\x12\x17\n\x0f\x63ollection_name\x18\x02 \x01(\t\x12\x16\n\x0ereplica_number\x18\x03 \x01(\x05\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.milvus.coord.LoadState\x12\x10\n\x08progress\x18\x05 \x01(\x05\x12\x17\n\x0floaded_segments\x18\x06 \x01(\x03\x12\x17\n\x0ftarget_segments\x18\x07 \x01(\x03\"b\n\x17ShowCollectionsResponse\x12\x33\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x1e.milvus.coord.LoadedCollection\x12\x12\n\nunreadable\x18\x02 \x03(\t\".\n\x13GetLoadStateRequest\x12\x17\n\x0f\x63ollection_name\x18\x01 \x01(\t\"P\n\x14GetLoadStateResponse\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.milvus.coord.LoadState\x12\x10\n\x08progress\x18\x02 \x01(\x05*c\n\tLoadState\x12\x15\n\x11LoadStateNotExist\x10\x00\x12\x14\n\x10LoadStateNotLoad\x10\x01\x12\x14\n\x10LoadStateLoading\x10\x02\x12\x13\n\x0fLoadStateLoaded\x10\x03\x32\xe4\x03\n\nQueryCoord\x12\\\n\x12GetComponentStates\x12\'.milvus.coord.GetComponentStatesRequest\x1a\x1d.milvus.coord.ComponentStates\x12[\n\x0eLoadCollection\x12#.milvus.coord.LoadCollectionRequest\x1a$.milvus.coord.LoadCollectionResponse\x12\x64\n\x11ReleaseCollection\x12&.milvus.coord.ReleaseCollectionRequest\x1a\'.milvus.coord.ReleaseCollectionResponse\x12^\n\x0fShowCollections\x12$.milvus.coord.ShowCollectionsRequest\x1a%.milvus.coord.ShowCollectionsResponse\x12U\n\x0cGetLoadState\x12!.milvus.coord.GetLoadStateRequest\x1a\".milvus.coord.GetLoadStateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coordinators.proto.querycoord_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOADSTATE']._serialized_start=728
-  _globals['_LOADSTATE']._serialized_end=827
+  _globals['_LOADSTATE']._serialized_start=748
+  _globals['_LOADSTATE']._serialized_end=847
   _globals['_LOADCOLLECTIONREQUEST']._serialized_start=86
   _globals['_LOADCOLLECTIONREQUEST']._serialized_end=158
   _globals['_LOADCOLLECTIONRESPONSE']._serialized_start=160
@@ -47,11 +47,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOADEDCOLLECTION']._serialized_start=318
   _globals['_LOADEDCOLLECTION']._serialized_end=516
   _globals['_SHOWCOLLECTIONSRESPONSE']._serialized_start=518
-  _globals['_SHOWCOLLECTIONSRESPONSE']._serialized_end=596
-  _globals['_GETLOADSTATEREQUEST']._serialized_start=598
-  _globals['_GETLOADSTATEREQUEST']._serialized_end=644
-  _globals['_GETLOADSTATERESPONSE']._serialized_start=646
-  _globals['_GETLOADSTATERESPONSE']._serialized_end=726
-  _globals['_QUERYCOORD']._serialized_start=830
-  _globals['_QUERYCOORD']._serialized_end=1314
+  _globals['_SHOWCOLLECTIONSRESPONSE']._serialized_end=616
+  _globals['_GETLOADSTATEREQUEST']._serialized_start=618
+  _globals['_GETLOADSTATEREQUEST']._serialized_end=664
+  _globals['_GETLOADSTATERESPONSE']._serialized_start=666
+  _globals['_GETLOADSTATERESPONSE']._serialized_end=746
+  _globals['_QUERYCOORD']._serialized_start=850
+  _globals['_QUERYCOORD']._serialized_end=1334
 # @@protoc_insertion_point(module_scope)

@@ -66,10 +66,12 @@ class LoadedCollection(_message.Message):
     def __init__(self, collection_id: _Optional[int] = ..., collection_name: _Optional[str] = ..., replica_number: _Optional[int] = ..., state: _Optional[_Union[LoadState, str]] = ..., progress: _Optional[int] = ..., loaded_segments: _Optional[int] = ..., target_segments: _Optional[int] = ...) -> None: ...
 
 class ShowCollectionsResponse(_message.Message):
-    __slots__ = ("collections",)
+    __slots__ = ("collections", "unreadable")
     COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    UNREADABLE_FIELD_NUMBER: _ClassVar[int]
     collections: _containers.RepeatedCompositeFieldContainer[LoadedCollection]
-    def __init__(self, collections: _Optional[_Iterable[_Union[LoadedCollection, _Mapping]]] = ...) -> None: ...
+    unreadable: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, collections: _Optional[_Iterable[_Union[LoadedCollection, _Mapping]]] = ..., unreadable: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetLoadStateRequest(_message.Message):
     __slots__ = ("collection_name",)

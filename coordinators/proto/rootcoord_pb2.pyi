@@ -152,11 +152,13 @@ class RootShowCollectionsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class RootShowCollectionsResponse(_message.Message):
-    __slots__ = ("collection_names", "collection_ids", "created_timestamps")
+    __slots__ = ("collection_names", "collection_ids", "created_timestamps", "unreadable")
     COLLECTION_NAMES_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_IDS_FIELD_NUMBER: _ClassVar[int]
     CREATED_TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
+    UNREADABLE_FIELD_NUMBER: _ClassVar[int]
     collection_names: _containers.RepeatedScalarFieldContainer[str]
     collection_ids: _containers.RepeatedScalarFieldContainer[int]
     created_timestamps: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, collection_names: _Optional[_Iterable[str]] = ..., collection_ids: _Optional[_Iterable[int]] = ..., created_timestamps: _Optional[_Iterable[int]] = ...) -> None: ...
+    unreadable: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, collection_names: _Optional[_Iterable[str]] = ..., collection_ids: _Optional[_Iterable[int]] = ..., created_timestamps: _Optional[_Iterable[int]] = ..., unreadable: _Optional[_Iterable[str]] = ...) -> None: ...

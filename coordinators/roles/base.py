@@ -21,7 +21,7 @@ A role owns its state, its RPCs and what it reloads on activation; the process o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,10 +49,15 @@ class RoleImage(Protocol):
 
 
 class PrefixImage:
-    """Base of an image made of one key prefix (and no single keys): datacoord's, querycoord's."""
+    """Base of an image made of one key prefix (and no single keys): datacoord's, querycoord's.
+
+    ``unreadable`` holds the keys whose value could not be read (key -> why): left out of the
+    image, never overwritten, and named by the listings (see :func:`read_again`).
+    """
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
+        self.unreadable: dict[str, str] = {}
 
     @property
     def prefixes(self) -> list[str]:
@@ -61,6 +66,17 @@ class PrefixImage:
     @property
     def keys(self) -> list[str]:
         return []
+
+
+async def read_again(writer: FencedWriter, image: RoleImage, keys: Iterable[str]) -> None:
+    """Read ``keys`` again from etcd into ``image`` (a value is put, an absent key deleted): how a term
+    sees an operator's repair (or deletion) of a record it found unreadable, without a restart."""
+    for key in keys:
+        value, mod_revision = await writer.get_kv(key)
+        if value is None:
+            image.delete(key)
+        else:
+            image.put(key, value, mod_revision)
 
 
 @dataclass(frozen=True)

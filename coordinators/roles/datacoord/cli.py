@@ -1,10 +1,12 @@
 """`milvus datacoord ...`: one call to the ACTIVE datacoord, the reply printed as JSON.
 
-    milvus datacoord assign COLLECTION_ID --channel CH [--partition P] --count N
-    milvus datacoord flush COLLECTION_ID
-    milvus datacoord segments COLLECTION_ID
+    milvus datacoord assign COLLECTION --channel CH [--partition P] --count N
+    milvus datacoord flush COLLECTION
+    milvus datacoord segments COLLECTION
     milvus datacoord segment-info ID [ID ...]
     milvus datacoord flush-state ID [ID ...]
+
+COLLECTION is a collection's ID or its name (looked up through the ACTIVE rootcoord).
 """
 
 from __future__ import annotations
@@ -14,6 +16,13 @@ from typing import Any
 
 from coordinators.client import CoordinatorClient
 from coordinators.proto import datacoord_pb2
+from coordinators.roles.listing import Listing
+from coordinators.roles.rootcoord.cli import CollectionRef, collection_ref, describe_collection
+
+
+async def _collection_id(client: CoordinatorClient, ref: CollectionRef) -> int:
+    """The ID ``ref`` names: itself, or the named collection's (asked of rootcoord)."""
+    return ref if isinstance(ref, int) else int((await describe_collection(client, ref)).collection_id)
 
 
 def segment_dict(info: datacoord_pb2.SegmentInfo) -> dict[str, Any]:
@@ -30,10 +39,11 @@ def segment_dict(info: datacoord_pb2.SegmentInfo) -> dict[str, Any]:
 
 
 async def _assign(client: CoordinatorClient, args: argparse.Namespace) -> Any:
+    collection_id = await _collection_id(client, args.collection)
     request = datacoord_pb2.AssignSegmentIDRequest(
         segment_requests=[
             datacoord_pb2.SegmentIDRequest(
-                collection_id=args.collection_id, partition_id=args.partition, channel_name=args.channel, count=args.count
+                collection_id=collection_id, partition_id=args.partition, channel_name=args.channel, count=args.count
             )
         ]
     )
@@ -53,7 +63,8 @@ async def _assign(client: CoordinatorClient, args: argparse.Namespace) -> Any:
 
 
 async def _flush(client: CoordinatorClient, args: argparse.Namespace) -> Any:
-    reply = await client.call("Flush", datacoord_pb2.FlushRequest(collection_id=args.collection_id))
+    request = datacoord_pb2.FlushRequest(collection_id=await _collection_id(client, args.collection))
+    reply = await client.call("Flush", request)
     return {
         "flushed_segment_ids": list(reply.flushed_segment_ids),
         "already_flushed_segment_ids": list(reply.already_flushed_segment_ids),
@@ -61,8 +72,9 @@ async def _flush(client: CoordinatorClient, args: argparse.Namespace) -> Any:
 
 
 async def _segments(client: CoordinatorClient, args: argparse.Namespace) -> Any:
-    reply = await client.call("ShowSegments", datacoord_pb2.ShowSegmentsRequest(collection_id=args.collection_id))
-    return [segment_dict(info) for info in reply.infos]
+    request = datacoord_pb2.ShowSegmentsRequest(collection_id=await _collection_id(client, args.collection))
+    reply = await client.call("ShowSegments", request)
+    return Listing([segment_dict(info) for info in reply.infos], list(reply.unreadable))
 
 
 async def _segment_info(client: CoordinatorClient, args: argparse.Namespace) -> Any:
@@ -91,18 +103,18 @@ def register(sub: Any) -> argparse.ArgumentParser:
     actions = parser.add_subparsers(dest="action", required=True, parser_class=type(parser))
 
     assign = actions.add_parser("assign", help="get rows in a growing segment of a collection's channel")
-    assign.add_argument("collection_id", metavar="COLLECTION_ID", type=int)
+    assign.add_argument("collection", metavar="COLLECTION", type=collection_ref, help="collection ID or name")
     assign.add_argument("--channel", required=True, help="channel name (e.g. by-dev-rootcoord-dml_0)")
     assign.add_argument("--partition", type=int, default=0, help="partition ID (default 0)")
     assign.add_argument("--count", type=_count, required=True, help="rows wanted")
     assign.set_defaults(handler=_assign)
 
     flush = actions.add_parser("flush", help="seal and flush every segment of a collection")
-    flush.add_argument("collection_id", metavar="COLLECTION_ID", type=int)
+    flush.add_argument("collection", metavar="COLLECTION", type=collection_ref, help="collection ID or name")
     flush.set_defaults(handler=_flush)
 
     segments = actions.add_parser("segments", help="list a collection's segments")
-    segments.add_argument("collection_id", metavar="COLLECTION_ID", type=int)
+    segments.add_argument("collection", metavar="COLLECTION", type=collection_ref, help="collection ID or name")
     segments.set_defaults(handler=_segments)
 
     info = actions.add_parser("segment-info", help="describe segments by ID")

@@ -34,7 +34,6 @@ from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import structlog
-from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from coordinators.client import NoActiveMember, OutcomeUnknown
@@ -59,8 +58,8 @@ from coordinators.proto.datacoord_pb2 import (
     ShowSegmentsRequest,
     ShowSegmentsResponse,
 )
-from coordinators.roles.base import PrefixImage, Role, RoleContext
-from coordinators.rpc import NotFound, NotServing, RpcError, require, unary_service
+from coordinators.roles.base import PrefixImage, Role, RoleContext, read_again
+from coordinators.rpc import NotFound, NotServing, RetryLater, RpcError, dependency_error, require, unary_service
 from session import CorruptValue, FencedWriter
 from session.etcd import Compare, RequestOp, cmp_value, cmp_version, op_put
 
@@ -81,18 +80,6 @@ STATE_NAMES: Mapping[int, str] = {Growing: "Growing", Sealed: "Sealed", Flushed:
 _STATE_VALUES: Mapping[str, int] = {name: value for value, name in STATE_NAMES.items()}
 
 ChannelKey = tuple[int, int, str]  # (collection, partition, channel)
-
-
-class DependencyUnavailable(RpcError):
-    """rootcoord could not answer: a transient failure the caller may retry."""
-
-    status = Status.UNAVAILABLE
-
-
-class ConcurrentChange(RpcError):
-    """The segments kept changing under us (someone else writes our keys): retry later."""
-
-    status = Status.UNAVAILABLE
 
 
 @dataclass(frozen=True)
@@ -183,10 +170,13 @@ class SegmentImage(PrefixImage):
         except CorruptValue as exc:
             log.error("skipping a corrupt segment record", key=key, error=str(exc))
             self.delete(key)
+            self.unreadable[key] = str(exc)
             return
+        self.unreadable.pop(key, None)
         self.set(segment, value)
 
     def delete(self, key: str) -> None:
+        self.unreadable.pop(key, None)
         last = key.rsplit("/", 1)[-1]
         if last.isdigit() and (old := self.segments.get(int(last))) is not None and self.key(old) == key:
             self._forget(old)
@@ -227,6 +217,10 @@ class SegmentImage(PrefixImage):
 
     def has_collection(self, collection_id: int) -> bool:
         return collection_id in self._by_collection
+
+    def unreadable_of(self, collection_id: int) -> list[str]:
+        """The unreadable keys among ``collection_id``'s segment records."""
+        return sorted(k for k in self.unreadable if k.startswith(f"{self.prefix}{collection_id}/"))
 
     def view(self) -> dict[int, bytes]:
         """Everything a reload at the same revision would read, for comparing two images."""
@@ -464,12 +458,8 @@ class DataCoord(Role):
         """Call the ACTIVE rootcoord (the client follows its failovers); map its failures to ours."""
         try:
             return await self.ctx.client("rootcoord").call(method, request)
-        except GRPCError as exc:
-            if exc.status == Status.NOT_FOUND:
-                raise NotFound(exc.message or "not found") from exc
-            raise DependencyUnavailable(f"rootcoord {method}: {exc.status.name}: {exc.message}") from exc
-        except (NoActiveMember, OutcomeUnknown) as exc:
-            raise DependencyUnavailable(f"rootcoord unavailable: {exc}") from exc
+        except (GRPCError, NoActiveMember, OutcomeUnknown) as exc:
+            raise dependency_error("rootcoord", method, exc) from exc
 
     async def _ensure_collection(self, view: _TermState, collection_id: int) -> None:
         """NOT_FOUND unless rootcoord knows the collection (or we hold segments of it); cached for the term."""
@@ -534,7 +524,7 @@ class DataCoord(Role):
                 if await view.commit(list(plan.changed.values())):
                     _log_changes(plan.changed.values(), opened)
                     return AssignSegmentIDResponse(assignments=assignments)
-        raise ConcurrentChange("segment metadata kept changing under datacoord; retry")
+        raise RetryLater("segment metadata kept changing under datacoord; retry")
 
     # -- Flush -----------------------------------------------------------------------------------
 
@@ -558,7 +548,7 @@ class DataCoord(Role):
                         log.info("segments flushed", collectionID=collection_id, segmentIDs=done)
                     already = [s.id for s in segments if s.state == Flushed and s.id not in done]
                     return FlushResponse(flushed_segment_ids=done, already_flushed_segment_ids=already)
-        raise ConcurrentChange("segment metadata kept changing under datacoord; retry")
+        raise RetryLater("segment metadata kept changing under datacoord; retry")
 
     @staticmethod
     async def _commit_batches(view: _TermState, segments: Sequence[Segment]) -> int:
@@ -605,8 +595,13 @@ class DataCoord(Role):
         collection_id = request.collection_id
         require(collection_id > 0, f"collection_id must be > 0, got {collection_id}")
         view = await self._fresh_view()
+        if view.image.unreadable_of(collection_id):  # repaired since? read them again
+            async with view.lock:
+                await read_again(view.writer, view.image, view.image.unreadable_of(collection_id))
         segments = view.of_collection(collection_id)
-        if not segments:
+        unreadable = view.image.unreadable_of(collection_id)
+        if not segments and not unreadable:
             await self._ensure_collection(view, collection_id)
-            view.writer.check()  # answered after an await: only while the term is on
-        return ShowSegmentsResponse(infos=[s.to_proto() for s in segments])
+        view.writer.check()  # answered after an await: only while the term is on
+        return ShowSegmentsResponse(infos=[s.to_proto() for s in segments],
+                                    unreadable=[view.image.unreadable[k] for k in unreadable])

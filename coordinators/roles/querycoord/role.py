@@ -37,20 +37,20 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
-from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from coordinators.client import NoActiveMember, OutcomeUnknown
 from coordinators.errors import CoordinatorError
 from coordinators.proto import datacoord_pb2, querycoord_pb2, rootcoord_pb2
 from coordinators.proto.querycoord_grpc import QueryCoordBase
-from coordinators.roles.base import PrefixImage, Role, RoleContext
+from coordinators.roles.base import PrefixImage, Role, RoleContext, read_again
 from coordinators.rpc import (
     FailedPrecondition,
-    InvalidArgument,
     NotFound,
     NotServing,
+    RetryLater,
     RpcError,
+    dependency_error,
     require,
     unary_service,
 )
@@ -69,12 +69,6 @@ MAX_NAME_LEN = 255
 LOADING = "Loading"
 LOADED = "Loaded"
 _STATE_ENUM = {LOADING: querycoord_pb2.LoadStateLoading, LOADED: querycoord_pb2.LoadStateLoaded}
-
-
-class Unavailable(RpcError):
-    """A coordinator this call depends on (rootcoord) could not be reached: retry later."""
-
-    status = Status.UNAVAILABLE
 
 
 def collection_prefix(meta_root: str) -> str:
@@ -187,18 +181,18 @@ class LoadImage(PrefixImage):
     def put(self, key: str, value: bytes, mod_revision: int) -> None:
         try:
             record = LoadRecord.from_json(key, value)
+            if key != f"{self.prefix}{record.collection_id}":
+                raise CorruptValue(key, value, f"a load record of collection {record.collection_id} under another key")
         except CorruptValue as exc:
             log.error("skipping an unreadable load record", key=key, error=str(exc))
             self.delete(key)
+            self.unreadable[key] = str(exc)
             return
-        if key != f"{self.prefix}{record.collection_id}":
-            log.error("skipping a load record stored under another collection's key", key=key,
-                      collectionID=record.collection_id)
-            self.delete(key)
-            return
+        self.unreadable.pop(key, None)
         self.records[record.collection_id] = record
 
     def delete(self, key: str) -> None:
+        self.unreadable.pop(key, None)
         suffix = key[len(self.prefix):]
         if suffix.isdigit():
             self.records.pop(int(suffix), None)
@@ -215,9 +209,10 @@ class _TermState:
     ended meanwhile answers "not serving" instead of reading records the next term may have changed.
     """
 
-    def __init__(self, writer: FencedWriter, records: dict[int, LoadRecord]) -> None:
+    def __init__(self, writer: FencedWriter, image: LoadImage) -> None:
         self.writer = writer
-        self.records = records
+        self.image = image
+        self.records = image.records
         self.lock = asyncio.Lock()
         self.wake = asyncio.Event()
         self.loader: asyncio.Task[None] | None = None
@@ -266,7 +261,7 @@ class QueryCoord(Role):
         hot = isinstance(image, LoadImage)
         ready = image if isinstance(image, LoadImage) else await self.read_image(writer)
         assert isinstance(ready, LoadImage)
-        term = _TermState(writer, ready.records)
+        term = _TermState(writer, ready)
         term.wake.set()
         term.loader = asyncio.create_task(self._run_loader(term), name="querycoord-loader")
         self._term = term
@@ -348,8 +343,13 @@ class QueryCoord(Role):
     async def show_collections(self, req: querycoord_pb2.ShowCollectionsRequest) -> querycoord_pb2.ShowCollectionsResponse:
         """Every loaded or loading collection, by ID."""
         term = self.live()
+        if term.image.unreadable:  # repaired since? read them again
+            async with term.lock:
+                await read_again(term.writer, term.image, sorted(term.image.unreadable))
+            term.check()
         records = sorted(term.records.values(), key=lambda r: r.collection_id)
-        return querycoord_pb2.ShowCollectionsResponse(collections=[r.to_proto() for r in records])
+        return querycoord_pb2.ShowCollectionsResponse(collections=[r.to_proto() for r in records],
+                                                      unreadable=sorted(term.image.unreadable.values()))
 
     async def get_load_state(self, req: querycoord_pb2.GetLoadStateRequest) -> querycoord_pb2.GetLoadStateResponse:
         """NotExist (rootcoord does not know it), NotLoad, Loading with progress, or Loaded."""
@@ -371,30 +371,24 @@ class QueryCoord(Role):
         request = rootcoord_pb2.DescribeCollectionRequest(collection_name=name)
         try:
             reply = await self._call_other("rootcoord", "DescribeCollection", request)
-        except GRPCError as exc:
-            if exc.status == Status.NOT_FOUND:
-                return None
-            if exc.status == Status.INVALID_ARGUMENT:
-                raise InvalidArgument(f"rootcoord: {exc.message}") from exc
-            raise Unavailable(f"rootcoord DescribeCollection failed: {exc.status.name}: {exc.message}") from exc
+        except NotFound:
+            return None
         return int(reply.collection_id)
 
     async def _call_other(self, role: str, method: str, request: Any) -> Any:
-        """One call to another role's ACTIVE member; its unavailability is UNAVAILABLE for our caller."""
+        """One call to another role's ACTIVE member; its failure mapped to ours (:func:`dependency_error`)."""
         try:
             return await self.ctx.client(role).call(method, request)
-        except (NoActiveMember, OutcomeUnknown) as exc:
-            raise Unavailable(f"{role} unavailable: {exc}") from exc
+        except (GRPCError, NoActiveMember, OutcomeUnknown) as exc:
+            raise dependency_error(role, method, exc) from exc
 
     async def _flushed_segments(self, collection_id: int) -> tuple[int, ...]:
         """IDs of the collection's Flushed segments, from datacoord (sorted)."""
         request = datacoord_pb2.ShowSegmentsRequest(collection_id=collection_id)
         try:
             reply = await self._call_other("datacoord", "ShowSegments", request)
-        except GRPCError as exc:
-            if exc.status == Status.NOT_FOUND:
-                return ()
-            raise
+        except NotFound:
+            return ()
         flushed = datacoord_pb2.SegmentState.Value("Flushed")
         return tuple(sorted({int(s.id) for s in reply.infos if s.state == flushed}))
 
@@ -408,7 +402,7 @@ class QueryCoord(Role):
         key = self._key(record.collection_id)
         resp = await term.writer.txn([cmp_version(key, 0)], [op_put(key, record.to_json())])
         if not resp.succeeded:
-            raise Unavailable(f"load record {key} exists in etcd but not in memory: retry")
+            raise RetryLater(f"load record {key} exists in etcd but not in memory: retry")
 
     async def _update(self, term: _TermState, record: LoadRecord) -> None:
         """Persist a changed record, only if it still exists (a release may not be undone)."""

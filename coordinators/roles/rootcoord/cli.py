@@ -12,6 +12,7 @@ from typing import Any
 
 from coordinators.client import CoordinatorClient
 from coordinators.proto import rootcoord_pb2 as pb
+from coordinators.roles.listing import Listing
 from coordinators.roles.rootcoord.tso import describe
 
 _INT32_MAX = 2**31 - 1
@@ -31,6 +32,29 @@ def _bounded_int(low: int, high: int) -> Any:
         return value
 
     return parse
+
+
+#: A collection as the other roles' commands take it: its ID (digits) or its name.
+CollectionRef = int | str
+
+
+def collection_ref(text: str) -> CollectionRef:
+    """argparse type: a collection ID (all digits: a name never starts with one) or a collection name."""
+    if text.isascii() and text.isdigit():
+        return int(text)
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a collection name or ID is needed")
+    return text
+
+
+async def describe_collection(client: CoordinatorClient, ref: CollectionRef) -> pb.DescribeCollectionResponse:
+    """The collection ``ref`` names, as the ACTIVE rootcoord describes it (GRPCError NOT_FOUND when it
+    knows no such collection); ``client`` is any role's client, whose etcd and bounds are used."""
+    request = (pb.DescribeCollectionRequest(collection_id=ref) if isinstance(ref, int)
+               else pb.DescribeCollectionRequest(collection_name=ref))
+    async with client.peer("rootcoord") as rootcoord:
+        reply: pb.DescribeCollectionResponse = await rootcoord.call("DescribeCollection", request)
+    return reply
 
 
 def _field(f: pb.FieldSchema) -> dict[str, Any]:
@@ -98,10 +122,11 @@ async def _describe(client: CoordinatorClient, args: argparse.Namespace) -> dict
     }
 
 
-async def _show(client: CoordinatorClient, args: argparse.Namespace) -> dict[str, Any]:
+async def _show(client: CoordinatorClient, args: argparse.Namespace) -> Listing:
     reply = await client.call("ShowCollections", pb.RootShowCollectionsRequest())
     rows = zip(reply.collection_names, reply.collection_ids, reply.created_timestamps, strict=True)
-    return {"collections": [{"collection_name": n, "collection_id": i, **_created(ts)} for n, i, ts in rows]}
+    collections = [{"collection_name": n, "collection_id": i, **_created(ts)} for n, i, ts in rows]
+    return Listing({"collections": collections}, list(reply.unreadable))
 
 
 def register(sub: Any) -> argparse.ArgumentParser:

@@ -38,7 +38,7 @@ import structlog
 
 from coordinators.proto import rootcoord_pb2 as pb
 from coordinators.proto.rootcoord_grpc import RootCoordBase
-from coordinators.roles.base import Role, RoleContext
+from coordinators.roles.base import Role, RoleContext, read_again
 from coordinators.roles.rootcoord.id_allocator import MAX_COUNT as MAX_ID_COUNT
 from coordinators.roles.rootcoord.id_allocator import IDAllocator
 from coordinators.roles.rootcoord.tso import MAX_LOGICAL, TimestampOracle
@@ -225,6 +225,7 @@ class _Catalog:
         self._named: dict[int, set[str]] = {}  # ID -> the names whose key holds it
         self._raw: dict[int, bytes] = {}  # records not parsed yet
         self._parsed: dict[int, Collection] = {}
+        self.unreadable: dict[int, str] = {}  # ID -> why its record could not be parsed (kept raw)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -253,6 +254,7 @@ class _Catalog:
     def set_record(self, cid: int, raw: bytes | None = None, parsed: Collection | None = None) -> None:
         self._raw.pop(cid, None)
         self._parsed.pop(cid, None)
+        self.unreadable.pop(cid, None)
         if parsed is not None:
             self._parsed[cid] = parsed
         else:
@@ -263,6 +265,7 @@ class _Catalog:
     def drop_record(self, cid: int) -> None:
         self._raw.pop(cid, None)
         self._parsed.pop(cid, None)
+        self.unreadable.pop(cid, None)
         for name in list(self._named.get(cid, ())):
             self._hide(name, cid)
 
@@ -285,7 +288,11 @@ class _Catalog:
         if coll is not None or cid not in self.names:
             return coll
         raw = self._raw[cid]
-        coll = Collection.from_json(self.record_prefix + str(cid), raw)
+        try:
+            coll = Collection.from_json(self.record_prefix + str(cid), raw)
+        except CorruptValue as exc:
+            self.unreadable[cid] = str(exc)
+            raise
         if coll.name != self.names[cid] or coll.id != cid:
             log.error("collection record disagrees with its keys", id=cid, name=self.names[cid], record=coll.name)
         del self._raw[cid]
@@ -318,18 +325,18 @@ class _Catalog:
         return {name: (cid, self._parsed[cid].to_json().encode() if cid in self._parsed else self._raw[cid])
                 for name, cid in self.ids.items()}
 
-    def all(self) -> list[Collection]:
-        """Every readable collection by ID; a corrupt record is logged and left out."""
-        found = []
+    def all(self) -> tuple[list[Collection], list[CorruptValue]]:
+        """Every visible collection by ID: the readable ones, and why each other one is not."""
+        found, broken = [], []
         for cid in sorted(self.names):
             try:
                 coll = self.get(cid)
             except CorruptValue as exc:
-                log.error("unreadable collection record", error=str(exc))
+                broken.append(exc)
                 continue
             if coll is not None:
                 found.append(coll)
-        return found
+        return found, broken
 
     async def warm(self, slice_s: float = 0.001) -> None:
         """Parse every record in the background, yielding to calls every ``slice_s`` seconds (a fixed
@@ -358,6 +365,9 @@ class RootImage:
         self.tso: tuple[bytes, int] | None = None
         self.gid: tuple[bytes, int] | None = None
         self.catalog = _Catalog(self.record_prefix)
+        #: Name keys (and stray keys among the records) that cannot be read: key -> why. The records'
+        #: own are found when parsed (``catalog.unreadable``).
+        self.unreadable: dict[str, str] = {}
 
     @property
     def prefixes(self) -> list[str]:
@@ -368,6 +378,7 @@ class RootImage:
         return [self.tso_key, self.gid_key]
 
     def put(self, key: str, value: bytes, mod_revision: int) -> None:
+        self.unreadable.pop(key, None)
         if key == self.tso_key:
             self.tso = (value, mod_revision)
         elif key == self.gid_key:
@@ -379,14 +390,17 @@ class RootImage:
             else:
                 log.error("unreadable collection name key; ignored", key=key, value=value[:40])
                 self.catalog.drop_name(name)
+                self.unreadable[key] = str(CorruptValue(key, value, "a collection name key holds a decimal collection ID"))
         elif key.startswith(self.record_prefix):
             suffix = key[len(self.record_prefix):]
             if suffix.isdigit() and suffix.isascii():
                 self.catalog.set_record(int(suffix), value)
             else:
                 log.error("unexpected key among collection records; ignored", key=key)
+                self.unreadable[key] = str(CorruptValue(key, value, "not a collection record key (…/collection/<ID>)"))
 
     def delete(self, key: str) -> None:
+        self.unreadable.pop(key, None)
         if key == self.tso_key:
             self.tso = None
         elif key == self.gid_key:
@@ -432,17 +446,30 @@ class _TermState:
         task, self._warm_up = self._warm_up, None
         await cancel_and_wait(task)
 
-    def lookup(self, name: str, collection_id: int) -> Collection:
-        """By name, or by ID when the name is empty; both must agree when both are given."""
+    async def lookup(self, name: str, collection_id: int) -> Collection:
+        """By name, or by ID when the name is empty; both must agree when both are given.
+
+        A record found unreadable is read again from etcd first (an operator may have repaired it
+        since); :class:`CorruptValue` naming its key when it still is.
+        """
         if name:
             validate_name(name, "collection")
+        else:
+            require(collection_id > 0, "give a collection_name or a positive collection_id")
+        try:
+            return self._lookup(name, collection_id)
+        except CorruptValue as exc:
+            await read_again(self.writer, self.image, [exc.key])
+            return self._lookup(name, collection_id)
+
+    def _lookup(self, name: str, collection_id: int) -> Collection:
+        if name:
             coll = self.catalog.by_name(name)
             if coll is None:
                 raise NotFound(f"collection {name!r} not found")
             if collection_id and coll.id != collection_id:
                 raise NotFound(f"collection {name!r} has ID {coll.id}, not {collection_id}")
             return coll
-        require(collection_id > 0, "give a collection_name or a positive collection_id")
         coll = self.catalog.get(collection_id)
         if coll is None:
             raise NotFound(f"collection with ID {collection_id} not found")
@@ -499,12 +526,20 @@ class _TermState:
                 raise NotFound(f"collection {name!r} not found in etcd")
             return cid
 
-    def show(self) -> pb.RootShowCollectionsResponse:
-        colls = self.catalog.all()
+    async def show(self) -> pb.RootShowCollectionsResponse:
+        """Every collection; an unreadable record is read again (repaired since?), and named in the
+        reply when it still is, never silently left out."""
+        if self.catalog.unreadable or self.image.unreadable:
+            keys = [self.collection_prefix + str(cid) for cid in sorted(self.catalog.unreadable)]
+            await read_again(self.writer, self.image, [*keys, *sorted(self.image.unreadable)])
+        colls, broken = self.catalog.all()
+        for exc in broken:
+            log.error("unreadable collection record", key=exc.key, error=str(exc))
         return pb.RootShowCollectionsResponse(
             collection_names=[c.name for c in colls],
             collection_ids=[c.id for c in colls],
             created_timestamps=[c.created_ts for c in colls],
+            unreadable=[*(str(exc) for exc in broken), *(why for _, why in sorted(self.image.unreadable.items()))],
         )
 
 
@@ -605,7 +640,13 @@ class RootCoord(Role):
         return pb.HasCollectionResponse(value=self.live().has(req.collection_name))
 
     async def describe_collection(self, req: pb.DescribeCollectionRequest) -> pb.DescribeCollectionResponse:
-        return self.live().lookup(req.collection_name, req.collection_id).describe()
+        term = self.live()
+        coll = await term.lookup(req.collection_name, req.collection_id)
+        term.writer.check()  # answered after an await: only while the term is on
+        return coll.describe()
 
     async def show_collections(self, req: pb.RootShowCollectionsRequest) -> pb.RootShowCollectionsResponse:
-        return self.live().show()
+        term = self.live()
+        reply = await term.show()
+        term.writer.check()
+        return reply
