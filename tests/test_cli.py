@@ -7,13 +7,18 @@ and a traceback hides the one line that says what to fix.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from etcd_server import EtcdCluster, free_port
-from procs import clean_env, run_cli
+from procs import MILVUS, clean_env, run_cli
+from session_helpers import connected
 
 pytestmark = pytest.mark.process
 
@@ -82,11 +87,57 @@ async def test_unreachable_etcd_exits_3_naming_the_endpoint() -> None:
     assert code == 3, output
     assert elapsed < 15, f"took {elapsed:.1f}s to give up"
     assert endpoint in output
-    # One line per attempt, then the final error.
+    # One line per attempt, then the final error; the first says how long it keeps trying, and the setting.
     assert output.count("etcd not reachable") == 2, output
+    assert output.count("[setting=\"common.session.retryTimes=2 (COMMON_SESSION_RETRYTIMES)\"]") == 1, output
+    assert "[retryingFor=" in output, output
     assert "etcd is unreachable" in output
     assert "Traceback" not in output
     assert time.monotonic() - t0 < 20
+
+
+async def test_role_command_with_unreachable_etcd_exits_3_at_once() -> None:
+    """Before: it looked for an ACTIVE member for its whole --timeout, then said 'no ACTIVE rootcoord
+    appeared in time; last error: none', exit 1. ``--timeout`` after the action is accepted too."""
+    endpoint, env = _unreachable_env()
+    code, out, err, elapsed = await run_cli(["rootcoord", "show-collections", "--timeout", "30"], env, timeout=40)
+    assert code == 3, out + err
+    assert out == "" and len(_nonblank(err)) == 1, err
+    assert f"cannot reach etcd at {endpoint}" in err and "connection refused" in err, err
+    assert elapsed < 10, f"took {elapsed:.1f}s to say etcd is unreachable"
+
+
+async def test_a_closed_stdout_ends_the_command_quietly(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    """`milvus status --json | head -1` where head has gone: no BrokenPipeError traceback; the exit
+    status of a Unix tool killed by SIGPIPE (128 + 13)."""
+    env = clean_env({"ETCD_ENDPOINTS": etcd.endpoints_csv, "ETCD_ROOT_PATH": etcd_prefix})
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read: the command's first write fails with EPIPE
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            MILVUS, "status", "--json", env=env, stdin=subprocess.DEVNULL, stdout=write_end, stderr=subprocess.PIPE,
+        )
+    finally:
+        os.close(write_end)
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 128 + signal.SIGPIPE, err
+    assert err == b"", err
+
+
+async def test_garbage_at_the_server_id_counter_exits_7_at_once_naming_the_key(
+    etcd: EtcdCluster, etcd_prefix: str
+) -> None:
+    """Before: retried 30 times (~90 s), then exit 7. A value that cannot be parsed is no transient error."""
+    key = f"{etcd_prefix}/meta/session/id"
+    async with connected(etcd.endpoints) as client:
+        await client.put(key, b"not-a-number")
+        env = clean_env({"ETCD_ENDPOINTS": etcd.endpoints_csv, "ETCD_ROOT_PATH": etcd_prefix,
+                         "ROOT_COORD_PORT": str(free_port())})
+        code, out, err, elapsed = await run_cli(["run", "rootcoord"], env, timeout=60)
+        assert code == 7, out + err
+        assert elapsed < 15, f"took {elapsed:.1f}s"
+        assert key in out + err and "could not register the session" not in out + err, out + err
+        assert (await client.get(key)).kvs[0].value == b"not-a-number"  # never overwritten
 
 
 async def test_status_unreachable_etcd_exits_3() -> None:

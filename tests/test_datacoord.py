@@ -338,6 +338,12 @@ async def test_cli(etcd: EtcdCluster, etcd_prefix: str) -> None:
         assert code2 == 2 and "NOT_FOUND" in err2 and "424242" in err2, err2
         assert await milvus("flush", str(coll)) == {"flushed_segment_ids": [seg], "already_flushed_segment_ids": []}
         assert await milvus("flush-state", str(seg)) == {"segment_ids": [seg], "flushed": True}
+        # The collection by name (its ID from rootcoord), as the README's lines do.
+        assert await milvus("segments", "cli") == await milvus("segments", str(coll))
+        [by_name] = await milvus("assign", "cli", "--channel", "dml_1", "--count", "5")
+        assert by_name["collection_id"] == coll
+        code, out, err, _ = await run_cli(["datacoord", "flush", "ghost"], env)
+        assert code == 2 and out == "" and "NOT_FOUND" in err and "ghost" in err, err
 
 
 async def test_write_of_unknown_outcome_is_never_undone(etcd: EtcdCluster, etcd_prefix: str) -> None:

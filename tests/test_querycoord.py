@@ -370,6 +370,9 @@ async def test_cli_load_show_load_state_release(trio: QueryCluster) -> None:
     code, out, err, _ = await run_cli(["querycoord", "load-state", "books"], env)
     assert code == 0, err
     assert json.loads(out) == {"collection_name": "books", "state": "LoadStateLoaded", "progress": 100}
+    code, out, err, _ = await run_cli(["querycoord", "load-state", str(cid)], env)  # by ID: its name from rootcoord
+    assert code == 0, err
+    assert json.loads(out) == {"collection_name": "books", "state": "LoadStateLoaded", "progress": 100}
 
     code, out, err, _ = await run_cli(["querycoord", "release", "books"], env)
     assert code == 0 and json.loads(out) == {"collection_name": "books", "released": True}, err
@@ -377,6 +380,8 @@ async def test_cli_load_show_load_state_release(trio: QueryCluster) -> None:
 
     code, out, err, _ = await run_cli(["querycoord", "load", "ghost"], env)
     assert code == 2 and out == "" and "NOT_FOUND" in err and "ghost" in err and "Traceback" not in err
+    code, out, err, _ = await run_cli(["querycoord", "load", "424242"], env)
+    assert code == 2 and out == "" and "NOT_FOUND" in err and "424242" in err, err
 
 
 # --------------------------------------------------------------------------- calls in flight across a demotion

@@ -81,6 +81,16 @@ _ACTIVATION_BACKOFF_MIN, _ACTIVATION_BACKOFF_MAX = 0.05, 5.0
 
 
 
+def _retry_delay(attempt: int) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1-based) to reach etcd: 0.5 s more each time, at most 3 s."""
+    return min(attempt * 0.5, 3.0)
+
+
+def _retry_span(attempts: int) -> float:
+    """Seconds spent waiting between ``attempts`` attempts (their own time to fail comes on top)."""
+    return sum(_retry_delay(a) for a in range(1, attempts))
+
+
 def freeze_long_lived_state() -> None:
     """Put every object alive now out of the cyclic garbage collector's reach (``gc.freeze``).
 
@@ -273,8 +283,8 @@ class CoordinatorProcess:
             return ExitCode.ETCD
         except CorruptValue as exc:
             log.error(
-                f"{self.role} cannot activate: its metadata in etcd is unreadable; fix or delete the key, then restart",
-                error=str(exc),
+                f"{self.role} cannot go on: a key of its metadata in etcd is unreadable; fix or delete the key, then restart",
+                key=exc.key, error=str(exc),
             )
             return ExitCode.CORRUPT_METADATA
         except AlreadyActive as exc:
@@ -306,14 +316,18 @@ class CoordinatorProcess:
             except (EtcdTLSError, EtcdAuthError):
                 raise
             except (EtcdUnavailable, EtcdRequestFailed) as exc:
-                log.warning(
-                    "etcd not reachable", attempt=attempt, of=attempts, endpoints=",".join(self.etcd.endpoints), error=str(exc)
-                )
+                # The first line says how long this goes on, and what changes it.
+                span = {} if attempt > 1 else {
+                    "retryingFor": f"{_retry_span(attempts):.0f}s plus each attempt's wait for an answer",
+                    "setting": f"common.session.retryTimes={attempts} (COMMON_SESSION_RETRYTIMES)",
+                }
+                log.warning("etcd not reachable", attempt=attempt, of=attempts,
+                            endpoints=",".join(self.etcd.endpoints), error=str(exc), **span)
                 if attempt == attempts:
                     raise EtcdUnavailable(
                         f"no answer from etcd at {','.join(self.etcd.endpoints)} after {attempts} attempts"
                     ) from exc
-                await asyncio.sleep(min(attempt * 0.5, 3.0))
+                await asyncio.sleep(_retry_delay(attempt))
 
     async def _start_http(self) -> None:
         """/healthz, /readyz, /metrics on the gRPC listen host; ``httpPort`` 0 turns them off.
@@ -358,12 +372,14 @@ class CoordinatorProcess:
             try:
                 await session.open()
             except SessionError as exc:
-                if first and isinstance(exc, EtcdAuthError):
-                    raise  # refused credentials at start-up: an operator must fix the config (exit 3)
+                if first and isinstance(exc, EtcdAuthError | CorruptValue):
+                    # Refused credentials (exit 3), garbage at the server-ID counter (exit 7): asking
+                    # again will not change the answer; an operator must fix the config or the key.
+                    raise
                 log.warning("could not register the session", attempt=attempt, of=attempts or "unbounded", error=str(exc))
                 if attempts is not None and attempt >= attempts:
                     raise
-                await self._until_stopped(asyncio.sleep(min(attempt * 0.5, 3.0)))
+                await self._until_stopped(asyncio.sleep(_retry_delay(attempt)))
                 continue
             self._record_session(session)
             return session
