@@ -1,4 +1,5 @@
-"""The ``milvus`` command: ``run <role>``, ``stop <role>``, ``status``, ``switchover <role>``.
+"""The ``milvus`` command: ``run <role>``, ``stop <role>``, ``status``, ``switchover <role>``, ``check``,
+and ``<role> <action>``.
 
 Bad input (a broken config, an unknown role, a wrong value) is one line on stderr and exit code 2,
 never a traceback.
@@ -43,7 +44,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 #: The commands built in here; the others are the role commands above.
-_BUILTIN_COMMANDS = ("run", "stop", "status", "switchover")
+_BUILTIN_COMMANDS = ("run", "stop", "status", "switchover", "check")
 
 
 def build_parser(*, role_commands: bool = True) -> argparse.ArgumentParser:
@@ -74,6 +75,17 @@ def build_parser(*, role_commands: bool = True) -> argparse.ArgumentParser:
     status.add_argument("--watch", nargs="?", const=2.0, default=None, type=_seconds, metavar="SECONDS",
                         help="redraw every SECONDS (default 2) until Ctrl-C")
     status.add_argument("--config", default=None, help="milvus.yaml to use")
+
+    check = sub.add_parser(
+        "check",
+        help="check the config, etcd (reached with its credentials) and every key the suite keeps there",
+        description="Reads the config, reaches etcd with its credentials and TLS files, reads every session "
+        "and every role's metadata, and reports each value it cannot read and each group whose members "
+        "disagree on active-standby. Exit 0 only when all is well (3: etcd unreachable; 7: an unreadable "
+        "value; 1: members disagree).",
+    )
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.add_argument("--config", default=None, help="milvus.yaml to use")
 
     switch = sub.add_parser(
         "switchover",
@@ -177,6 +189,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return _status(config, as_json=args.json, role=args.role, watch=args.watch)
     if args.command == "switchover":
         return _switchover(config, args.role, to=args.to, timeout=args.timeout)
+    if args.command == "check":
+        return _check(config, as_json=args.json)
     return _role_command(config, args)
 
 
@@ -237,6 +251,13 @@ def _status(config: Config, *, as_json: bool, role: str | None, watch: float | N
 
     configure_logging("error", config.log.format, sys.stderr)
     return asyncio.run(run_status(config, as_json=as_json, role=role, watch=watch))
+
+
+def _check(config: Config, *, as_json: bool) -> int:
+    from coordinators.ops.check import run_check
+
+    configure_logging("error", config.log.format, sys.stderr)
+    return asyncio.run(run_check(config, as_json=as_json))
 
 
 def _switchover(config: Config, role: str, *, to: int, timeout: float) -> int:

@@ -23,7 +23,7 @@ from typing import TextIO
 
 from coordinators.config import Config
 from coordinators.ops.exit_codes import ExitCode
-from coordinators.registry import ROLES
+from coordinators.registry import ROLES, spec
 from session import CorruptValue, Etcd, SessionError, SessionInfo, session_prefix
 
 _OWN_KEY = re.compile(r"^(?P<role>[a-z]+)-(?P<id>\d+)$")
@@ -122,17 +122,43 @@ def _duration(seconds: float | None) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
+def mixed_active_standby(rows: list[SessionRow]) -> dict[str, list[SessionRow]]:
+    """Per role whose members disagree on active-standby (some on, some off): the members with it off."""
+    mixed: dict[str, list[SessionRow]] = {}
+    for role in dict.fromkeys(r.role for r in rows):
+        members = [r for r in rows if r.role == role and r.state != "INVALID"]
+        if {True, False} <= {r.active_standby for r in members}:
+            mixed[role] = [r for r in members if r.active_standby is False]
+    return mixed
+
+
+#: Marks, in the STATE column, a member running with active-standby off in a group where others have it on.
+OFF_MARK = "*"
+
+
 def render_table(rows: list[SessionRow]) -> str:
-    """A fixed-width table for people."""
+    """A fixed-width table for people; a footnote names each group whose members disagree on active-standby."""
+    mixed = mixed_active_standby(rows)
+    off = {(r.role, r.server_id) for members in mixed.values() for r in members}
     header = ("ROLE", "SERVER_ID", "ADDRESS", "STATE", "EPOCH", "ACTIVE_FOR", "LEASE_LEFT", "HTTP", "VERSION", "HOST")
     lines = [header] + [
-        (r.role, str(r.server_id), r.address, r.state, str(r.epoch) if r.epoch else "-", _duration(r.active_seconds),
+        (r.role, str(r.server_id), r.address, r.state + (OFF_MARK if (r.role, r.server_id) in off else ""),
+         str(r.epoch) if r.epoch else "-", _duration(r.active_seconds),
          f"{r.lease_seconds_left}s" if r.lease_seconds_left >= 0 else "-", r.http_address or "-", r.version, r.hostname)
         for r in rows
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip() for line in lines)
+    for role, members in mixed.items():
+        ids = ", ".join(f"ServerID={r.server_id}" for r in members)
+        text += (f"\n{OFF_MARK} {role}: {ids} run(s) with active-standby off while other members have it on: "
+                 f"those never wait as a STANDBY. Stop them, set {_switch(role)}, start them again.")
     return text if rows else text + "\n(no sessions)"
+
+
+def _switch(role: str) -> str:
+    """The setting that turns active-standby on for ``role``, as an operator writes it."""
+    return f"{spec(role).section}.enableActiveStandby: true"
 
 
 def render_json(rows: list[SessionRow], *, indent: int | None = 2) -> str:

@@ -47,6 +47,10 @@ class RoleImage(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def unreadable_records(self) -> list[str]:
+        """Every key of the image whose value cannot be read, as "<key>: <why>" (``milvus check``)."""
+        ...
+
 
 class PrefixImage:
     """Base of an image made of one key prefix (and no single keys): datacoord's, querycoord's.
@@ -66,6 +70,9 @@ class PrefixImage:
     @property
     def keys(self) -> list[str]:
         return []
+
+    def unreadable_records(self) -> list[str]:
+        return [why for _, why in sorted(self.unreadable.items())]
 
 
 async def read_again(writer: FencedWriter, image: RoleImage, keys: Iterable[str]) -> None:

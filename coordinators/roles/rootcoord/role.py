@@ -40,8 +40,8 @@ from coordinators.proto import rootcoord_pb2 as pb
 from coordinators.proto.rootcoord_grpc import RootCoordBase
 from coordinators.roles.base import Role, RoleContext, read_again
 from coordinators.roles.rootcoord.id_allocator import MAX_COUNT as MAX_ID_COUNT
-from coordinators.roles.rootcoord.id_allocator import IDAllocator
-from coordinators.roles.rootcoord.tso import MAX_LOGICAL, TimestampOracle
+from coordinators.roles.rootcoord.id_allocator import IDAllocator, parse_id_bound
+from coordinators.roles.rootcoord.tso import MAX_LOGICAL, TimestampOracle, parse_bound
 from coordinators.rpc import AlreadyExists, NotFound, NotServing, require, unary_service
 from session import CorruptValue, FencedWriter
 from session.etcd import cmp_value, cmp_version, op_delete, op_put
@@ -409,6 +409,18 @@ class RootImage:
             self.catalog.drop_name(key[len(self.name_prefix):])
         elif key.startswith(self.record_prefix) and (suffix := key[len(self.record_prefix):]).isdigit():
             self.catalog.drop_record(int(suffix))
+
+    def unreadable_records(self) -> list[str]:
+        """The saved bounds, every visible record (parsed now) and the name keys that cannot be read."""
+        found: list[str] = []
+        for key, bound, parse in ((self.tso_key, self.tso, parse_bound), (self.gid_key, self.gid, parse_id_bound)):
+            if bound is not None:
+                try:
+                    parse(key, bound[0])
+                except CorruptValue as exc:
+                    found.append(str(exc))
+        found += [str(exc) for exc in self.catalog.all()[1]]
+        return found + [why for _, why in sorted(self.unreadable.items())]
 
     def view(self) -> tuple[object, ...]:
         """Everything a reload at the same revision would read, for comparing two images."""
