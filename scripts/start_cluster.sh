@@ -111,6 +111,8 @@ start_etcd() {
         fi
         local client="127.0.0.1:$port" peer="127.0.0.1:$ETCD_PEER_PORT"
         etcd_bin="$(find_etcd)" || die "etcd not found (see above)"
+        local reused=0
+        [ -d "$ETCD_DIR/member" ] && reused=1
         mkdir -p "$ETCD_DIR"
         # etcd reads ETCD_* variables as flags and exits on one that repeats a flag
         # given here (ETCD_DATA_DIR!): start it with none of them.
@@ -133,8 +135,11 @@ start_etcd() {
             --logger=zap --log-level=warn \
             >"$ETCD_LOG" 2>&1 </dev/null &
         pid=$!
-        echo "$pid" >"$ETCD_PIDFILE"
+        printf '%s\n%s\n' "$pid" "$ETCD_DIR" >"$ETCD_PIDFILE"   # the data dir, for stop_cluster.sh --wipe
         say "started etcd (pid $pid, client $client, data $ETCD_DIR, log $ETCD_LOG)"
+        if [ "$reused" = 1 ]; then
+            say "$ETCD_DIR holds an earlier run's data (kept across stop and start): its collections and sessions come back, server IDs carry on; scripts/stop_cluster.sh --wipe starts from nothing"
+        fi
     fi
     if ! wait_for etcd_healthy; then
         echo "start_cluster: etcd on $ETCD_ENDPOINTS not healthy after ${TIMEOUT}s; tail of $ETCD_LOG:" >&2
@@ -215,6 +220,30 @@ all_standby() {
     for role in "${ROLES[@]}"; do [[ "$counts" == *" $role="* ]] || return 1; done
 }
 
+# Say so when a member found running uses another active-standby setting than the config (file and
+# environment) gives a process started now: it keeps its own until it is restarted.
+settings_differ() {
+    timeout 10 milvus status --json 2>/dev/null | python -c '
+import json, sys
+try:
+    from coordinators.config import ConfigError, load_config
+    config = load_config()
+    rows = json.load(sys.stdin)
+except (ValueError, ConfigError):
+    sys.exit(0)
+word = {True: "on", False: "off"}
+for r in rows:
+    if r.get("state") == "INVALID" or r.get("active_standby") is None:
+        continue
+    role, has, want = r["role"], r["active_standby"], config.role(r["role"]).enable_active_standby
+    if has != want:
+        who = "{} ServerID={} ({})".format(role, r["server_id"], r["address"])
+        print(f"start_cluster: {who} runs with active-standby {word[has]}, but {config.source} (with the "
+              f"environment) now says {word[want]}: it keeps its setting until restarted: "
+              "scripts/stop_cluster.sh, then scripts/start_cluster.sh")
+'
+}
+
 fail_wait() {
     echo "start_cluster: $1 after ${TIMEOUT}s" >&2
     timeout 10 milvus status >&2 || true
@@ -237,4 +266,5 @@ check_alive
 if [ "${#STARTED[@]}" -eq 0 ]; then
     say "the cluster is already running (${ALREADY[*]}): nothing started"
 fi
+settings_differ || true
 milvus status

@@ -9,21 +9,32 @@
 # With --all, also every other `milvus run` process on the machine (what `pgrep -f "milvus run"`
 # finds), including ones a test run or a person started elsewhere: SIGTERM, SIGKILL after the timeout.
 #
+# With --wipe, also delete the data dir of the etcd start_cluster.sh started (its collections, server
+# IDs, sessions: everything), so that the next start_cluster.sh begins from nothing. Without it the
+# data dir is kept, and a restarted cluster finds its old collections and carries on its server IDs.
+# Refused (nothing deleted) when an etcd still runs on that data dir.
+#
 # Environment: MILVUS_RUN_DIR (pid files, as start_cluster.sh and milvus run: default /run/milvus
 # if writable, else /tmp/milvus), STOP_TIMEOUT (seconds, default 10).
 set -euo pipefail
 
-usage() { echo "usage: $0 [--all] [--keep-etcd]" >&2; }
+usage() { echo "usage: $0 [--all] [--keep-etcd | --wipe]" >&2; }
 ALL=0
 KEEP_ETCD=0
+WIPE=0
 for arg in "$@"; do
     case "$arg" in
         --all) ALL=1 ;;
         --keep-etcd) KEEP_ETCD=1 ;;
+        --wipe) WIPE=1 ;;
         -h|--help) usage; exit 0 ;;
         *) usage; exit 2 ;;
     esac
 done
+if [ "$WIPE" = 1 ] && [ "$KEEP_ETCD" = 1 ]; then
+    echo "stop_cluster: --wipe deletes etcd's data: it cannot keep etcd running (--keep-etcd)" >&2
+    exit 2
+fi
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=scripts/_venv.sh
@@ -107,6 +118,10 @@ if [ "$ALL" = 1 ]; then
     if [ "${#OTHERS[@]}" -gt 0 ]; then term_and_wait "${OTHERS[@]}"; fi
 fi
 
+# The data dir of the etcd start_cluster.sh started: the pid file's second line (else the default).
+ETCD_DIR="$(sed -n 2p "$ETCD_PIDFILE" 2>/dev/null || true)"
+ETCD_DIR="${ETCD_DIR:-${ETCD_DATA_DIR:-/tmp/milvus-etcd}}"
+
 if [ "$KEEP_ETCD" = 0 ] && [ -f "$ETCD_PIDFILE" ]; then
     pid="$(head -n1 "$ETCD_PIDFILE" | tr -dc 0-9 || true)"
     if pid_alive "$pid" && [[ "$(cmdline "$pid")" == *etcd* ]]; then
@@ -123,6 +138,21 @@ if [ "$KEEP_ETCD" = 0 ] && [ -f "$ETCD_PIDFILE" ]; then
         done
     fi
     rm -f "$ETCD_PIDFILE"
+fi
+
+if [ "$WIPE" = 1 ]; then
+    if [ ! -e "$ETCD_DIR" ]; then
+        say "no etcd data dir at $ETCD_DIR: nothing to wipe"
+    elif pgrep -f -- "--data-dir=$ETCD_DIR( |$)" >/dev/null 2>&1; then
+        say "an etcd still runs on $ETCD_DIR (not one start_cluster.sh started): not wiped"
+        RC=1
+    elif [ ! -d "$ETCD_DIR/member" ] && [ -n "$(ls -A "$ETCD_DIR" 2>/dev/null)" ]; then
+        say "$ETCD_DIR does not look like an etcd data dir (no member/): not wiped"
+        RC=1
+    else
+        rm -rf -- "$ETCD_DIR"
+        say "wiped the etcd data dir $ETCD_DIR: the next start_cluster.sh starts from nothing"
+    fi
 fi
 say "done"
 exit "$RC"

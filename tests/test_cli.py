@@ -172,3 +172,13 @@ async def test_unwritable_log_directory_exits_2_before_anything_starts(tmp_path:
     assert "Traceback" not in out + err
     assert not list((tmp_path / "run").glob("*.pid")) if (tmp_path / "run").exists() else True
     assert seconds < 5  # it did not try the (unreachable) etcd first
+
+
+def test_the_start_up_retries_last_about_80_seconds_by_default() -> None:
+    """What README.md and the first 'etcd not reachable' line say of common.session.retryTimes=30."""
+    from coordinators.config import load_config
+    from coordinators.server.process import _retry_delay, _retry_span
+
+    assert load_config(env={}).session.retry_times == 30
+    assert _retry_span(30) == 79.5
+    assert [_retry_delay(a) for a in (1, 2, 6, 29)] == [0.5, 1.0, 3.0, 3.0]

@@ -217,3 +217,45 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+async def test_start_again_names_a_changed_setting_and_the_etcd_data_is_kept_or_wiped(cluster: Cluster) -> None:
+    """The README's traps: a cluster already running with active-standby off while the file now says on
+    (before: 'already running', nothing else); etcd's data dir surviving stop and start (before: not
+    said, and no way to start from nothing but deleting a directory by hand)."""
+    data_dir = Path(cluster.env["ETCD_DATA_DIR"])
+    code, out = await run_script("start_cluster.sh", [], cluster.env, START_TIMEOUT_S)
+    assert code == 0 and "started etcd (pid " in out and "earlier run's data" not in out, f"{out}\n{cluster.logs()}"
+
+    on = {**cluster.env, "ROOT_COORD_ENABLE_ACTIVE_STANDBY": "true"}
+    code, again = await run_script("start_cluster.sh", [], on, START_TIMEOUT_S)
+    assert code == 0 and "nothing started" in again, again
+    [line] = [ln for ln in again.splitlines() if "runs with active-standby" in ln]
+    assert line.startswith("start_cluster: rootcoord ServerID=") and "runs with active-standby off" in line, line
+    assert "now says on" in line and "scripts/stop_cluster.sh, then scripts/start_cluster.sh" in line, line
+
+    code, out, err, _ = await run_cli(["rootcoord", "create-collection", "kept"], cluster.env)
+    assert code == 0, out + err
+
+    async def collections() -> list[str]:
+        code, out, err, _ = await run_cli(["rootcoord", "show-collections"], cluster.env)
+        assert code == 0, out + err
+        return [c["collection_name"] for c in json.loads(out)["collections"]]
+
+    # Stop and start: the data comes back, and the script says so.
+    code, stopped = await run_script("stop_cluster.sh", [], cluster.env, 60)
+    assert code == 0 and data_dir.is_dir(), stopped
+    code, out = await run_script("start_cluster.sh", [], cluster.env, START_TIMEOUT_S)
+    assert code == 0 and f"{data_dir} holds an earlier run's data" in out and "--wipe" in out, out
+    assert await collections() == ["kept"]
+
+    # --wipe: the next start begins from nothing.
+    code, out = await run_script("stop_cluster.sh", ["--wipe", "--keep-etcd"], cluster.env, 60)
+    assert code == 2 and data_dir.is_dir(), out
+    code, stopped = await run_script("stop_cluster.sh", ["--wipe"], cluster.env, 60)
+    assert code == 0 and f"wiped the etcd data dir {data_dir}" in stopped and not data_dir.exists(), stopped
+    code, out = await run_script("start_cluster.sh", [], cluster.env, START_TIMEOUT_S)
+    assert code == 0 and "earlier run's data" not in out, out
+    assert await collections() == []
+    code, stopped = await run_script("stop_cluster.sh", [], cluster.env, 60)
+    assert code == 0 and our_pids(cluster.run_dir) == [], stopped
