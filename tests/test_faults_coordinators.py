@@ -29,6 +29,7 @@ from inproc import InProcCluster
 
 from coordinators.proto import common_pb2
 from coordinators.server.process import CoordinatorProcess
+from session.term import PLANNED_ENDS
 
 ENV = {"DATA_COORD_SEGMENT_MAX_ROWS": "100"}
 
@@ -147,6 +148,15 @@ def one_active(cluster: InProcCluster, procs: list[CoordinatorProcess], stopped:
     return f"healthy={[p.server_id for p in healthy]}, neither={[(p.server_id, p.state) for p in others]}"
 
 
+def _unplanned_ends(member: CoordinatorProcess) -> int:
+    """How many of ``member``'s terms ended unplanned (``milvus_coord_terms_ended_total``, by cause)."""
+    return int(sum(
+        sample.value for metric in member.metrics.registry.collect() if metric.name == "milvus_coord_terms_ended"
+        for sample in metric.samples
+        if sample.name.endswith("_total") and sample.labels["cause"] not in {str(c) for c in PLANNED_ENDS}
+    ))
+
+
 @pytest_asyncio.fixture
 async def crowd(etcd: EtcdCluster, etcd_prefix: str) -> AsyncIterator[InProcCluster]:
     async with InProcCluster(etcd, etcd_prefix, ttl=CROWD_TTL, env=ENV, start_timeout=20, stop_timeout=20) as c:
@@ -186,6 +196,10 @@ async def test_ten_standbys_per_role_exactly_one_active_after_every_takeover(cro
                 new = await settled(role, timeout=5)
                 took.append(time.monotonic() - t0)
                 assert new is not active
+                # The graceful path handed it over, whatever the load: the new term's cause says so
+                # (a lease expiry would say ttl), and it came well inside the TTL.
+                assert new.metrics.registry.get_sample_value(
+                    "milvus_coord_takeovers_total", {"role": role, "cause": "graceful"}) == 1, role
                 assert await crowd.exit_code(active) == 0
 
             for _ in range(CROWD_ROUNDS):
@@ -202,8 +216,12 @@ async def test_ten_standbys_per_role_exactly_one_active_after_every_takeover(cro
     print(verdict.summary())
     assert not sampler.doubles, sampler.doubles[:5]
     assert all(n == 1 for n in sampler.max_healthy.values()), sampler.max_healthy
-    assert max(took) < 1.0, took
+    assert max(took) < CROWD_TTL, took  # speed is bench/'s (scale.py): here only "never the lease"
     verdict.assert_ok()
     for role in ROLES:
-        assert len(load.history.epochs(role)) == CROWD_ROUNDS + 1, (role, load.history.epochs(role))
+        # One term per round plus the first; a term that ended unplanned (33 members share one loop:
+        # a stall past the margin under load is a real event) is counted by its cause, and may add one.
+        unplanned = sum(_unplanned_ends(p) for p in members[role])
+        epochs = load.history.epochs(role)
+        assert CROWD_ROUNDS + 1 <= len(epochs) <= CROWD_ROUNDS + 1 + unplanned, (role, epochs, unplanned)
         assert sum(p.state == STANDBY for p in members[role]) == STANDBYS - CROWD_ROUNDS
