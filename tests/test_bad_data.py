@@ -7,6 +7,7 @@ members through the ``milvus`` command, whose exit codes and lines are what an o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -16,8 +17,10 @@ import pytest_asyncio
 from etcd_server import EtcdCluster
 from inproc import Healthy, InProcCluster, StandBy
 from procs import run_cli
+from session_helpers import wait_until
 
 from coordinators.ops.exit_codes import ExitCode
+from coordinators.proto import querycoord_pb2
 
 pytestmark = pytest.mark.process
 
@@ -120,3 +123,30 @@ async def test_corrupt_segment_and_load_records_are_named_by_the_listings_and_re
     assert code == 0 and [s["id"] for s in json.loads(out)] == [assigned["segment_id"]], out + err
     code, out, err, _ = await _milvus(trio, "querycoord", "show")
     assert code == 0 and [c["collection_id"] for c in json.loads(out)] == [str(cid)], out + err
+
+
+async def test_a_dependency_that_is_unavailable_is_retried_until_it_is_back(
+    etcd: EtcdCluster, etcd_prefix: str
+) -> None:
+    """The other side of the rule: querycoord answers ``retry_later`` while no rootcoord serves, and the
+    client asks again (same member) until rootcoord is back, within its budget."""
+    async with InProcCluster(etcd, etcd_prefix, call_timeout=1.0, failover_budget=30.0) as cluster:
+        rootcoord = await cluster.start("rootcoord")
+        querycoord = await cluster.start("querycoord")
+        await cluster.create_collection("books")
+        await cluster.stop(rootcoord)
+        client = cluster.client("querycoord")
+        call = asyncio.create_task(client.call("GetLoadState", querycoord_pb2.GetLoadStateRequest(collection_name="books")))
+
+        def refused_later() -> bool:  # querycoord has answered at least once: retry later
+            value = querycoord.metrics.registry.get_sample_value(
+                "milvus_coord_rpc_requests_total",
+                {"role": "querycoord", "service": "milvus.coord.QueryCoord", "method": "GetLoadState",
+                 "code": "UNAVAILABLE"})
+            return bool(value)
+
+        await wait_until(refused_later, timeout=15, what="querycoord to refuse with retry_later")
+        assert not call.done(), call
+        await cluster.start("rootcoord")
+        reply = await asyncio.wait_for(call, 30)
+        assert reply.state == querycoord_pb2.LoadStateNotLoad
