@@ -105,6 +105,23 @@ async def test_oracle_starts_above_the_saved_bound_and_saves_before_serving() ->
     assert decompose(await fresh.allocate(1)) == (NOW, 3)
 
 
+async def test_a_bound_never_overwrites_garbage_however_often_it_tries() -> None:
+    """Found by test_check under load: a save that met garbage kept the garbage's mod revision, so
+    the keep-ahead's next save compared equal and wrote over it (the garbage might have been a
+    higher bound in another format: a bound that goes down can hand out timestamps twice)."""
+    store, clock = FakeStore(), FakeClock(NOW)
+    oracle = TimestampOracle(store, "tso", clock=clock)
+    await oracle.activate()
+    store.revision += 1
+    store.data["tso"], store.mods["tso"] = b"yesterday", store.revision  # an operator's typo, say
+    puts = store.puts
+    for _ in range(3):
+        clock.now += SAVE_WINDOW_MS  # past the bound: every allocation must save first
+        with pytest.raises(CorruptValue, match="tso"):
+            await oracle.allocate(1)
+    assert store.data["tso"] == b"yesterday" and store.puts == puts
+
+
 async def test_oracle_logical_overflow_and_clock_step_back_keep_increasing() -> None:
     store, clock = FakeStore(), FakeClock(NOW)
     oracle = TimestampOracle(store, "tso", clock=clock)

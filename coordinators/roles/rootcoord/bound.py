@@ -45,8 +45,9 @@ class GrowingBound:
     def known(self, saved: tuple[bytes | None, int] | None) -> int | None:
         """Take the saved bound as already read (``(raw, mod revision)``; None: no key), e.g. from an
         image that is current; the next save compares that mod revision as after :meth:`load`."""
-        raw, self._mod = saved if saved is not None else (None, 0)
+        raw, mod = saved if saved is not None else (None, 0)
         self.value = None if raw is None else self.parse(self.key, raw)
+        self._mod = mod  # only once the value is readable: a save compares it
         return self.value
 
     async def raise_to(self, value: int) -> int:
@@ -54,9 +55,12 @@ class GrowingBound:
         while True:
             if self.value is not None and self.value >= value:
                 return self.value
-            saved, raw, self._mod = await self.writer.put_if_unchanged(self.key, str(value).encode(), self._mod)
+            saved, raw, mod = await self.writer.put_if_unchanged(self.key, str(value).encode(), self._mod)
             if saved:
-                self.value = value
+                self.value, self._mod = value, mod
                 return value
-            # Changed since we looked (an earlier save of ours, applied late): take what is there into account.
+            # Changed since we looked (an earlier save of ours, applied late): take what is there into
+            # account. Garbage raises CorruptValue and leaves the mod revision we compare as it was, so
+            # no later save can write over it either: an operator decides what the bound is.
             self.value = None if raw is None else self.parse(self.key, raw)
+            self._mod = mod
