@@ -7,7 +7,7 @@ that survives compaction), :mod:`session.lease` (the lease and its local deadlin
 The library takes plain parameters and reads no config file.
 """
 
-from session.campaign import Campaign, active_key
+from session.campaign import Campaign
 from session.errors import (
     AlreadyActive,
     CorruptValue,
@@ -22,7 +22,8 @@ from session.errors import (
 from session.etcd import Etcd, EtcdTLS
 from session.fencing import FencedWriter
 from session.info import SessionInfo
-from session.lease import LeaseSession, safety_margin, session_prefix
+from session.keys import RoleKeys, active_key, member_key, session_prefix
+from session.lease import LeaseSession, safety_margin
 from session.observer import SessionObserver, WatchRestart
 from session.server_id import allocate_server_id
 from session.term import Term, TermEnd
@@ -40,6 +41,7 @@ __all__ = [
     "LeaseNotFound",
     "LeaseSession",
     "NotActive",
+    "RoleKeys",
     "SessionError",
     "SessionInfo",
     "SessionLost",
@@ -49,6 +51,7 @@ __all__ = [
     "WatchRestart",
     "active_key",
     "allocate_server_id",
+    "member_key",
     "safety_margin",
     "session_prefix",
 ]

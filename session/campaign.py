@@ -51,19 +51,15 @@ from session.etcd import (
 )
 from session.fastpath import DeathWatch, TakeoverMark, read_mark, remove_dead_holder, revoke_dead_lease
 from session.info import SessionInfo
-from session.lease import LeaseSession, session_prefix
+from session.keys import active_key, successor_key
+from session.lease import LeaseSession
 from session.lineup import Lineup
-from session.switchover import Successor, successor_key
+from session.switchover import Successor
 from session.tasks import cancel_and_wait
 from session.term import Term, TermEnd
 from session.watch import KeyEvent, KeyValue, Resync, WatchItem, key_value, read_state, watch
 
 log = structlog.get_logger(__name__)
-
-
-def active_key(meta_root: str, role: str) -> str:
-    """``{metaRoot}/session/{role}``: the key only the ACTIVE member of a role holds."""
-    return f"{session_prefix(meta_root)}{role}"
 
 
 @dataclass(frozen=True)

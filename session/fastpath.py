@@ -29,10 +29,10 @@ import structlog
 from session.errors import CorruptValue, LeaseNotFound, SessionError
 from session.etcd import Etcd, RequestOp, cmp_create_revision, cmp_lease, op_delete, op_put
 from session.info import SessionInfo
+from session.keys import takeover_key
 from session.watch import KeyValue
 
-__all__ = ["DeathWatch", "TakeoverMark", "mark_op", "read_mark", "remove_dead_holder", "revoke_dead_lease",
-           "takeover_key"]
+__all__ = ["DeathWatch", "TakeoverMark", "mark_op", "read_mark", "remove_dead_holder", "revoke_dead_lease"]
 
 log = structlog.get_logger(__name__)
 
@@ -47,11 +47,6 @@ class DeathWatch(Protocol):
         is no verdict: the caller cancels this when the holder changes or goes.
         """
         ...
-
-
-def takeover_key(meta_root: str, role: str) -> str:
-    """``{metaRoot}/takeover/{role}``: why the last ACTIVE term was removed by the fast path."""
-    return f"{meta_root}/takeover/{role}"
 
 
 @dataclass(frozen=True)

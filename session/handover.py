@@ -47,13 +47,12 @@ from typing import Any
 
 import structlog
 
-from session.campaign import active_key
 from session.errors import CorruptValue, SessionError
 from session.etcd import Etcd, cmp_create_revision, cmp_mod_revision, cmp_version, op_delete, op_put
 from session.info import SessionInfo
+from session.keys import active_key, successor_key
 from session.lineup import Lineup
 from session.observer import WatchRestart
-from session.switchover import successor_key
 from session.watch import KeyEvent, KeyValue, Resync, read_state, watch
 
 __all__ = ["Heir", "LineView", "confirm_or_take_back", "hand_over", "hand_over_behind"]

@@ -25,6 +25,7 @@ from session.clock import Clock, deadline_clock
 from session.errors import EtcdAuthError, EtcdUnavailable, LeaseNotFound, SessionError, SessionLost
 from session.etcd import GREATER, Etcd, RequestOp, cmp_version, op_put
 from session.info import SessionInfo
+from session.keys import member_key
 from session.observer import NO_OBSERVER, SessionObserver
 from session.server_id import allocate_server_id
 from session.watch import KeyEvent, Resync, watch
@@ -41,11 +42,6 @@ IDLE_DEADLINE_STEP = 5.0
 def safety_margin(ttl: float) -> float:
     """How long before the lease could expire the session gives itself up (15% of the TTL, 0.3 to 3 s)."""
     return min(max(ttl * 0.15, 0.3), 3.0)
-
-
-def session_prefix(meta_root: str) -> str:
-    """``{metaRoot}/session/``: where every session key and the server-ID counter live."""
-    return f"{meta_root}/session/"
 
 
 class LeaseSession:
@@ -119,7 +115,7 @@ class LeaseSession:
     @property
     def key(self) -> str:
         """The process's own key, ``{metaRoot}/session/{role}-{serverID}``."""
-        return f"{session_prefix(self.meta_root)}{self.role}-{self.server_id}"
+        return member_key(self.meta_root, self.role, self.server_id)
 
     @property
     def margin(self) -> float:

@@ -33,17 +33,11 @@ from dataclasses import dataclass
 
 from session.errors import CorruptValue
 from session.info import SessionInfo
-from session.lease import session_prefix
-from session.switchover import Successor, successor_key
-from session.watch import KeyValue, covering_range
+from session.keys import RoleKeys
+from session.switchover import Successor
+from session.watch import KeyValue
 
-__all__ = ["Decision", "Lineup", "line_range"]
-
-
-def line_range(meta_root: str, role: str) -> tuple[bytes, bytes]:
-    """``[start, end)`` holding the role's ACTIVE key, its members' own keys and its designation."""
-    active = f"{session_prefix(meta_root)}{role}"
-    return covering_range([active], successor_key(meta_root, role))
+__all__ = ["Decision", "Lineup"]
 
 
 @dataclass(frozen=True)
@@ -70,10 +64,11 @@ class Lineup:
 
     def __init__(self, meta_root: str, role: str, me: int) -> None:
         self.me = me
-        self.active_key = f"{session_prefix(meta_root)}{role}"
-        self.member_prefix = f"{self.active_key}-"
-        self.successor_key = successor_key(meta_root, role)
-        self.range = line_range(meta_root, role)
+        keys = RoleKeys(meta_root, role)
+        self.active_key = keys.active
+        self.member_prefix = keys.member_prefix
+        self.successor_key = keys.successor
+        self.range = keys.line_range
         self.holder: KeyValue | None = None
         self.successor: KeyValue | None = None
         self.members: dict[str, Member] = {}

@@ -10,13 +10,9 @@ import structlog
 
 from session.errors import CorruptValue
 from session.etcd import Etcd, cmp_value, cmp_version, op_put
+from session.keys import server_id_key
 
 log = structlog.get_logger(__name__)
-
-
-def server_id_key(meta_root: str) -> str:
-    """Where the counter lives (Milvus's layout)."""
-    return f"{meta_root}/session/id"
 
 
 async def allocate_server_id(etcd: Etcd, meta_root: str, *, timeout: float | None = None, max_rounds: int = 1000) -> int:

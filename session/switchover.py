@@ -35,7 +35,7 @@ import structlog
 from session.errors import CorruptValue, SessionError
 from session.etcd import Etcd, cmp_mod_revision, cmp_value, op_delete, op_put
 from session.info import SessionInfo
-from session.lease import session_prefix
+from session.keys import member_key, request_key, successor_key, switchover_prefix
 from session.observer import WatchRestart
 from session.watch import KeyValue, Resync, key_value, read_state, watch
 
@@ -61,21 +61,6 @@ log = structlog.get_logger(__name__)
 
 #: The longest switchover timeout a request may carry (seconds).
 MAX_TIMEOUT = 3600.0
-
-
-def switchover_prefix(meta_root: str, role: str) -> str:
-    """``{metaRoot}/switchover/{role}/``: outside ``session/``, whose keys Milvus's tools read as sessions."""
-    return f"{meta_root}/switchover/{role}/"
-
-
-def request_key(meta_root: str, role: str) -> str:
-    """Where ``milvus switchover`` puts its :class:`Request`."""
-    return switchover_prefix(meta_root, role) + "request"
-
-
-def successor_key(meta_root: str, role: str) -> str:
-    """Where the releasing ACTIVE member names its :class:`Successor`."""
-    return switchover_prefix(meta_root, role) + "successor"
 
 
 def _load(key: str, raw: bytes, fields: dict[str, type]) -> dict[str, Any]:
@@ -223,7 +208,7 @@ class Target:
 
 async def check_target(etcd: Etcd, meta_root: str, role: str, server_id: int, *, own_server: int) -> Target | str:
     """The live STANDBY ``server_id`` of ``role``, or why it is not one (for the refusal)."""
-    key = f"{session_prefix(meta_root)}{role}-{server_id}"
+    key = member_key(meta_root, role, server_id)
     if server_id == own_server:
         return f"ServerID={server_id} is the ACTIVE member itself"
     resp = await etcd.get(key)

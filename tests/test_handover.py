@@ -30,7 +30,8 @@ from session import Campaign, FencedWriter, LeaseSession, NotActive, SessionInfo
 from session.etcd import Etcd, op_delete
 from session.fastpath import TakeoverMark, mark_op
 from session.handover import Heir, LineView, confirm_or_take_back, hand_over, hand_over_behind
-from session.switchover import Successor, successor_key
+from session.keys import successor_key
+from session.switchover import Successor
 from session.tasks import cancel_and_wait
 from session.watch import key_value
 

@@ -33,8 +33,8 @@ from coordinators.roles.datacoord.role import SegmentImage
 from coordinators.roles.querycoord.role import LoadImage, collection_prefix
 from coordinators.roles.rootcoord.role import RootImage
 from session import Etcd
-from session.campaign import active_key
 from session.etcd import op_delete, op_put
+from session.keys import active_key
 from session.mirror import Mirror
 from session.watch import covering_range
 

@@ -27,7 +27,7 @@ from session import (
 from session.campaign import _DeathTask
 from session.etcd import cmp_value, op_put
 from session.fastpath import TakeoverMark, remove_dead_holder
-from session.server_id import server_id_key
+from session.keys import server_id_key
 from session.watch import KeyEvent, Resync, key_value, watch
 
 

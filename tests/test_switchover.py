@@ -20,7 +20,7 @@ from session_helpers import wait_until
 
 from coordinators.server.process import CoordinatorProcess
 from session import Campaign, LeaseSession, active_key
-from session.switchover import request_key, successor_key
+from session.keys import request_key, successor_key
 
 REFUSED, TIMED_OUT = 10, 11
 TTL = 3

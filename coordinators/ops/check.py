@@ -26,8 +26,8 @@ from coordinators.ops.exit_codes import ExitCode
 from coordinators.ops.status import mixed_active_standby, read_sessions
 from coordinators.registry import ROLES, spec
 from coordinators.roles.base import RoleContext, RoleImage
-from session import CorruptValue, Etcd, SessionError, SessionInfo, session_prefix
-from session.server_id import server_id_key
+from session import CorruptValue, Etcd, SessionError, SessionInfo, active_key
+from session.keys import server_id_key
 
 __all__ = ["Report", "check_cluster", "run_check"]
 
@@ -80,12 +80,12 @@ async def check_cluster(etcd: Etcd, config: Config) -> Report:
 
 async def _check_session_keys(etcd: Etcd, meta_root: str, report: Report) -> None:
     """Each role's ACTIVE key and the server-ID counter hold what the suite writes there."""
-    prefix = session_prefix(meta_root)
     for role in ROLES:
-        resp = await etcd.get(prefix + role)
+        key = active_key(meta_root, role)
+        resp = await etcd.get(key)
         if resp.kvs:
             try:
-                SessionInfo.from_json(prefix + role, bytes(resp.kvs[0].value))
+                SessionInfo.from_json(key, bytes(resp.kvs[0].value))
             except CorruptValue as exc:
                 report.unreadable.append(str(exc))
     counter = server_id_key(meta_root)

@@ -25,9 +25,10 @@ from coordinators.errors import CoordinatorError
 from coordinators.ops.exit_codes import ExitCode
 from coordinators.proto import common_pb2
 from coordinators.registry import ROLE_SPECS
-from session import CorruptValue, Etcd, SessionError, SessionInfo, active_key, session_prefix
+from session import CorruptValue, Etcd, SessionError, SessionInfo, active_key
 from session.etcd import cmp_create_revision, cmp_lease, cmp_mod_revision, cmp_value, cmp_version, op_delete, op_put
-from session.switchover import Request, Successor, request_key, successor_key
+from session.keys import request_key, session_prefix, successor_key, switchover_prefix
+from session.switchover import Request, Successor
 from session.watch import KeyEvent, KeyValue, Resync, key_value, watch
 
 log = structlog.get_logger(__name__)
@@ -77,7 +78,7 @@ async def _read_role(etcd: Etcd, meta_root: str, role: str) -> _Role:
                 continue
             members[info.server_id] = _Member(info, kv)
     revision = int(resp.header.revision)
-    extra = await etcd.get(f"{meta_root}/switchover/{role}/", prefix=True)
+    extra = await etcd.get(switchover_prefix(meta_root, role), prefix=True)
     by_key = {key_value(raw).key: key_value(raw) for raw in extra.kvs}
     active_info = None
     if active is not None:

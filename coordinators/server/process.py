@@ -59,11 +59,11 @@ from session import (
     safety_margin,
     switchover,
 )
-from session.campaign import active_key
 from session.clock import Clock, deadline_clock
 from session.etcd import EtcdTLSError, op_delete
 from session.fastpath import TakeoverMark, mark_op
 from session.handover import Heir, LineView, confirm_or_take_back, hand_over_behind
+from session.keys import active_key
 from session.lease import DEADLINE_STEP, IDLE_DEADLINE_STEP
 from session.mirror import Mirror
 from session.tasks import cancel_and_wait
