@@ -15,10 +15,7 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from coordinators.roles.base import Role
+from typing import Any
 
 __all__ = ["ROLES", "ROLE_SPECS", "RoleSpec", "spec"]
 
@@ -43,12 +40,6 @@ class RoleSpec:
     service: str
     proto_module: str
     cli_module: str
-
-    def role_class(self) -> type[Role]:
-        """The :class:`~coordinators.roles.base.Role` subclass (imported now)."""
-        module, attr = self.implementation.split(":")
-        cls: type[Role] = getattr(importlib.import_module(module), attr)
-        return cls
 
     def service_base(self) -> type[Any]:
         """The generated grpclib base class the role's servicer implements."""

@@ -14,8 +14,8 @@ pid_alive() {
 cmdline() { tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline" || true; }
 
 # The pid files' directory, as `milvus run` chooses it ($MILVUS_RUN_DIR, /run/milvus, /tmp/milvus):
-# asked of coordinators/ops/pidfile.py rather than repeated here.
-milvus_run_dir() { python -m coordinators.ops.pidfile dir; }
+# asked of coordinators/runtime/pidfile.py rather than repeated here.
+milvus_run_dir() { python -m coordinators.runtime.pidfile dir; }
 
 # The pid of the live `milvus run ROLE [--alias ALIAS]` holding its pid file's lock; fails if none.
-pid_holder() { python -m coordinators.ops.pidfile holder "$1" ${2:+"$2"}; }
+pid_holder() { python -m coordinators.runtime.pidfile holder "$1" ${2:+"$2"}; }

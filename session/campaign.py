@@ -389,10 +389,10 @@ class Campaign:
 
     # -- switchover --------------------------------------------------------------------------
 
-    def note_released(self, designation: bytes, timeout: float) -> None:
-        """This member has just handed the ACTIVE key over, naming its successor with ``designation``:
-        if nobody claims within ``timeout`` seconds, it withdraws the designation and campaigns again."""
-        self._released = (designation, self.session.clock() + timeout)
+    def note_released(self, successor: Successor, timeout: float) -> None:
+        """This member has just handed the ACTIVE key over to ``successor`` (a switchover): if nobody
+        claims within ``timeout`` seconds, it withdraws the successor key and campaigns again."""
+        self._released = (successor.to_json(), self.session.clock() + timeout)
 
     async def _withdraw_designation(self) -> None:
         """Nobody claimed after this member's switchover: delete its designation (if unchanged)."""

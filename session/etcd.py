@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import structlog
 
-from session import etcd_rpc as rpc
+import session.etcd_rpc as rpc
 from session.errors import (
     EtcdAuthError,
     EtcdRequestFailed,

@@ -28,21 +28,18 @@ import math
 from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from session.errors import CorruptValue, SessionError
 from session.etcd import Etcd, cmp_mod_revision, cmp_value, op_delete, op_put
+from session.fencing import FencedWriter
 from session.info import SessionInfo
 from session.keys import member_key, request_key, successor_key, switchover_prefix
 from session.observer import WatchRestart
+from session.term import Term
 from session.watch import KeyValue, Resync, key_value, read_state, watch
-
-if TYPE_CHECKING:  # the campaign imports this module
-    from session.campaign import Campaign
-    from session.fencing import FencedWriter
-    from session.term import Term
 
 __all__ = [
     "Request",
@@ -235,14 +232,13 @@ async def refuse(writer: FencedWriter, meta_root: str, request: Request, raw: by
     await writer.txn([cmp_value(key, raw)], [op_put(key, request.refuse(reason).to_json(), lease=writer.session.lease_id)])
 
 
-async def release(
-    writer: FencedWriter, campaign: Campaign, request: Request, raw: bytes, target: Target | None
-) -> Successor | None:
+async def release(writer: FencedWriter, request: Request, raw: bytes, target: Target | None) -> Successor | None:
     """Hand the ACTIVE key over in one fenced txn: delete it and the request, name the successor.
 
     Compares that the request is unchanged and, with a target, that its session key was not written
-    since it was checked (still live, not Stopping). Returns the successor, or None when a compare
-    failed (nothing changed). :raises NotActive: the term was over already.
+    since it was checked (still live, not Stopping). Returns the successor (the caller tells its
+    campaign: :meth:`session.campaign.Campaign.note_released`), or None when a compare failed (nothing
+    changed). :raises NotActive: the term was over already.
     """
     term, meta_root = writer.term, writer.session.meta_root
     req_key, succ_key = request_key(meta_root, term.role), successor_key(meta_root, term.role)
@@ -256,7 +252,6 @@ async def release(
     resp = await writer.txn(compares, ops)
     if not resp.succeeded:
         return None
-    campaign.note_released(successor.to_json(), request.timeout)
     log.info("released the ACTIVE key to the switchover's successor", ServerID=term.server_id, epoch=term.epoch,
              successor=successor.describe(), revision=int(resp.header.revision))
     return successor

@@ -19,8 +19,8 @@ from inproc import Healthy, InProcCluster, StandBy
 from procs import run_cli
 from session_helpers import wait_until
 
-from coordinators.ops.exit_codes import ExitCode
 from coordinators.proto import querycoord_pb2
+from coordinators.runtime.exit_codes import ExitCode
 
 pytestmark = pytest.mark.process
 

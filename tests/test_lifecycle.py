@@ -24,8 +24,8 @@ from inproc import Healthy, InProcCluster, StandBy, member_stub
 from session_helpers import wait_until
 from structlog.testing import capture_logs
 
-from coordinators.ops.exit_codes import ExitCode
 from coordinators.proto import rootcoord_pb2 as pb
+from coordinators.runtime.exit_codes import ExitCode
 from coordinators.server.process import CoordinatorProcess
 from session import NotActive
 from session.etcd import op_delete

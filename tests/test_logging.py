@@ -20,7 +20,7 @@ import pytest
 import structlog
 
 from coordinators.config import LogFileConfig
-from coordinators.ops.logging_setup import LogSetupError, RotatingLineWriter, configure_logging, flush_logs
+from coordinators.runtime.logging_setup import LogSetupError, RotatingLineWriter, configure_logging, flush_logs
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 log = structlog.get_logger(__name__)
@@ -210,7 +210,7 @@ CHILD = """
 import sys
 import structlog
 from coordinators.config import LogFileConfig
-from coordinators.ops.logging_setup import LogSetupError, RotatingLineWriter, configure_logging, flush_logs
+from coordinators.runtime.logging_setup import LogSetupError, RotatingLineWriter, configure_logging, flush_logs
 
 configure_logging()
 log = structlog.get_logger("child")
@@ -441,7 +441,7 @@ FILE_CHILD = """
 import sys
 import structlog
 from coordinators.config import LogFileConfig
-from coordinators.ops.logging_setup import configure_logging
+from coordinators.runtime.logging_setup import configure_logging
 
 configure_logging(file=LogFileConfig(root_path=sys.argv[1], max_size_mb=300, max_backups=20), file_name="rootcoord.log")
 log = structlog.get_logger("child")
@@ -495,7 +495,7 @@ class _BlockingOutput:
 
 
 def test_a_blocked_output_never_blocks_the_caller_drops_past_the_bound_and_says_how_many() -> None:
-    from coordinators.ops import logging_setup
+    from coordinators.runtime import logging_setup
 
     output = _BlockingOutput()
     sink = logging_setup._LineSink(output, lambda n: f"{n} lines dropped", max_pending=5)

@@ -22,10 +22,10 @@ from typing import TextIO
 
 from coordinators.client import CoordinatorClient
 from coordinators.config import Config
-from coordinators.ops.exit_codes import ExitCode
 from coordinators.ops.status import mixed_active_standby, read_sessions
 from coordinators.registry import ROLES, spec
-from coordinators.roles.base import RoleContext, RoleImage
+from coordinators.roles.base import RoleContext, RoleImage, role_class
+from coordinators.runtime.exit_codes import ExitCode
 from session import CorruptValue, Etcd, SessionError, SessionInfo, active_key
 from session.keys import server_id_key
 
@@ -101,7 +101,7 @@ def _no_client(role: str) -> CoordinatorClient:
 
 async def _read_role(etcd: Etcd, config: Config, role: str) -> tuple[RoleImage, int]:
     """Every key of ``role``, read into the role's own image, as a takeover's reload reads them; and how many."""
-    impl = spec(role).role_class()(RoleContext(role, config, _no_client))
+    impl = role_class(role)(RoleContext(role, config, _no_client))
     image, count = impl.new_image(), 0
     for prefix in image.prefixes:
         async for key, value, mod in etcd.scan(prefix):

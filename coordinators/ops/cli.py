@@ -20,10 +20,10 @@ from typing import Any, NoReturn
 import structlog
 
 from coordinators.config import Config, ConfigError, load_config
-from coordinators.ops.exit_codes import ExitCode
-from coordinators.ops.logging_setup import LogSetupError, configure_logging
-from coordinators.ops.pidfile import AlreadyRunning, PidFile, PidFileError, check_alias
 from coordinators.registry import ROLE_SPECS, ROLES
+from coordinators.runtime.exit_codes import ExitCode
+from coordinators.runtime.logging_setup import LogSetupError, configure_logging
+from coordinators.runtime.pidfile import AlreadyRunning, PidFile, PidFileError, check_alias
 from coordinators.server.signals import hold_early_signals
 
 log = structlog.get_logger(__name__)

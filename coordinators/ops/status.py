@@ -22,8 +22,8 @@ from datetime import datetime
 from typing import TextIO
 
 from coordinators.config import Config
-from coordinators.ops.exit_codes import ExitCode
 from coordinators.registry import ROLES, spec
+from coordinators.runtime.exit_codes import ExitCode
 from session import CorruptValue, Etcd, SessionError, SessionInfo, session_prefix
 
 _OWN_KEY = re.compile(r"^(?P<role>[a-z]+)-(?P<id>\d+)$")

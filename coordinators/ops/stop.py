@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from coordinators.ops import pidfile
-from coordinators.ops.exit_codes import ExitCode
+from coordinators.runtime import pidfile
+from coordinators.runtime.exit_codes import ExitCode
 
 #: How often the target's exit is polled: the handover is measured in milliseconds.
 _POLL_S = 0.01

@@ -22,9 +22,9 @@ import structlog
 from grpclib.client import Channel
 
 from coordinators.errors import CoordinatorError
-from coordinators.ops.exit_codes import ExitCode
 from coordinators.proto import common_pb2
 from coordinators.registry import ROLE_SPECS
+from coordinators.runtime.exit_codes import ExitCode
 from session import CorruptValue, Etcd, SessionError, SessionInfo, active_key
 from session.etcd import cmp_create_revision, cmp_lease, cmp_mod_revision, cmp_value, cmp_version, op_delete, op_put
 from session.keys import request_key, session_prefix, successor_key, switchover_prefix

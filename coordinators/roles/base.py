@@ -21,12 +21,14 @@ A role owns its state, its RPCs and what it reloads on activation; the process o
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from coordinators.client import CoordinatorClient
 from coordinators.config import Config
+from coordinators.registry import spec
 from coordinators.rpc import NotServing
 from session import FencedWriter
 
@@ -101,6 +103,13 @@ class RoleContext:
     @property
     def kv_root(self) -> str:
         return self.config.etcd.kv_root
+
+
+def role_class(role: str) -> type[Role]:
+    """The :class:`Role` subclass of ``role`` (``RoleSpec.implementation``), imported now."""
+    module, attr = spec(role).implementation.split(":")
+    cls: type[Role] = getattr(importlib.import_module(module), attr)
+    return cls
 
 
 class Role:

@@ -18,8 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from coordinators.ops.logging_setup import dropped_lines
 from coordinators.proto import common_pb2
+from coordinators.runtime.logging_setup import dropped_lines
 from session import SessionObserver, WatchRestart
 
 __all__ = ["CoordinatorMetrics", "ProcessView", "SessionMetrics", "state_name"]

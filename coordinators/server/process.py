@@ -28,13 +28,13 @@ import structlog
 from coordinators.client import CoordinatorClient
 from coordinators.config import Config, RoleConfig
 from coordinators.errors import CoordinatorError
-from coordinators.ops import pidfile
-from coordinators.ops.exit_codes import ExitCode
-from coordinators.ops.pidfile import PidFile
 from coordinators.proto import common_pb2
 from coordinators.registry import spec
-from coordinators.roles.base import RoleContext
+from coordinators.roles.base import RoleContext, role_class
 from coordinators.rpc import Refusal
+from coordinators.runtime import pidfile
+from coordinators.runtime.exit_codes import ExitCode
+from coordinators.runtime.pidfile import PidFile
 from coordinators.server.grpc_server import ComponentSnapshot, CoordinatorServer, PortInUseError
 from coordinators.server.http_server import HttpServer, start_with_fallback
 from coordinators.server.metrics import CoordinatorMetrics, ProcessView, SessionMetrics, state_name
@@ -143,7 +143,7 @@ class CoordinatorProcess:
         self.server_ssl = server_ssl_context(config)  # gRPC TLS (common.security.tlsMode), None when off
         self.client_ssl = client_ssl_context(config)
         self.clients: dict[str, CoordinatorClient] = {}
-        self.role_impl = spec(role).role_class()(RoleContext(role, config, self.client))
+        self.role_impl = role_class(role)(RoleContext(role, config, self.client))
         self.metrics = CoordinatorMetrics(role, self.view)
         self.observer = SessionMetrics(self.metrics)
         self.server = CoordinatorServer(
@@ -695,7 +695,7 @@ class CoordinatorProcess:
         if left:
             log.warning("switchover: calls still in flight after the drain deadline", role=self.role, calls=left)
         try:
-            successor = await switchover.release(writer, campaign, request, raw, target)
+            successor = await switchover.release(writer, request, raw, target)
         except NotActive:
             return  # the term ended meanwhile: the process demotes as for any ended term
         except SessionError as exc:
@@ -709,6 +709,7 @@ class CoordinatorProcess:
             self.state = common_pb2.Healthy
             self.server.set_serving(True)
             return
+        campaign.note_released(successor, request.timeout)  # it withdraws the successor key if nobody claims
         term.end(TermEnd.SWITCHED_OVER, f"switched over to {successor.describe()}")
         log.info(f"{self.role} handed the ACTIVE role over and goes back to STANDBY", ServerID=term.server_id,
                  drainSeconds=round(time.monotonic() - t0, 3), cancelledCalls=left)

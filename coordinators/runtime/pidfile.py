@@ -18,8 +18,8 @@ restart on the same host may then revoke at once (see :mod:`coordinators.server.
 The run dir is ``$MILVUS_RUN_DIR`` when set (tests and scripts use it to stay apart), else
 ``/run/milvus`` when it exists or can be created and is writable, else ``/tmp/milvus``.
 
-Run as ``python -m coordinators.ops.pidfile dir`` it prints the run dir, and as
-``python -m coordinators.ops.pidfile holder <role> [alias]`` the pid holding that role's lock (exit 1 when
+Run as ``python -m coordinators.runtime.pidfile dir`` it prints the run dir, and as
+``python -m coordinators.runtime.pidfile holder <role> [alias]`` the pid holding that role's lock (exit 1 when
 none does): the shell scripts ask here rather than repeat the rules.
 """
 
@@ -420,7 +420,7 @@ def _main(argv: Sequence[str]) -> int:
     except PidFileError as exc:
         print(f"pidfile: {exc}", file=sys.stderr)
         return 2
-    print("usage: python -m coordinators.ops.pidfile dir | holder <role> [alias]", file=sys.stderr)
+    print("usage: python -m coordinators.runtime.pidfile dir | holder <role> [alias]", file=sys.stderr)
     return 2
 
 
