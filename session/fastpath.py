@@ -20,9 +20,10 @@ One small key per role, overwritten by the next one; on no lease, so that it out
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -30,9 +31,11 @@ from session.errors import CorruptValue, LeaseNotFound, SessionError
 from session.etcd import Etcd, RequestOp, cmp_create_revision, cmp_lease, op_delete, op_put
 from session.info import SessionInfo
 from session.keys import takeover_key
+from session.term import Holder
 from session.watch import KeyValue
 
-__all__ = ["DeathWatch", "TakeoverMark", "mark_op", "read_mark", "remove_dead_holder", "revoke_dead_lease"]
+__all__ = ["DeathWatch", "DeathWatchTask", "TakeoverMark", "mark_op", "read_mark", "remove_dead_holder",
+           "revoke_dead_lease"]
 
 log = structlog.get_logger(__name__)
 
@@ -130,3 +133,93 @@ async def read_mark(etcd: Etcd, meta_root: str, role: str) -> TakeoverMark | Non
         return TakeoverMark.from_json(key, bytes(resp.kvs[0].value))
     except CorruptValue:
         return None
+
+
+class DeathWatchTask:
+    """The death watch of the holder a STANDBY waits behind: started per holder, acted on once proven.
+
+    :param watcher: how death is proven (None: no fast path; :meth:`follow` then does nothing).
+    :param server_id: this member, named in the takeover mark it writes when it removes a dead term.
+    """
+
+    def __init__(self, etcd: Etcd, meta_root: str, role: str, server_id: int, watcher: DeathWatch | None) -> None:
+        self.etcd, self.meta_root, self.role, self.server_id = etcd, meta_root, role, server_id
+        self.watcher = watcher
+        self._holder: Holder | None = None
+        self._task: asyncio.Task[str] | None = None
+        self._cancelled: list[asyncio.Task[str]] = []  # awaited by close()
+        self._revokes: list[asyncio.Task[None]] = []  # the dead holders' leases, revoked after the claim
+
+    def follow(self, holder: Holder | None) -> None:
+        """Watch ``holder`` (restarting when it changed); nothing for an unreadable or absent one."""
+        if self.watcher is None or holder is None or holder.info is None:
+            self.cancel()
+            return
+        if self._holder is not None and self._holder.kv.create_revision == holder.kv.create_revision \
+                and self._task is not None:
+            return
+        self.cancel()
+        self._holder = holder
+        info = holder.info
+        self._task = asyncio.create_task(self.watcher.dead(info), name=f"death-watch-{info.server_id}")
+
+    def pending(self) -> tuple[asyncio.Future[Any], ...]:
+        """The watch to wait on with the line's events, finished or not: a verdict that came in the same
+        loop turn as an event must still end the next wait at once (dropping it left a proven death
+        unacted on until the backstop read, a TTL later)."""
+        return (self._task,) if self._task is not None else ()
+
+    def proven(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    async def act(self) -> tuple[int, int] | None:
+        """The verdict is in: remove the dead holder's key (or, if the watch failed, start over).
+
+        Returns ``(revision of the delete, the epoch removed)`` when this member removed the key, else
+        None. The dead lease is revoked in the background (awaited by :meth:`close`): the claim does
+        not wait for it.
+        """
+        task, holder, self._task = self._task, self._holder, None
+        assert task is not None and holder is not None
+        if task.cancelled() or task.exception() is not None:
+            if not task.cancelled():
+                log.error("the death watch failed; the lease decides", error=repr(task.exception()))
+            await asyncio.sleep(0.5)  # then follow() starts a new one
+            return None
+        mark = TakeoverMark(holder.kv.create_revision, "fast_path", self.server_id, task.result())
+        try:
+            removed = await remove_dead_holder(self.etcd, self.meta_root, self.role, holder.kv, mark=mark, revoke=False)
+        except SessionError as exc:
+            log.warning("could not remove the dead member's ACTIVE key; will try again", error=str(exc))
+            await asyncio.sleep(0.2)
+            return None
+        self._revokes.append(asyncio.create_task(revoke_dead_lease(self.etcd, holder.kv.lease),
+                                                 name=f"revoke-dead-{holder.kv.lease:x}"))
+        return (removed, holder.kv.create_revision) if removed else None
+
+    def cancel(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            self._cancelled.append(self._task)
+        self._task = None
+        self._holder = None
+
+    def empty(self) -> bool:
+        """Nothing started that :meth:`close` would have to wait for."""
+        return self._task is None and not self._cancelled and not self._revokes
+
+    async def close(self) -> None:
+        """Cancel the watch and wait for every watch this object started to be over, and its revokes.
+
+        A watch still running half a second after its cancellation is cancelled again: grpclib turns
+        a cancellation that meets a lost connection into StreamTerminatedError, and a watch whose probe
+        then finds no proof would go back to watching, for ever."""
+        self.cancel()
+        cancelled, self._cancelled = self._cancelled, []
+        revokes, self._revokes = self._revokes, []
+        running = {task for task in cancelled if not task.done()}
+        while running:
+            _done, running = await asyncio.wait(running, timeout=0.5)
+            for task in running:
+                task.cancel()
+        await asyncio.gather(*cancelled, *revokes, return_exceptions=True)

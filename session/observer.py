@@ -29,6 +29,9 @@ class SessionObserver:
     def vacancy_seen(self, key: str) -> None:
         """A waiting STANDBY saw the ACTIVE key ``key`` freed (watch event or re-read); it claims next."""
 
+    def standby_phase(self, phase: str) -> None:
+        """The STANDBY's phase changed (:class:`session.standby.Phase`); '' when it stopped waiting."""
+
 
 #: The observer used when none is given.
 NO_OBSERVER = SessionObserver()

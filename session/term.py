@@ -15,7 +15,10 @@ from enum import StrEnum
 
 import structlog
 
-__all__ = ["PLANNED_ENDS", "Term", "TermEnd"]
+from session.info import SessionInfo
+from session.watch import KeyValue, Resync, WatchItem
+
+__all__ = ["PLANNED_ENDS", "Holder", "Term", "TermEnd", "term_over"]
 
 log = structlog.get_logger(__name__)
 
@@ -64,3 +67,32 @@ class Term:
     @property
     def active(self) -> bool:
         return not self.ended.is_set()
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds the ACTIVE key, as last seen; ``info`` is None when the value is not a session."""
+
+    kv: KeyValue
+    info: SessionInfo | None
+
+
+def term_over(item: WatchItem, term: Term) -> str:
+    """Why a watch item (or a read) of the ACTIVE key ends ``term``, or '' when the term goes on.
+
+    A key re-created since (another create revision) or put on another lease (someone overwrote
+    it: it would no longer vanish with our session, so no standby could ever take over) ends it.
+    """
+    if isinstance(item, Resync):
+        if not item.kvs:
+            return "the ACTIVE key is gone"
+        kv = item.kvs[0]
+    elif item.kind == "DELETE":
+        return f"the ACTIVE key was deleted at revision {item.kv.mod_revision}"
+    else:
+        kv = item.kv
+    if kv.create_revision != term.epoch:
+        return f"the ACTIVE key was re-created at revision {kv.create_revision}"
+    if term.lease and kv.lease != term.lease:
+        return f"the ACTIVE key was overwritten at revision {kv.mod_revision} (lease {kv.lease:x}, not ours)"
+    return ""

@@ -10,7 +10,8 @@ compacted it re-reads the key and hands the caller a :class:`Resync` snapshot be
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Sequence
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -189,3 +190,19 @@ async def watch(
         finally:
             if call is not None:
                 await call.close()
+
+
+async def next_or(events: AsyncIterator[WatchItem], *stops: asyncio.Future[Any], timeout: float) -> WatchItem | None:
+    """The next item of ``events``, or None when a stop future is done or ``timeout`` seconds pass;
+    the stream is left idle (its pending read cancelled), so its owner may close it."""
+    nxt = asyncio.ensure_future(anext(events))
+    try:
+        done, _ = await asyncio.wait({nxt, *stops}, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED)
+        if nxt in done:
+            return nxt.result()
+        return None
+    finally:
+        if not nxt.done():
+            nxt.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await nxt

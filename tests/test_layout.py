@@ -17,7 +17,7 @@ PACKAGES = ("session", "coordinators")
 MAX_LINES = 450
 #: Modules still over MAX_LINES, each to be split (issue 20); the list only shrinks.
 NOT_YET_SPLIT = frozenset({
-    "session/campaign.py", "session/etcd.py",
+    "session/etcd.py",
     "coordinators/config.py", "coordinators/server/process.py", "coordinators/runtime/logging_setup.py",
     "coordinators/roles/rootcoord/role.py", "coordinators/roles/datacoord/role.py",
     "coordinators/roles/querycoord/role.py",

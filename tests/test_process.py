@@ -131,8 +131,9 @@ async def test_pair_active_standby_then_graceful_handover(
     Under each event loop (``common.eventLoop``)."""
     root = etcd_prefix
     active, standby, kv, own = await pair(etcd_client, root, role, launch, env={"COMMON_EVENTLOOP": loop})
-    for member in (active, standby):
-        assert any(ln.msg == "event loop" and ln.fields.get("eventLoop") == loop for ln in member.lines()), member.output()
+    for member in (active, standby):  # written by the log's thread: awaited, not raced
+        await wait_for_log(member, lambda ls: any(ln.msg == "event loop" and ln.fields.get("eventLoop") == loop
+                                                  for ln in ls), 10, f"the {loop} event loop line")
     active_id, standby_id = server_id_of(own, active), server_id_of(own, standby)
     assert kv.value["ServerID"] == active_id and active_id != standby_id
     # The ACTIVE key and the active's own key share one lease (they vanish together).

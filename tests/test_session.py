@@ -24,9 +24,8 @@ from session import (
     allocate_server_id,
     safety_margin,
 )
-from session.campaign import _DeathTask
 from session.etcd import cmp_value, op_put
-from session.fastpath import TakeoverMark, remove_dead_holder
+from session.fastpath import DeathWatchTask, TakeoverMark, remove_dead_holder
 from session.keys import server_id_key
 from session.watch import KeyEvent, Resync, key_value, watch
 
@@ -560,7 +559,7 @@ async def test_a_death_proven_in_the_same_turn_as_a_line_event_is_still_acted_on
         try:
             campaign = Campaign(standby, death_watch=Proven())
             assert await campaign.try_claim() is None and campaign.holder is not None
-            death = _DeathTask(campaign)
+            death = DeathWatchTask(etcd_, standby.meta_root, standby.role, standby.server_id, Proven())
             death.follow(campaign.holder)
             await asyncio.sleep(0.01)  # the verdict is in
             assert death.proven() and death.pending(), "a finished death watch must still end the next wait"

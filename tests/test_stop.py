@@ -31,6 +31,7 @@ from procs import (
     run_cli,
     sessions,
     wait_for_active,
+    wait_for_log,
     wait_for_serving,
     wait_until,
 )
@@ -121,7 +122,8 @@ async def test_run_writes_its_pid_holds_the_lock_and_removes_it_at_exit(
     path = run_dir / "rootcoord.pid"
     assert pid_in(path) == proc.pid
     assert locked(path), "milvus run must hold the lock of its pid file while it runs"
-    assert any(ln.msg == "pid file locked" and ln.fields.get("path") == str(path) for ln in proc.lines())
+    await wait_for_log(proc, lambda ls: any(ln.msg == "pid file locked" and ln.fields.get("path") == str(path)
+                                            for ln in ls), 10, "the pid file line")  # the log's thread writes it
     proc.signal(signal.SIGTERM)  # a clean exit, without `milvus stop`: the process removes its own file
     assert await proc.wait(10) == 0
     assert not path.exists()

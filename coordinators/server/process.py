@@ -66,6 +66,7 @@ from session.handover import Heir, LineView, confirm_or_take_back, hand_over_beh
 from session.keys import active_key
 from session.lease import DEADLINE_STEP, IDLE_DEADLINE_STEP
 from session.mirror import Mirror
+from session.takeover import TakeoverCause
 from session.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
@@ -565,7 +566,7 @@ class CoordinatorProcess:
             takeover = time.monotonic() - since
             cause = await campaign.takeover_cause()
             if self._restarted_over:
-                cause, self._restarted_over = "restart", False
+                cause, self._restarted_over = TakeoverCause.RESTART, False
             self.metrics.takeover(takeover, cause)
             log.info(
                 f"{self.role} is ACTIVE and serving",
@@ -748,7 +749,7 @@ class CoordinatorProcess:
         if term is not None and term.active:
             self._resign_term = term
             if self.campaign is not None:
-                self.campaign.distrusted.add(term.epoch)  # never recovered: a new epoch, or a new session
+                self.campaign.distrust(term)  # never recovered: a new epoch, or a new session
             term.end(
                 TermEnd.LOOP_STALL,
                 f"event loop stalled {lag:.2f}s, longer than the session's safety margin {margin:.2f}s: "
