@@ -116,7 +116,7 @@ class Standby:
         told when this member moves between near the front (following the line) and far back."""
         if phase is not self.phase:
             self.phase = phase
-            log.debug("STANDBY phase", ServerID=self.session.server_id, phase=str(phase))
+            log.info("STANDBY phase", ServerID=self.session.server_id, phase=str(phase))
             self._on_phase(phase)
         near = NEAR.get(phase)
         if near is not None and near is not self._near and self._on_position is not None:

@@ -57,7 +57,7 @@ FAMILIES = (
     "state", "is_active", "epoch", "server_id", "lease_time_left_seconds", "state_transitions_total",
     "keepalive_latency_seconds", "keepalive_failures_total", "last_takeover_seconds", "watch_restarts_total",
     "event_loop_lag_seconds", "event_loop_stalls_total", "sessions_lost_total", "rpc_requests_total",
-    "rpc_duration_seconds",
+    "rpc_duration_seconds", "standby_phase",
 )
 
 
@@ -237,6 +237,14 @@ async def test_metrics_and_probes_follow_a_takeover(
     assert s("milvus_coord_rpc_requests_total", method="AllocTimestamp", code="UNAVAILABLE") == 1
     assert s("milvus_coord_state_transitions_total", **{"from": "StandBy", "to": "Initializing"}) == 0
     assert 0 < s("milvus_coord_lease_time_left_seconds") <= TTL
+    # The STANDBY's phase: first in line behind the holder (one gauge per phase, 1 for the current).
+    assert s("milvus_coord_standby_phase", phase="near_front") == 1 and s("milvus_coord_standby_phase", phase="far_back") == 0
+    assert m("milvus_coord_standby_phase", phase="near_front") == 0  # the ACTIVE one waits for nothing
+    for member, state, server_id, at, phase in ((old, "Healthy", kv.value["ServerID"], epoch, ""),
+                                               (new, "StandBy", standby_id, 0, "near_front")):
+        code, body = await member.get("/status")
+        assert code == 200 and json.loads(body) == {"role": role, "state": state, "server_id": server_id, "epoch": at,
+                                                    "phase": phase}, body
 
     # ---- partition: the old ACTIVE gives up at its deadline; the STANDBY takes over once etcd expires the lease.
     proxy.blackhole()

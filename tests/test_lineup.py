@@ -163,6 +163,8 @@ async def test_a_handover_wakes_the_front_of_the_line_only(cluster: InProcCluste
                      and all(m.mirror is not None and not m.mirror.fenced for m in [standbys[2], *back]), timeout=10)
     dropped = {m.server_id: m.mirror.events_dropped for m in standbys}  # type: ignore[union-attr]
     woken = {m.server_id: m.campaign.far_back_wakes for m in standbys}  # type: ignore[union-attr]
+    # Their phases say so (the phase /metrics and milvus status show).
+    assert [m.view().standby_phase for m in standbys] == ["near_front", "near_front", "far_back", "far_back", "far_back"]
     with capture_logs() as logs:
         await cluster.stop(active)
         await cluster.wait_state(standbys[0], Healthy)

@@ -34,14 +34,15 @@ async def test_status_shows_epoch_active_time_and_http_address_and_filters_by_ro
     code, out, err, _ = await run_cli(["status"], base_env)
     assert code == 0, err
     rows = table(out)
-    assert out.splitlines()[0].split() == ["ROLE", "SERVER_ID", "ADDRESS", "STATE", "EPOCH", "ACTIVE_FOR", "LEASE_LEFT",
-                                           "HTTP", "VERSION", "HOST"]
+    assert out.splitlines()[0].split() == ["ROLE", "SERVER_ID", "ADDRESS", "STATE", "PHASE", "EPOCH", "ACTIVE_FOR",
+                                           "LEASE_LEFT", "HTTP", "VERSION", "HOST"]
     by_address = {r["ADDRESS"]: r for r in rows}
     assert [r["ROLE"] for r in rows] == ["rootcoord", "rootcoord", "querycoord"]
     top = by_address[active.address]
     assert top["STATE"] == "ACTIVE" and top["EPOCH"] == str(kv.create_revision)
     assert top["ACTIVE_FOR"].endswith("s") and 1 <= int(top["ACTIVE_FOR"].rstrip("s")) < 60, top
     assert by_address[standby.address]["STATE"] == "STANDBY"
+    assert by_address[standby.address]["PHASE"] == "near_front" and top["PHASE"] == "-"  # from its /status
     assert by_address[standby.address]["EPOCH"] == "-" and by_address[standby.address]["ACTIVE_FOR"] == "-"
     for proc in (active, standby, query):
         server_id = next(sid for sid, v in own.items() if v.value["Address"] == proc.address) if proc is not query else None
@@ -60,11 +61,13 @@ async def test_status_shows_epoch_active_time_and_http_address_and_filters_by_ro
     docs = json.loads(out)
     assert {tuple(sorted(d)) for d in docs} == {(
         "active_seconds", "active_standby", "address", "epoch", "hostname", "http_address", "key",
-        "lease_seconds_left", "role", "server_id", "state", "version")}
+        "lease_seconds_left", "phase", "role", "server_id", "state", "version")}
     lead = next(d for d in docs if d["state"] == "ACTIVE")
     assert lead["epoch"] == kv.create_revision and lead["active_seconds"] >= 1.0 and lead["active_standby"] is True
     assert lead["http_address"] == by_address[active.address]["HTTP"]
     assert next(d for d in docs if d["state"] == "STANDBY")["active_seconds"] is None
+    assert [(d["state"], d["phase"]) for d in docs] == [("ACTIVE", ""), ("STANDBY", "near_front")] or \
+        [(d["state"], d["phase"]) for d in docs] == [("STANDBY", "near_front"), ("ACTIVE", "")], docs
 
 
 async def test_status_watch_redraws_until_ctrl_c_and_exits_0(

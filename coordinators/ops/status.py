@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import TextIO
 
@@ -45,6 +45,9 @@ class SessionRow:
     active_seconds: float | None = None  #: how long it has been ACTIVE (its clock at the claim, ours now)
     http_address: str = ""
     active_standby: bool | None = None
+    #: Where a STANDBY stands (claiming, near_front, far_back, reserved, released, handed), as its
+    #: ``/status`` says; '' for the others, '?' when its HTTP address did not answer in time.
+    phase: str = ""
 
 
 async def read_sessions(etcd: Etcd, meta_root: str, role: str | None = None) -> list[SessionRow]:
@@ -67,6 +70,7 @@ async def read_sessions(etcd: Etcd, meta_root: str, role: str | None = None) -> 
     for r, epoch in zip(list(active), epochs, strict=True):
         active[r] = (active[r][0], epoch)
     rows = await asyncio.gather(*(_row(etcd, r, key, value, active) for r, key, value in own))
+    rows = list(await asyncio.gather(*(_with_phase(row) for row in rows)))
     return sorted(rows, key=lambda r: (ROLES.index(r.role) if r.role in ROLES else len(ROLES), r.role, r.server_id))
 
 
@@ -108,6 +112,27 @@ async def _row(
     )
 
 
+async def _with_phase(row: SessionRow, timeout: float = 1.0) -> SessionRow:
+    """``row`` with its STANDBY's phase, asked of the member's ``/status`` (bounded by ``timeout``)."""
+    if row.state != "STANDBY" or not row.http_address:
+        return row
+    host, _, port = row.http_address.rpartition(":")
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host.strip("[]") or "127.0.0.1", int(port))
+            try:
+                writer.write(b"GET /status HTTP/1.1\r\nHost: milvus\r\nConnection: close\r\n\r\n")
+                answer = await reader.read(65536)
+            finally:
+                writer.close()
+        doc = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+        if doc.get("server_id") != row.server_id:  # another process answers at that address
+            return replace(row, phase="?")
+        return replace(row, phase=str(doc.get("phase", "")))
+    except (OSError, TimeoutError, ValueError, IndexError, AttributeError):
+        return replace(row, phase="?")
+
+
 def _duration(seconds: float | None) -> str:
     """``42s``, ``5m07s``, ``3h02m``, ``2d04h``: how long, at a glance."""
     if seconds is None:
@@ -140,10 +165,11 @@ def render_table(rows: list[SessionRow]) -> str:
     """A fixed-width table for people; a footnote names each group whose members disagree on active-standby."""
     mixed = mixed_active_standby(rows)
     off = {(r.role, r.server_id) for members in mixed.values() for r in members}
-    header = ("ROLE", "SERVER_ID", "ADDRESS", "STATE", "EPOCH", "ACTIVE_FOR", "LEASE_LEFT", "HTTP", "VERSION", "HOST")
+    header = ("ROLE", "SERVER_ID", "ADDRESS", "STATE", "PHASE", "EPOCH", "ACTIVE_FOR", "LEASE_LEFT", "HTTP", "VERSION",
+              "HOST")
     lines = [header] + [
         (r.role, str(r.server_id), r.address, r.state + (OFF_MARK if (r.role, r.server_id) in off else ""),
-         str(r.epoch) if r.epoch else "-", _duration(r.active_seconds),
+         r.phase or "-", str(r.epoch) if r.epoch else "-", _duration(r.active_seconds),
          f"{r.lease_seconds_left}s" if r.lease_seconds_left >= 0 else "-", r.http_address or "-", r.version, r.hostname)
         for r in rows
     ]

@@ -16,6 +16,8 @@ reads one request per connection (bounded in size and time), answers with ``Conn
 - ``/readyz``: 200 only on the ACTIVE member that serves (state Healthy, deadline not passed);
   503 otherwise, the body naming the state.
 - ``/metrics``: the Prometheus text format of the process's own registry.
+- ``/status``: the process as ``milvus status`` shows it, in JSON: role, state, server ID, epoch and
+  the STANDBY's phase.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -117,7 +120,7 @@ class HttpServer:
         self._server = server
         self._port = int(server.sockets[0].getsockname()[1]) if server.sockets else port
         log.info("HTTP server listening", role=self.role, host=host, port=self._port,
-                 endpoints="/healthz,/readyz,/metrics")
+                 endpoints="/healthz,/readyz,/metrics,/status")
 
     async def close(self) -> None:
         """Stop listening and end the requests being answered (idempotent)."""
@@ -161,17 +164,26 @@ class HttpServer:
             return 400, _TEXT, b"bad request line\n", False
         method, target = parts[0], parts[1]
         path = target.split("?", 1)[0]
-        if path not in ("/healthz", "/readyz", "/metrics"):
-            return 404, _TEXT, b"not found: try /healthz, /readyz or /metrics\n", method == "HEAD"
+        if path not in ("/healthz", "/readyz", "/metrics", "/status"):
+            return 404, _TEXT, b"not found: try /healthz, /readyz, /metrics or /status\n", method == "HEAD"
         if method not in ("GET", "HEAD"):
             return 405, _TEXT, b"only GET and HEAD\n", False
         if path == "/metrics":
             return 200, CONTENT_TYPE_LATEST, self._render_metrics(), method == "HEAD"
+        if path == "/status":
+            return 200, _JSON, status_document(self._view()), method == "HEAD"
         probe = liveness(self._view()) if path == "/healthz" else readiness(self._view())
         return probe.status, _TEXT, (probe.reason + "\n").encode(), method == "HEAD"
 
 
 _TEXT = "text/plain; charset=utf-8"
+_JSON = "application/json"
+
+
+def status_document(view: ProcessView) -> bytes:
+    """``/status``: the process in JSON (``milvus status`` reads each member's ``phase`` here)."""
+    return json.dumps({"role": view.role, "state": view.state_name, "server_id": view.server_id, "epoch": view.epoch,
+                       "phase": view.standby_phase}).encode()
 
 
 def _response(status: int, content_type: str, body: bytes, length: int) -> bytes:

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from coordinators.proto import common_pb2
 from coordinators.runtime.logging_setup import dropped_lines
 from session import SessionObserver, WatchRestart
+from session.turn import Phase
 
 __all__ = ["CoordinatorMetrics", "ProcessView", "SessionMetrics", "state_name"]
 
@@ -51,6 +52,8 @@ class ProcessView:
     :param session_lost: why the current session was lost, while it is not yet replaced (else None).
     :param time_left: seconds before the current session's local deadline (None without a session).
     :param refusal: why the role's API is refused now (None while ACTIVE and serving).
+    :param standby_phase: where the member stands while STANDBY (:class:`session.turn.Phase`); ''
+        when it is not waiting for the key.
     """
 
     role: str
@@ -61,6 +64,7 @@ class ProcessView:
     session_lost: str | None
     time_left: float | None
     refusal: str | None
+    standby_phase: str = ""
 
     @property
     def state_name(self) -> str:
@@ -84,6 +88,14 @@ class _ViewCollector(Collector):
         for name, value in STATES:
             state.add_metric([self._role, name], 1.0 if view.state == value else 0.0)
         yield state
+        phase = GaugeMetricFamily(
+            f"{PREFIX}_standby_phase", "1 for the phase a STANDBY is in (claiming, near_front, far_back, reserved, "
+            "released, handed), 0 for the others; all 0 when the member is not waiting for the ACTIVE key",
+            labels=["role", "phase"],
+        )
+        for name in Phase:
+            phase.add_metric([self._role, str(name)], 1.0 if view.standby_phase == name else 0.0)
+        yield phase
         yield _gauge("is_active", "1 while this process is the role's ACTIVE member and serves (state Healthy)",
                      labels, 1.0 if view.state == common_pb2.Healthy else 0.0)
         yield _gauge("epoch", "Epoch of the current ACTIVE term (create revision of the ACTIVE key); 0 when not ACTIVE",

@@ -224,6 +224,7 @@ class CoordinatorProcess:
             session_lost=session.lost_reason if session is not None and session.lost.is_set() else None,
             time_left=session.time_left() if session is not None else None,
             refusal=self.refusal(),
+            standby_phase=str(self.campaign.standby.phase or "") if self.campaign is not None else "",
         )
 
     def client(self, role: str) -> CoordinatorClient:
