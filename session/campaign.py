@@ -182,9 +182,9 @@ class Campaign:
         if not resp.succeeded:
             return None  # someone else moved first: the caller looks again at once
         if successor is not None:
-            log.info("taking over as the switchover's designated successor", ServerID=info.server_id,
+            log.info("taking over as the switchover's successor", ServerID=info.server_id,
                      successor=successor.describe())
-        return self._won(int(resp.header.revision), value, designated=successor is not None)
+        return self._won(int(resp.header.revision), value, named=successor is not None)
 
     def _own_key_ops(self) -> tuple[list[Compare], list[RequestOp]]:
         """What a claim adds for the member's own key: it must still exist (a member whose key is gone
@@ -195,8 +195,8 @@ class Campaign:
         return ([cmp_version(session.key, 0, result=GREATER)],
                 [op_put(session.key, session.info.to_json(), lease=session.lease_id)])
 
-    def _won(self, epoch: int, value: SessionInfo, *, designated: bool = False) -> Term:
-        self.standby.won(designated=designated)
+    def _won(self, epoch: int, value: SessionInfo, *, named: bool = False) -> Term:
+        self.standby.won(named=named)
         log.info("register ACTIVE service successfully", ServerID=value.server_id)
         return Term(self.role, self.keys.active, epoch, value.server_id, value.lease_id)
 
@@ -236,7 +236,7 @@ class Campaign:
         vacancy = self.standby.take_cause()
         mark: TakeoverMark | None = None
         waited = vacancy.waited
-        if not vacancy.designated and waited is not None and vacancy.removed_epoch != waited.create_revision:
+        if not vacancy.named and waited is not None and vacancy.removed_epoch != waited.create_revision:
             try:
                 mark = await read_mark(self.session.etcd, self.session.meta_root, self.role)
             except SessionError:

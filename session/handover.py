@@ -11,12 +11,12 @@ the old key would keep its create revision). What can go is the wait between the
 How:
 
 - During its term the ACTIVE member follows the line (:class:`LineView`: one watch over the range
-  of the ACTIVE key, the members' own keys and the designation), so at its stop it knows, without a
+  of the ACTIVE key, the members' own keys and the successor key), so at its stop it knows, without a
   read, who would claim next: :meth:`LineView.heir`, the member that joined first among those not
-  stopping (nobody while a switchover designation exists: the designated member claims).
+  stopping (nobody while a switchover's successor key exists: the named successor claims).
 - At the stop it sends the release (fenced: delete the ACTIVE key, mark its own key stopping) and,
   on the same connection right behind it, without waiting for the release's answer,
-  :func:`hand_over`: if the ACTIVE key and the designation are absent and the heir's own key is
+  :func:`hand_over`: if the ACTIVE key and the successor key are absent and the heir's own key is
   unchanged since seen, put the ACTIVE key with the heir's session value on the heir's lease, and
   the heir's own key again (as its own claim would: the members behind it see it leave the line).
   The key is new: its create revision is a new epoch, exactly as if the heir had claimed.
@@ -121,7 +121,7 @@ class LineView:
             self._own[item.kv.key] = item.kv
 
     def heir(self) -> Heir | None:
-        """The first member in line after this one, not stopping; None while a designation exists,
+        """The first member in line after this one, not stopping; None while a successor key exists,
         before the first read, or when nobody waits."""
         line = self.lineup
         if not self.ready.is_set() or line.successor is not None:
@@ -144,7 +144,7 @@ class LineView:
 async def hand_over(etcd: Etcd, meta_root: str, role: str, heir: Heir, *, timeout: float | None = None) -> int:
     """Put the ACTIVE key for ``heir`` (see the module docstring). Returns its create revision (the
     new term's epoch) when done, 0 when a compare failed (the key still held or claimed meanwhile,
-    a designation, the heir's key changed or gone)."""
+    a successor key, the heir's key changed or gone)."""
     key, own = active_key(meta_root, role), heir.own
     value = replace(heir.info, active_since_ms=time.time_ns() // 1_000_000)
     resp = await etcd.txn(

@@ -10,13 +10,13 @@ the members joined. Out of the line are the holder being waited behind (alive or
 outlives a crashed holder until its lease expires) and the members marked stopping. When the
 ACTIVE key is free:
 
-- a switchover's designation decides first: the member it allows claims at once, the others wait
-  (for the designation to be claimed, to expire, or to be withdrawn);
+- a switchover's successor key decides first: the member it allows claims at once, the others wait
+  (for the successor key to be claimed, to expire, or to be withdrawn);
 - else the first in line claims at once; a member with ``n`` others ahead claims when they are
   gone, or once the key has stayed free for ``n`` grace periods (one ahead may be frozen, or busy
   starting), so a lost claimer delays a takeover by one grace, never by its lease.
 
-One watch over the range that holds the ACTIVE key, the members' keys and the designation (all
+One watch over the range that holds the ACTIVE key, the members' keys and the successor key (all
 small and rarely written: :func:`line_range`) delivers them in revision order, so a decision never
 rests on a state etcd never had. Only the first in line follows the holder's death watch. Only the
 first two follow that range at all: a member far back (:meth:`Lineup.far_back`) watches the keys of
@@ -52,15 +52,15 @@ class Member:
 @dataclass(frozen=True)
 class Decision:
     """What a waiting member does now: ``claim``, or ``wait`` (for ``timeout`` seconds at most, then
-    decide again; None: until something changes); ``designated`` when a designation allows it."""
+    decide again; None: until something changes); ``named`` when the successor key names this member."""
 
     action: str
     timeout: float | None = None
-    designated: bool = False
+    named: bool = False
 
 
 class Lineup:
-    """What a waiting member knows of the ACTIVE key, the designation and the line, from one watch."""
+    """What a waiting member knows of the ACTIVE key, the successor key and the line, from one watch."""
 
     def __init__(self, meta_root: str, role: str, me: int) -> None:
         self.me = me
@@ -171,14 +171,14 @@ class Lineup:
     def first_in_line(self) -> bool:
         return self.ahead() == 0
 
-    def decide(self, now: float, grace: float, designation: Successor | None) -> Decision:
-        """The turn rule of the module docstring; ``designation`` is :attr:`successor` parsed (None
+    def decide(self, now: float, grace: float, successor: Successor | None) -> Decision:
+        """The turn rule of the module docstring; ``successor`` is :attr:`successor` parsed (None
         when absent or unreadable: an unreadable one is claimed over, the claim deletes it)."""
         if self.holder is not None:
             return Decision("wait")
         if self.successor is not None:
-            if designation is None or designation.allows(self.me):
-                return Decision("claim", designated=True)
+            if successor is None or successor.allows(self.me):
+                return Decision("claim", named=True)
             return Decision("wait")
         ahead = self.ahead()
         if ahead == 0:

@@ -94,11 +94,11 @@ class Standby:
         self.successor = self._read_successor(raw)
         return self.successor
 
-    def won(self, *, designated: bool = False) -> None:
+    def won(self, *, named: bool = False) -> None:
         """This member now holds the key: nothing stands in the way any more."""
         self.holder, self.successor, self.released = None, None, None
-        if designated:
-            self.vacancy = replace(self.vacancy, designated=True)
+        if named:
+            self.vacancy = replace(self.vacancy, named=True)
 
     def take_cause(self) -> Vacancy:
         """The vacancy this member took over from, forgotten from now on."""
@@ -244,7 +244,7 @@ class Standby:
                 if (reserved := line.successor) is not None and step.phase in (Phase.RESERVED, Phase.RELEASED) \
                         and self._reserved_for != reserved.value:
                     self._reserved_for = reserved.value
-                    log.info("the ACTIVE key is reserved by a switchover; waiting for the designated member",
+                    log.info("the ACTIVE key is reserved by a switchover; waiting for the named successor",
                              ServerID=self.session.server_id, successor=self._successor_text())
                 if step.action is StepAction.WITHDRAW:
                     await self._withdraw_successor()

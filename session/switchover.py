@@ -1,4 +1,4 @@
-"""Planned handover (``milvus switchover``): the ACTIVE member hands its role to a chosen standby.
+"""Switchover (``milvus switchover``), the operator's planned move: the ACTIVE member hands its role to a chosen standby.
 
 Why through etcd and not an RPC to the member: the request is then authenticated like every other
 etcd access (TLS, user, permissions) and bound to one term by a compare; the member only acts on it.
@@ -123,7 +123,7 @@ class Successor:
     to_server: int  #: 0: anyone but ``from_server``
 
     def allows(self, server_id: int) -> bool:
-        """Whether the member ``server_id`` may claim the ACTIVE key while this designation stands."""
+        """Whether the member ``server_id`` may claim the ACTIVE key while this successor key stands."""
         return server_id == self.to_server if self.to_server else server_id != self.from_server
 
     def describe(self) -> str:

@@ -31,19 +31,19 @@ class TakeoverCause(StrEnum):
 class Vacancy:
     """What a member saw of the term it waited behind: ``waited`` (its ACTIVE key), whether it was
     ``stopping``, the epoch this member removed as dead (``removed_epoch``), and whether a switchover
-    ``designated`` this member."""
+    named this member (``named``)."""
 
     waited: KeyValue | None = None
     stopping: bool = False
     removed_epoch: int = 0
-    designated: bool = False
+    named: bool = False
 
 
 def takeover_cause(vacancy: Vacancy, mark: TakeoverMark | None) -> TakeoverCause:
     """Why ``vacancy`` ended: ``mark`` is the takeover mark read from etcd (the fast path or a graceful
     stop writes one; None when absent or unreadable)."""
     waited = vacancy.waited
-    if vacancy.designated:
+    if vacancy.named:
         return TakeoverCause.SWITCHOVER
     if waited is None:
         return TakeoverCause.INITIAL

@@ -2,7 +2,7 @@
 
 Against a real etcd, each order of the two txns forced by the test (never left to the scheduler):
 the heir takes a handed key from its watch without a txn, or through its own failed claim; a
-handover that overtakes the release, or meets a designation, a changed heir, a gone heir, changes
+handover that overtakes the release, or meets a successor key, a changed heir, a gone heir, changes
 nothing; the ACTIVE member's view of the line names the right heir; a silent heir's key is taken
 back, never a later term's. Whole members: a graceful stop hands over; an heir that accepts
 connections but never answers gets the key taken back, and the next in line serves long before the
@@ -154,7 +154,7 @@ async def test_no_handover_is_sent_again_after_a_failed_release(etcd: EtcdCluste
         assert await holder_create_revision(e, term.key) == term.epoch
 
 
-async def test_a_heir_claimed_first_or_changed_or_gone_or_a_designation_gets_nothing(
+async def test_a_heir_claimed_first_or_changed_or_gone_or_a_successor_key_gets_nothing(
     etcd: EtcdCluster, etcd_prefix: str
 ) -> None:
     async with members(etcd, etcd_prefix, 2) as (e, (old, heir)):
@@ -162,9 +162,9 @@ async def test_a_heir_claimed_first_or_changed_or_gone_or_a_designation_gets_not
         assert term is not None
         await release(FencedWriter(old, term), old)
         handed = await heir_of(e, heir)
-        # A designation for another member: the handover must not pass over it.
-        designation = Successor("r1", term.epoch, old.server_id, 999)
-        await e.put(successor_key(old.meta_root, ROLE), designation.to_json())
+        # A successor key for another member: the handover must not pass over it.
+        another = Successor("r1", term.epoch, old.server_id, 999)
+        await e.put(successor_key(old.meta_root, ROLE), another.to_json())
         assert await hand_over(e, old.meta_root, ROLE, handed) == 0
         await e.delete(successor_key(old.meta_root, ROLE))
         # The heir's own key changed since it was seen (it is stopping now).
@@ -206,9 +206,9 @@ async def test_the_line_view_names_the_first_member_not_stopping(etcd: EtcdClust
                 await wait_until(lambda: view.heir() is not None and view.heir().info.server_id == second.server_id,  # type: ignore[union-attr]
                                  timeout=5, what="a stopping member to leave the line")
                 await e.put(successor_key(active.meta_root, ROLE), b"{}")
-                await wait_until(lambda: view.heir() is None, timeout=5, what="a designation to rule out any heir")
+                await wait_until(lambda: view.heir() is None, timeout=5, what="a successor key to rule out any heir")
                 await e.delete(successor_key(active.meta_root, ROLE))
-                await wait_until(lambda: view.heir() is not None, timeout=5, what="the designation to go")
+                await wait_until(lambda: view.heir() is not None, timeout=5, what="the successor key to go")
             await wait_until(lambda: view.heir() is None, timeout=5, what="the members' keys to go")
         finally:
             await cancel_and_wait(task)

@@ -2,7 +2,7 @@
 
 The rule alone first (no etcd), then whole members in-process against a real etcd: a handover
 with several standbys costs one claim txn (every standby used to send one), a first-in-line that
-never claims delays the next by one grace period only, and a switchover's designated member
+never claims delays the next by one grace period only, and a switchover's named successor
 claims at once wherever it stands in line.
 """
 
@@ -70,15 +70,15 @@ def test_the_rule() -> None:
     assert lines[4].ahead() == 1  # 1 (back in line); 2 stopping, 3 holds the key
 
 
-def test_a_designation_overrides_the_line() -> None:
-    designated = KeyValue(f"{META}/switchover/rootcoord/successor", b"{}", 30, 30, 7)
+def test_a_successor_key_overrides_the_line() -> None:
+    named = KeyValue(f"{META}/switchover/rootcoord/successor", b"{}", 30, 30, 7)
     to_four = Successor("r1", 20, 1, 4)
     for me, expected in ((2, "wait"), (3, "wait"), (4, "claim")):
-        lineup = line(me, own(1, 10), own(2, 11), own(3, 12), own(4, 13), designated)
+        lineup = line(me, own(1, 10), own(2, 11), own(3, 12), own(4, 13), named)
         decision = lineup.decide(100.0, 0.5, to_four)
-        assert decision.action == expected and decision.designated == (expected == "claim")
+        assert decision.action == expected and decision.named == (expected == "claim")
     # Unreadable (None): claimed over (the claim deletes it), by whoever decides first.
-    assert line(3, own(2, 11), own(3, 12), designated).decide(100.0, 0.5, None).action == "claim"
+    assert line(3, own(2, 11), own(3, 12), named).decide(100.0, 0.5, None).action == "claim"
 
 
 def test_only_a_member_with_two_ahead_behind_a_holder_is_far_back() -> None:
@@ -227,4 +227,4 @@ async def test_a_switchover_to_the_last_in_line_does_not_wait_for_the_line(clust
     assert code == 0, out + err
     await cluster.wait_state(last, Healthy, timeout=5)
     assert all(m.state == StandBy for m in [active, *standbys[:-1]])
-    assert txns([active, *standbys]) - before <= 3  # the designated claim (two txns), at most one more
+    assert txns([active, *standbys]) - before <= 3  # the named claim (two txns), at most one more

@@ -50,7 +50,7 @@ async def switchover(cluster: InProcCluster, role: str, *args: str, env: dict[st
 
 
 async def snapshot(cluster: InProcCluster, role: str) -> tuple[int, int, int]:
-    """(ACTIVE key's create revision, whether a request exists, whether a designation exists)."""
+    """(ACTIVE key's create revision, whether a request exists, whether a successor key exists)."""
     kvs = (await cluster.etcd.get(active_key(cluster.meta_root, role))).kvs
     req = (await cluster.etcd.get(request_key(cluster.meta_root, role))).kvs
     succ = (await cluster.etcd.get(successor_key(cluster.meta_root, role))).kvs
@@ -224,9 +224,9 @@ async def test_timeout_when_the_target_does_not_take_over_gives_the_role_back_wi
         assert code == TIMED_OUT, out + err
         assert "(the ACTIVE member released the role, but no member has taken it over yet)" in err, err
         assert "the ACTIVE member had already acted on it" in err, err
-        # Within the request's timeout (1.5 s from the release) the old member withdraws the designation
+        # Within the request's timeout (1.5 s from the release) the old member withdraws the successor key
         # and wins a new term: the role is never left without an ACTIVE member for longer.
         await wait_until(lambda: active.state == Healthy and active.epoch > old_epoch, timeout=5)
-        assert await snapshot(cluster, "rootcoord") == (active.epoch, 0, 0)  # designation withdrawn
+        assert await snapshot(cluster, "rootcoord") == (active.epoch, 0, 0)  # successor key withdrawn
     finally:
         await ghost.close()

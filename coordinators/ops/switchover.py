@@ -274,7 +274,7 @@ async def _withdraw(etcd: Etcd, req_key: str, raw: bytes | None = None) -> bool:
 
 
 async def _describe_state(etcd: Etcd, meta_root: str, role: str) -> str:
-    """One phrase for the timeout line: who is ACTIVE now, and any designation left."""
+    """One phrase for the timeout line: who is ACTIVE now, and any successor key left."""
     try:
         state = await _read_role(etcd, meta_root, role)
     except SessionError as exc:
@@ -290,5 +290,5 @@ async def _describe_state(etcd: Etcd, meta_root: str, role: str) -> str:
             parts.append(f"the role is reserved for {successor.describe()}; ServerID={successor.from_server} "
                          "takes it back if nobody claims it within the timeout")
         except CorruptValue:
-            parts.append(f"an unreadable designation is at {state.successor.key}")
+            parts.append(f"an unreadable successor key is at {state.successor.key}")
     return "; ".join(parts)
