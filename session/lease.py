@@ -47,7 +47,7 @@ def safety_margin(ttl: float) -> float:
 class LeaseSession:
     """One session of one process: server ID, lease, own key ``{role}-{id}``, keep-alive.
 
-    Open it with :meth:`open`, close it with :meth:`close`; it owns three tasks (keep-alive,
+    Open it with :meth:`open`, close it with :meth:`close` (or ``async with``); it owns three tasks (keep-alive,
     deadline watchdog, own-key watch) and cancels and awaits them on close. ``observer`` hears
     about keep-alives and watch restarts (see :mod:`session.observer`); the campaign reports to it too.
     """
@@ -205,6 +205,15 @@ class LeaseSession:
         choosing this member and ``milvus status`` shows the shutdown."""
         timeout = min(self.etcd.timeout, self.keepalive_interval)
         await self.etcd.txn([cmp_version(self.key, 0, result=GREATER)], [self.stopping_op()], timeout=timeout)
+
+    async def __aenter__(self) -> LeaseSession:
+        """``async with LeaseSession(...) as session:`` opens it (:meth:`open`) ..."""
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """... and closes it, revoking the lease, whatever happened in the body (:meth:`close`)."""
+        await self.close()
 
     async def close(self, *, revoke: bool = True) -> None:
         """Stop the tasks, then revoke the lease: both session keys vanish in one revision."""

@@ -41,17 +41,6 @@ async def connected(endpoints: list[str], timeout: float = 2.0) -> AsyncIterator
         await etcd.close()
 
 
-@asynccontextmanager
-async def opened(session: LeaseSession) -> AsyncIterator[LeaseSession]:
-    """``session`` registered for the body of the ``with`` and closed (revoked) after it, whatever
-    happened: the one way the tests open a session they do not crash on purpose."""
-    await session.open()
-    try:
-        yield session
-    finally:
-        await session.close()
-
-
 def new_session(etcd: Etcd, root: str, role: str = "rootcoord", ttl: int = 2, address: str = "127.0.0.1:1") -> LeaseSession:
     """A session under the test's own root path."""
     return LeaseSession(etcd, meta_root=f"{root}/meta", role=role, address=address, ttl=ttl, version="0.0.0-test")

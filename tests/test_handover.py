@@ -22,7 +22,7 @@ import pytest
 import structlog
 from etcd_server import EtcdCluster
 from inproc import Healthy, InProcCluster, StandBy
-from session_helpers import connected, new_session, opened, wait_until
+from session_helpers import connected, new_session, wait_until
 from structlog.testing import capture_logs
 
 from coordinators.server.process import CoordinatorProcess
@@ -47,7 +47,7 @@ def _plain_structlog() -> None:
 async def members(etcd: EtcdCluster, prefix: str, n: int) -> AsyncIterator[tuple[Etcd, list[LeaseSession]]]:
     """A client and ``n`` open sessions of the role (TTL 10 s), in the order they joined."""
     async with connected(etcd.endpoints) as e, AsyncExitStack() as stack:
-        yield e, [await stack.enter_async_context(opened(new_session(e, prefix, ttl=10))) for _ in range(n)]
+        yield e, [await stack.enter_async_context(new_session(e, prefix, ttl=10)) for _ in range(n)]
 
 
 async def heir_of(etcd: Etcd, session: LeaseSession) -> Heir:
@@ -173,13 +173,13 @@ async def test_a_heir_claimed_first_or_changed_or_gone_or_a_successor_key_gets_n
         assert not (await e.get(term.key)).kvs
         # A key that is held already (the heir, or anybody, claimed first).
         other = new_session(e, etcd_prefix, ttl=10)
-        async with opened(other):
+        async with other:
             claimed = await Campaign(other).try_claim()
             assert claimed is not None
             assert await hand_over(e, old.meta_root, ROLE, await heir_of(e, heir)) == 0
             assert await holder_create_revision(e, term.key) == claimed.epoch
         # The heir's session is gone (its key and lease with it).
-        async with opened(new_session(e, etcd_prefix, ttl=10)) as gone:
+        async with new_session(e, etcd_prefix, ttl=10) as gone:
             handed = await heir_of(e, gone)
         assert await hand_over(e, f"{etcd_prefix}/meta", ROLE, handed) == 0
 
@@ -196,8 +196,8 @@ async def test_the_line_view_names_the_first_member_not_stopping(etcd: EtcdClust
         try:
             await asyncio.wait_for(view.ready.wait(), 5)
             assert view.heir() is None  # nobody waits
-            async with opened(new_session(e, etcd_prefix, ttl=10)) as first, \
-                    opened(new_session(e, etcd_prefix, ttl=10)) as second:
+            async with new_session(e, etcd_prefix, ttl=10) as first, \
+                    new_session(e, etcd_prefix, ttl=10) as second:
                 await wait_until(lambda: view.heir() is not None and view.heir().info.server_id == first.server_id,  # type: ignore[union-attr]
                                  timeout=5, what="the first to join as heir")
                 heir = view.heir()
@@ -223,7 +223,7 @@ async def test_the_heir_is_never_a_member_running_with_active_standby_off(etcd: 
         off = LeaseSession(e, meta_root=active.meta_root, role=ROLE, address="127.0.0.1:1", ttl=10,
                            version="0.0.0-test", active_standby=False)
         try:
-            async with opened(off), opened(new_session(e, etcd_prefix, ttl=10)) as on:
+            async with off, new_session(e, etcd_prefix, ttl=10) as on:
                 await wait_until(lambda: view.heir() is not None and view.heir().info.server_id == on.server_id,  # type: ignore[union-attr]
                                  timeout=5, what="the member after it to be the heir")
                 assert off.server_id in {m.server_id for m in view.lineup.members.values()}
@@ -328,7 +328,7 @@ async def test_a_frozen_heir_costs_the_next_in_line_a_moment_not_its_lease(
     active = await cluster.start(ROLE, env=env)
     frozen = LeaseSession(cluster.etcd, meta_root=cluster.meta_root, role=ROLE, address=f"127.0.0.1:{silent_port}",
                           ttl=30, version="0.0.0-test", active_standby=True)
-    async with opened(frozen):
+    async with frozen:
         nxt = await cluster.start(ROLE, expect=StandBy, env=env)
         await wait_until(lambda: nxt.campaign is not None and nxt.campaign.lineup.holder is not None, timeout=10)
         if take_back:

@@ -28,7 +28,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from inproc import InProcCluster, create, expect_status, member_stub, role_impl, schema
 from procs import MilvusProcess, clean_env, run_cli
-from session_helpers import connected, new_session, opened, wait_until
+from session_helpers import connected, new_session, wait_until
 
 from coordinators.client import CoordinatorClient
 from coordinators.proto import common_pb2
@@ -705,7 +705,7 @@ class LateSaves(FencedWriter):
 
 
 async def test_a_save_applied_late_never_lowers_the_id_or_timestamp_bound(etcd: EtcdCluster, etcd_prefix: str) -> None:
-    async with connected(etcd.endpoints) as etcd_, opened(new_session(etcd_, etcd_prefix, ttl=5)) as session:
+    async with connected(etcd.endpoints) as etcd_, new_session(etcd_, etcd_prefix, ttl=5) as session:
         term = await Campaign(session).try_claim()
         assert term is not None
         writer = LateSaves(session, term)

@@ -10,7 +10,7 @@ from contextlib import aclosing
 import pytest
 import structlog
 from etcd_server import EtcdCluster
-from session_helpers import active_and_standby, connected, crash, new_session, opened, wait_until
+from session_helpers import active_and_standby, connected, crash, new_session, wait_until
 from structlog.testing import capture_logs
 
 from session import (
@@ -59,7 +59,7 @@ async def test_garbage_at_the_id_counter_is_reported_and_left_alone(etcd: EtcdCl
 
 
 async def test_session_registers_its_key_on_its_lease_and_keeps_it_alive(etcd: EtcdCluster, etcd_prefix: str) -> None:
-    async with connected(etcd.endpoints) as etcd_, opened(new_session(etcd_, etcd_prefix, ttl=2)) as session:
+    async with connected(etcd.endpoints) as etcd_, new_session(etcd_, etcd_prefix, ttl=2) as session:
         resp = await etcd_.get(session.key)
         info = SessionInfo.from_json(session.key, bytes(resp.kvs[0].value))
         assert info.server_id == session.server_id and info.lease_id == session.lease_id
@@ -84,7 +84,7 @@ async def test_graceful_close_revokes_both_keys_at_once(etcd: EtcdCluster, etcd_
 
 
 async def test_deleting_the_own_key_loses_the_session(etcd: EtcdCluster, etcd_prefix: str) -> None:
-    async with connected(etcd.endpoints) as etcd_, opened(new_session(etcd_, etcd_prefix, ttl=10)) as session:
+    async with connected(etcd.endpoints) as etcd_, new_session(etcd_, etcd_prefix, ttl=10) as session:
         await etcd_.delete(session.key)
         await wait_until(session.lost.is_set, timeout=2)
         assert "own session key" in session.lost_reason
@@ -93,7 +93,7 @@ async def test_deleting_the_own_key_loses_the_session(etcd: EtcdCluster, etcd_pr
 
 
 async def test_revoked_lease_is_noticed_through_keepalive(etcd: EtcdCluster, etcd_prefix: str) -> None:
-    async with connected(etcd.endpoints) as etcd_, opened(new_session(etcd_, etcd_prefix, ttl=2)) as session:
+    async with connected(etcd.endpoints) as etcd_, new_session(etcd_, etcd_prefix, ttl=2) as session:
         await etcd_.revoke(session.lease_id)
         await wait_until(session.lost.is_set, timeout=2)
         assert "lease" in session.lost_reason or "own session key" in session.lost_reason
