@@ -31,23 +31,15 @@ from coordinators.config import Config
 from coordinators.registry import spec
 from coordinators.rpc import NotServing
 from session import FencedWriter
+from session.mirror import Image
 
 #: Keys per page of a cold reload.
 RELOAD_PAGE = 1000
 
 
-class RoleImage(Protocol):
-    """A role's image (:class:`session.mirror.Image`): the key prefixes and single keys it is made of."""
-
-    @property
-    def prefixes(self) -> list[str]: ...
-
-    @property
-    def keys(self) -> list[str]: ...
-
-    def put(self, key: str, value: bytes, mod_revision: int) -> None: ...
-
-    def delete(self, key: str) -> None: ...
+class RoleImage(Image, Protocol):
+    """A role's image: what a STANDBY's mirror keeps current (:class:`session.mirror.Image`: its key
+    prefixes and single keys, put and delete), and what ``milvus check`` asks of it."""
 
     def unreadable_records(self) -> list[str]:
         """Every key of the image whose value cannot be read, as "<key>: <why>" (``milvus check``)."""

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -44,6 +43,7 @@ from coordinators.errors import CoordinatorError
 from coordinators.proto import datacoord_pb2, querycoord_pb2, rootcoord_pb2
 from coordinators.proto.querycoord_grpc import QueryCoordBase
 from coordinators.roles.base import PrefixImage, Role, RoleContext, read_again
+from coordinators.roles.names import validate_name
 from coordinators.rpc import (
     FailedPrecondition,
     NotFound,
@@ -63,8 +63,6 @@ log = structlog.get_logger(__name__)
 #: Replica numbers accepted by LoadCollection (0 means 1, as in Milvus).
 MAX_REPLICAS = 10
 #: Milvus's collection-name rule: a letter or underscore, then letters, digits, underscores.
-NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-MAX_NAME_LEN = 255
 
 LOADING = "Loading"
 LOADED = "Loaded"
@@ -147,17 +145,6 @@ class LoadRecord:
             loaded_segments=len(self.loaded_segment_ids),
             target_segments=len(self.target_segment_ids or ()),
         )
-
-
-def validate_name(name: str) -> None:
-    """INVALID_ARGUMENT unless ``name`` follows Milvus's collection-name rule."""
-    require(name != "", "collection_name must not be empty")
-    require(len(name) <= MAX_NAME_LEN, f"collection_name is longer than {MAX_NAME_LEN} characters")
-    require(
-        NAME_RE.fullmatch(name) is not None,
-        f"invalid collection_name {name!r}: the first character must be a letter or an underscore, "
-        "the others letters, digits or underscores",
-    )
 
 
 def replica_number(requested: int) -> int:
@@ -297,7 +284,7 @@ class QueryCoord(Role):
 
     async def load_collection(self, req: querycoord_pb2.LoadCollectionRequest) -> querycoord_pb2.LoadCollectionResponse:
         """Record the load (persisted before the reply); the loader does the rest."""
-        validate_name(req.collection_name)
+        validate_name(req.collection_name, "collection", field="collection_name")
         replicas = replica_number(req.replica_number)
         term = self.live()
         collection_id = await self._describe(req.collection_name)
@@ -323,7 +310,7 @@ class QueryCoord(Role):
 
     async def release_collection(self, req: querycoord_pb2.ReleaseCollectionRequest) -> querycoord_pb2.ReleaseCollectionResponse:
         """Drop the load record; a collection rootcoord no longer knows is released by name."""
-        validate_name(req.collection_name)
+        validate_name(req.collection_name, "collection", field="collection_name")
         term = self.live()
         collection_id = await self._describe(req.collection_name)
         async with term.lock:
@@ -353,7 +340,7 @@ class QueryCoord(Role):
 
     async def get_load_state(self, req: querycoord_pb2.GetLoadStateRequest) -> querycoord_pb2.GetLoadStateResponse:
         """NotExist (rootcoord does not know it), NotLoad, Loading with progress, or Loaded."""
-        validate_name(req.collection_name)
+        validate_name(req.collection_name, "collection", field="collection_name")
         term = self.live()
         collection_id = await self._describe(req.collection_name)
         term.check()  # after the await: answer from this term's records only while it is on

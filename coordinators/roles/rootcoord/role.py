@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from typing import Any, NamedTuple
 
@@ -39,6 +38,7 @@ import structlog
 from coordinators.proto import rootcoord_pb2 as pb
 from coordinators.proto.rootcoord_grpc import RootCoordBase
 from coordinators.roles.base import Role, RoleContext, read_again
+from coordinators.roles.names import validate_name
 from coordinators.roles.rootcoord.id_allocator import MAX_COUNT as MAX_ID_COUNT
 from coordinators.roles.rootcoord.id_allocator import IDAllocator, parse_id_bound
 from coordinators.roles.rootcoord.tso import MAX_LOGICAL, TimestampOracle, parse_bound
@@ -49,7 +49,6 @@ from session.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
-MAX_NAME_LENGTH = 255
 MAX_FIELDS = 64
 MAX_DIM = 32768
 MAX_SHARDS = 16
@@ -58,7 +57,6 @@ MAX_VARCHAR_LENGTH = 65535
 MAX_DESCRIPTION = 65535
 FIRST_FIELD_ID = 100  # Milvus's common.StartOfUserFieldID
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _VECTOR_TYPES = frozenset({pb.FloatVector, pb.BinaryVector})
 _PRIMARY_KEY_TYPES = frozenset({pb.Int64, pb.VarChar})
 _TYPE_NAMES = frozenset(pb.DataType.keys()) - {"DataTypeNone"}
@@ -139,16 +137,6 @@ class Collection(NamedTuple):
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def validate_name(name: str, what: str) -> None:
-    """Milvus's rule for collection and field names; INVALID_ARGUMENT saying which rule broke."""
-    require(bool(name), f"{what} name should not be empty")
-    require(len(name) <= MAX_NAME_LENGTH, f"the length of a {what} name must be at most {MAX_NAME_LENGTH} characters")
-    require(name[0] == "_" or (name[0].isascii() and name[0].isalpha()),
-            f"invalid {what} name {name!r}: the first character must be an underscore or a letter")
-    require(_NAME.fullmatch(name) is not None,
-            f"invalid {what} name {name!r}: it can only contain numbers, letters and underscores")
 
 
 def _validate_field(index: int, field: pb.FieldSchema) -> Field:
