@@ -104,11 +104,12 @@ class FencedWriter:
         kvs = resp.responses[0].response_range.kvs
         return False, (bytes(kvs[0].value) if kvs else None), (int(kvs[0].mod_revision) if kvs else 0)
 
-    async def scan(self, prefix: str, *, page: int = 1000) -> AsyncIterator[tuple[str, bytes]]:
-        """Read every key under ``prefix`` in pages, at one revision (a role's reload on activation)."""
+    async def scan(self, prefix: str, *, page: int = 1000) -> AsyncIterator[tuple[str, bytes, int]]:
+        """Read every key under ``prefix`` in pages, at one revision (a role's reload on activation):
+        ``(key, value, mod revision)``."""
         self.check()
-        async for key, value, _mod in self.etcd.scan(prefix, page=page):
-            yield key, value
+        async for item in self.etcd.scan(prefix, page=page):
+            yield item
 
     async def delete(self, key: str, *, timeout: float | None = None) -> int:
         """Fenced delete of one key; returns how many keys were deleted (0 or 1)."""

@@ -41,10 +41,15 @@ from session.watch import covering_range
 TTL = 3
 
 
+async def _no_call(role: str, method: str, request: Any) -> Any:
+    raise AssertionError("an image calls no coordinator")
+
+
 def role_images(root: str) -> dict[str, Any]:
     """Image factories, and the keys (with good and bad values) their histories write, per role: the
     role's own keys, and keys of other roles that lie inside the mirror's watched range."""
-    ctx = RoleContext("rootcoord", load_config(env={"ETCD_ROOT_PATH": root}), lambda role: None)  # type: ignore[arg-type,return-value]
+    config = load_config(env={"ETCD_ROOT_PATH": root})
+    ctx = RoleContext("rootcoord", config.etcd.meta_root, config.etcd.kv_root, _no_call)
     meta = f"{root}/meta"
     segments = f"{meta}/datacoord-meta/s/"
 

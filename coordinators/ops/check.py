@@ -18,9 +18,8 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
-from coordinators.client import CoordinatorClient
 from coordinators.config import Config
 from coordinators.ops.status import mixed_active_standby, read_sessions
 from coordinators.registry import ROLES, spec
@@ -95,13 +94,13 @@ async def _check_session_keys(etcd: Etcd, meta_root: str, report: Report) -> Non
                                                   "the server-ID counter must be a decimal integer")))
 
 
-def _no_client(role: str) -> CoordinatorClient:
+async def _no_call(role: str, method: str, request: Any) -> Any:
     raise RuntimeError("milvus check calls no coordinator")
 
 
 async def _read_role(etcd: Etcd, config: Config, role: str) -> tuple[RoleImage, int]:
     """Every key of ``role``, read into the role's own image, as a takeover's reload reads them; and how many."""
-    impl = role_class(role)(RoleContext(role, config, _no_client))
+    impl = role_class(role)(RoleContext(role, config.etcd.meta_root, config.etcd.kv_root, _no_call))
     image, count = impl.new_image(), 0
     for prefix in image.prefixes:
         async for key, value, mod in etcd.scan(prefix):

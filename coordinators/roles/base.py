@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
-from coordinators.client import CoordinatorClient
-from coordinators.config import Config
 from coordinators.registry import spec
 from coordinators.rpc import NotServing
 from session import FencedWriter
@@ -80,32 +78,36 @@ async def read_again(writer: FencedWriter, image: RoleImage, keys: Iterable[str]
             image.put(key, value, mod_revision)
 
 
+#: One call to another role's ACTIVE member: ``call(role, method, request) -> reply``; raises what
+#: :meth:`coordinators.client.CoordinatorClient.call` raises (GRPCError, NoActiveMember, OutcomeUnknown).
+Call = Callable[[str, str, Any], Awaitable[Any]]
+
+
 @dataclass(frozen=True)
 class RoleContext:
-    """What the process hands a role: settings and clients to the other roles' ACTIVE members."""
+    """What the process hands a role, and all it hands it: where its keys live, its one setting, and
+    a way to call the other roles' ACTIVE members. Every etcd access goes through the term's
+    :class:`~session.FencedWriter`."""
 
     role: str
-    config: Config
-    client: Callable[[str], CoordinatorClient]  # client("rootcoord") -> a started client
-
-    @property
-    def meta_root(self) -> str:
-        return self.config.etcd.meta_root
-
-    @property
-    def kv_root(self) -> str:
-        return self.config.etcd.kv_root
+    meta_root: str
+    kv_root: str
+    call: Call
+    segment_max_rows: int = 1_000_000  #: datacoord: rows a segment takes before it is sealed
 
 
-def role_class(role: str) -> type[Role]:
+def role_class(role: str) -> type[Role[Any]]:
     """The :class:`Role` subclass of ``role`` (``RoleSpec.implementation``), imported now."""
     module, attr = spec(role).implementation.split(":")
-    cls: type[Role] = getattr(importlib.import_module(module), attr)
+    cls: type[Role[Any]] = getattr(importlib.import_module(module), attr)
     return cls
 
 
-class Role:
-    """Base of rootcoord, querycoord and datacoord."""
+ImageT = TypeVar("ImageT", bound=RoleImage)
+
+
+class Role(Generic[ImageT]):
+    """Base of rootcoord, querycoord and datacoord, each generic over its image."""
 
     name = ""
 
@@ -124,29 +126,29 @@ class Role:
         """The grpclib handler of the role's API."""
         raise NotImplementedError
 
-    def new_image(self) -> RoleImage:
+    def new_image(self) -> ImageT:
         """An empty image of the role's keys (:class:`session.mirror.Image`), with its ``prefixes`` and ``keys``."""
         raise NotImplementedError
 
-    async def read_image(self, writer: FencedWriter) -> RoleImage:
+    async def read_image(self, writer: FencedWriter) -> ImageT:
         """A cold reload: every key of the role, read now (paged, all concurrently), into a new image."""
         image = self.new_image()
         writer.check()
 
         async def scan(prefix: str) -> None:
-            async for key, value, mod in writer.etcd.scan(prefix, page=RELOAD_PAGE):
+            async for key, value, mod in writer.scan(prefix, page=RELOAD_PAGE):
                 image.put(key, value, mod)
 
         async def read(key: str) -> None:
-            resp = await writer.etcd.get(key)
-            if resp.kvs:
-                image.put(key, bytes(resp.kvs[0].value), int(resp.kvs[0].mod_revision))
+            value, mod = await writer.get_kv(key)
+            if value is not None:
+                image.put(key, value, mod)
 
         await asyncio.gather(*(scan(prefix) for prefix in image.prefixes), *(read(key) for key in image.keys))
         writer.check()
         return image
 
-    async def activate(self, writer: FencedWriter, image: object | None = None) -> None:
+    async def activate(self, writer: FencedWriter, image: ImageT | None = None) -> None:
         """Serve from ``image`` when a STANDBY's mirror has caught up (a hot takeover), else reload
         from etcd first; then accept calls. Subclasses call this first."""
         self._writer = writer

@@ -144,7 +144,10 @@ class CoordinatorProcess:
         self.server_ssl = server_ssl_context(config)  # gRPC TLS (common.security.tlsMode), None when off
         self.client_ssl = client_ssl_context(config)
         self.clients: dict[str, CoordinatorClient] = {}
-        self.role_impl = role_class(role)(RoleContext(role, config, self.client))
+        self.role_impl = role_class(role)(RoleContext(
+            role, config.etcd.meta_root, config.etcd.kv_root, self.call_other,
+            segment_max_rows=config.datacoord.segment_max_rows,
+        ))
         self.metrics = CoordinatorMetrics(role, self.view)
         self.observer = SessionMetrics(self.metrics)
         self.server = CoordinatorServer(
@@ -226,6 +229,10 @@ class CoordinatorProcess:
             refusal=self.refusal(),
             standby_phase=str(self.campaign.standby.phase or "") if self.campaign is not None else "",
         )
+
+    async def call_other(self, role: str, method: str, request: Any) -> Any:
+        """One call to ``role``'s ACTIVE member (a role's :data:`~coordinators.roles.base.Call`)."""
+        return await self.client(role).call(method, request)
 
     def client(self, role: str) -> CoordinatorClient:
         """A client to the ACTIVE member of ``role`` (one per role, shared, closed at exit)."""

@@ -20,7 +20,7 @@ Every write is one fenced txn (the term's epoch compare) whose own compares hold
 to the value this term last read or wrote (``Version == 0`` for a new segment): a write whose
 outcome is unknown (a timeout) marks the in-memory view stale, and it is re-read from etcd before
 the next change, so a lost reply can never make the next write undo rows already persisted.
-Activation reloads every key by paging (``writer.etcd.scan``).
+Activation reloads every key by paging (``writer.scan``).
 """
 
 from __future__ import annotations
@@ -393,7 +393,7 @@ def _chunks(items: Sequence[Segment], size: int) -> Iterator[Sequence[Segment]]:
         yield items[start : start + size]
 
 
-class DataCoord(Role):
+class DataCoord(Role[SegmentImage]):
     """The datacoord role: segment allocation, sealing, flushing, segment info."""
 
     name = "datacoord"
@@ -401,7 +401,7 @@ class DataCoord(Role):
     def __init__(self, ctx: RoleContext) -> None:
         super().__init__(ctx)
         self._view: _TermState | None = None
-        self.max_rows = ctx.config.datacoord.segment_max_rows
+        self.max_rows = ctx.segment_max_rows
         self.prefix = f"{ctx.meta_root}/datacoord-meta/s/"
         self.reload_seconds = 0.0  # how long the last activation's reload took (tests and logs)
 
@@ -420,13 +420,12 @@ class DataCoord(Role):
     def new_image(self) -> SegmentImage:
         return SegmentImage(self.prefix)
 
-    async def activate(self, writer: FencedWriter, image: object | None = None) -> None:
+    async def activate(self, writer: FencedWriter, image: SegmentImage | None = None) -> None:
         """Serve from ``image`` (a STANDBY's mirror, caught up) or from a reload of every segment."""
         await super().activate(writer, image)
         t0 = time.monotonic()
-        hot = isinstance(image, SegmentImage)
-        ready = image if isinstance(image, SegmentImage) else await self.read_image(writer)
-        assert isinstance(ready, SegmentImage)
+        hot = image is not None
+        ready = image if image is not None else await self.read_image(writer)
 
         async def reload() -> SegmentImage:
             fresh = await self.read_image(writer)
@@ -457,7 +456,7 @@ class DataCoord(Role):
     async def _rootcoord(self, method: str, request: Any) -> Any:
         """Call the ACTIVE rootcoord (the client follows its failovers); map its failures to ours."""
         try:
-            return await self.ctx.client("rootcoord").call(method, request)
+            return await self.ctx.call("rootcoord", method, request)
         except (GRPCError, NoActiveMember, OutcomeUnknown) as exc:
             raise dependency_error("rootcoord", method, exc) from exc
 

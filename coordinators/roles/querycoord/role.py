@@ -209,7 +209,7 @@ class _TermState:
         self.writer.check()
 
 
-class QueryCoord(Role):
+class QueryCoord(Role[LoadImage]):
     """The querycoord role: load records in memory, mirrored by fenced etcd writes."""
 
     name = "querycoord"
@@ -241,13 +241,12 @@ class QueryCoord(Role):
     def new_image(self) -> LoadImage:
         return LoadImage(self._prefix)
 
-    async def activate(self, writer: FencedWriter, image: object | None = None) -> None:
+    async def activate(self, writer: FencedWriter, image: LoadImage | None = None) -> None:
         """Serve from ``image`` (a STANDBY's mirror, caught up) or a reload; start the loader on the Loading ones."""
         await self._stop_loader()  # a term never inherits the previous one's loader
         await super().activate(writer, image)
-        hot = isinstance(image, LoadImage)
-        ready = image if isinstance(image, LoadImage) else await self.read_image(writer)
-        assert isinstance(ready, LoadImage)
+        hot = image is not None
+        ready = image if image is not None else await self.read_image(writer)
         term = _TermState(writer, ready)
         term.wake.set()
         term.loader = asyncio.create_task(self._run_loader(term), name="querycoord-loader")
@@ -365,7 +364,7 @@ class QueryCoord(Role):
     async def _call_other(self, role: str, method: str, request: Any) -> Any:
         """One call to another role's ACTIVE member; its failure mapped to ours (:func:`dependency_error`)."""
         try:
-            return await self.ctx.client(role).call(method, request)
+            return await self.ctx.call(role, method, request)
         except (GRPCError, NoActiveMember, OutcomeUnknown) as exc:
             raise dependency_error(role, method, exc) from exc
 

@@ -546,7 +546,7 @@ class _TermState:
 # --------------------------------------------------------------------------- the role
 
 
-class RootCoord(Role):
+class RootCoord(Role[RootImage]):
     """rootcoord's role: see the module docstring."""
 
     name = "rootcoord"
@@ -573,13 +573,12 @@ class RootCoord(Role):
     def new_image(self) -> RootImage:
         return RootImage(self.ctx)
 
-    async def activate(self, writer: FencedWriter, image: object | None = None) -> None:
+    async def activate(self, writer: FencedWriter, image: RootImage | None = None) -> None:
         """Serve from ``image`` (a STANDBY's mirror, caught up) or from a reload; start the term's tasks."""
         await super().activate(writer, image)
         t0 = time.monotonic()
-        hot = isinstance(image, RootImage)
-        ready = image if isinstance(image, RootImage) else await self.read_image(writer)
-        assert isinstance(ready, RootImage)
+        hot = image is not None
+        ready = image if image is not None else await self.read_image(writer)
         reload_s = time.monotonic() - t0
         if not hot:
             ready.catalog.report_orphans()
