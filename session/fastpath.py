@@ -31,6 +31,7 @@ from session.errors import CorruptValue, LeaseNotFound, SessionError
 from session.etcd import Etcd, RequestOp, cmp_create_revision, cmp_lease, op_delete, op_put
 from session.info import SessionInfo
 from session.keys import takeover_key
+from session.tasks import cancel_until_done
 from session.term import Holder
 from session.watch import KeyValue
 
@@ -217,9 +218,5 @@ class DeathWatchTask:
         self.cancel()
         cancelled, self._cancelled = self._cancelled, []
         revokes, self._revokes = self._revokes, []
-        running = {task for task in cancelled if not task.done()}
-        while running:
-            _done, running = await asyncio.wait(running, timeout=0.5)
-            for task in running:
-                task.cancel()
-        await asyncio.gather(*cancelled, *revokes, return_exceptions=True)
+        await asyncio.gather(*(cancel_until_done(task, Exception) for task in cancelled))
+        await asyncio.gather(*revokes, return_exceptions=True)

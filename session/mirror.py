@@ -42,7 +42,7 @@ import structlog
 from session.errors import SessionError
 from session.etcd import Etcd
 from session.observer import WatchRestart
-from session.tasks import cancel_and_wait
+from session.tasks import cancel_and_wait, cancel_until_done
 from session.watch import Compacted, KeyEvent, covering_range, watch
 
 __all__ = ["Image", "Mirror"]
@@ -120,7 +120,7 @@ class Mirror:
     async def stop(self) -> None:
         """Stop following; the image stays as it is (after a catch-up, the new term owns it)."""
         task, self._task = self._task, None
-        await cancel_and_wait(task)
+        await cancel_until_done(task)  # its watch may swallow a cancellation: cancelled until it ends
         self.state = "stopped"
 
     def set_fenced(self, fenced: bool) -> None:
@@ -228,7 +228,7 @@ class Mirror:
             finally:
                 await cancel_and_wait(moved)
                 if not follow.done():
-                    await cancel_and_wait(follow)
+                    await cancel_until_done(follow)
             if not follow.cancelled():
                 return follow.result()
 

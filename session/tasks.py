@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-__all__ = ["cancel_and_wait"]
+__all__ = ["cancel_and_wait", "cancel_until_done"]
 
 
 async def cancel_and_wait(task: asyncio.Future[Any] | None, *also: type[BaseException]) -> None:
@@ -22,3 +22,25 @@ async def cancel_and_wait(task: asyncio.Future[Any] | None, *also: type[BaseExce
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError, *also):
         await task
+
+
+async def cancel_until_done(task: asyncio.Future[Any] | None, *also: type[BaseException], every: float = 0.5) -> None:
+    """:func:`cancel_and_wait` for a task that may swallow a cancellation, cancelled again every
+    ``every`` seconds until it is over.
+
+    Why: a cancellation can be lost on its way down a task's stack. grpclib turns one that meets a
+    lost connection into StreamTerminatedError (a watch then reconnects instead of ending), and
+    Python 3.11's ``asyncio.timeout`` turns one that meets its own expiry into TimeoutError. An
+    owner that waited once for such a task waited for ever (a hot standby's mirror was seen so,
+    keeping its member from taking over). The caller's own cancellation is never swallowed here.
+    """
+    if task is None:
+        return
+    if not (isinstance(task, asyncio.Task) and task.cancelling()):  # one already cancelled gets its time
+        task.cancel()
+    while not task.done():
+        await asyncio.wait({task}, timeout=every)
+        if not task.done():
+            task.cancel()
+    if not task.cancelled() and (failure := task.exception()) is not None and not isinstance(failure, also):
+        raise failure
