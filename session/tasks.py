@@ -11,7 +11,11 @@ import asyncio
 import contextlib
 from typing import Any
 
+import structlog
+
 __all__ = ["cancel_and_wait", "cancel_until_done"]
+
+log = structlog.get_logger(__name__)
 
 
 async def cancel_and_wait(task: asyncio.Future[Any] | None, *also: type[BaseException]) -> None:
@@ -41,6 +45,8 @@ async def cancel_until_done(task: asyncio.Future[Any] | None, *also: type[BaseEx
     while not task.done():
         await asyncio.wait({task}, timeout=every)
         if not task.done():
+            name = task.get_name() if isinstance(task, asyncio.Task) else repr(task)
+            log.warning("a task still runs after its cancellation: cancelled again", task=name, after=every)
             task.cancel()
     if not task.cancelled() and (failure := task.exception()) is not None and not isinstance(failure, also):
         raise failure
