@@ -111,13 +111,14 @@ def _script(steps: list[Step]) -> str:
     return "\n".join(out) + "\n"
 
 
-async def test_every_readme_section_works_pasted_in_order(tmp_path: Path) -> None:
+async def _in_a_host_of_its_own(tmp_path: Path, script: str, timeout: float = _TIMEOUT_S) -> str:
+    """Run ``script`` (bash, in the repository) in new network, pid and mount namespaces (see the module
+    docstring); its output. Skips the test where namespaces cannot be made."""
     problem = _sandbox_problem()
     if problem:
         pytest.skip(f"the README's host of its own {problem}")
-    steps = readme_steps(README.read_text())
     upper, work = tmp_path / "upper", tmp_path / "work"
-    upper.mkdir()
+    upper.mkdir(exist_ok=True)
     work.mkdir()
     setup = " && ".join([
         "ip link set lo up",
@@ -136,12 +137,17 @@ async def test_every_readme_section_works_pasted_in_order(tmp_path: Path) -> Non
         env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:
-        raw, _ = await asyncio.wait_for(proc.communicate(_script(steps).encode()), _TIMEOUT_S)
+        raw, _ = await asyncio.wait_for(proc.communicate(script.encode()), timeout)
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        raise AssertionError(f"the README's steps did not finish within {_TIMEOUT_S:.0f}s") from None
-    output = raw.decode(errors="replace")
+        raise AssertionError(f"did not finish within {timeout:.0f}s") from None
+    return raw.decode(errors="replace")
+
+
+async def test_every_readme_section_works_pasted_in_order(tmp_path: Path) -> None:
+    steps = readme_steps(README.read_text())
+    output = await _in_a_host_of_its_own(tmp_path, _script(steps))
     ran = {int(m["i"]): (int(m["code"]), m["out"]) for m in re.finditer(
         r"@@@ begin (?P<i>\d+)\n(?P<out>.*?)@@@ end (?P=i) (?P<code>\d+)\n", output, re.S)}
     for i, step in enumerate(steps):
@@ -150,3 +156,29 @@ async def test_every_readme_section_works_pasted_in_order(tmp_path: Path) -> Non
         kind = "hand-done step" if step.hidden else "README line"
         assert code == step.expect, f"{kind} `{step.command}` exited {code}, expected {step.expect}:\n{out}"
     assert "Traceback" not in output, output
+
+
+async def test_the_test_command_under_load_reports_every_failure_and_cleans_up(tmp_path: Path) -> None:
+    """README: ``scripts/test.sh --under-load`` keeps one core busy and runs the README's cluster (started
+    and stopped by it when none runs), reports every failure (no -x), and runs ``--repeat N`` times."""
+    tests = tmp_path / "upper" / "sandbox_tests"  # the overlay's upper dir: REPO/sandbox_tests in there
+    tests.mkdir(parents=True)
+    (tests / "test_two.py").write_text("def test_one_fails():\n    assert False\n\n\ndef test_another_fails():\n"
+                                       "    assert False\n\n\ndef test_one_passes():\n    pass\n")
+    script = "\n".join([
+        "cd " + shlex.quote(str(REPO)),
+        "scripts/test.sh --repeat 0; echo \"@@@ repeat0 $?\"",
+        "MILVUS_SKIP_CHECKS=1 scripts/test.sh --under-load --repeat 2 sandbox_tests/test_two.py -p no:cacheprovider; "
+        "echo \"@@@ rc $?\"",
+        "echo \"@@@ hogs $(pgrep -fc 'while True: pass')\"",
+        "echo \"@@@ coordinators $(pgrep -fc 'milvus run')\"",
+    ]) + "\n"
+    output = await _in_a_host_of_its_own(tmp_path, script)
+    assert "@@@ repeat0 2" in output and "--repeat takes a positive number" in output, output
+    assert "the README's cluster is not running: starting it" in output, output
+    assert re.search(r"one core kept busy \(CPU hog pid \d+\)", output), output
+    assert output.count("2 failed, 1 passed") == 2, output  # every failure, in each of the two runs
+    assert "test.sh: run 1: exit 1" in output and "test.sh: run 2: exit 1" in output, output
+    assert "slowest" in output, output  # --durations still printed
+    assert "stopping the cluster this run started" in output and "@@@ rc 1" in output, output
+    assert "@@@ hogs 0" in output and "@@@ coordinators 0" in output, output
