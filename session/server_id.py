@@ -15,6 +15,17 @@ from session.keys import server_id_key
 log = structlog.get_logger(__name__)
 
 
+def parse_counter(key: str, raw: bytes) -> int:
+    """The server-ID counter's value; :class:`CorruptValue` for anything but what this library writes.
+
+    ASCII digits only: int() would also take " 12", "+12", "1_2" and non-ASCII digits, none of which
+    this library (or Milvus) ever writes there.
+    """
+    if not raw.isdigit() or not raw.isascii() or len(raw) > 19 or int(raw) >= 2**63 - 1:
+        raise CorruptValue(key, raw, "the server-ID counter must be a decimal integer in 0..2^63-2")
+    return int(raw)
+
+
 async def allocate_server_id(etcd: Etcd, meta_root: str, *, timeout: float | None = None, max_rounds: int = 1000) -> int:
     """Hand out the next server ID; the first one is 1.
 
@@ -30,12 +41,7 @@ async def allocate_server_id(etcd: Etcd, meta_root: str, *, timeout: float | Non
                 return 1
             continue
         raw = bytes(resp.kvs[0].value)
-        # ASCII digits only: int() would also take " 12", "+12", "1_2" and non-ASCII digits, none of
-        # which this library (or Milvus) ever writes there.
-        if not raw.isdigit() or not raw.isascii() or len(raw) > 19 or int(raw) >= 2**63 - 1:
-            raise CorruptValue(key, raw, "the server-ID counter must be a decimal integer in 0..2^63-2")
-        current = int(raw)
-        nxt = current + 1
+        nxt = parse_counter(key, raw) + 1
         swapped = await etcd.txn([cmp_value(key, raw)], [op_put(key, str(nxt).encode())], timeout=timeout)
         if swapped.succeeded:
             return nxt

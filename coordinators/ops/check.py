@@ -14,7 +14,6 @@ cannot be read; 1 no unreadable key, but members disagree on active-standby.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,11 +26,9 @@ from coordinators.roles.base import RoleContext, RoleImage, role_class
 from coordinators.runtime.exit_codes import ExitCode
 from session import CorruptValue, Etcd, SessionError, SessionInfo, active_key
 from session.keys import server_id_key
+from session.server_id import parse_counter
 
 __all__ = ["Report", "check_cluster", "run_check"]
-
-_DIGITS = re.compile(rb"[0-9]{1,19}")
-
 
 @dataclass
 class Report:
@@ -59,7 +56,7 @@ async def check_cluster(etcd: Etcd, config: Config) -> Report:
     report.etcd = f"{','.join(etcd.endpoints)} (etcd {status.version})"
     meta_root = config.etcd.meta_root
     await _check_session_keys(etcd, meta_root, report)
-    rows = await read_sessions(etcd, meta_root)
+    rows = await read_sessions(etcd, meta_root, phases=False)
     for row in rows:
         if row.state == "INVALID":
             report.unreadable.append(f"key {row.key} holds an unreadable value (not a session)")
@@ -89,9 +86,11 @@ async def _check_session_keys(etcd: Etcd, meta_root: str, report: Report) -> Non
                 report.unreadable.append(str(exc))
     counter = server_id_key(meta_root)
     resp = await etcd.get(counter)
-    if resp.kvs and not _DIGITS.fullmatch(bytes(resp.kvs[0].value)):
-        report.unreadable.append(str(CorruptValue(counter, bytes(resp.kvs[0].value),
-                                                  "the server-ID counter must be a decimal integer")))
+    if resp.kvs:
+        try:
+            parse_counter(counter, bytes(resp.kvs[0].value))
+        except CorruptValue as exc:
+            report.unreadable.append(str(exc))
 
 
 async def _no_call(role: str, method: str, request: Any) -> Any:

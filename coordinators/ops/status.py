@@ -50,8 +50,9 @@ class SessionRow:
     phase: str = ""
 
 
-async def read_sessions(etcd: Etcd, meta_root: str, role: str | None = None) -> list[SessionRow]:
-    """Read every session key (of ``role``, or all) at one revision and classify it."""
+async def read_sessions(etcd: Etcd, meta_root: str, role: str | None = None, *, phases: bool = True) -> list[SessionRow]:
+    """Read every session key (of ``role``, or all) at one revision and classify it; with ``phases``,
+    ask each STANDBY its phase (its ``/status``, within a second)."""
     prefix = session_prefix(meta_root)
     own: list[tuple[str, str, bytes]] = []
     active: dict[str, tuple[SessionInfo | None, int]] = {}  # role -> (the ACTIVE key's session, its create revision)
@@ -70,7 +71,8 @@ async def read_sessions(etcd: Etcd, meta_root: str, role: str | None = None) -> 
     for r, epoch in zip(list(active), epochs, strict=True):
         active[r] = (active[r][0], epoch)
     rows = await asyncio.gather(*(_row(etcd, r, key, value, active) for r, key, value in own))
-    rows = list(await asyncio.gather(*(_with_phase(row) for row in rows)))
+    if phases:
+        rows = list(await asyncio.gather(*(_with_phase(row) for row in rows)))
     return sorted(rows, key=lambda r: (ROLES.index(r.role) if r.role in ROLES else len(ROLES), r.role, r.server_id))
 
 
