@@ -26,6 +26,7 @@ from etcd_server import EtcdCluster
 from faults import ROLES, STANDBY, Coordinators, Takeover, member_state, start_pairs
 from history import Call, ClientLoad
 from inproc import InProcCluster
+from session_helpers import wait_until
 
 from coordinators.proto import common_pb2
 from coordinators.server.process import CoordinatorProcess
@@ -197,9 +198,11 @@ async def test_ten_standbys_per_role_exactly_one_active_after_every_takeover(cro
                 took.append(time.monotonic() - t0)
                 assert new is not active
                 # The graceful path handed it over, whatever the load: the new term's cause says so
-                # (a lease expiry would say ttl), and it came well inside the TTL.
-                assert new.metrics.registry.get_sample_value(
-                    "milvus_coord_takeovers_total", {"role": role, "cause": "graceful"}) == 1, role
+                # (a lease expiry would say ttl), and it came well inside the TTL. The cause is counted
+                # just after the member turns Healthy (it reads the takeover mark first): awaited.
+                await wait_until(lambda: new.metrics.registry.get_sample_value(
+                    "milvus_coord_takeovers_total", {"role": role, "cause": "graceful"}) == 1, timeout=5,
+                    what=f"{role}'s takeover counted as graceful")
                 assert await crowd.exit_code(active) == 0
 
             for _ in range(CROWD_ROUNDS):
