@@ -254,7 +254,8 @@ async def test_metrics_and_probes_follow_a_takeover(
     new_kv = await holder(etcd_client, root, role)
     assert new_kv is not None and new_kv.value["Address"] == new.proc.address
 
-    n = await new.scrape()
+    # The takeover is counted just after the member turns Healthy (it reads the takeover mark first): awaited.
+    n = await until_scrape(new, lambda n: n("milvus_coord_last_takeover_seconds") > 0, "the takeover counted")
     assert n("milvus_coord_is_active") == 1
     assert n("milvus_coord_epoch") == new_kv.create_revision > epoch
     assert n("milvus_coord_state_transitions_total", **{"from": "StandBy", "to": "Initializing"}) == 1
