@@ -177,8 +177,8 @@ async def test_unwritable_log_directory_exits_2_before_anything_starts(tmp_path:
 def test_the_start_up_retries_last_about_80_seconds_by_default() -> None:
     """What README.md and the first 'etcd not reachable' line say of common.session.retryTimes=30."""
     from coordinators.config import load_config
-    from coordinators.server.process import _retry_delay, _retry_span
+    from coordinators.server.links import retry_delay, retry_span
 
     assert load_config(env={}).session.retry_times == 30
-    assert _retry_span(30) == 79.5
-    assert [_retry_delay(a) for a in (1, 2, 6, 29)] == [0.5, 1.0, 3.0, 3.0]
+    assert retry_span(30) == 79.5
+    assert [retry_delay(a) for a in (1, 2, 6, 29)] == [0.5, 1.0, 3.0, 3.0]

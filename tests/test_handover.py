@@ -261,7 +261,7 @@ async def heir_known(active: CoordinatorProcess, heir: int) -> None:
     that joined right after the view's first read only on etcd's next sync of lagging watchers (every
     100 ms); a stop before that leaves the claim to the standby, as without a handover."""
     def named() -> bool:
-        view = active.line_view
+        view = active.active.line_view if active.active is not None else None
         found = view.heir() if view is not None else None
         return found is not None and found.info.server_id == heir
 

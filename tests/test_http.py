@@ -399,7 +399,7 @@ async def test_healthz_fails_when_an_active_member_is_past_its_deadline(etcd: Et
         assert await http_get(port, "/healthz") == (200, "ok\n")
         assert (await http_get(port, "/readyz"))[0] == 200
         session = proc.session
-        assert session is not None and proc.http is not None and proc.http.port == port
+        assert session is not None and proc.listeners.http is not None and proc.listeners.http.port == port
 
         await session._stop_tasks()  # keep-alive and deadline check frozen, as in a stuck task
 

@@ -172,7 +172,7 @@ async def test_a_handover_wakes_the_front_of_the_line_only(cluster: InProcCluste
         await wait_until(lambda: serving_state(logs) != "", timeout=5)
     assert standbys[2].campaign.far_back_wakes == woken[standbys[2].server_id] + 1  # type: ignore[union-attr]
     for m in back:
-        assert m.observer.vacancy_at is None, f"{m.server_id} saw the vacancy"
+        assert m.metrics.observer.vacancy_at is None, f"{m.server_id} saw the vacancy"
         assert m.mirror.events_dropped == dropped[m.server_id], f"{m.server_id}'s mirror saw the ACTIVE key"  # type: ignore[union-attr]
         assert m.campaign.far_back_wakes == woken[m.server_id]  # type: ignore[union-attr]
     assert front[1].mirror.events_dropped > dropped[front[1].server_id]  # type: ignore[union-attr]  # it did follow

@@ -197,6 +197,8 @@ class CoordinatorMetrics:
             ["role", "service", "method"], registry=reg, buckets=_FAST_BUCKETS,
         )
         reg.register(_ViewCollector(role, view))
+        #: The session library's hooks into these metrics (given to each session and watch).
+        self.observer = SessionMetrics(self)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric of this process."""
