@@ -139,7 +139,7 @@ async def standbys_case(etcd: Etcd, cluster: bl.EtcdCluster, work: Path, n: int,
 
 def collection_records(meta_root: str, start: int, count: int) -> list[tuple[str, str]]:
     """(key, value) pairs of ``count`` collections in rootcoord's format (two keys each)."""
-    from coordinators.roles.rootcoord.role import Collection, Field
+    from coordinators.roles.rootcoord.schema import Collection, Field
     from coordinators.roles.rootcoord.tso import compose
 
     now = int(time.time() * 1000)
@@ -156,7 +156,7 @@ def collection_records(meta_root: str, start: int, count: int) -> list[tuple[str
 def segment_records(meta_root: str, start: int, count: int) -> list[tuple[str, str]]:
     """(key, value) pairs of ``count`` flushed segments in datacoord's format."""
     from coordinators.proto.datacoord_pb2 import Flushed
-    from coordinators.roles.datacoord.role import Segment
+    from coordinators.roles.datacoord.segments import Segment
 
     out = []
     for sid in range(start, start + count):

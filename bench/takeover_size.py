@@ -41,7 +41,7 @@ READY_HOT = "standby mirror ready: a takeover will not reload"
 
 def load_records(meta_root: str, start: int, count: int) -> list[tuple[str, str]]:
     """(key, value) pairs of ``count`` loaded collections in querycoord's format."""
-    from coordinators.roles.querycoord.role import LOADED, LoadRecord, collection_prefix
+    from coordinators.roles.querycoord.records import LOADED, LoadRecord, collection_prefix
 
     prefix = collection_prefix(meta_root)
     return [(f"{prefix}{cid}", LoadRecord(cid, f"bench_collection_{cid}", 1, LOADED, 100, (), ()).to_json())

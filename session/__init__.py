@@ -3,15 +3,19 @@
 Read in this order (README.md's "Layout" lists the same):
 
 - :mod:`session.errors` (what can go wrong, by what to do about it), :mod:`session.etcd` (every
-  call with a timeout) over :mod:`session.etcd_rpc` (the transport), :mod:`session.paging`,
+  call with a timeout) with :mod:`session.etcd_ops` (the txn builders), :mod:`session.etcd_tls`
+  (endpoints and TLS) and :mod:`session.etcd_watch_call`, over :mod:`session.etcd_rpc` (the
+  transport), :mod:`session.paging`,
   :mod:`session.watch` (a watch that survives compaction), :mod:`session.tasks`;
 - :mod:`session.keys` (where every key of a role lives), :mod:`session.info` (a session's value),
   :mod:`session.server_id`, :mod:`session.clock` (the deadline clock), :mod:`session.lease` (the
   lease, its keep-alive and local deadline), :mod:`session.observer` (how a user hears about
   keep-alives, watch restarts and vacancies);
 - :mod:`session.term` (one ACTIVE term and why it ended), :mod:`session.campaign` (ACTIVE /
-  STANDBY) with :mod:`session.lineup` (who claims a freed key), :mod:`session.fencing` (writes
-  guarded by the epoch);
+  STANDBY) with :mod:`session.lineup` (who claims a freed key), :mod:`session.turn` (a STANDBY's
+  phases and its next step, pure), :mod:`session.standby` (the STANDBY's wait, carried out),
+  :mod:`session.takeover` (what freed the key), :mod:`session.fencing` (writes guarded by the
+  epoch);
 - :mod:`session.fastpath` (removing a holder proven dead), :mod:`session.switchover` (the
   operator's planned move), :mod:`session.handover` (a graceful stop hands the key to the next in
   line), :mod:`session.mirror` (the hot standby's copy of a role's keys).

@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
@@ -33,18 +30,53 @@ from session.errors import (
     LeaseNotFound,
     SessionError,
 )
-from session.etcd_rpc import AUTH_FAILURE as _AUTH_FAILURE
+from session.etcd_ops import (
+    EQUAL,
+    GREATER,
+    Compare,
+    RangeResponse,
+    RequestOp,
+    StatusResponse,
+    TxnResponse,
+    WatchCreateRequest,
+    WatchRequest,
+    cmp_create_revision,
+    cmp_lease,
+    cmp_mod_revision,
+    cmp_value,
+    cmp_version,
+    op_delete,
+    op_get,
+    op_put,
+    op_txn,
+    prefix_range_end,
+    to_bytes,
+)
 from session.etcd_rpc import AUTH_NOT_ENABLED as _AUTH_NOT_ENABLED
 from session.etcd_rpc import EtcdTLSError, rpc_pb
+from session.etcd_tls import EtcdTLS, member_address, parse_endpoint, ssl_context
+from session.etcd_watch_call import WatchCall
 from session.paging import SpanGuess
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
+# The message builders (session.etcd_ops) and the TLS settings (session.etcd_tls) are re-exported:
+# a caller of Etcd builds its txns from here.
 __all__ = [
+    "EQUAL",
+    "GREATER",
+    "Compare",
     "Etcd",
     "EtcdTLS",
     "EtcdTLSError",
+    "RangeResponse",
+    "RequestOp",
+    "StatusResponse",
+    "TxnResponse",
+    "WatchCall",
+    "WatchCreateRequest",
+    "WatchRequest",
     "cmp_create_revision",
     "cmp_lease",
     "cmp_mod_revision",
@@ -58,134 +90,11 @@ __all__ = [
     "prefix_range_end",
 ]
 
-# Message types the session layer builds and reads: etcd's own generated classes (untyped: the
-# generated modules ship no stubs, so type checkers see Any).
-if TYPE_CHECKING:
-    Compare: TypeAlias = Any
-    RequestOp: TypeAlias = Any
-    TxnResponse: TypeAlias = Any
-    RangeResponse: TypeAlias = Any
-    StatusResponse: TypeAlias = Any
-    WatchRequest: TypeAlias = Any
-    WatchCreateRequest: TypeAlias = Any
-else:
-    Compare = rpc_pb.Compare
-    RequestOp = rpc_pb.RequestOp
-    TxnResponse = rpc_pb.TxnResponse
-    RangeResponse = rpc_pb.RangeResponse
-    StatusResponse = rpc_pb.StatusResponse
-    WatchRequest = rpc_pb.WatchRequest
-    WatchCreateRequest = rpc_pb.WatchCreateRequest
-EQUAL: int = rpc_pb.Compare.EQUAL
-GREATER: int = rpc_pb.Compare.GREATER
-
-
-def _bytes(data: str | bytes) -> bytes:
-    return data.encode() if isinstance(data, str) else data
-
-
-def prefix_range_end(prefix: str | bytes) -> bytes:
-    """The exclusive end of the range of keys that start with ``prefix`` (``b"\\0"``: every key, when
-    the prefix is all 0xff bytes)."""
-    end = bytearray(_bytes(prefix))
-    for i in range(len(end) - 1, -1, -1):
-        if end[i] < 0xFF:
-            end[i] += 1
-            return bytes(end[: i + 1])
-    return b"\0"
-
-
-# Builders for txn compares and operations.
-
-
-def cmp_version(key: str | bytes, version: int, *, result: int = EQUAL) -> Compare:
-    """``Compare(VERSION(key) <result> version)``; version 0: the key does not exist."""
-    return rpc_pb.Compare(result=result, target=rpc_pb.Compare.VERSION, key=_bytes(key), version=version)
-
-
-def cmp_create_revision(key: str | bytes, revision: int, *, result: int = EQUAL) -> Compare:
-    """``Compare(CREATE(key) <result> revision)``: which creation of the key this is (0: absent)."""
-    return rpc_pb.Compare(result=result, target=rpc_pb.Compare.CREATE, key=_bytes(key), create_revision=revision)
-
-
-def cmp_value(key: str | bytes, value: str | bytes, *, result: int = EQUAL) -> Compare:
-    """``Compare(VALUE(key) <result> value)``."""
-    return rpc_pb.Compare(result=result, target=rpc_pb.Compare.VALUE, key=_bytes(key), value=_bytes(value))
-
-
-def cmp_lease(key: str, lease: int) -> Compare:
-    """``Compare(LEASE(key) == lease)``: the key is still attached to that lease (etcd >= 3.3)."""
-    return rpc_pb.Compare(result=EQUAL, target=rpc_pb.Compare.LEASE, key=key.encode(), lease=lease)
-
-
-def cmp_mod_revision(key: str, revision: int) -> Compare:
-    """``Compare(MOD(key) == revision)``: the key was not written since that revision (0: absent)."""
-    return rpc_pb.Compare(result=EQUAL, target=rpc_pb.Compare.MOD, key=key.encode(), mod_revision=revision)
-
-
-def op_put(key: str | bytes, value: str | bytes, *, lease: int = 0) -> RequestOp:
-    """A put inside a txn."""
-    return rpc_pb.RequestOp(request_put=rpc_pb.PutRequest(key=_bytes(key), value=_bytes(value), lease=lease))
-
-
-def op_get(key: str | bytes, *, range_end: str | bytes | None = None, revision: int = 0) -> RequestOp:
-    """A read inside a txn (one key, or ``[key, range_end)``)."""
-    return rpc_pb.RequestOp(request_range=rpc_pb.RangeRequest(
-        key=_bytes(key), range_end=_bytes(range_end) if range_end is not None else b"", revision=revision))
-
-
-def op_delete(key: str | bytes, *, range_end: str | bytes | None = None) -> RequestOp:
-    """A delete inside a txn (one key, or ``[key, range_end)``)."""
-    return rpc_pb.RequestOp(request_delete_range=rpc_pb.DeleteRangeRequest(
-        key=_bytes(key), range_end=_bytes(range_end) if range_end is not None else b""))
-
-
-def op_txn(compare: Sequence[Compare], success: Sequence[RequestOp], failure: Sequence[RequestOp] = ()) -> RequestOp:
-    """A nested txn, so a fenced writer can wrap a caller's own txn in its epoch compare."""
-    return rpc_pb.RequestOp(request_txn=rpc_pb.TxnRequest(compare=list(compare), success=list(success), failure=list(failure)))
-
-
-@dataclass(frozen=True)
-class EtcdTLS:
-    """Paths of the PEM files for TLS to etcd (CA required; client pair for mutual TLS)."""
-
-    ca_cert: str
-    cert: str = ""
-    key: str = ""
-    server_name: str = ""  # the name etcd's certificate must carry, when it differs from the endpoint host
-
-
 # etcd's answers that mean "this token is no longer good: authenticate again" (the Go client's list).
 _TOKEN_EXPIRED = re.compile(r"invalid auth token|user name is empty|revision of auth store is old", re.IGNORECASE)
 
 def _token_expired(exc: EtcdAuthError) -> bool:
     return bool(_TOKEN_EXPIRED.search(str(exc)))
-
-
-# -- endpoints -------------------------------------------------------------------------------
-
-_ENDPOINT = re.compile(r"(?:(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://)?(?P<host>\[[^\]/\s]+\]|[^:/\s\[\]]+):(?P<port>\d{1,5})/?")
-
-
-def parse_endpoint(text: str) -> tuple[str, int]:
-    """``host:port`` (``[v6]:port``, an ``http://`` or ``https://`` prefix allowed) -> (host, port).
-
-    :raises ValueError: anything else, with the reason.
-    """
-    match = _ENDPOINT.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"etcd endpoint {text!r} is not host:port")
-    if match["scheme"] and match["scheme"].lower() not in ("http", "https"):
-        raise ValueError(f"etcd endpoint {text!r}: scheme must be http or https")
-    port = int(match["port"])
-    if not 1 <= port <= 65535:
-        raise ValueError(f"etcd endpoint {text!r}: port must be in 1..65535")
-    return match["host"].removeprefix("[").removesuffix("]"), port
-
-
-def _member(host: str, port: int) -> tuple[str, int]:
-    """``localhost`` is 127.0.0.1 (what etcd listens on by default; no IPv6 attempt first)."""
-    return ("127.0.0.1" if host == "localhost" else host), port
 
 
 class Etcd:
@@ -220,7 +129,7 @@ class Etcd:
         self._password = password
         self._members: rpc.Members | None = None
         self._metadata: tuple[tuple[str, str], ...] = ()
-        self._keepalive: _KeepAliveStream | None = None
+        self._keepalive: rpc.KeepAliveStream | None = None
         self._auth_lock: asyncio.Lock | None = None
         self._auth_generation = 0  # bumped on every new token
         self._authenticated = False
@@ -248,9 +157,9 @@ class Etcd:
         :raises EtcdTLSError: a TLS file cannot be read or is not a certificate or key.
         """
         await self.close()
-        context = await asyncio.to_thread(_ssl_context, self._tls) if self._tls is not None else None
+        context = await asyncio.to_thread(ssl_context, self._tls) if self._tls is not None else None
         server_name = self._tls.server_name if self._tls is not None else ""
-        self._members = rpc.Members([_member(host, port) for host, port in self._hosts], ssl_context=context,
+        self._members = rpc.Members([member_address(host, port) for host, port in self._hosts], ssl_context=context,
                                     server_name=server_name)
         self._auth_lock = asyncio.Lock()
 
@@ -302,7 +211,7 @@ class Etcd:
         t = self._t(timeout)
         return await self._call(
             lambda: self._unary(rpc.RANGE, rpc_pb.RangeRequest(
-                key=_bytes(key), range_end=range_end or b"", revision=revision, limit=limit, keys_only=keys_only), t),
+                key=to_bytes(key), range_end=range_end or b"", revision=revision, limit=limit, keys_only=keys_only), t),
             f"get {key}",
             timeout,
         )
@@ -310,7 +219,7 @@ class Etcd:
     async def put(self, key: str, value: bytes | str, *, lease: int = 0, timeout: float | None = None) -> int:
         """Unconditional put; returns the revision. Session code uses :meth:`txn` for guarded writes."""
         t = self._t(timeout)
-        request = rpc_pb.PutRequest(key=_bytes(key), value=_bytes(value), lease=lease)
+        request = rpc_pb.PutRequest(key=to_bytes(key), value=to_bytes(value), lease=lease)
         resp = await self._call(lambda: self._unary(rpc.PUT, request, t), f"put {key}", timeout)
         return int(resp.header.revision)
 
@@ -318,7 +227,7 @@ class Etcd:
         """Delete one key (or a prefix); returns how many keys were deleted."""
         range_end = prefix_range_end(key) if prefix else None
         t = self._t(timeout)
-        request = rpc_pb.DeleteRangeRequest(key=_bytes(key), range_end=range_end or b"")
+        request = rpc_pb.DeleteRangeRequest(key=to_bytes(key), range_end=range_end or b"")
         resp = await self._call(lambda: self._unary(rpc.DELETE_RANGE, request, t), f"delete {key}", timeout)
         return int(resp.deleted)
 
@@ -385,7 +294,7 @@ class Etcd:
 
         async def renew() -> int:
             if self._keepalive is None:
-                self._keepalive = _KeepAliveStream(rpc.BidiCall(self._live(), rpc.LEASE_KEEPALIVE, self._metadata))
+                self._keepalive = rpc.KeepAliveStream(rpc.BidiCall(self._live(), rpc.LEASE_KEEPALIVE, self._metadata))
             stream = self._keepalive
             try:
                 return await stream.renew(lease_id)
@@ -444,7 +353,8 @@ class Etcd:
         etcd answers that with ``created`` + ``canceled`` "permission denied", not an error.
         """
         self._live()
-        return WatchCall(self)
+        return WatchCall(lambda: rpc.BidiCall(self._live(), rpc.WATCH, self._metadata), has_user=bool(self.user),
+                         generation=self._auth_generation, refresh_token=self._refresh_token)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -525,113 +435,3 @@ async def _mapped(call: Awaitable[T], what: str) -> T:
         raise
     except Exception as exc:
         raise rpc.map_error(exc, what) from exc
-
-
-def _ssl_context(tls: EtcdTLS) -> ssl.SSLContext:
-    """The client TLS context from the PEM files (file I/O: run it in a thread).
-
-    :raises EtcdTLSError: a file cannot be read, is not PEM, or does not hold a certificate or key.
-    """
-
-    def read(path: str, what: str) -> str:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise EtcdTLSError(f"etcd TLS: cannot read the {what} {path}: {exc.strerror or exc}") from None
-        if b"-----BEGIN" not in data:
-            raise EtcdTLSError(f"etcd TLS: the {what} {path} is not a PEM file")
-        return data.decode("ascii", "replace")
-
-    if bool(tls.cert) != bool(tls.key):
-        raise EtcdTLSError("etcd TLS: a client certificate needs its key and a key its certificate")
-    ca = read(tls.ca_cert, "CA certificate")
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    try:
-        context.load_verify_locations(cadata=ca)
-    except (ssl.SSLError, ValueError) as exc:
-        raise EtcdTLSError(f"etcd TLS: the CA certificate {tls.ca_cert} is unusable: {exc}") from None
-    if tls.cert:
-        read(tls.cert, "client certificate")  # the same checks and messages as the CA's, before ssl reads them
-        read(tls.key, "client key")
-        try:
-            context.load_cert_chain(tls.cert, tls.key)
-        except (ssl.SSLError, OSError) as exc:
-            raise EtcdTLSError(f"etcd TLS: the client certificate {tls.cert} and key {tls.key} are unusable: "
-                               f"{getattr(exc, 'reason', None) or exc}") from None
-    context.set_alpn_protocols(["h2"])  # gRPC is HTTP/2; etcd's gRPC server negotiates it
-    return context
-
-
-class _KeepAliveStream:
-    """One bidirectional LeaseKeepAlive stream, used request by request.
-
-    A stream per renewal (as etcd3aio's helper does) costs a new HTTP/2 stream every TTL/3 per
-    process; one long-lived stream is what etcd's Go client does.
-    """
-
-    def __init__(self, call: rpc.BidiCall) -> None:
-        self._call = call
-        self._lock = asyncio.Lock()
-
-    async def renew(self, lease_id: int) -> int:
-        async with self._lock:
-            await self._call.write(rpc_pb.LeaseKeepAliveRequest(ID=lease_id))
-            resp = await self._call.read()
-            if resp is rpc.EOF:
-                raise EtcdUnavailable("etcd keep-alive stream closed")
-            return int(resp.TTL)
-
-    def unanswered(self) -> None:
-        self._call.unanswered()
-
-    async def close(self) -> None:
-        await self._call.close()
-
-
-class WatchCall:
-    """One Watch stream (write, read, close), re-opened once when etcd refuses a watch's creation
-    for an expired token. Every failure is one of :mod:`session.errors`.
-
-    etcd checks the token when a watch is created, not on the events of a live watch, and answers
-    a bad one with ``created`` + ``canceled`` ("permission denied"). The first refusal re-authenticates
-    and re-sends the create request on a new stream, inside the caller's timeout; a second one is a
-    real permission problem (:class:`EtcdAuthError`).
-    """
-
-    def __init__(self, etcd: Etcd) -> None:
-        self._etcd = etcd
-        self._generation = etcd._auth_generation
-        self._call = self._open()
-        self._create: Any = None
-        self._creating = False
-        self._retried = False
-
-    def _open(self) -> rpc.BidiCall:
-        return rpc.BidiCall(self._etcd._live(), rpc.WATCH, self._etcd._metadata)
-
-    async def write(self, request: Any) -> None:
-        if request.HasField("create_request"):
-            self._create, self._creating = request, True
-        await self._call.write(request)
-
-    async def read(self) -> Any:
-        """The next response, or :data:`session.etcd_rpc.EOF` when etcd ended the stream."""
-        resp = await self._call.read()
-        if not self._creating or resp is rpc.EOF or not resp.created:
-            return resp
-        self._creating = False
-        refused = resp.canceled and bool(_AUTH_FAILURE.search(resp.cancel_reason))
-        if not (refused and self._etcd.user and self._create is not None):
-            return resp
-        key = self._create.create_request.key.decode("utf-8", "replace")
-        if self._retried:
-            raise EtcdAuthError(f"etcd watch {key}: {resp.cancel_reason}", code="PERMISSION_DENIED")
-        self._retried = True
-        await self._etcd._refresh_token(self._generation, noticed_by=f"watch {key}")
-        await self._call.close()
-        self._call = self._open()
-        await self.write(self._create)
-        return await self.read()
-
-    async def close(self) -> None:
-        await self._call.close()

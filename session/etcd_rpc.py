@@ -1,8 +1,8 @@
 """etcd's v3 gRPC API on grpclib: the messages, one connection per member, calls that move between members.
 
 Why grpclib and not grpcio (etcd3aio's transport): grpcio's C core cost every process, an idle
-STANDBY included, 10 MB of resident memory (its shared library alone), six threads and most of the
-idle CPU time (measured 2026-12-06: an idle STANDBY at 52.5-53 MB RSS with it, the goal < 50 MB).
+STANDBY included, resident memory (its shared library alone), threads of its own and most of the
+idle CPU time: an idle STANDBY missed its memory goal with it (docs/performance.md, *Goals*).
 grpclib is already the coordinators' own gRPC stack, on the event loop, with no thread of its own.
 
 The messages are etcd's generated modules shipped inside etcd3aio (``etcd3aio/proto``, protobuf
@@ -40,6 +40,7 @@ __all__ = [
     "EOF",
     "BidiCall",
     "EtcdTLSError",
+    "KeepAliveStream",
     "Members",
     "Method",
     "map_error",
@@ -337,3 +338,29 @@ class BidiCall:
         stream, self._stream = self._stream, None
         if stream is not None:
             await _abandon(stream)
+
+
+class KeepAliveStream:
+    """One bidirectional LeaseKeepAlive stream, used request by request.
+
+    A stream per renewal (as etcd3aio's helper does) costs a new HTTP/2 stream every TTL/3 per
+    process; one long-lived stream is what etcd's Go client does.
+    """
+
+    def __init__(self, call: BidiCall) -> None:
+        self._call = call
+        self._lock = asyncio.Lock()
+
+    async def renew(self, lease_id: int) -> int:
+        async with self._lock:
+            await self._call.write(rpc_pb.LeaseKeepAliveRequest(ID=lease_id))
+            resp = await self._call.read()
+            if resp is EOF:
+                raise EtcdUnavailable("etcd keep-alive stream closed")
+            return int(resp.TTL)
+
+    def unanswered(self) -> None:
+        self._call.unanswered()
+
+    async def close(self) -> None:
+        await self._call.close()

@@ -3,7 +3,8 @@ txn sent right behind its release.
 
 Why: when the standby claims the freed key itself, a graceful handover is two writes with a watch
 notification and a standby's wake-up between them (the release; the event; the claim), where etcd's
-own election is one write and a notification: 2.0-2.8x etcd's time, measured (``bench/failover.py``).
+own election is one write and a notification: two to three times etcd's time (docs/performance.md,
+*Graceful stop*).
 The epoch of a term is the create revision of the ACTIVE key, so the successor's key cannot be
 written by the release itself (etcd refuses a delete and a put of one key in one txn, and a put over
 the old key would keep its create revision). What can go is the wait between the two writes.

@@ -1,8 +1,8 @@
 """Who claims a free ACTIVE key: the STANDBYs line up in the order they joined.
 
-Why: when every STANDBY raced for a freed key, a takeover with 50 standbys cost 50 claim txns and
-110-240 ms to the key (against 14-21 ms with one): every waiter woke, and etcd serialised 49
-failures before the next request. etcd's election recipe has each candidate wait for the one just
+Why: when every STANDBY raced for a freed key, a takeover with N standbys cost N claim txns and
+many times one standby's time to the key: every waiter woke, and etcd serialised N - 1 failures
+before the next request (docs/performance.md, *Standbys*). etcd's election recipe has each candidate wait for the one just
 before it; here the same order decides, from what every waiter already sees.
 
 How: each member's own key (``{metaRoot}/session/{role}-{id}``) has a create revision: the order

@@ -30,7 +30,8 @@ from etcd3aio import Etcd3Client
 from etcd_server import free_port
 from procs import Launch, MilvusProcess, clean_env, holder, sessions, wait_until
 
-from coordinators.config import DEFAULTS, _leaves, _normalize, _Tree, load_config
+from coordinators.config import DEFAULTS, load_config
+from coordinators.config_tree import Tree, leaves, normalize
 from coordinators.ops.cli import build_parser
 from coordinators.registry import ROLES
 
@@ -51,14 +52,14 @@ HEALTH_URL = re.compile(r"http://127\.0\.0\.1:(?P<port>\d+)/healthz")
 
 def config_variables() -> set[str]:
     """Normalised names of every key a variable can set, by the config module's own matching."""
-    return {_normalize(".".join(path)) for path, _ in _leaves(_Tree.from_defaults().values)}
+    return {normalize(".".join(path)) for path, _ in leaves(Tree.from_defaults().values)}
 
 
 def check_variables(env: Mapping[str, Any], where: str) -> None:
     known = config_variables()
     for name, value in env.items():
         assert isinstance(value, str), f"{where}: {name} must be a quoted string, got {value!r}"
-        assert _normalize(name) in known or name in IGNORED, f"{where}: {name} matches no config key"
+        assert normalize(name) in known or name in IGNORED, f"{where}: {name} matches no config key"
 
 
 def coordinator_services(compose: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -137,7 +137,7 @@ async def test_no_injected_etcd_error_kills_the_process_and_it_still_takes_over(
     async with InProcCluster(etcd, f"fi-{uuid.uuid4().hex[:8]}", ttl=TTL, start_timeout=10.0,
                              env={"COMMON_SESSION_RETRY_TIMES": "5"}) as cluster:
         faulty = cluster.process("rootcoord")
-        faulty.etcd = injected = FaultyEtcd(etcd.endpoints, timeout=2.0, faults=faults)
+        faulty.links.etcd = injected = FaultyEtcd(etcd.endpoints, timeout=2.0, faults=faults)
         healthy = None
         if not faulty_first:
             healthy = await cluster.start("rootcoord")

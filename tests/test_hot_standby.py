@@ -29,9 +29,9 @@ from tcp_proxy import TcpProxy
 from coordinators.config import load_config
 from coordinators.proto import rootcoord_pb2 as rc_pb
 from coordinators.roles.base import RoleContext
-from coordinators.roles.datacoord.role import SegmentImage
-from coordinators.roles.querycoord.role import LoadImage, collection_prefix
-from coordinators.roles.rootcoord.role import RootImage
+from coordinators.roles.datacoord.segments import SegmentImage
+from coordinators.roles.querycoord.records import LoadImage, collection_prefix
+from coordinators.roles.rootcoord.catalog import RootImage
 from session import Etcd
 from session.etcd import op_delete, op_put
 from session.keys import active_key

@@ -515,3 +515,12 @@ def test_a_blocked_output_never_blocks_the_caller_drops_past_the_bound_and_says_
     assert output.lines == [*kept, f"{dropped} lines dropped\n", "line 20\n"], output.lines
     assert dropped in (14, 15)
     sink.close()
+
+
+def test_a_project_files_caller_is_named_from_the_project_root_whatever_the_working_directory(tmp_path: Path) -> None:
+    """``[session/campaign.py:88]`` as Milvus names its files, also for a process started elsewhere
+    (``nohup milvus run`` from any directory); a file outside the project by its path from cwd."""
+    from coordinators.runtime import log_render
+
+    assert log_render._relative_path(str(PROJECT_ROOT / "session" / "campaign.py"), str(tmp_path)) == "session/campaign.py"
+    assert log_render._relative_path(str(tmp_path / "x" / "y.py"), str(tmp_path)) == "x/y.py"

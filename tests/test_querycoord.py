@@ -24,7 +24,8 @@ from procs import run_cli
 from session_helpers import wait_until
 
 from coordinators.proto import common_pb2, datacoord_pb2, querycoord_pb2, rootcoord_pb2
-from coordinators.roles.querycoord.role import QueryCoord, collection_prefix
+from coordinators.roles.querycoord.records import collection_prefix
+from coordinators.roles.querycoord.role import QueryCoord
 from session.etcd import op_put
 
 T = TypeVar("T")

@@ -34,7 +34,8 @@ from coordinators.client import CoordinatorClient
 from coordinators.proto import common_pb2
 from coordinators.proto import rootcoord_pb2 as pb
 from coordinators.roles.rootcoord.id_allocator import IDAllocator
-from coordinators.roles.rootcoord.role import Collection, Field, RootCoord
+from coordinators.roles.rootcoord.role import RootCoord
+from coordinators.roles.rootcoord.schema import Collection, Field
 from coordinators.roles.rootcoord.tso import MAX_LOGICAL, SAVE_WINDOW_MS, TimestampOracle, compose, decompose, parse_bound
 from coordinators.server.process import CoordinatorProcess
 from session import Campaign, CorruptValue, Etcd, EtcdUnavailable, FencedWriter, NotActive

@@ -5,7 +5,7 @@ Prometheus speak plain HTTP. One small server per process, on the process's own 
 gRPC listen host and the role's ``httpPort``; it reads a fresh :class:`ProcessView` per request.
 
 Why our own and not aiohttp: three GET endpoints need a request line, headers and a response;
-aiohttp cost every process (a STANDBY too) 9 MB of RSS and 0.1 s of start-up for them. The server
+aiohttp cost every process (a STANDBY too) megabytes of RSS and start-up time for them. The server
 reads one request per connection (bounded in size and time), answers with ``Connection: close``
 (kubelet, docker and Prometheus all accept it), and keeps nothing between requests.
 

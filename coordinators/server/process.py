@@ -97,7 +97,7 @@ class CoordinatorProcess:
         self.watchdog = LoopWatchdog(
             threshold=self._stall_threshold, on_lag=self.metrics.loop_lag, on_stall=self._on_loop_stall, clock=clock
         )
-        self.registration = Registration(self.links.etcd, config, role, observer=self.metrics.observer,
+        self.registration = Registration(self.links, config, role, observer=self.metrics.observer,
                                          pid_file=pid_file, clock=clock)
         self.session: LeaseSession | None = None  # the current one (the last one, once lost)
         self.campaign: Campaign | None = None  # the current session's

@@ -18,7 +18,7 @@ import structlog
 from coordinators.config import Config
 from coordinators.runtime import pidfile
 from coordinators.runtime.pidfile import PidFile
-from coordinators.server.links import retry_delay
+from coordinators.server.links import Links, retry_delay
 from coordinators.server.predecessors import find_dead_predecessors, revoke_dead_predecessors
 from coordinators.server.stopping import StopProgress, until_stopped
 from session import CorruptValue, Etcd, EtcdAuthError, LeaseSession, SessionError
@@ -39,17 +39,22 @@ def package_version() -> str:
 
 
 class Registration:
-    """Opens the sessions of one process of ``role``; ``pid_file`` (when given) records each one, so
-    that a restart can tell this process's sessions from a live one's once it is dead."""
+    """Opens the sessions of one process of ``role`` on ``links``' etcd; ``pid_file`` (when given)
+    records each one, so that a restart can tell this process's sessions from a live one's once it
+    is dead."""
 
-    def __init__(self, etcd: Etcd, config: Config, role: str, *, observer: SessionObserver,
+    def __init__(self, links: Links, config: Config, role: str, *, observer: SessionObserver,
                  pid_file: PidFile | None, clock: Clock) -> None:
-        self.etcd = etcd
+        self.links = links
         self.config = config
         self.role = role
         self.observer = observer
         self.pid_file = pid_file
         self.clock = clock
+
+    @property
+    def etcd(self) -> Etcd:
+        return self.links.etcd
 
     async def open(self, *, first: bool, http_address: str, stop: StopProgress) -> LeaseSession:
         """Register a new session, retrying while etcd is unreachable.
