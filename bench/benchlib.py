@@ -1,7 +1,7 @@
 """What every bench script shares: paths, processes that never outlive the bench, log parsing,
 /proc sampling, statistics, tables and the JSON result files.
 
-Why one module: the three benches start the same things (an etcd from ``tests/etcd_server.py``,
+Why one module: the three benches start the same things (an etcd from ``tests/harness/etcd_server.py``,
 ``milvus run`` processes with an isolated environment, ``etcdctl``) and must clean them all up the
 same way, also on Ctrl-C: every child runs in its own session (process group), is registered here,
 and is SIGKILLed as a group at exit; ``setpriv --pdeathsig KILL`` takes it down even if the bench
@@ -32,6 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from coordinators.registry import ROLE_SPECS
+from harness import etcd_server
+from harness.etcd_server import EtcdCluster, etcd_version, find_etcd_binary, find_etcdctl_binary, free_port
+from harness.procs import LogLine, parse_line
+from harness.session_helpers import wait_until
+from session import Etcd
+
 T = TypeVar("T")
 
 BENCH = Path(__file__).resolve().parent
@@ -39,17 +46,8 @@ REPO = BENCH.parent
 TESTS = REPO / "tests"
 RESULTS = BENCH / "results"
 
-for _p in (str(REPO), str(TESTS)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
 
-import etcd_server  # noqa: E402  (tests/etcd_server.py: etcd on free ports, binaries)
-from etcd_server import EtcdCluster, etcd_version, find_etcd_binary, find_etcdctl_binary, free_port  # noqa: E402
-from procs import LogLine, parse_line  # noqa: E402 - the benches read logs as the tests do
-from session_helpers import wait_until  # noqa: E402, F401 - the benches wait as the tests do
 
-from coordinators.registry import ROLE_SPECS  # noqa: E402
-from session import Etcd  # noqa: E402  (after the path set-up above)
 
 __all__ = [
     "BENCH",
@@ -68,6 +66,7 @@ __all__ = [
     "parse_log",
     "summarize",
     "table",
+    "wait_until",
     "write_result",
 ]
 
@@ -389,7 +388,7 @@ async def settle_idle(children: Iterable[Child], *, window: float = 0.3, max_wai
 # --------------------------------------------------------------------------- log lines
 
 def parse_log(text: str) -> list[LogLine]:
-    """The text-format log lines of ``text``, parsed as the tests parse them (tests/procs.py)."""
+    """The text-format log lines of ``text``, parsed as the tests parse them (tests/harness/procs.py)."""
     return [line for raw in text.splitlines() if (line := parse_line(raw)) is not None]
 
 
@@ -479,7 +478,7 @@ async def clear_root(etcd: Etcd, root: str, *, timeout: float) -> None:
 
 
 def start_etcd(work_dir: Path) -> EtcdCluster:
-    """One etcd member on free loopback ports (tests/etcd_server.py), data under ``work_dir``."""
+    """One etcd member on free loopback ports (tests/harness/etcd_server.py), data under ``work_dir``."""
     cluster = EtcdCluster(1, base_dir=work_dir / "etcd")
     cluster.start()
     return cluster

@@ -14,10 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from grpclib.const import Status
 from grpclib.events import SendInitialMetadata, listen

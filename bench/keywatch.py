@@ -18,9 +18,6 @@ import signal
 import sys
 import time
 from contextlib import aclosing
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from session import Etcd, SessionInfo
 from session.watch import KeyEvent, Resync, watch

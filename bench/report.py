@@ -17,11 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchlib import percentile, table
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-sys.path.insert(0, str(BENCH))
-
-from benchlib import percentile, table  # noqa: E402
 
 
 def _breakdowns(fo: dict[str, Any]) -> None:
@@ -279,7 +278,7 @@ def machine_section(docs: dict[str, Any]) -> list[str]:
         f"| RAM | {m['ram_gib']} GiB |",
         f"| OS kernel | Linux {m['kernel']} |",
         f"| Python | {m['implementation']} {m['python']} |",
-        f"| etcd | {m['etcd']} (single member on 127.0.0.1, heartbeat 50 ms, election 500 ms, from `tests/etcd_server.py`) |",
+        f"| etcd | {m['etcd']} (single member on 127.0.0.1, heartbeat 50 ms, election 500 ms, from `tests/harness/etcd_server.py`) |",
         f"| commit | {m.get('commit') or '-'} (plus the working tree at the time) |",
         "",
         "| bench | date (UTC) | duration | load average at start / end (1, 5, 15 min) | command |",
@@ -711,7 +710,7 @@ def render(docs: dict[str, Any], plots: Plots, analysis: Path | None, note: str)
         "",
         "or one at a time: `python bench/failover.py`, `python bench/throughput.py`, `python bench/scale.py`, then `python "
         "bench/report.py`. Each bench takes `--quick` (a smoke run of a few seconds that CI runs through "
-        "`tests/test_bench_quick.py`, checking only that the numbers are produced) and `--help`.",
+        "`tests/process/test_bench_quick.py`, checking only that the numbers are produced) and `--help`.",
         "",
         "## Machine",
         "",

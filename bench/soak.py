@@ -6,7 +6,7 @@
 Not part of CI. It starts everything it needs on 127.0.0.1 (free ports, a temp dir) and stops it at
 the end: a 3-member etcd (heartbeat 50 ms, election 500 ms) and two ``milvus run`` processes per
 role, each reaching etcd through its own proxies (so it can be cut off), with
-:class:`tests.history.ClientLoad` on all three roles (sequential clients, every call recorded).
+:class:`harness.history.ClientLoad` on all three roles (sequential clients, every call recorded).
 
 Faults, one at a time, chosen at random (``--faults`` to restrict them):
 
@@ -43,16 +43,13 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+from harness.etcd_server import EtcdCluster
+from harness.faults import ROLES, Coordinators, Takeover, follower, kill_leader, off_loop, restart
+from harness.history import ClientLoad
+from harness.session_helpers import wait_until
+from session import Etcd
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO))
-
-from etcd_server import EtcdCluster  # noqa: E402
-from faults import ROLES, Coordinators, Takeover, follower, kill_leader, off_loop, restart  # noqa: E402
-from history import ClientLoad  # noqa: E402
-from session_helpers import wait_until  # noqa: E402
-
-from session import Etcd  # noqa: E402
 
 FAULTS = ("sigterm", "sigkill", "sigstop", "cut", "etcd-leader", "etcd-member", "compact")
 WEIGHTS = {"sigterm": 3, "sigkill": 3, "sigstop": 2, "cut": 2, "etcd-leader": 2, "etcd-member": 1, "compact": 2}

@@ -40,8 +40,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import benchlib as bl
 
 CONCURRENCY = 50

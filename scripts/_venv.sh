@@ -48,6 +48,16 @@ _venv_setup() {
         touch "$stamp"
     fi
 
+    # The test harness (tests/harness/) is importable by name in this virtualenv, for the benches
+    # as for the tests (pytest puts tests/ on the path itself): tests/ on the path through a .pth.
+    local site pth
+    for site in "$VENV_DIR"/lib/python3*/site-packages; do
+        pth="$site/milvus_coord_ha_harness.pth"
+        if [ -d "$site" ] && [ "$(cat "$pth" 2>/dev/null)" != "$REPO_ROOT/tests" ]; then
+            printf '%s\n' "$REPO_ROOT/tests" > "$pth" || return 1
+        fi
+    done
+
     case ":$PATH:" in
         *":$VENV_DIR/bin:"*) ;;
         *) PATH="$VENV_DIR/bin:$PATH" ;;

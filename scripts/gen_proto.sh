@@ -6,7 +6,7 @@
 # The include path is the repository root (-I .) and the protos import each other as
 # "coordinators/proto/common.proto", so the generated modules import each other as
 # `coordinators.proto.common_pb2` and work as a package without any rewriting.
-# tests/test_proto.py runs this into a temporary OUT_DIR and compares the result
+# tests/unit/test_proto.py runs this into a temporary OUT_DIR and compares the result
 # byte for byte with the committed stubs.
 # Environment: PYTHON (default: the repository's .venv/bin/python, else python3) must
 # have grpcio-tools; protoc-gen-grpclib_python is looked up beside it, then on PATH.

@@ -40,14 +40,14 @@ from session.etcd import (
     op_put,
     prefix_range_end,
 )
-from session.fastpath import DeathWatch, DeathWatchTask, TakeoverMark, read_mark
+from session.fastpath import DeathWatch, DeathWatchTask
 from session.info import SessionInfo
 from session.keys import RoleKeys
 from session.lease import LeaseSession
 from session.lineup import Lineup
 from session.standby import Standby
 from session.switchover import Successor
-from session.takeover import TakeoverCause, takeover_cause
+from session.takeover import TakeoverCause, TakeoverMark, read_mark, takeover_cause
 from session.tasks import cancel_and_wait
 from session.term import Holder, Term, TermEnd, term_over
 from session.turn import Phase

@@ -21,21 +21,19 @@ One small key per role, overwritten by the next one; on no lease, so that it out
 from __future__ import annotations
 
 import asyncio
-import json
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
 
-from session.errors import CorruptValue, LeaseNotFound, SessionError
-from session.etcd import Etcd, RequestOp, cmp_create_revision, cmp_lease, op_delete, op_put
+from session.errors import LeaseNotFound, SessionError
+from session.etcd import Etcd, cmp_create_revision, cmp_lease, op_delete
 from session.info import SessionInfo
-from session.keys import takeover_key
+from session.takeover import TakeoverCause, TakeoverMark, mark_op
 from session.tasks import cancel_until_done
 from session.term import Holder
 from session.watch import KeyValue
 
-__all__ = ["DeathWatch", "DeathWatchTask", "TakeoverMark", "mark_op", "read_mark", "remove_dead_holder",
+__all__ = ["DeathWatch", "DeathWatchTask", "remove_dead_holder",
            "revoke_dead_lease"]
 
 log = structlog.get_logger(__name__)
@@ -51,28 +49,6 @@ class DeathWatch(Protocol):
         is no verdict: the caller cancels this when the holder changes or goes.
         """
         ...
-
-
-@dataclass(frozen=True)
-class TakeoverMark:
-    """What the fast path wrote when it removed a term."""
-
-    epoch: int
-    cause: str  #: "fast_path" (a standby's verdict), "restart" (a restarted process found it dead), "graceful"
-    by: int  #: the server ID that removed it
-    reason: str
-
-    def to_json(self) -> bytes:
-        return json.dumps({"Epoch": self.epoch, "Cause": self.cause, "By": self.by, "Reason": self.reason},
-                          separators=(",", ":")).encode()
-
-    @classmethod
-    def from_json(cls, key: str, raw: bytes) -> TakeoverMark:
-        try:
-            doc = json.loads(raw)
-            return cls(int(doc["Epoch"]), str(doc["Cause"]), int(doc["By"]), str(doc.get("Reason", "")))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CorruptValue(key, raw, f"not a takeover mark: {exc!r}") from exc
 
 
 async def remove_dead_holder(
@@ -117,23 +93,6 @@ async def revoke_dead_lease(etcd: Etcd, lease: int, *, timeout: float | None = N
         pass
     except SessionError as exc:
         log.warning("could not revoke the dead member's lease; it will expire", LeaseID=f"{lease:x}", error=str(exc))
-
-
-def mark_op(meta_root: str, role: str, mark: TakeoverMark) -> RequestOp:
-    """The put of ``mark`` at the role's takeover key, for the txn that frees the ACTIVE key."""
-    return op_put(takeover_key(meta_root, role), mark.to_json())
-
-
-async def read_mark(etcd: Etcd, meta_root: str, role: str) -> TakeoverMark | None:
-    """The last fast-path removal of ``role``'s ACTIVE key, if its mark is still there and readable."""
-    key = takeover_key(meta_root, role)
-    resp = await etcd.get(key)
-    if not resp.kvs:
-        return None
-    try:
-        return TakeoverMark.from_json(key, bytes(resp.kvs[0].value))
-    except CorruptValue:
-        return None
 
 
 class DeathWatchTask:
@@ -187,7 +146,7 @@ class DeathWatchTask:
                 log.error("the death watch failed; the lease decides", error=repr(task.exception()))
             await asyncio.sleep(0.5)  # then follow() starts a new one
             return None
-        mark = TakeoverMark(holder.kv.create_revision, "fast_path", self.server_id, task.result())
+        mark = TakeoverMark(holder.kv.create_revision, TakeoverCause.FAST_PATH, self.server_id, task.result())
         try:
             removed = await remove_dead_holder(self.etcd, self.meta_root, self.role, holder.kv, mark=mark, revoke=False)
         except SessionError as exc:

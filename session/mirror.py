@@ -35,6 +35,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from contextlib import aclosing
+from enum import StrEnum
 from typing import Protocol
 
 import structlog
@@ -45,9 +46,18 @@ from session.observer import WatchRestart
 from session.tasks import cancel_and_wait, cancel_until_done
 from session.watch import Compacted, KeyEvent, covering_range, watch
 
-__all__ = ["Image", "Mirror"]
+__all__ = ["Image", "Mirror", "MirrorState"]
 
 log = structlog.get_logger(__name__)
+
+
+class MirrorState(StrEnum):
+    """Where a STANDBY's mirror stands (``Mirror.state``)."""
+
+    STARTING = "starting"  #: its first snapshot is not read yet
+    FOLLOWING = "following"  #: current: every change up to its revision is applied
+    BEHIND = "behind"  #: it could not keep up (``behind_reason`` says why): a takeover reloads
+    STOPPED = "stopped"  #: it stopped following (its image stays as it was)
 
 
 class Image(Protocol):
@@ -103,7 +113,7 @@ class Mirror:
         self._refence = asyncio.Event()
         self.page = page
         self.on_restart = on_restart
-        self.state = "starting"
+        self.state = MirrorState.STARTING
         self.behind_reason = "its first snapshot was not read yet"
         self.image: Image | None = None
         self.revision = 0
@@ -121,7 +131,7 @@ class Mirror:
         """Stop following; the image stays as it is (after a catch-up, the new term owns it)."""
         task, self._task = self._task, None
         await cancel_until_done(task)  # its watch may swallow a cancellation: cancelled until it ends
-        self.state = "stopped"
+        self.state = MirrorState.STOPPED
 
     def set_fenced(self, fenced: bool) -> None:
         """Follow the fence too (near the front of the line), or the prefixes alone (far back); the
@@ -138,9 +148,9 @@ class Mirror:
         deadline = time.monotonic() + timeout
         self.set_fenced(True)  # the claim's own event is the proof: it must come through the watch
         async with self._changed:
-            while not (self.state == "following" and self.revision >= revision):
+            while not (self.state == MirrorState.FOLLOWING and self.revision >= revision):
                 left = deadline - time.monotonic()
-                if self.state != "following":
+                if self.state != MirrorState.FOLLOWING:
                     return None
                 if left <= 0:
                     self.behind_reason = f"it had not seen revision {revision} after {timeout:g} s"
@@ -153,7 +163,7 @@ class Mirror:
         try:
             await self._read_keys(image, revision, timeout=max(deadline - time.monotonic(), 0.1))
         except SessionError as exc:
-            self.state, self.behind_reason = "behind", f"its single keys could not be read: {exc}"
+            self.state, self.behind_reason = MirrorState.BEHIND, f"its single keys could not be read: {exc}"
             self.start()  # a new snapshot, for the next takeover
             return None
         return image
@@ -173,7 +183,7 @@ class Mirror:
                 log.exception("the standby's mirror failed")
                 reason = f"it failed: {type(exc).__name__}: {exc}"
             async with self._changed:
-                self.state, self.behind_reason = "behind", reason
+                self.state, self.behind_reason = MirrorState.BEHIND, reason
                 self._changed.notify_all()
             log.warning("the standby's mirror fell behind; reading a new snapshot", reason=reason)
             await asyncio.sleep(delay)
@@ -196,7 +206,7 @@ class Mirror:
         await asyncio.gather(*(scan(p) for p in self.prefixes), self._read_keys(image, revision))
         self.image, self.snapshot_seconds = image, time.monotonic() - t0
         async with self._changed:
-            self.revision, self.state = revision, "following"
+            self.revision, self.state = revision, MirrorState.FOLLOWING
             self._changed.notify_all()
         log.info("standby mirror ready: a takeover will not reload", keys=read + len(self.keys), revision=revision,
                  seconds=round(self.snapshot_seconds, 3))

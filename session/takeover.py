@@ -2,18 +2,22 @@
 
 A waiting member notes what it sees of the term it waits behind (:class:`Vacancy`); when it takes
 over, :func:`takeover_cause` names the cause from that and from the takeover mark the crash fast
-path or a graceful stop leaves in etcd (:mod:`session.fastpath`).
+path, a restart or a graceful stop leaves in etcd (:class:`TakeoverMark`, written in the txn that
+frees the key: :mod:`session.fastpath`, :mod:`coordinators.server.release`).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 
-from session.fastpath import TakeoverMark
+from session.errors import CorruptValue
+from session.etcd import Etcd, RequestOp, op_put
+from session.keys import takeover_key
 from session.watch import KeyValue
 
-__all__ = ["TakeoverCause", "Vacancy", "takeover_cause"]
+__all__ = ["TakeoverCause", "TakeoverMark", "Vacancy", "mark_op", "read_mark", "takeover_cause"]
 
 
 class TakeoverCause(StrEnum):
@@ -25,6 +29,46 @@ class TakeoverCause(StrEnum):
     FAST_PATH = "fast_path"  #: a standby proved the holder dead and removed its key
     RESTART = "restart"  #: a restarted process found its predecessor dead and removed its session
     TTL = "ttl"  #: the holder's lease expired
+
+
+@dataclass(frozen=True)
+class TakeoverMark:
+    """What the member that freed a term's ACTIVE key wrote beside it, in the same txn: the epoch it
+    freed, why, and who; the member that takes over reads it for its cause."""
+
+    epoch: int
+    cause: TakeoverCause  #: fast_path (a standby's verdict), restart (a restarted process found it dead), graceful
+    by: int  #: the server ID that removed it
+    reason: str
+
+    def to_json(self) -> bytes:
+        return json.dumps({"Epoch": self.epoch, "Cause": self.cause, "By": self.by, "Reason": self.reason},
+                          separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, key: str, raw: bytes) -> TakeoverMark:
+        try:
+            doc = json.loads(raw)
+            return cls(int(doc["Epoch"]), TakeoverCause(doc["Cause"]), int(doc["By"]), str(doc.get("Reason", "")))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptValue(key, raw, f"not a takeover mark: {exc!r}") from exc
+
+
+def mark_op(meta_root: str, role: str, mark: TakeoverMark) -> RequestOp:
+    """The put of ``mark`` at the role's takeover key, for the txn that frees the ACTIVE key."""
+    return op_put(takeover_key(meta_root, role), mark.to_json())
+
+
+async def read_mark(etcd: Etcd, meta_root: str, role: str) -> TakeoverMark | None:
+    """The last fast-path removal of ``role``'s ACTIVE key, if its mark is still there and readable."""
+    key = takeover_key(meta_root, role)
+    resp = await etcd.get(key)
+    if not resp.kvs:
+        return None
+    try:
+        return TakeoverMark.from_json(key, bytes(resp.kvs[0].value))
+    except CorruptValue:
+        return None
 
 
 @dataclass(frozen=True)
@@ -49,6 +93,6 @@ def takeover_cause(vacancy: Vacancy, mark: TakeoverMark | None) -> TakeoverCause
         return TakeoverCause.INITIAL
     if vacancy.removed_epoch == waited.create_revision:
         return TakeoverCause.FAST_PATH
-    if mark is not None and mark.epoch == waited.create_revision and mark.cause in TakeoverCause.__members__.values():
-        return TakeoverCause(mark.cause)
+    if mark is not None and mark.epoch == waited.create_revision:
+        return mark.cause
     return TakeoverCause.GRACEFUL if vacancy.stopping else TakeoverCause.TTL

@@ -1,4 +1,10 @@
-"""Shared pytest fixtures: real etcd clusters, an etcd3aio client, TCP proxies.
+"""Shared pytest fixtures: real etcd clusters, an etcd3aio client, TCP proxies, in-process members,
+``milvus run`` processes, and structlog's defaults before every test.
+
+The suite is in tiers, each a directory: ``unit/`` (no etcd, no process), ``library/`` (the session
+library against a real etcd), ``members/`` (in-process members), ``process/`` (whole ``milvus run``
+processes and the scripts), ``faults/`` (killed, paused, cut-off members and etcd). The harness they
+share is the ``harness`` package (tests/harness/).
 
 Why module-scoped single-member etcd: starting etcd costs ~0.5 s, so one per test
 module keeps the suite fast while ``etcd_prefix`` keeps tests apart. Fault tests
@@ -13,10 +19,13 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+import structlog
 from etcd3aio import Etcd3Client
-from etcd_server import EtcdCluster, find_etcd_binary, find_etcdctl_binary, free_port
-from procs import ENV_SECTION, STANDBY_LOG_INTERVAL, TTL, Launch, MilvusProcess, clean_env
-from tcp_proxy import TcpProxy
+
+from harness.etcd_server import EtcdCluster, find_etcd_binary, find_etcdctl_binary, free_port
+from harness.inproc import InProcCluster
+from harness.procs import ENV_SECTION, STANDBY_LOG_INTERVAL, TTL, Launch, MilvusProcess, clean_env
+from harness.tcp_proxy import TcpProxy
 
 TcpProxyFactory = Callable[[str], Awaitable[TcpProxy]]
 
@@ -25,6 +34,31 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "process: runs whole `milvus run` processes (slower, spawns subprocesses)"
     )
+    config.addinivalue_line(
+        "markers", "cluster(**options): the settings of the `cluster` fixture's members (InProcCluster's keywords; cls= a subclass)"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults() -> None:
+    """Every test starts from structlog's defaults: a test that configured logging (a level filter, a
+    file) must not change what the next one's ``capture_logs`` sees."""
+    structlog.reset_defaults()
+
+
+@pytest_asyncio.fixture
+async def cluster(request: pytest.FixtureRequest, etcd: EtcdCluster, etcd_prefix: str) -> AsyncIterator[InProcCluster]:
+    """In-process members under this test's own etcd root, all stopped at the end.
+
+    A module sets its members' settings once: ``pytestmark = pytest.mark.cluster(ttl=3,
+    start_timeout=10.0)`` (:class:`~harness.inproc.InProcCluster`'s keywords; ``cls=`` one of its
+    subclasses).
+    """
+    marker = request.node.get_closest_marker("cluster")
+    options = dict(marker.kwargs) if marker is not None else {}
+    cls = options.pop("cls", InProcCluster)
+    async with cls(etcd, etcd_prefix, **options) as members:
+        yield members
 
 
 @pytest.fixture(scope="session")

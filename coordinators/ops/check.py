@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
 from coordinators.config import Config
-from coordinators.ops.status import mixed_active_standby, read_sessions
+from coordinators.ops.status import MemberState, mixed_active_standby, read_sessions
 from coordinators.registry import ROLES, spec
 from coordinators.roles.base import RoleContext, RoleImage, role_class
 from coordinators.runtime.exit_codes import ExitCode
@@ -58,7 +58,7 @@ async def check_cluster(etcd: Etcd, config: Config) -> Report:
     await _check_session_keys(etcd, meta_root, report)
     rows = await read_sessions(etcd, meta_root, phases=False)
     for row in rows:
-        if row.state == "INVALID":
+        if row.state is MemberState.INVALID:
             report.unreadable.append(f"key {row.key} holds an unreadable value (not a session)")
     for role, members in mixed_active_standby(rows).items():
         off = ", ".join(f"ServerID={r.server_id} ({r.address})" for r in members)

@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
+from enum import StrEnum
 from typing import TextIO
 
 from coordinators.config import Config
@@ -29,6 +30,15 @@ from session import CorruptValue, Etcd, SessionError, SessionInfo, session_prefi
 _OWN_KEY = re.compile(r"^(?P<role>[a-z]+)-(?P<id>\d+)$")
 
 
+class MemberState(StrEnum):
+    """A member's state as ``milvus status`` reads it from etcd."""
+
+    ACTIVE = "ACTIVE"  #: its session holds the ACTIVE key
+    STANDBY = "STANDBY"  #: registered, not holding the key
+    STOPPING = "STOPPING"  #: its session says Stopping=true (a graceful stop under way)
+    INVALID = "INVALID"  #: its session value is unreadable
+
+
 @dataclass(frozen=True)
 class SessionRow:
     """One line of ``milvus status``."""
@@ -36,7 +46,7 @@ class SessionRow:
     role: str
     server_id: int
     address: str
-    state: str  # ACTIVE | STANDBY | STOPPING | INVALID
+    state: MemberState
     lease_seconds_left: int
     version: str
     hostname: str
@@ -87,7 +97,7 @@ async def _row(
     try:
         info = SessionInfo.from_json(key, value)
     except CorruptValue:
-        return SessionRow(role, int(key.rsplit("-", 1)[1]), "", "INVALID", -1, "", "", key)
+        return SessionRow(role, int(key.rsplit("-", 1)[1]), "", MemberState.INVALID, -1, "", "", key)
     left = -1
     if info.lease_id:
         try:
@@ -96,7 +106,7 @@ async def _row(
             left = -1
     holder, epoch = active.get(role, (None, 0))
     is_active = holder is not None and holder.server_id == info.server_id
-    state = "STOPPING" if info.stopping else ("ACTIVE" if is_active else "STANDBY")
+    state = MemberState.STOPPING if info.stopping else (MemberState.ACTIVE if is_active else MemberState.STANDBY)
     since = holder.active_since_ms if is_active and holder is not None else 0
     return SessionRow(
         role=role,
@@ -116,7 +126,7 @@ async def _row(
 
 async def _with_phase(row: SessionRow, timeout: float = 1.0) -> SessionRow:
     """``row`` with its STANDBY's phase, asked of the member's ``/status`` (bounded by ``timeout``)."""
-    if row.state != "STANDBY" or not row.http_address:
+    if row.state is not MemberState.STANDBY or not row.http_address:
         return row
     host, _, port = row.http_address.rpartition(":")
     try:
@@ -153,7 +163,7 @@ def mixed_active_standby(rows: list[SessionRow]) -> dict[str, list[SessionRow]]:
     """Per role whose members disagree on active-standby (some on, some off): the members with it off."""
     mixed: dict[str, list[SessionRow]] = {}
     for role in dict.fromkeys(r.role for r in rows):
-        members = [r for r in rows if r.role == role and r.state != "INVALID"]
+        members = [r for r in rows if r.role == role and r.state is not MemberState.INVALID]
         if {True, False} <= {r.active_standby for r in members}:
             mixed[role] = [r for r in members if r.active_standby is False]
     return mixed

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import structlog
 
 from coordinators.config import Config
-from coordinators.server.peer_probe import GrpcDeathWatch, ProbeBounds
+from coordinators.server.peer_probe import GrpcDeathWatch, ProbeBounds, Verdict
 from session import AlreadyActive, Campaign, LeaseSession, SessionError, SessionLost, Term
 
 __all__ = ["claim_exclusive", "new_campaign"]
@@ -18,7 +18,7 @@ log = structlog.get_logger(__name__)
 
 
 def new_campaign(config: Config, session: LeaseSession, *, client_ssl: ssl.SSLContext | None,
-                 on_verdict: Callable[[str], None]) -> Campaign:
+                 on_verdict: Callable[[Verdict], None]) -> Campaign:
     """The campaign of ``session`` with the config's settings: its line's grace, its STANDBY log
     interval, and the crash fast path's death watch when ``fastFailover`` is on (each verdict of
     its probes told to ``on_verdict``)."""

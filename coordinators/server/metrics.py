@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from coordinators.proto import common_pb2
 from coordinators.runtime.logging_setup import dropped_lines
+from coordinators.server.peer_probe import Verdict
 from session import SessionObserver, WatchRestart
 from session.turn import Phase
 
@@ -234,7 +235,7 @@ class CoordinatorMetrics:
     def term_ended(self, cause: str) -> None:
         self._terms_ended.labels(self.role, cause).inc()
 
-    def fast_failover_verdict(self, outcome: str) -> None:
+    def fast_failover_verdict(self, outcome: Verdict) -> None:
         self._verdicts.labels(self.role, outcome).inc()
 
     def rpc(self, path: str, status: GrpcStatus, seconds: float) -> None:

@@ -26,6 +26,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 import structlog
 from grpclib.client import Channel
@@ -37,7 +38,7 @@ from coordinators.proto import common_pb2
 from coordinators.registry import spec
 from session import SessionInfo
 
-__all__ = ["GrpcDeathWatch", "ProbeBounds", "answers", "component_states", "probe_target"]
+__all__ = ["GrpcDeathWatch", "ProbeBounds", "Verdict", "answers", "component_states", "probe_target"]
 
 log = structlog.get_logger(__name__)
 
@@ -108,11 +109,21 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+class Verdict(StrEnum):
+    """One probe round's outcome (``milvus_coord_fast_failover_verdicts{outcome}``)."""
+
+    DEAD = "dead"  #: proven dead: its port refuses, or another server ID answers there (acted on)
+    ALIVE = "alive"  #: it answers as itself
+    TIMEOUT = "timeout"  #: no answer in time: no verdict, the lease decides
+    UNREACHABLE = "unreachable"  #: the network says nothing usable: no verdict
+    NOT_OURS = "not_ours"  #: something else answers there: no verdict
+    UNPROBEABLE = "unprobeable"  #: its address cannot be probed from here: the lease decides
+
+
 class GrpcDeathWatch:
     """:class:`session.fastpath.DeathWatch` over gRPC: the stream, then the probes (module docstring).
 
-    :param on_verdict: told each probe round's outcome (``dead``, ``alive``, ``timeout``,
-        ``unreachable``, ``not_ours``, ``unprobeable``), for the metrics.
+    :param on_verdict: told each probe round's :class:`Verdict`, for the metrics.
     """
 
     def __init__(
@@ -122,7 +133,7 @@ class GrpcDeathWatch:
         hostname: str,
         bounds: ProbeBounds,
         ssl_context: ssl.SSLContext | None = None,
-        on_verdict: Callable[[str], None] = lambda _outcome: None,
+        on_verdict: Callable[[Verdict], None] = lambda _outcome: None,
     ) -> None:
         self.role = role
         self.hostname = hostname
@@ -133,7 +144,7 @@ class GrpcDeathWatch:
     async def dead(self, holder: SessionInfo) -> str:
         target = probe_target(holder, self.hostname)
         if isinstance(target, str):
-            self.on_verdict("unprobeable")
+            self.on_verdict(Verdict.UNPROBEABLE)
             log.warning("no fast failover for this ACTIVE member: the lease decides", ActiveServerID=holder.server_id,
                         reason=target)
             await asyncio.Event().wait()  # no verdict, ever: the campaign cancels this when the holder goes
@@ -149,7 +160,7 @@ class GrpcDeathWatch:
             broke = await self._stream_until_broken(host, port, on_open=back)
             outcome, proof = await self._probe(host, port, holder)
             self.on_verdict(outcome)
-            if outcome == "dead":
+            if outcome is Verdict.DEAD:
                 log.warning("the ACTIVE member is dead", ActiveServerID=holder.server_id, address=holder.address,
                             stream=broke, proof=proof)
                 return f"{proof} (its stream: {broke})"
@@ -198,29 +209,29 @@ class GrpcDeathWatch:
         finally:
             channel.close()
 
-    async def _probe(self, host: str, port: int, holder: SessionInfo) -> tuple[str, str]:
-        """``attempts`` probes: ("dead", proof) when every one proves it, else the first other outcome."""
+    async def _probe(self, host: str, port: int, holder: SessionInfo) -> tuple[Verdict, str]:
+        """``attempts`` probes: (DEAD, proof) when every one proves it, else the first other outcome."""
         proofs = []
         for attempt in range(self.bounds.attempts):
             if attempt:
                 await asyncio.sleep(self.bounds.interval)
             outcome, detail = await self._probe_once(host, port, holder)
-            if outcome != "dead":
+            if outcome is not Verdict.DEAD:
                 return outcome, detail
             proofs.append(detail)
-        return "dead", proofs[-1]
+        return Verdict.DEAD, proofs[-1]
 
-    async def _probe_once(self, host: str, port: int, holder: SessionInfo) -> tuple[str, str]:
+    async def _probe_once(self, host: str, port: int, holder: SessionInfo) -> tuple[Verdict, str]:
         address = f"{host}:{port}"
         try:
             async with asyncio.timeout(self.bounds.timeout):
                 _reader, writer = await asyncio.open_connection(host, port)
         except ConnectionRefusedError:
-            return "dead", f"{address} refuses connections: no process listens there"
+            return Verdict.DEAD, f"{address} refuses connections: no process listens there"
         except TimeoutError:
-            return "timeout", f"no answer from {address} within {self.bounds.timeout:g}s"
+            return Verdict.TIMEOUT, f"no answer from {address} within {self.bounds.timeout:g}s"
         except (OSError, socket.gaierror) as exc:
-            return "unreachable", f"{address}: {exc}"
+            return Verdict.UNREACHABLE, f"{address}: {exc}"
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
@@ -228,11 +239,11 @@ class GrpcDeathWatch:
         try:
             reply = await component_states(self.role, host, port, ssl=self.ssl, timeout=self.bounds.timeout)
         except TimeoutError:
-            return "timeout", f"{address} accepts connections but does not answer within {self.bounds.timeout:g}s"
+            return Verdict.TIMEOUT, f"{address} accepts connections but does not answer within {self.bounds.timeout:g}s"
         except Exception as exc:  # noqa: BLE001 - whatever answers there is not our gRPC server
-            return "not_ours", f"{address} answers, but not as a coordinator: {type(exc).__name__}: {exc}"
+            return Verdict.NOT_OURS, f"{address} answers, but not as a coordinator: {type(exc).__name__}: {exc}"
         if reply.state.nodeID and reply.state.nodeID != holder.server_id:
-            return "dead", f"{address} is served by ServerID={reply.state.nodeID}, not ServerID={holder.server_id}"
+            return Verdict.DEAD, f"{address} is served by ServerID={reply.state.nodeID}, not ServerID={holder.server_id}"
         if reply.state.nodeID == holder.server_id:
-            return "alive", f"ServerID={holder.server_id} answers at {address}"
-        return "not_ours", f"{address} answers as {reply.state.role or '?'} ServerID={reply.state.nodeID}"
+            return Verdict.ALIVE, f"ServerID={holder.server_id} answers at {address}"
+        return Verdict.NOT_OURS, f"{address} answers as {reply.state.role or '?'} ServerID={reply.state.nodeID}"

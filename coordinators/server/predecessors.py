@@ -24,7 +24,8 @@ from pathlib import Path
 import structlog
 
 from session import CorruptValue, Etcd, LeaseNotFound, SessionError, SessionInfo, active_key, session_prefix
-from session.fastpath import TakeoverMark, remove_dead_holder
+from session.fastpath import remove_dead_holder
+from session.takeover import TakeoverCause, TakeoverMark
 from session.watch import KeyValue, key_value
 
 __all__ = ["DeadPredecessor", "find_dead_predecessors", "revoke_dead_predecessors"]
@@ -103,7 +104,7 @@ async def revoke_dead_predecessors(
                     proof=predecessor.proof)
         try:
             if predecessor.holds_active is not None:
-                mark = TakeoverMark(predecessor.holds_active.create_revision, "restart", by_server, predecessor.proof)
+                mark = TakeoverMark(predecessor.holds_active.create_revision, TakeoverCause.RESTART, by_server, predecessor.proof)
                 await remove_dead_holder(etcd, meta_root, role, predecessor.holds_active, mark=mark)
             else:
                 await etcd.revoke(info.lease_id)

@@ -19,8 +19,8 @@ from coordinators.server.peer_probe import answers
 from coordinators.server.stopping import DRAIN_DEADLINE_S
 from session import FencedWriter, LeaseSession, SessionError, Term, TermEnd
 from session.etcd import op_delete
-from session.fastpath import TakeoverMark, mark_op
 from session.handover import Heir, LineView, confirm_or_take_back, hand_over_behind
+from session.takeover import TakeoverCause, TakeoverMark, mark_op
 from session.tasks import cancel_and_wait
 
 __all__ = ["handover_bound", "release_for_stop"]
@@ -50,7 +50,7 @@ async def release_for_stop(
     if not term.active:
         return
     meta_root, bound = host.config.etcd.meta_root, handover_bound(host.config.session.claim_grace)
-    mark = TakeoverMark(term.epoch, "graceful", session.server_id, "the ACTIVE member stopped")
+    mark = TakeoverMark(term.epoch, TakeoverCause.GRACEFUL, session.server_id, "the ACTIVE member stopped")
     heir = line.heir() if line is not None else None
     release = asyncio.ensure_future(writer.txn([], [op_delete(term.key), session.stopping_op(),
                                                     mark_op(meta_root, host.role, mark)]))
