@@ -10,7 +10,7 @@ tests/ to the virtualenv's path for the benches.
 - :mod:`harness.inproc`: in-process members (``CoordinatorProcess`` in the test's event loop).
 - :mod:`harness.session_helpers`: bounded waits, etcd clients for assertions.
 - :mod:`harness.tcp_proxy`, :mod:`harness.netns`: connections cut, hosts lost, refusals forged.
-- :mod:`harness.faults`, :mod:`harness.history`: fault schedules, recorded client histories and
+- :mod:`harness.faults`, :mod:`harness.history` (+ :mod:`harness.staleness`): fault schedules, recorded client histories and
   their checker.
 - :mod:`harness.lines`: session keys built without etcd, for table tests.
 - :mod:`harness.certs`: TLS certificates made at test time.

@@ -19,10 +19,12 @@ who answered (server ID and term epoch, from the reply's ``x-milvus-server-id`` 
    collection is there with its ID (unless an acknowledged drop followed), every acknowledged
    segment assignment is inside its segment's persisted rows, every acknowledged flush left its
    segments Flushed, every acknowledged load is there with its replica number (unless released).
-4. **Terms never overlap** in accepted writes, per role: when a write answered under epoch E ended
-   before a write answered under epoch E' started, E <= E'. Writes whose intervals overlap may be
-   seen in either order (in flight across a takeover); nothing else may. Each epoch belongs to one
-   server ID.
+4. **Terms never overlap** in anything answered, per role, reads included: when a call answered
+   under epoch E ended before a call answered under epoch E' started, E <= E' (an older term never
+   answers after a newer one has). Calls whose intervals overlap may be seen in either order (in
+   flight across a takeover); nothing else may. Each epoch belongs to one server ID.
+5. **No stale read** (:mod:`harness.staleness`): a read never misses a write acknowledged before the
+   read was sent.
 
 A call that failed in any way (timeout, UNAVAILABLE, no ACTIVE member) may or may not have been
 applied: it is never counted as acknowledged, and it makes the final state of what it touched
@@ -49,6 +51,7 @@ from coordinators.client import CoordinatorClient, NoActiveMember, OutcomeUnknow
 from coordinators.proto import datacoord_pb2, querycoord_pb2, rootcoord_pb2
 from coordinators.registry import spec
 from coordinators.rpc import EPOCH_HEADER, SERVER_ID_HEADER
+from harness.staleness import check_stale_reads
 from session import Etcd
 
 __all__ = ["WRITES", "Call", "ClientLoad", "FinalState", "History", "Verdict", "call_member"]
@@ -204,6 +207,7 @@ class History:
         self._check_ids(done, verdict)
         self._check_terms(done, verdict)
         self._check_retries(done, verdict)
+        verdict.stats["reads judged for staleness"] = check_stale_reads(done, verdict.violations)
         if final is not None:
             self._check_survival(done, final, verdict)
         return verdict
@@ -286,9 +290,9 @@ class History:
         unattributed = 0
         overlapping = 0
         for role in WRITES:
-            writes = []
+            answered = []
             for c in done:
-                if not (c.role == role and c.ok and c.write):
+                if not (c.role == role and c.ok):
                     continue
                 if not c.epoch:
                     before = [epoch for end, epoch in seen.get(c.server_id, []) if end <= c.end]
@@ -296,25 +300,25 @@ class History:
                         unattributed += 1
                         continue
                     c = replace(c, epoch=max(before))
-                writes.append(c)
-            by_end = sorted(writes, key=lambda c: c.end)
+                answered.append(c)
+            by_end = sorted(answered, key=lambda c: c.end)
             ends = [c.end for c in by_end]
             prefix_max = list(itertools.accumulate((c.epoch for c in by_end), max))
-            for c in writes:
+            for c in answered:
                 i = bisect.bisect_left(ends, c.start)
                 if i and prefix_max[i - 1] > c.epoch:
                     newer = next(w for w in by_end[:i] if w.epoch == prefix_max[i - 1])
                     verdict.violations.append(
-                        f"{role} terms overlap: a write under epoch {newer.epoch} ({newer}) ended before "
-                        f"a write under the older epoch {c.epoch} ({c}) started"
+                        f"{role} terms overlap: a call answered under epoch {newer.epoch} ({newer}) ended before "
+                        f"a call answered under the older epoch {c.epoch} ({c}) started"
                     )
             # Completion order going down is allowed only for overlapping calls; count them.
             for a, b in itertools.pairwise(by_end):
                 if b.epoch < a.epoch:
                     overlapping += 1
-        verdict.stats["write epochs seen out of completion order (in flight)"] = overlapping
+        verdict.stats["epochs seen out of completion order (in flight)"] = overlapping
         if unattributed:
-            verdict.stats["acknowledged writes without an epoch"] = unattributed
+            verdict.stats["acknowledged calls without an epoch"] = unattributed
 
     @staticmethod
     def _check_retries(done: Sequence[Call], verdict: Verdict) -> None:
@@ -608,6 +612,9 @@ class ClientLoad:
                 name = f"{self.tag}_w{n}_c{i}"
                 if await self.history.call(root, "CreateCollection", _schema(name), idempotent=False) is not None:
                     mine.append(name)
+            if i % 3 == 1 and mine:  # a read the stale-read check judges (harness.staleness)
+                name = self.random.choice(mine)
+                await self.history.call(root, "HasCollection", rootcoord_pb2.HasCollectionRequest(collection_name=name))
             if i % 7 == 6 and mine:
                 name = mine.pop(self.random.randrange(len(mine)))
                 await self.history.call(
