@@ -71,6 +71,12 @@ class Links:
                     raise EtcdUnavailable(f"no answer from etcd at {endpoints} after {attempts} attempts") from exc
                 await asyncio.sleep(retry_delay(attempt))
 
+    @property
+    def cleanup_timeout(self) -> float:
+        """Bound on a request that cleans up after an ended term or a lost session (a resign, a
+        revoke): etcd's request timeout, but at most a third of the TTL (at least a second)."""
+        return min(self.etcd.timeout, max(self.config.session.ttl / 3, 1.0))
+
     async def call(self, role: str, method: str, request: Any) -> Any:
         """One call to ``role``'s ACTIVE member (a role's :data:`~coordinators.roles.base.Call`)."""
         return await self.client(role).call(method, request)

@@ -53,7 +53,7 @@ from session.keys import active_key
 from session.lease import DEADLINE_STEP, IDLE_DEADLINE_STEP
 from session.mirror import Mirror
 
-__all__ = ["CoordinatorProcess", "Stopped"]
+__all__ = ["CoordinatorProcess"]
 
 log = structlog.get_logger(__name__)
 
@@ -97,7 +97,7 @@ class CoordinatorProcess:
         self.watchdog = LoopWatchdog(
             threshold=self._stall_threshold, on_lag=self.metrics.loop_lag, on_stall=self._on_loop_stall, clock=clock
         )
-        self.registration = Registration(self.links, config, role, observer=self.metrics.observer,
+        self.registration = Registration(self.links, role, observer=self.metrics.observer,
                                          pid_file=pid_file, clock=clock)
         self.session: LeaseSession | None = None  # the current one (the last one, once lost)
         self.campaign: Campaign | None = None  # the current session's
@@ -367,7 +367,7 @@ class CoordinatorProcess:
         new epoch. When that fails, the session is given up too: a term once distrusted must never be
         recovered by the claim's recovery path, and a new session's lease cannot recover it."""
         try:
-            await campaign.resign(term, timeout=min(self.etcd.timeout, max(self.config.session.ttl / 3, 1.0)))
+            await campaign.resign(term, timeout=self.links.cleanup_timeout)
         except SessionError as exc:
             log.warning("could not resign the ACTIVE key; giving the session up", role=self.role, error=str(exc))
             session.declare_lost(f"the ACTIVE key of ended term {term.epoch} could not be resigned: {exc}")

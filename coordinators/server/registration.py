@@ -43,10 +43,9 @@ class Registration:
     records each one, so that a restart can tell this process's sessions from a live one's once it
     is dead."""
 
-    def __init__(self, links: Links, config: Config, role: str, *, observer: SessionObserver,
-                 pid_file: PidFile | None, clock: Clock) -> None:
+    def __init__(self, links: Links, role: str, *, observer: SessionObserver, pid_file: PidFile | None,
+                 clock: Clock) -> None:
         self.links = links
-        self.config = config
         self.role = role
         self.observer = observer
         self.pid_file = pid_file
@@ -55,6 +54,10 @@ class Registration:
     @property
     def etcd(self) -> Etcd:
         return self.links.etcd
+
+    @property
+    def config(self) -> Config:
+        return self.links.config
 
     async def open(self, *, first: bool, http_address: str, stop: StopProgress) -> LeaseSession:
         """Register a new session, retrying while etcd is unreachable.
@@ -139,7 +142,7 @@ class Registration:
         term this process gave up) would block the role's election for a whole TTL after etcd is back.
         """
         try:
-            await self.etcd.revoke(lease_id, timeout=min(self.etcd.timeout, max(self.config.session.ttl / 3, 1.0)))
+            await self.etcd.revoke(lease_id, timeout=self.links.cleanup_timeout)
             log.info("revoked the lease of the lost session", role=self.role, LeaseID=f"{lease_id:x}")
         except SessionError as exc:
             log.info("the lease of the lost session is gone or will expire", role=self.role,
