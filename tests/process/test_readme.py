@@ -121,11 +121,24 @@ async def _in_a_host_of_its_own(tmp_path: Path, script: str, timeout: float = _T
     upper, work = tmp_path / "upper", tmp_path / "work"
     upper.mkdir(exist_ok=True)
     work.mkdir()
+    # The repository and the test's directory (the overlay's upper and work dirs, which must share one
+    # mount) are bound under the fresh /run before /tmp is replaced: either may live under /tmp (a
+    # clone in /tmp, pytest's tmp_path), and the overlay must still find them. Nothing runs unless the
+    # repository path is the overlay: a write to the reader's own checkout would pass unseen.
+    stash = "/run/readme-sandbox"
+    repo = shlex.quote(str(REPO))
     setup = " && ".join([
         "ip link set lo up",
-        f"mount -t overlay overlay -o lowerdir={REPO},upperdir={upper},workdir={work} {REPO}",
         "mount -t tmpfs tmpfs /run",
+        f"mkdir -p {stash}/repo {stash}/scratch",
+        f"mount --bind {repo} {stash}/repo",
+        f"mount --bind {shlex.quote(str(tmp_path))} {stash}/scratch",
         "mount -t tmpfs tmpfs /tmp",
+        f"mkdir -p {repo}",
+        f"mount -t overlay overlay -o lowerdir={stash}/repo,upperdir={stash}/scratch/{upper.name},"
+        f"workdir={stash}/scratch/{work.name} {repo}",
+        f"cd {repo}",
+        '[ "$(findmnt -n -o FSTYPE --target .)" = overlay ]',
         "exec bash -s",
     ])
     # The reader's environment, without what would point the commands elsewhere (the suite's own
@@ -146,9 +159,17 @@ async def _in_a_host_of_its_own(tmp_path: Path, script: str, timeout: float = _T
     return raw.decode(errors="replace")
 
 
+def _checkout_state() -> tuple[str, bytes]:
+    """What the README's steps would change if they ran in the reader's own checkout."""
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, check=True)
+    return status.stdout, (REPO / "config" / "milvus.yaml").read_bytes()
+
+
 async def test_every_readme_section_works_pasted_in_order(tmp_path: Path) -> None:
     steps = readme_steps(README.read_text())
+    before = _checkout_state()
     output = await _in_a_host_of_its_own(tmp_path, _script(steps))
+    assert _checkout_state() == before, "the README's steps changed the checkout itself, not the sandbox's overlay"
     ran = {int(m["i"]): (int(m["code"]), m["out"]) for m in re.finditer(
         r"@@@ begin (?P<i>\d+)\n(?P<out>.*?)@@@ end (?P=i) (?P<code>\d+)\n", output, re.S)}
     for i, step in enumerate(steps):
