@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -38,6 +39,7 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ import benchlib as bl
 
 from coordinators.client import CoordinatorClient
 from coordinators.proto import rootcoord_pb2
+from harness.etcd_server import EtcdCluster
 from session import Etcd, SessionInfo
 
 ROLE = "rootcoord"
@@ -58,10 +61,12 @@ MSG_ACTIVATING = f"{ROLE} switch from standby to active, activating"
 MSG_STOP = "stop requested"
 MSG_REVOKED = "session lease revoked"
 MSG_STOPPED = "coordinator stopped"
+MSG_RESUMED = "serving resumed: etcd confirmed the ACTIVE term again"
 MSG_DEAD = "the ACTIVE member is dead"
 MSG_REMOVED = "removed the ACTIVE key of a dead member"
 MSG_HANDED = "handed the ACTIVE key over to the first STANDBY in line"
 FAST = "COMMON_SESSION_FAST_FAILOVER_ENABLED"
+TRUST = "COMMON_SESSION_FAST_FAILOVER_TRUST_REFUSALS"
 
 TS_REQ = rootcoord_pb2.AllocTimestampRequest(count=1)
 
@@ -112,14 +117,16 @@ class Group:
     """One ACTIVE and ``standbys`` STANDBY rootcoords on one etcd root, a watch on the ACTIVE key, a client."""
 
     def __init__(self, etcd: Etcd, endpoints: str, ttl: int, work: Path, name: str, *, standbys: int = 1,
-                 http: bool = False, launch_batch: int = 8, fast: bool = True) -> None:
+                 http: bool = False, launch_batch: int = 8, fast: bool = True, trust: bool = False) -> None:
         self.etcd = etcd
         self.ttl = ttl
         self.fast = fast
         self.n_standbys = standbys
         self.launch_batch = launch_batch
         self.fleet = bl.Fleet(endpoints=endpoints, root=f"bench-{name}-{uuid.uuid4().hex[:6]}", ttl=ttl,
-                              work_dir=work / name, http=http, extra_env={FAST: "true" if fast else "false"})
+                              work_dir=work / name, http=http,
+                              extra_env={FAST: "true" if fast else "false", TRUST: "true" if trust else "false"})
+        self.trust = trust
         self.key = self.fleet.active_key(ROLE)
         self.client = CoordinatorClient(etcd, self.fleet.meta_root, ROLE, call_timeout=1.0, failover_budget=ttl + 30.0)
         self.active: bl.Coordinator | None = None
@@ -227,10 +234,10 @@ class Group:
         if info.address != active.address:
             raise RuntimeError(f"the ACTIVE key names {info.address}, expected {active.address}")
         await self.client.call("AllocTimestamp", TS_REQ)
-        if mode == "crash" and random_phase:
+        if mode in ("crash", "pause") and random_phase:
             await asyncio.sleep(random.uniform(0, self.ttl / 3))  # a random point of the keep-alive cycle
         mark = len(self.changes)
-        sig = signal.SIGTERM if mode == "graceful" else signal.SIGKILL
+        sig = {"graceful": signal.SIGTERM, "crash": signal.SIGKILL, "pause": signal.SIGSTOP}[mode]
         t0w, t0 = time.time(), time.monotonic()
         active.child.signal(sig)
         key_task = asyncio.create_task(self._new_holder(mark, info.server_id))
@@ -289,9 +296,9 @@ class Group:
             },
             "reload_ms": ms(reload_s),
         }
-        if mode == "crash":
+        if mode in ("crash", "pause"):
             cause = serving.fields.get("cause") if serving else None
-            r.update(ttl=self.ttl, fast=self.fast, cause=cause)
+            r.update(ttl=self.ttl, fast=self.fast, trust=self.trust, cause=cause)
             r["expiry_ms"] = ms(expiry - t0) if expiry is not None else None
             r["expiry_to_delete_ms"] = ms(t_del - expiry) if expiry is not None and t_del is not None else None
             r["expiry_to_key_ms"] = ms(t_key - expiry) if expiry is not None else None
@@ -485,6 +492,12 @@ def stat_row(label: str, s: dict[str, Any]) -> list[Any]:
     return [label, s.get("n"), s.get("p50"), s.get("p95"), s.get("max"), s.get("mean")]
 
 
+def series_title(series: dict[str, Any]) -> str:
+    what = "SIGSTOP (a pause, as a lost host: silence)" if series.get("mode") == "pause" else "SIGKILL"
+    how = "early takeovers off" if not series["fast"] else ("refusals trusted" if series.get("trust") else "default")
+    return f"{what}, TTL {series['ttl']} s, {how}"
+
+
 def print_tables(res: dict[str, Any]) -> None:
     hdr = ["ms", "n", "p50", "p95", "max", "mean"]
     g = res["graceful"]
@@ -507,10 +520,15 @@ def print_tables(res: dict[str, Any]) -> None:
     for series in res["crash"]["series"]:
         cs = series["summary"]
         keys = ["key_ms", "service_ms"] + ([] if series["fast"] else ["expiry_ms", "expiry_to_key_ms", "expiry_to_service_ms"])
-        print(bl.table(hdr, [stat_row(f"ours: {k}", cs[k]) for k in keys],
-                       title=f"\nCrash (SIGKILL), TTL {series['ttl']} s, fast path {'on' if series['fast'] else 'off'}"))
+        print(bl.table(hdr, [stat_row(f"ours: {k}", cs[k]) for k in keys], title=f"\n{series_title(series)}"))
         print(bl.table(["stage (ms)", "n", "p50", "p95", "max", "mean"],
                        [stat_row(b["stage"], b) for b in series["breakdown"]], title="breakdown"))
+    lc = res.get("leader_change")
+    if lc:
+        print(bl.table(hdr, [stat_row("ours: longest gap between answered calls", lc["summary"]["ours_gap_ms"]),
+                             stat_row("etcd: longest gap between acknowledged puts", lc["summary"]["etcd_gap_ms"]),
+                             stat_row("ours: serving paused (log)", lc["paused_ms"])],
+                       title="\netcd leader SIGKILLed (3 members), TTL 60 s: no takeover"))
     e60 = res["crash"].get("etcd60")
     if e60:
         print(bl.table(hdr, [stat_row("etcd election: signal -> elected", e60["summary"]["elected_ms"]),
@@ -524,10 +542,11 @@ def print_tables(res: dict[str, Any]) -> None:
 
 async def crash_series(
     etcd: Etcd, endpoints: str, work: Path, *, ttl: int, fast: bool, rounds: int, parallel: int, name: str,
-    settle: bool = True,
+    settle: bool = True, mode: str = "crash", trust: bool = False,
 ) -> dict[str, Any]:
-    """``rounds`` crash rounds at ``ttl``: on ``parallel`` groups at once (rounds that wait for a lease)."""
-    groups = [Group(etcd, endpoints, ttl, work, f"{name}{i}", fast=fast) for i in range(parallel)]
+    """``rounds`` rounds of ``mode`` (crash: SIGKILL, pause: SIGSTOP) at ``ttl``: on ``parallel`` groups at
+    once (rounds that wait for a lease); ``trust``: the members trust refusals."""
+    groups = [Group(etcd, endpoints, ttl, work, f"{name}{i}", fast=fast, trust=trust) for i in range(parallel)]
     try:
         await asyncio.gather(*(group.start() for group in groups))
         per = -(-rounds // parallel)
@@ -535,7 +554,7 @@ async def crash_series(
         async def run_rounds(group: Group) -> list[dict[str, Any]]:
             done = []
             for _ in range(per):
-                done.append(await group.round("crash", settle=settle and parallel == 1))
+                done.append(await group.round(mode, settle=settle and parallel == 1))
             return done
 
         found = [r for rs in await asyncio.gather(*(run_rounds(g) for g in groups)) for r in rs][:rounds]
@@ -548,11 +567,12 @@ async def crash_series(
     causes: dict[str, int] = {}
     for r in found:
         causes[str(r.get("cause"))] = causes.get(str(r.get("cause")), 0) + 1
-    series = {"ttl": ttl, "fast": fast, "parallel": parallel, "rounds": found, "summary": summarize_rounds(found, keys),
+    series = {"ttl": ttl, "fast": fast, "mode": mode, "trust": trust, "parallel": parallel, "rounds": found,
+              "summary": summarize_rounds(found, keys),
               "breakdown": breakdown(found, CRASH_FAST_STAGES if fast else CRASH_STAGES), "causes": causes}
     s = series["summary"]["service_ms"]
-    print(f"crash TTL {ttl} fast {'on' if fast else 'off'}: {len(found)} rounds, service p50 {s.get('p50')} ms, "
-          f"p95 {s.get('p95')} ms; causes {causes}", flush=True)
+    print(f"{series_title(series)}: {len(found)} rounds, service p50 {s.get('p50')} ms, "
+          f"p95 {s.get('p95')} ms, max {s.get('max')} ms; causes {causes}", flush=True)
     return series
 
 
@@ -572,6 +592,69 @@ async def etcd_crash_series(etcd: Etcd, endpoint: str, *, rounds: int, parallel:
             with contextlib.suppress(Exception):
                 await election.close()
     return {"ttl": 60, "rounds": found, "summary": summarize_rounds(found, ["elected_ms", "expiry_to_elected_ms"])}
+
+
+async def _successes(call: Callable[[], Awaitable[Any]], stop: asyncio.Event, pace: float = 0.01) -> list[float]:
+    """Call ``call`` in a loop until ``stop``; the monotonic times of the calls that succeeded."""
+    done: list[float] = []
+    while not stop.is_set():
+        with contextlib.suppress(Exception):
+            await call()
+            done.append(time.monotonic())
+        await asyncio.sleep(pace)
+    return done
+
+
+def _longest_gap(times: list[float]) -> float | None:
+    return max((b - a for a, b in itertools.pairwise(times)), default=None)
+
+
+async def leader_change_series(work: Path, *, rounds: int) -> dict[str, Any]:
+    """The serving pause of an ACTIVE rootcoord (TTL 60 s, the default serving lease) while its 3-member
+    etcd's leader is SIGKILLed and restarted, beside etcd's own: the longest gap between successful
+    calls of a client calling AllocTimestamp every 10 ms, and of a client putting a key every 10 ms on
+    the same etcd, in the same window. No takeover may happen: the epoch is checked each round."""
+    cluster = EtcdCluster(3, base_dir=work / "etcd3")
+    cluster.start()
+    etcd = Etcd(cluster.endpoints, timeout=5.0)
+    await etcd.connect()
+    group = Group(etcd, cluster.endpoints_csv, 60, work, "leader")
+    found: list[dict[str, Any]] = []
+    try:
+        await group.start()
+        epoch = int((await etcd.get(group.key)).kvs[0].create_revision)
+        probe = Etcd(cluster.endpoints, timeout=1.0)
+        await probe.connect()
+        try:
+            for i in range(rounds):
+                stop = asyncio.Event()
+                ours = asyncio.create_task(_successes(lambda: group.client.call("AllocTimestamp", TS_REQ), stop))
+                theirs = asyncio.create_task(_successes(lambda: probe.put("bench-leader/put", b"x", timeout=1.0), stop))
+                await asyncio.sleep(1.0)
+                leader = await asyncio.to_thread(cluster.kill_leader)
+                await asyncio.sleep(4.0)
+                await asyncio.to_thread(leader.start)
+                await asyncio.sleep(1.0)
+                stop.set()
+                ours_t, etcd_t = await ours, await theirs
+                now = int((await etcd.get(group.key)).kvs[0].create_revision)
+                if now != epoch:
+                    raise RuntimeError(f"the etcd leader change caused a takeover (epoch {epoch} -> {now})")
+                row = {"ours_gap_ms": ms(_longest_gap(ours_t)), "etcd_gap_ms": ms(_longest_gap(etcd_t))}
+                found.append(row)
+                print(f"leader change {i + 1}/{rounds}: longest gap ours {row['ours_gap_ms']} ms, "
+                      f"etcd puts {row['etcd_gap_ms']} ms", flush=True)
+        finally:
+            await probe.close()
+        assert group.active is not None
+        paused = [float(ln.fields["pausedSeconds"]) * 1000 for ln in group.active.lines() if ln.msg == MSG_RESUMED]
+    finally:
+        with contextlib.suppress(Exception):
+            await group.close()
+        await etcd.close()
+        cluster.close()
+    return {"rounds": found, "summary": summarize_rounds(found, ["ours_gap_ms", "etcd_gap_ms"]),
+            "paused_ms": bl.summarize(paused), "pauses": len(paused)}
 
 
 # --------------------------------------------------------------------------- main
@@ -632,8 +715,10 @@ async def run(args: argparse.Namespace) -> int:
         series = [await crash_series(etcd, endpoints, work, ttl=60, fast=True, rounds=args.crash_rounds, parallel=1,
                                      name="fast60", settle=not args.quick)]
         if not args.quick:
-            series.append(await crash_series(etcd, endpoints, work, ttl=10, fast=True, rounds=args.crash_rounds,
-                                             parallel=1, name="fast10"))
+            series.append(await crash_series(etcd, endpoints, work, ttl=60, fast=True, rounds=args.crash_rounds,
+                                             parallel=1, name="trust60", trust=True))
+            series.append(await crash_series(etcd, endpoints, work, ttl=60, fast=True, rounds=args.crash_rounds,
+                                             parallel=1, name="pause60", mode="pause"))
             series.append(await crash_series(etcd, endpoints, work, ttl=10, fast=False, rounds=args.crash_rounds,
                                              parallel=min(args.crash_rounds, 5), name="ttl10"))
         crash: dict[str, Any] = {"series": series}
@@ -648,6 +733,8 @@ async def run(args: argparse.Namespace) -> int:
             crash["etcd60"] = e60
         fast60 = series[0]["summary"]["service_ms"]
         graceful_p95 = gs["service_ms"].get("p95")
+        if not args.quick and args.leader_rounds:
+            result["leader_change"] = await leader_change_series(work, rounds=args.leader_rounds)
         crash["goals"] = {
             "fast60_service_p95_ms": fast60.get("p95"),
             "graceful_service_p95_ms": graceful_p95,
@@ -678,6 +765,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="crash rounds of each series: TTL 60 and 10 s with the fast path, TTL 10 s without (default 20; quick 1)")
     p.add_argument("--crash60-off-rounds", type=int, default=None,
                    help="crash rounds at TTL 60 s without the fast path, ours and etcdctl's, 10 at a time (default 20; quick 0)")
+    p.add_argument("--leader-rounds", type=int, default=5,
+                   help="etcd leader changes under a serving ACTIVE (3-member etcd; default 5; not in --quick)")
     p.add_argument("--ttl", type=int, default=3, help="session TTL in seconds for the graceful rounds (default 3)")
     p.add_argument("--out", type=Path, default=None, help="result JSON (default bench/results/failover[.quick].json)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs) for inspection")

@@ -247,11 +247,12 @@ class CoordinatorClient:
                 if not idempotent and exc.code == Refusal.METADATA_UNAVAILABLE:
                     # An etcd write of the handler timed out: it may have been applied; asking again could apply it twice.
                     raise OutcomeUnknown(f"{self.role}.{method} on {target.address}: {last_error}") from exc
-                if exc.code == Refusal.RETRY_LATER:
-                    # The right member; nothing was applied. Ask it again, less and less often.
-                    later = exc.error
+                if exc.code in (Refusal.RETRY_LATER, Refusal.PAUSED):
+                    # Nothing was applied. retry_later: the right member, ask it again, less and less often.
+                    # paused: ask again soon, whoever the ACTIVE member is then (a successor may be taking over).
+                    later = exc.error if exc.code == Refusal.RETRY_LATER else None
                     await asyncio.sleep(min(backoff, max(deadline - time.monotonic(), 0)))
-                    backoff = min(backoff * 2, _RETRY_LATER_MAX_S)
+                    backoff = min(backoff * 2, _RETRY_LATER_MAX_S if exc.code == Refusal.RETRY_LATER else 0.1)
                     continue
                 named = self.tracker.active
                 if exc.code == Refusal.INITIALIZING or (named is not None and named.server_id == target.server_id):

@@ -140,8 +140,17 @@ def _grpc_tls(r: Reader) -> GrpcTLSConfig:
 
 
 def _session(r: Reader) -> SessionConfig:
+    ttl = r.integer("common", "session", "ttl", low=2)
+    serving_lease = r.integer("common", "session", "servingLease", low=100, high=60_000)
+    if serving_lease * 4 > ttl * 1000 and serving_lease == SessionConfig.serving_lease * 1000:
+        serving_lease = max(ttl * 250, 100)  # the default (milvus.yaml repeats it) under a short TTL: a quarter of it
+    elif serving_lease * 4 > ttl * 1000:
+        raise r.error(("common", "session", "servingLease"),
+                      f"must be at most a quarter of common.session.ttl ({ttl} s = {ttl * 1000} ms), "
+                      "so that etcd's own trouble pauses the ACTIVE member long before its session could expire")
     return SessionConfig(
-        ttl=r.integer("common", "session", "ttl", low=2),
+        ttl=ttl,
+        serving_lease=serving_lease / 1000,
         retry_times=r.integer("common", "session", "retryTimes", low=1),
         standby_log_interval=r.positive("common", "session", "standbyLogInterval"),
         exit_on_lost=r.boolean("common", "session", "exitOnLost"),
@@ -150,6 +159,7 @@ def _session(r: Reader) -> SessionConfig:
         handover=r.boolean("common", "session", "handover"),
         fast_failover=FastFailoverConfig(
             enabled=r.boolean("common", "session", "fastFailover", "enabled"),
+            trust_refusals=r.boolean("common", "session", "fastFailover", "trustRefusals"),
             probe_attempts=r.integer("common", "session", "fastFailover", "probeAttempts", low=1, high=10),
             probe_timeout=r.integer("common", "session", "fastFailover", "probeTimeout", low=10, high=10_000) / 1000,
             probe_interval=r.integer("common", "session", "fastFailover", "probeInterval", low=0, high=2_000) / 1000,

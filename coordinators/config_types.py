@@ -58,10 +58,12 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
                 "retryTimes": 30,
                 "standbyLogInterval": 10,
                 "exitOnLost": False,
-                "fastFailover": {"enabled": True, "probeAttempts": 2, "probeTimeout": 200, "probeInterval": 20},
+                "fastFailover": {"enabled": True, "trustRefusals": False, "probeAttempts": 2, "probeTimeout": 200,
+                                 "probeInterval": 20},
                 "hotStandby": True,
                 "claimGrace": 500,
                 "handover": True,
+                "servingLease": 750,
             },
             "security": {"tlsMode": 0},
             "eventLoop": "asyncio",
@@ -157,6 +159,7 @@ class FastFailoverConfig:
     the TTL. Probe bounds in seconds (milliseconds in milvus.yaml)."""
 
     enabled: bool = True
+    trust_refusals: bool = False  #: a refusal proves the serving lease over too (networks where nothing forges one)
     probe_attempts: int = 2
     probe_timeout: float = 0.2
     probe_interval: float = 0.02
@@ -172,6 +175,7 @@ class SessionConfig:
     hot_standby: bool = True  #: a STANDBY keeps its role's metadata in memory, so a takeover reloads nothing
     claim_grace: float = 0.5  #: seconds a STANDBY waits per member ahead in line before claiming a free key
     handover: bool = True  #: a graceful stop hands the ACTIVE key to the first STANDBY in line (session.handover)
+    serving_lease: float = 0.75  #: seconds an ACTIVE member may answer after etcd last confirmed its term (session.serving)
 
 
 @dataclass(frozen=True)

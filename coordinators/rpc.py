@@ -53,6 +53,11 @@ class Refusal(StrEnum):
     #: The right member, which could not complete the call now (a coordinator it calls did not
     #: answer, its keys changed under it); nothing was applied: ask it again later.
     RETRY_LATER = "retry_later"
+    #: The ACTIVE member's serving lease ran out (etcd has not confirmed its term lately): it answers
+    #: nothing until it has, or until another member takes over. Nothing was applied: ask again shortly,
+    #: the same member or the new ACTIVE one. (A lease that runs out while a call is answered refuses
+    #: it as ``metadata_unavailable``: a write may have been applied.)
+    PAUSED = "paused"
 
 
 _refusal: ContextVar[Refusal | None] = ContextVar("refusal", default=None)

@@ -15,8 +15,9 @@ Read in this order (README.md's "Layout" lists the same):
   STANDBY) with :mod:`session.lineup` (who claims a freed key), :mod:`session.turn` (a STANDBY's
   phases and its next step, pure), :mod:`session.standby` (the STANDBY's wait, carried out),
   :mod:`session.takeover` (what freed the key), :mod:`session.fencing` (writes guarded by the
-  epoch);
-- :mod:`session.fastpath` (removing a holder proven dead), :mod:`session.switchover` (the
+  epoch), :mod:`session.serving` (the ACTIVE member's short serving lease);
+- :mod:`session.lapse` (a STANDBY's proof through etcd that the serving lease is over),
+  :mod:`session.fastpath` (removing a holder proven dead), :mod:`session.switchover` (the
   operator's planned move), :mod:`session.handover` (a graceful stop hands the key to the next in
   line), :mod:`session.mirror` (the hot standby's copy of a role's keys).
 

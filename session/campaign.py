@@ -43,6 +43,7 @@ from session.etcd import (
 from session.fastpath import DeathWatch, DeathWatchTask
 from session.info import SessionInfo
 from session.keys import RoleKeys
+from session.lapse import LapseWatch
 from session.lease import LeaseSession
 from session.lineup import Lineup
 from session.standby import Standby
@@ -68,6 +69,8 @@ class Campaign:
         proves dead is removed at once instead of waiting for its lease to expire.
     :param claim_grace: how long a STANDBY waits, per member ahead of it in line, for those to claim
         a free key before it claims itself (:mod:`session.lineup`).
+    :param lapse: the proof through etcd that a holder's serving lease is over (:mod:`session.lapse`):
+        the first in line removes such a holder's key. ``trust_refusals``: see :class:`DeathWatchTask`.
     """
 
     def __init__(
@@ -78,8 +81,11 @@ class Campaign:
         backstop_interval: float | None = None,
         death_watch: DeathWatch | None = None,
         claim_grace: float = 0.5,
+        lapse: LapseWatch | None = None,
+        trust_refusals: bool = False,
     ) -> None:
         self.session = session
+        self.lapse, self.trust_refusals = lapse, trust_refusals
         self.keys = RoleKeys(session.meta_root, session.role)
         self.standby_log_interval = standby_log_interval
         self.death_watch = death_watch
@@ -259,7 +265,8 @@ class Campaign:
         backoff = _Backoff(min(1.0, self.backstop_interval / 4))
         session = self.session
         # Closed after the claim: ending its stream is not on the takeover's path.
-        death = DeathWatchTask(session.etcd, session.meta_root, self.role, session.server_id, self.death_watch)
+        death = DeathWatchTask(session.etcd, session.meta_root, self.role, session.server_id, self.death_watch,
+                               self.lapse, trust_refusals=self.trust_refusals)
         try:
             while True:
                 standby.enter(Phase.CLAIMING)

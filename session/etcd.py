@@ -45,6 +45,7 @@ from session.etcd_ops import (
     cmp_mod_revision,
     cmp_value,
     cmp_version,
+    has_write,
     op_delete,
     op_get,
     op_put,
@@ -239,7 +240,14 @@ class Etcd:
         *,
         timeout: float | None = None,
     ) -> TxnResponse:
-        """One atomic compare-and-swap transaction."""
+        """One atomic compare-and-swap transaction, with a write in at least one branch.
+
+        :raises ValueError: a read-only txn (reads in both branches). etcd 3.5.0 and 3.5.1 panic, and
+            exit, when the context of a read-only txn is cancelled while it is applied (a timeout, a
+            cancelled task): read with :meth:`get` instead.
+        """
+        if not has_write(success) and not has_write(failure):
+            raise ValueError("a read-only txn: etcd 3.5.0-3.5.1 panic when one is cancelled; read with get()")
         t = self._t(timeout)
         request = rpc_pb.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
         return await self._call(lambda: self._unary(rpc.TXN, request, t), "txn", timeout)
@@ -435,3 +443,4 @@ async def _mapped(call: Awaitable[T], what: str) -> T:
         raise
     except Exception as exc:
         raise rpc.map_error(exc, what) from exc
+

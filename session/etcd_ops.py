@@ -26,6 +26,7 @@ __all__ = [
     "cmp_mod_revision",
     "cmp_value",
     "cmp_version",
+    "has_write",
     "op_delete",
     "op_get",
     "op_put",
@@ -119,3 +120,13 @@ def op_delete(key: str | bytes, *, range_end: str | bytes | None = None) -> Requ
 def op_txn(compare: Sequence[Compare], success: Sequence[RequestOp], failure: Sequence[RequestOp] = ()) -> RequestOp:
     """A nested txn, so a fenced writer can wrap a caller's own txn in its epoch compare."""
     return rpc_pb.RequestOp(request_txn=rpc_pb.TxnRequest(compare=list(compare), success=list(success), failure=list(failure)))
+
+
+def has_write(ops: Sequence[RequestOp]) -> bool:
+    """Whether ``ops`` hold a put or a delete (nested txns included, both of their branches)."""
+    for op in ops:
+        if op.HasField("request_put") or op.HasField("request_delete_range"):
+            return True
+        if op.HasField("request_txn") and (has_write(op.request_txn.success) or has_write(op.request_txn.failure)):
+            return True
+    return False

@@ -8,8 +8,9 @@
     {metaRoot}/switchover/{role}/request     a ``milvus switchover`` request
     {metaRoot}/switchover/{role}/successor   the successor a releasing ACTIVE member names
     {metaRoot}/takeover/{role}               why the crash fast path removed the last term
+    {metaRoot}/serving/{role}                the ACTIVE term's serving lease (session.serving)
 
-The switchover and takeover keys stay outside ``session/``, whose keys Milvus's tools read as
+The switchover, takeover and serving keys stay outside ``session/``, whose keys Milvus's tools read as
 sessions. Every module of the library and of the coordinators finds a key here, and nowhere else.
 """
 
@@ -26,6 +27,7 @@ __all__ = [
     "member_key",
     "request_key",
     "server_id_key",
+    "serving_key",
     "session_prefix",
     "successor_key",
     "switchover_prefix",
@@ -73,6 +75,11 @@ def takeover_key(meta_root: str, role: str) -> str:
     return f"{meta_root}/takeover/{role}"
 
 
+def serving_key(meta_root: str, role: str) -> str:
+    """``{metaRoot}/serving/{role}``: the ACTIVE term's serving lease, renewed by the ACTIVE member."""
+    return f"{meta_root}/serving/{role}"
+
+
 def line_range(meta_root: str, role: str) -> tuple[bytes, bytes]:
     """``[start, end)`` holding the role's ACTIVE key, its members' own keys and its successor key:
     what a STANDBY in line follows with one watch."""
@@ -109,6 +116,10 @@ class RoleKeys:
     @property
     def takeover(self) -> str:
         return takeover_key(self.meta_root, self.role)
+
+    @property
+    def serving(self) -> str:
+        return serving_key(self.meta_root, self.role)
 
     @property
     def server_id(self) -> str:

@@ -32,7 +32,7 @@ from session.keys import RoleKeys
 from session.lease import LeaseSession
 from session.lineup import Lineup
 from session.switchover import Successor
-from session.takeover import Vacancy
+from session.takeover import TakeoverCause, Vacancy
 from session.term import Holder
 from session.turn import NEAR, Phase, StepAction, next_step
 from session.watch import KeyEvent, KeyValue, Resync, next_or, read_state, watch
@@ -277,12 +277,12 @@ class Standby:
                     break
         return _Followed(False, applied, quiet_since, again)
 
-    def _vacated_by_removal(self, revision: int, epoch: int) -> None:
+    def _vacated_by_removal(self, revision: int, epoch: int, cause: TakeoverCause) -> None:
         """The DELETE this member wrote (the crash fast path), with Milvus's lines as if it was watched."""
         key = self.keys.active
         log.info("watch the ACTIVE key", DELETE=f'key:"{key}" mod_revision:{revision} ')
         log.info("stop watching ACTIVE key")
-        self.vacancy = replace(self.vacancy, removed_epoch=epoch)
+        self.vacancy = replace(self.vacancy, removed_epoch=epoch, removed_by=cause)
         self.session.observer.vacancy_seen(key)
         self.line.delete(key, self.session.clock())
         self.holder = None

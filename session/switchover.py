@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import aclosing
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -33,7 +33,7 @@ from typing import Any
 import structlog
 
 from session.errors import CorruptValue, SessionError
-from session.etcd import Etcd, cmp_mod_revision, cmp_value, op_delete, op_put
+from session.etcd import Etcd, RequestOp, cmp_mod_revision, cmp_value, op_delete, op_put
 from session.fencing import FencedWriter
 from session.info import SessionInfo
 from session.keys import member_key, request_key, successor_key, switchover_prefix
@@ -232,13 +232,15 @@ async def refuse(writer: FencedWriter, meta_root: str, request: Request, raw: by
     await writer.txn([cmp_value(key, raw)], [op_put(key, request.refuse(reason).to_json(), lease=writer.session.lease_id)])
 
 
-async def release(writer: FencedWriter, request: Request, raw: bytes, target: Target | None) -> Successor | None:
+async def release(writer: FencedWriter, request: Request, raw: bytes, target: Target | None,
+                  *, ops: Sequence[RequestOp] = ()) -> Successor | None:
     """Hand the ACTIVE key over in one fenced txn: delete it and the request, name the successor.
 
     Compares that the request is unchanged and, with a target, that its session key was not written
     since it was checked (still live, not Stopping). Returns the successor (the caller tells its
     campaign: :meth:`session.campaign.Campaign.note_released`), or None when a compare failed (nothing
-    changed). :raises NotActive: the term was over already.
+    changed). ``ops`` go in the same txn (the serving lease's ``released`` record).
+    :raises NotActive: the term was over already.
     """
     term, meta_root = writer.term, writer.session.meta_root
     req_key, succ_key = request_key(meta_root, term.role), successor_key(meta_root, term.role)
@@ -248,8 +250,8 @@ async def release(writer: FencedWriter, request: Request, raw: bytes, target: Ta
     if target is not None:
         compares.append(cmp_mod_revision(target.key, target.mod_revision))
         lease = target.info.lease_id
-    ops = [op_delete(term.key), op_delete(req_key), op_put(succ_key, successor.to_json(), lease=lease)]
-    resp = await writer.txn(compares, ops)
+    resp = await writer.txn(compares, [op_delete(term.key), op_delete(req_key),
+                                       op_put(succ_key, successor.to_json(), lease=lease), *ops])
     if not resp.succeeded:
         return None
     log.info("released the ACTIVE key to the switchover's successor", ServerID=term.server_id, epoch=term.epoch,

@@ -26,7 +26,8 @@ class TakeoverCause(StrEnum):
     INITIAL = "initial"  #: nobody held it
     GRACEFUL = "graceful"  #: the holder stopped and released it
     SWITCHOVER = "switchover"  #: an operator's switchover named this member (or any)
-    FAST_PATH = "fast_path"  #: a standby proved the holder dead and removed its key
+    FAST_PATH = "fast_path"  #: a standby's stream to the holder broke and its port refused: it removed the key
+    SERVING_LEASE = "serving_lease"  #: a standby proved through etcd that the holder's serving lease lapsed
     RESTART = "restart"  #: a restarted process found its predecessor dead and removed its session
     TTL = "ttl"  #: the holder's lease expired
 
@@ -37,7 +38,7 @@ class TakeoverMark:
     freed, why, and who; the member that takes over reads it for its cause."""
 
     epoch: int
-    cause: TakeoverCause  #: fast_path (a standby's verdict), restart (a restarted process found it dead), graceful
+    cause: TakeoverCause  #: fast_path or serving_lease (a standby's proof), restart (a restarted process found it dead), graceful
     by: int  #: the server ID that removed it
     reason: str
 
@@ -74,12 +75,13 @@ async def read_mark(etcd: Etcd, meta_root: str, role: str) -> TakeoverMark | Non
 @dataclass(frozen=True)
 class Vacancy:
     """What a member saw of the term it waited behind: ``waited`` (its ACTIVE key), whether it was
-    ``stopping``, the epoch this member removed as dead (``removed_epoch``), and whether a switchover
-    named this member (``named``)."""
+    ``stopping``, the epoch this member removed as dead (``removed_epoch``) and on which proof
+    (``removed_by``), and whether a switchover named this member (``named``)."""
 
     waited: KeyValue | None = None
     stopping: bool = False
     removed_epoch: int = 0
+    removed_by: TakeoverCause = TakeoverCause.FAST_PATH
     named: bool = False
 
 
@@ -92,7 +94,7 @@ def takeover_cause(vacancy: Vacancy, mark: TakeoverMark | None) -> TakeoverCause
     if waited is None:
         return TakeoverCause.INITIAL
     if vacancy.removed_epoch == waited.create_revision:
-        return TakeoverCause.FAST_PATH
+        return vacancy.removed_by
     if mark is not None and mark.epoch == waited.create_revision:
         return mark.cause
     return TakeoverCause.GRACEFUL if vacancy.stopping else TakeoverCause.TTL

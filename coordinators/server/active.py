@@ -23,6 +23,7 @@ from coordinators.server.release import release_for_stop
 from coordinators.server.stopping import DRAIN_DEADLINE_S, until_stopped
 from session import Campaign, CorruptValue, FencedWriter, LeaseSession, NotActive, SessionError, Term, TermEnd, switchover
 from session.handover import LineView
+from session.serving import ServingLease
 from session.takeover import TakeoverCause
 from session.tasks import cancel_and_wait
 
@@ -69,6 +70,11 @@ class ActiveTerm:
         self.campaign = campaign
         self.term = term
         self.writer = FencedWriter(session, term)
+        lapse = campaign.lapse
+        self.lease = ServingLease(host.links.etcd, host.config.etcd.meta_root, term,
+                                  duration=host.config.session.serving_lease, clock=session.clock,
+                                  seen_at=lapse.seen_at if lapse is not None else lambda _rev: None,
+                                  on_pause=host.metrics.serving_paused)
         self.address = host.config.role(host.role).advertised_address
         self.line_view: LineView | None = None  # the line followed for the handover (tests read it)
         self.served = False  # it reached Healthy
@@ -101,12 +107,13 @@ class ActiveTerm:
         """
         host, term = self.host, self.term
         holder = asyncio.create_task(self.campaign.hold(term), name=f"hold-{host.role}")
+        renewer = asyncio.create_task(self.lease.run(), name=f"serving-lease-{host.role}")
         self.line_view = line = self._new_line_view()
         line_task = asyncio.create_task(line.run(on_restart=host.metrics.observer.watch_restarted),
                                         name=f"line-{host.role}") if line is not None else None
         try:
             host.state = common_pb2.Initializing  # holds the key, reloading: clients wait for it
-            if not await self._activate():
+            if not await self._activate() or not await self._await_lease():
                 return self.outcome()
             host.state = common_pb2.Healthy
             host.server.set_serving(True)
@@ -115,7 +122,7 @@ class ActiveTerm:
             leftover = await self._serve_until_over(holder)
             try:
                 if host.stopping.asked:
-                    await release_for_stop(host, self.session, term, self.writer, line)
+                    await release_for_stop(host, self.session, term, self.writer, line, self.lease)
                 else:
                     log.warning(f"{host.role} stops serving: ACTIVE term ended", ServerID=self.session.server_id,
                                 cause=str(term.end_cause), reason=term.end_reason)
@@ -129,6 +136,7 @@ class ActiveTerm:
             if term.end_cause is not None:
                 host.metrics.term_ended(term.end_cause)
             await cancel_and_wait(holder)
+            await cancel_and_wait(renewer)
             await cancel_and_wait(line_task)
             self.line_view = None
 
@@ -171,6 +179,28 @@ class ActiveTerm:
             freeze_long_lived_state()  # what the reload built lives as long as the term
         return True
 
+    async def _await_lease(self) -> bool:
+        """Wait until the term may answer: its serving lease renewed once, and the previous term's over
+        (:func:`session.serving.serve_from`); True when it may, False when the term ended meanwhile."""
+        lease, term = self.lease, self.term
+        ended = asyncio.ensure_future(term.ended.wait())
+        try:
+            if not lease.ready.is_set():
+                ready = asyncio.ensure_future(lease.ready.wait())
+                try:
+                    await until_stopped(asyncio.wait({ready, ended}, return_when=asyncio.FIRST_COMPLETED),
+                                        self.host.stopping, self.session)
+                finally:
+                    ready.cancel()
+            wait = lease.start - lease.clock()
+            if term.active and wait > 0:
+                log.info("waiting for the previous ACTIVE member's serving lease to run out before serving",
+                         role=self.host.role, ServerID=self.session.server_id, seconds=round(wait, 3))
+                await until_stopped(asyncio.wait({ended}, timeout=wait), self.host.stopping, self.session)
+        finally:
+            ended.cancel()
+        return term.active
+
     async def _announce(self) -> None:
         """Count the takeover by its cause and say ``{role} is ACTIVE and serving``."""
         start = self.start
@@ -187,6 +217,7 @@ class ActiveTerm:
             reloadSeconds=round(time.monotonic() - self._activated_at, 3),
             takeoverSeconds=round(takeover, 3),
             cause=cause,
+            previousLease=self.lease.previous,
             state="hot" if start.image is not None else "reloaded",
             **({} if start.image is not None else {"reloadedBecause": start.cold}),
         )
@@ -249,7 +280,7 @@ class ActiveTerm:
         if left:
             log.warning("switchover: calls still in flight after the drain deadline", role=host.role, calls=left)
         try:
-            successor = await switchover.release(writer, request, raw, target)
+            successor = await switchover.release(writer, request, raw, target, ops=[self.lease.end()])
         except NotActive:
             return  # the term ended meanwhile: the process demotes as for any ended term
         except SessionError as exc:
@@ -260,6 +291,7 @@ class ActiveTerm:
         if successor is None:
             log.warning("switchover abandoned: the request or its target changed meanwhile; serving again",
                         role=host.role, RequestID=request.id)
+            self.lease.reopen()
             host.state = common_pb2.Healthy
             host.server.set_serving(True)
             return

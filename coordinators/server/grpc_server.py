@@ -26,7 +26,7 @@ from typing import Any, cast
 import grpclib.const
 import structlog
 from grpclib.const import Status as GrpcStatus
-from grpclib.events import RecvRequest, SendInitialMetadata, SendTrailingMetadata, listen
+from grpclib.events import RecvRequest, SendInitialMetadata, SendMessage, SendTrailingMetadata, listen
 from grpclib.exceptions import GRPCError
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
@@ -165,6 +165,7 @@ class CoordinatorServer:
         extra_handlers: Sequence[object] = (),
         gate: Callable[[], tuple[Refusal, str] | None] | None = None,
         on_call_done: CallDone | None = None,
+        answer_gate: Callable[[], tuple[Refusal, str] | None] | None = None,
     ) -> None:
         base = spec(role).service_base()  # ValueError for an unknown role
         for handler in extra_handlers:
@@ -172,7 +173,9 @@ class CoordinatorServer:
                 raise TypeError(f"extra handler {handler!r} is not a grpclib service (no __mapping__)")
         self._role = role
         self._snapshot = snapshot
-        self._gate = gate
+        self._gate, self._answer_gate = gate, answer_gate
+        #: The calls the answer gate is asked about again when they answer (the role's API: not status, health).
+        self._gated: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         self._role_service = _RoleStatesService(base, self._get_component_states)
         self._extra: tuple[object, ...] = tuple(extra_handlers)
         # NOT_SERVING (not UNKNOWN) until the process says otherwise: only the ACTIVE serves.
@@ -232,6 +235,8 @@ class CoordinatorServer:
         listen(server, RecvRequest, self._on_recv_request)
         listen(server, SendInitialMetadata, self._on_send_initial_metadata)
         listen(server, SendTrailingMetadata, _tag_refusal)
+        if self._answer_gate is not None:
+            listen(server, SendMessage, self._on_send_message)
         try:
             # Never SO_REUSEPORT: that this process could bind the port proves no other listens there
             # (the restart fast path revokes a dead predecessor's session on that proof).
@@ -302,11 +307,23 @@ class CoordinatorServer:
             return
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if not exempt and self._answer_gate is not None:
+            self._gated.add(task)
         if not exempt:
             # Counted until the request task ends, i.e. after the reply and trailers are written.
             self._in_flight += 1
             self._idle.clear()
             task.add_done_callback(self._call_done)
+
+    async def _on_send_message(self, _event: SendMessage) -> None:
+        """Ask the answer gate again right before a reply of the role's API leaves: a call that began while
+        the member could answer may end after it no longer can (its serving lease ran out meanwhile)."""
+        task = asyncio.current_task()
+        if task is None or task not in self._gated or self._answer_gate is None:
+            return
+        refusal = self._answer_gate()
+        if refusal is not None:
+            raise refuse(*refusal)
 
     async def _on_send_initial_metadata(self, event: SendInitialMetadata) -> None:
         """Tag every reply with who answered, so clients can check they reached the member they meant."""

@@ -66,6 +66,7 @@ class ProcessView:
     time_left: float | None
     refusal: str | None
     standby_phase: str = ""
+    serving_left: float = 0.0  #: seconds left on the ACTIVE term's serving lease (0: not ACTIVE, or paused)
 
     @property
     def state_name(self) -> str:
@@ -110,6 +111,12 @@ class _ViewCollector(Collector):
         )
         dropped.add_metric(labels, float(dropped_lines()))
         yield dropped
+        yield _gauge(
+            "serving_lease_time_left_seconds",
+            "Seconds the ACTIVE member may still answer without another renewal etcd acknowledges (its last "
+            "acknowledged renewal's send time + common.session.servingLease); 0 when paused or not ACTIVE",
+            labels, view.serving_left,
+        )
         yield _gauge(
             "lease_time_left_seconds",
             "Seconds before the session's local deadline (last acknowledged keep-alive sent + TTL - safety margin); "
@@ -197,6 +204,18 @@ class CoordinatorMetrics:
             f"{PREFIX}_rpc_duration_seconds", "Time from a gRPC request to its status, by service and method",
             ["role", "service", "method"], registry=reg, buckets=_FAST_BUCKETS,
         )
+        self._pauses = Counter(
+            f"{PREFIX}_serving_pauses", "Times the ACTIVE member's serving lease ran out (etcd did not confirm its "
+            "term in time) and it stopped answering while its term went on", ["role"], registry=reg,
+        ).labels(role)
+        self._paused = Counter(
+            f"{PREFIX}_serving_paused_seconds", "Seconds the ACTIVE member spent paused, counted when it resumed",
+            ["role"], registry=reg,
+        ).labels(role)
+        self._pause_refusals = Counter(
+            f"{PREFIX}_serving_refusals", "Calls refused (code paused) because the serving lease had run out",
+            ["role"], registry=reg,
+        ).labels(role)
         reg.register(_ViewCollector(role, view))
         #: The session library's hooks into these metrics (given to each session and watch).
         self.observer = SessionMetrics(self)
@@ -234,6 +253,16 @@ class CoordinatorMetrics:
 
     def term_ended(self, cause: str) -> None:
         self._terms_ended.labels(self.role, cause).inc()
+
+    def serving_paused(self, paused: bool, seconds: float) -> None:
+        """The serving lease ran out (``paused``), or a renewal resumed it after ``seconds``."""
+        if paused:
+            self._pauses.inc()
+        else:
+            self._paused.inc(seconds)
+
+    def serving_refusal(self) -> None:
+        self._pause_refusals.inc()
 
     def fast_failover_verdict(self, outcome: Verdict) -> None:
         self._verdicts.labels(self.role, outcome).inc()

@@ -92,7 +92,8 @@ class CoordinatorProcess:
         ))
         self.metrics = CoordinatorMetrics(role, self.view)
         self.listeners = Listeners(config, role, listen_host, CoordinatorServer(
-            role, self.snapshot, [self.role_impl.service()], gate=self._gate, on_call_done=self.metrics.rpc
+            role, self.snapshot, [self.role_impl.service()], gate=self._gate, on_call_done=self.metrics.rpc,
+            answer_gate=self._answer_gate,
         ), HttpServer(role, self.view, self.metrics.render))
         self.watchdog = LoopWatchdog(
             threshold=self._stall_threshold, on_lag=self.metrics.loop_lag, on_stall=self._on_loop_stall, clock=clock
@@ -176,10 +177,19 @@ class CoordinatorProcess:
         """The server's gate: the :meth:`refusal`, with the code the client acts on."""
         message = self.refusal()
         if message is None:
-            return None
+            if self.active is None or self.active.lease.serving():
+                return None
+            self.metrics.serving_refusal()
+            return Refusal.PAUSED, "paused: etcd has not confirmed this ACTIVE term within the serving lease"
         if self.state == common_pb2.Initializing:
             return Refusal.INITIALIZING, message  # it may hold the key and be loading: ask it again
         return (Refusal.STOPPING if self.state == common_pb2.Stopping else Refusal.NOT_ACTIVE), message
+
+    def _answer_gate(self) -> tuple[Refusal, str] | None:
+        """Asked again as a reply leaves: no answer once the term's serving lease ran out or was released."""
+        if self.active is not None and self.active.lease.serving():
+            return None
+        return Refusal.METADATA_UNAVAILABLE, "paused while answering: the ACTIVE term's serving lease ran out"
 
     def view(self) -> ProcessView:
         """A fresh view for the HTTP probes and the scrape-time metrics."""
@@ -194,6 +204,8 @@ class CoordinatorProcess:
             time_left=session.time_left() if session is not None else None,
             refusal=self.refusal(),
             standby_phase=str(self.campaign.standby.phase or "") if self.campaign is not None else "",
+            serving_left=self.active.lease.left() if self.active is not None and self.state == common_pb2.Healthy
+            else 0.0,
         )
 
     def request_stop(self) -> None:

@@ -20,6 +20,7 @@ from coordinators.server.stopping import DRAIN_DEADLINE_S
 from session import FencedWriter, LeaseSession, SessionError, Term, TermEnd
 from session.etcd import op_delete
 from session.handover import Heir, LineView, confirm_or_take_back, hand_over_behind
+from session.serving import ServingLease
 from session.takeover import TakeoverCause, TakeoverMark, mark_op
 from session.tasks import cancel_and_wait
 
@@ -34,9 +35,10 @@ def handover_bound(claim_grace: float) -> float:
 
 
 async def release_for_stop(
-    host: TermHost, session: LeaseSession, term: Term, writer: FencedWriter, line: LineView | None
+    host: TermHost, session: LeaseSession, term: Term, writer: FencedWriter, line: LineView | None, lease: ServingLease
 ) -> None:
-    """Drain, then release ``term``'s key (and hand it to the heir ``line`` names); ends the term.
+    """Drain, then release ``term``'s key (and hand it to the heir ``line`` names); ends the term. The
+    serving ``lease`` ends before the release, whose txn records it released: the heir serves at once.
 
     A failed release is logged: the lease's revocation at the end of the stop frees the key then.
     """
@@ -53,7 +55,7 @@ async def release_for_stop(
     mark = TakeoverMark(term.epoch, TakeoverCause.GRACEFUL, session.server_id, "the ACTIVE member stopped")
     heir = line.heir() if line is not None else None
     release = asyncio.ensure_future(writer.txn([], [op_delete(term.key), session.stopping_op(),
-                                                    mark_op(meta_root, host.role, mark)]))
+                                                    mark_op(meta_root, host.role, mark), lease.end()]))
     # Sent right behind the release, without waiting for its answer (see session.handover).
     handing = asyncio.ensure_future(hand_over_behind(
         host.links.etcd, meta_root, host.role, heir, release, timeout=bound,

@@ -1,10 +1,10 @@
-"""The crash fast path where the network decides: host loss and partitions keep the TTL path.
+"""The early takeovers where the network decides: host loss and partitions.
 
 Members run in network namespaces of their own (:mod:`netns`), each a host with its own address on a
 bridge; etcd listens on the bridge too. A lost host answers nothing (every packet dropped): no RST,
-no verdict, the standby takes over only once etcd expires the lease, after the old ACTIVE's own local
-deadline. A partition between the standby and the ACTIVE only (both still reach etcd): no takeover
-at all, however often the standby's stream to the ACTIVE fails.
+no verdict from the crash fast path; etcd proves its serving lease lapsed instead, within seconds at
+the default TTL. A partition between the standby and the ACTIVE only (both still reach etcd): no
+takeover at all, however often the standby's stream to the ACTIVE fails.
 """
 
 from __future__ import annotations
@@ -12,87 +12,18 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from etcd3aio import Etcd3Client
 
-from harness.etcd_server import EtcdCluster, free_port
-from harness.netns import NetHost, NetHosts, listen_also_on, net_hosts_or_skip
-from harness.procs import TTL, MilvusProcess, active_key, clean_env, get_kv, wait_for_log, wait_for_serving
+from harness.net_members import Members, serving_and_waiting
+from harness.netns import NetHosts
+from harness.procs import TTL, active_key, get_kv, wait_for_log, wait_for_serving
 
 pytestmark = pytest.mark.process
 
 ROLE = "rootcoord"
-
-
-@pytest.fixture
-def hosts() -> Iterator[NetHosts]:
-    made = net_hosts_or_skip(2)
-    try:
-        yield made
-    finally:
-        made.destroy()
-
-
-@pytest.fixture
-def bridged_etcd(hosts: NetHosts, etcd_bin: str, tmp_path: Path) -> Iterator[EtcdCluster]:
-    """A one-member etcd that the hosts reach on the bridge's address."""
-    cluster = EtcdCluster(1, base_dir=tmp_path / "etcd", etcd_bin=etcd_bin)
-    member = cluster.members[0]
-    listen_also_on(member.extra_args, member.client_port, hosts.gateway)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.close()
-
-
-@pytest.fixture
-async def client(bridged_etcd: EtcdCluster) -> Etcd3Client:
-    c = Etcd3Client(bridged_etcd.endpoints)
-    await c.connect()
-    yield c
-    await c.close()
-
-
-class Members:
-    def __init__(self, etcd: EtcdCluster, gateway: str, root: str, tmp_path: Path) -> None:
-        self.endpoints = f"{gateway}:{etcd.members[0].client_port}"
-        self.root, self.tmp_path = root, tmp_path
-        self.started: list[MilvusProcess] = []
-
-    def launch(self, host: NetHost, name: str) -> MilvusProcess:
-        port = free_port()
-        env = clean_env({
-            "MILVUS_RUN_DIR": str(self.tmp_path / "run"),
-            "ETCD_ENDPOINTS": self.endpoints,
-            "ETCD_ROOT_PATH": self.root,
-            "ETCD_REQUEST_TIMEOUT": "2000",
-            "COMMON_SESSION_TTL": str(TTL),
-            "COMMON_SESSION_STANDBY_LOG_INTERVAL": "5",
-            "ROOT_COORD_ADDRESS": host.address,
-            "ROOT_COORD_PORT": str(port),
-            "ROOT_COORD_ENABLE_ACTIVE_STANDBY": "true",
-        })
-        proc = MilvusProcess(["run", ROLE, "--alias", name], env, self.tmp_path / f"{name}.log", port=port,
-                             host=host.address, prefix=host.prefix)
-        self.started.append(proc)
-        return proc
-
-    def kill_all(self) -> None:
-        for proc in self.started:
-            proc.kill()
-
-
-@pytest.fixture
-def members(bridged_etcd: EtcdCluster, hosts: NetHosts, etcd_prefix: str, tmp_path: Path) -> Iterator[Members]:
-    made = Members(bridged_etcd, hosts.gateway, etcd_prefix, tmp_path)
-    try:
-        yield made
-    finally:
-        made.kill_all()
+DEFAULT_TTL = 60
 
 
 async def holder_address(client: Etcd3Client, root: str) -> str | None:
@@ -100,29 +31,24 @@ async def holder_address(client: Etcd3Client, root: str) -> str | None:
     return None if kv is None else str(kv.value["Address"])
 
 
-async def test_host_loss_of_the_active_waits_for_the_lease_and_its_local_deadline(
+async def test_host_loss_of_the_active_costs_about_a_serving_lease_at_the_default_ttl(
     hosts: NetHosts, members: Members, client: Etcd3Client, etcd_prefix: str
 ) -> None:
+    """The ACTIVE member's host is lost (silence, no RST): no refusal proves anything, the lease would take
+    the whole TTL (60 s); etcd proves its serving lease lapsed instead, and the standby serves within
+    seconds. The lost member paused on its own: it cannot renew."""
     a, b = hosts.hosts
-    active = members.launch(a, "a")
-    await wait_for_serving(active, ROLE)
-    standby = members.launch(b, "b")
-    await wait_for_log(standby, lambda ls: any(ln.msg == f"ACTIVE {ROLE} has already been registered" for ln in ls),
-                       10, "the standby to wait")
+    active, standby = await serving_and_waiting(members, a, b, ttl=DEFAULT_TTL)
     await asyncio.sleep(0.5)  # its stream to the ACTIVE is open
     t0 = time.monotonic()
     a.drop_all()  # the ACTIVE's host is lost: silence, no RST
-    lines = await wait_for_serving(standby, ROLE, timeout=TTL + 5)
+    lines = await wait_for_serving(standby, ROLE, timeout=20)
     took = time.monotonic() - t0
     serving = next(ln for ln in lines if ln.msg == f"{ROLE} is ACTIVE and serving")
-    assert serving.fields["cause"] == "ttl", serving
-    # etcd expires the lease no sooner than TTL after the last keep-alive it received (at most TTL/3 ago).
-    assert took > TTL * 2 / 3 - 0.2, f"took over {took:.2f}s after the host loss: before the lease could expire"
-    # ... and after the lost ACTIVE gave itself up at its own local deadline.
-    lost = await wait_for_log(active, lambda ls: any(ln.msg == "session lost" for ln in ls), 5, "the deadline")
-    gave_up = next(ln for ln in lost if ln.msg == "session lost")
-    assert "local deadline passed" in gave_up.fields["reason"], gave_up
-    assert gave_up.time < serving.time, (gave_up.time, serving.time)
+    assert serving.fields["cause"] == "serving_lease", serving
+    assert took < DEFAULT_TTL / 4, f"took over {took:.2f}s after the host loss"
+    await wait_for_log(active, lambda ls: any(ln.msg.startswith("serving paused") for ln in ls), 5, "the pause")
+    assert not [ln for ln in active.lines() if ln.msg == "session lost"], "the session outlives a pause"
     assert not [ln for ln in standby.lines() if ln.msg == "the ACTIVE member is dead"]
 
 
@@ -155,4 +81,7 @@ async def test_a_partition_between_standby_and_active_only_never_causes_a_takeov
     active.signal(signal.SIGKILL)
     lines = await wait_for_serving(standby, ROLE, timeout=5)
     assert time.monotonic() - t1 < TTL - 0.5  # the lease would take the TTL; the cause below is the proof
-    assert next(ln for ln in lines if ln.msg == f"{ROLE} is ACTIVE and serving").fields["cause"] == "fast_path"
+    # Either early proof: the refusal, or (when the re-armed stream takes longer to see the crash than
+    # the serving lease: seen in 3 runs of 4) the lapse through etcd.
+    cause = next(ln for ln in lines if ln.msg == f"{ROLE} is ACTIVE and serving").fields["cause"]
+    assert cause in ("fast_path", "serving_lease"), cause

@@ -46,7 +46,7 @@ from harness.faults import (
     restart,
     start_pairs,
 )
-from harness.history import ClientLoad
+from harness.history import ClientLoad, Verdict
 from session import Etcd
 
 pytestmark = pytest.mark.process
@@ -60,6 +60,23 @@ ENV = {"DATA_COORD_SEGMENT_MAX_ROWS": "100"}
 async def coords(etcd3: EtcdCluster, etcd_prefix: str, tmp_path: Path) -> AsyncIterator[Coordinators]:
     async with Coordinators(etcd3, etcd_prefix, tmp_path, ttl=TTL, env=ENV) as c:
         yield c
+
+
+async def assert_no_failover(
+    etcd3: EtcdCluster, coords: Coordinators, load: ClientLoad, verdict: Verdict, epochs: dict[str, int]
+) -> None:
+    """A clean history, every role still under its first epoch, no session lost and no term ended."""
+    print(load.history.summary())
+    print(verdict.summary())
+    if not verdict:
+        print(await members_disagree(etcd3, coords.meta_root) or "every etcd member holds the same keys")
+    verdict.assert_ok()
+    for role in ROLES:
+        key = await coords.active_key(role)
+        assert key is not None and key.create_revision == epochs[role], f"{role} failed over: {key} (epoch was {epochs[role]})"
+        assert load.history.epochs(role) == [epochs[role]], f"{role} answered under epochs {load.history.epochs(role)}"
+    assert not coords.logs_with("session lost"), coords.logs_with("session lost")
+    assert not coords.logs_with("ACTIVE term ended"), coords.logs_with("ACTIVE term ended")
 
 
 def load_on(coords: Coordinators, **kw: object) -> ClientLoad:
@@ -86,17 +103,7 @@ async def test_etcd_leader_killed_three_times_and_a_member_down_cause_no_failove
         await restart(down)
         await load.wait_progress(calls=10, timeout=TTL + 5)
         verdict = await load.verdict()
-    print(load.history.summary())
-    print(verdict.summary())
-    if not verdict:
-        print(await members_disagree(etcd3, coords.meta_root) or "every etcd member holds the same keys")
-    verdict.assert_ok()
-    for role in ROLES:
-        key = await coords.active_key(role)
-        assert key is not None and key.create_revision == epochs[role], f"{role} failed over: {key} (epoch was {epochs[role]})"
-        assert load.history.epochs(role) == [epochs[role]], f"{role} answered under epochs {load.history.epochs(role)}"
-    assert not coords.logs_with("session lost"), coords.logs_with("session lost")
-    assert not coords.logs_with("ACTIVE term ended"), coords.logs_with("ACTIVE term ended")
+    await assert_no_failover(etcd3, coords, load, verdict, epochs)
 
 
 async def test_quorum_loss_stops_every_active_before_its_lease_could_expire_then_one_active_per_role(
@@ -136,7 +143,11 @@ async def test_quorum_loss_stops_every_active_before_its_lease_could_expire_then
         t_back = time.monotonic()
         await asyncio.gather(*(restart(m) for m in lost))
         while problems := await one_active_per_role(coords):
-            assert time.monotonic() - t_back < TTL + 2, f"not one active per role {TTL + 2}s after quorum came back: {problems}"
+            if time.monotonic() - t_back >= TTL + 2:
+                # etcd 3.5.0-3.5.2 may come back from a SIGKILL under load with a member that lost applied
+                # writes (etcd-io/etcd#13766): then each member answers a claim by its own state.
+                diverged = await members_disagree(etcd3, coords.meta_root) or "every etcd member holds the same keys"
+                raise AssertionError(f"not one active per role {TTL + 2}s after quorum came back: {problems}; {diverged}")
             await asyncio.sleep(0.05)
         back = time.monotonic() - t_back
         await load.wait_progress(calls=30, timeout=TTL + 5)
@@ -322,3 +333,42 @@ async def test_compaction_and_defragmentation_while_standbys_watch_then_graceful
         assert took.seconds < 1.0, f"{role}: graceful takeover after compaction took {took.seconds:.3f}s"
     assert not coords.logs_with("session lost"), coords.logs_with("session lost")
     verdict.assert_ok()
+
+
+async def test_etcd_trouble_at_the_default_ttl_pauses_the_actives_and_costs_no_takeover(
+    etcd3: EtcdCluster, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """At the default TTL (60 s) and serving lease: the etcd leader killed under load, then all of etcd
+    paused for 10 s, then quorum lost for 20 s (two members paused). Each time every ACTIVE member pauses (its serving lease
+    runs out: it refuses, code paused) and resumes its term when etcd answers again: no standby proves a
+    lapse through an etcd that does not answer it either, no term ends, no session is lost."""
+    async with Coordinators(etcd3, etcd_prefix, tmp_path, ttl=60, env=ENV) as coords:
+        epochs = await start_pairs(coords)
+        async with ClientLoad(coords.etcd, coords.meta_root, failover_budget=40.0) as load:
+            await load.wait_progress(calls=30)
+            leader = await kill_leader(etcd3)
+            await load.wait_progress(calls=10, timeout=20)
+            await restart(leader)
+            await load.wait_progress(calls=10, timeout=20)
+            for member in etcd3.members:
+                await off_loop(member.pause)
+            await asyncio.sleep(10)
+            for member in etcd3.members:
+                await off_loop(member.resume)
+            await load.wait_progress(calls=10, timeout=20)
+            # Quorum lost by pausing two members (a SIGKILL under load can make etcd 3.5.1 lose applied
+            # writes on the killed member, etcd-io/etcd#13766: the leader kill above is the one kill).
+            leader = await off_loop(etcd3.leader)
+            lost = [leader, next(m for m in etcd3.members if m is not leader)]
+            for member in lost:
+                await off_loop(member.pause)
+            await asyncio.sleep(20)
+            for member in lost:
+                await off_loop(member.resume)
+            await load.wait_progress(calls=30, timeout=30)
+            verdict = await load.verdict()
+        pauses = coords.logs_with("serving resumed")
+        print("pauses:", {m: [ln.split("pausedSeconds=")[-1] for ln in lines] for m, lines in pauses.items()})
+        await assert_no_failover(etcd3, coords, load, verdict, epochs)
+    # Every ACTIVE paused (at least through the quorum loss) and resumed.
+    assert len(pauses) == len(ROLES), pauses

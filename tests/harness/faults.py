@@ -135,10 +135,11 @@ class Member:
     port: int
     link: EtcdLink | None = None
     channel: Channel | None = None
+    host: str = "127.0.0.1"  #: where it listens (a network namespace's address, for the tests where the network decides)
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def running(self) -> bool:
         return self.proc.running()
@@ -151,7 +152,7 @@ class Member:
 
     def get_channel(self) -> Channel:
         if self.channel is None:
-            self.channel = Channel("127.0.0.1", self.port)
+            self.channel = Channel(self.host, self.port)
         return self.channel
 
     def drop_channel(self) -> None:
@@ -408,11 +409,16 @@ async def start_pairs(coords: Coordinators, roles: tuple[str, ...] = ROLES) -> d
 
 
 class Prober:
-    """Sends one write every ``interval`` s straight to ``member`` (without waiting for the previous
-    one: a call stuck on etcd must not hide a refusal), every call recorded in the load's history."""
+    """Sends one call every ``interval`` s straight to ``member`` (without waiting for the previous
+    one: a call stuck on etcd must not hide a refusal), every call recorded in the load's history: a
+    client with a stale view of the ACTIVE key. Writes, and with ``reads`` every other call a read of
+    what the load wrote (judged by the stale-read check)."""
 
-    def __init__(self, load: ClientLoad, member: Member, *, interval: float = 0.05, timeout: float = 6.0) -> None:
+    def __init__(self, load: ClientLoad, member: Member, *, interval: float = 0.05, timeout: float = 6.0,
+                 reads: bool = False) -> None:
         self.load, self.member, self.interval, self.timeout = load, member, interval, timeout
+        self.reads = reads
+        self.sent = 0
         self.calls: list[Call] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.Task[None] | None = None
@@ -422,7 +428,9 @@ class Prober:
         return self
 
     async def _one(self) -> None:
-        method, request = self.load.write_request(self.member.role)
+        self.sent += 1
+        read = self.load.read_request(self.member.role) if self.reads and self.sent % 2 else None
+        method, request = read or self.load.write_request(self.member.role)
         self.calls.append(
             await self.load.history.direct(self.member.role, self.member.get_channel(), method, request, timeout=self.timeout)
         )
@@ -442,8 +450,9 @@ class Prober:
             await asyncio.wait(self._tasks, timeout=self.timeout + 1)
 
     def first_refusal(self, since: float) -> Call | None:
-        """The first call (by end) refused as not serving after ``since``."""
-        refused = [c for c in self.calls if c.status == "UNAVAILABLE" and "not serving" in c.error and c.end > since]
+        """The first call (by end) refused as not serving (or paused) after ``since``."""
+        refused = [c for c in self.calls if c.status == "UNAVAILABLE" and c.end > since
+                   and ("not serving" in c.error or "paused" in c.error)]
         return min(refused, key=lambda c: c.end, default=None)
 
     def accepted_after(self, t: float) -> list[Call]:

@@ -595,6 +595,27 @@ class ClientLoad:
         name = self.query_names[0]
         return "LoadCollection", querycoord_pb2.LoadCollectionRequest(collection_name=name, replica_number=1)
 
+    def read_request(self, role: str) -> tuple[str, Any] | None:
+        """A read of ``role`` the stale-read check judges (:mod:`harness.staleness`), of something the
+        workers wrote; None while there is nothing to read back."""
+        if role == "rootcoord":
+            created = [c.request.collection_name for c in self.history.of("rootcoord", "CreateCollection", ok=True)]
+            if not created:
+                return None
+            name = self.random.choice(created[-20:])
+            return "HasCollection", rootcoord_pb2.HasCollectionRequest(collection_name=name)
+        if role == "querycoord" and self.query_names:
+            name = self.random.choice(self.query_names)
+            return "GetLoadState", querycoord_pb2.GetLoadStateRequest(collection_name=name)
+        if role == "datacoord" and (segments := self._segments()):
+            return "GetSegmentInfo", datacoord_pb2.GetSegmentInfoRequest(segment_ids=[self.random.choice(segments[-50:])])
+        return None
+
+    def _segments(self) -> list[int]:
+        """The segment IDs acknowledged assignments handed out, in the order they were."""
+        return list(dict.fromkeys(int(a.segment_id) for c in self.history.of("datacoord", "AssignSegmentID", ok=True)
+                                  for a in c.reply.assignments))
+
     async def _pause(self) -> None:
         if self.pace:
             await asyncio.sleep(self.pace)
@@ -641,6 +662,8 @@ class ClientLoad:
             )
             if i % 10 == 9:
                 await self.history.call(data, "Flush", datacoord_pb2.FlushRequest(collection_id=self.random.choice(self.shared)))
+            if i % 3 == 2 and (read := self.read_request("datacoord")) is not None:  # judged by harness.staleness
+                await self.history.call(data, *read)
             await self._pause()
 
     async def _query_worker(self) -> None:

@@ -60,6 +60,11 @@ class NetHost:
         """A partition between this host and ``other`` only: both still reach everything else."""
         self._rules(f"ip saddr {other.address} drop", f"ip daddr {other.address} drop")
 
+    def rules(self, incoming: str = "", outgoing: str = "") -> None:
+        """nftables rules for this host's own traffic (replacing any earlier ones): ``incoming`` and
+        ``outgoing`` are rule statements, several joined with ``;``."""
+        self._rules(incoming, outgoing)
+
     def heal(self) -> None:
         _run(*self.prefix, "nft", "delete", "table", "inet", _TABLE, check=False)
 

@@ -9,7 +9,8 @@ answered had not seen a write some member had already acknowledged, so two membe
 at once (issue 21's overlap), or one served from a state etcd no longer held.
 
 Reads judged: rootcoord's HasCollection, DescribeCollection (NOT_FOUND is an answer: absent) and
-ShowCollections; querycoord's GetLoadState.
+ShowCollections; querycoord's GetLoadState; datacoord's GetSegmentInfo of one segment (NOT_FOUND:
+absent) after an acknowledged AssignSegmentID handed it out (segments are never deleted).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def check_stale_reads(done: Sequence[Call], violations: list[str]) -> int:
     for what, writes, reads in (
         ("rootcoord collection", *_rootcoord(done)),
         ("querycoord load of", *_querycoord(done)),
+        ("datacoord segment", *_datacoord(done)),
     ):
         for key, key_reads in reads.items():
             for read in key_reads:
@@ -119,4 +121,18 @@ def _querycoord(done: Sequence[Call]) -> tuple[dict[str, list[_Write]], dict[str
             writes[c.request.collection_name].append(_Write(c, False))
         elif c.method == "GetLoadState" and c.ok and c.reply.state != querycoord_pb2.LoadStateNotExist:
             reads[c.request.collection_name].append(_Read(c, c.reply.state in _LOADED))
+    return writes, reads
+
+
+def _datacoord(done: Sequence[Call]) -> tuple[dict[str, list[_Write]], dict[str, list[_Read]]]:
+    writes: dict[str, list[_Write]] = defaultdict(list)
+    reads: dict[str, list[_Read]] = defaultdict(list)
+    for c in done:
+        if c.role != "datacoord":
+            continue
+        if c.method == "AssignSegmentID" and c.ok:
+            for assignment in c.reply.assignments:
+                writes[str(assignment.segment_id)].append(_Write(c, True))
+        elif c.method == "GetSegmentInfo" and len(c.request.segment_ids) == 1 and (c.ok or c.status == "NOT_FOUND"):
+            reads[str(c.request.segment_ids[0])].append(_Read(c, c.ok))
     return writes, reads

@@ -14,6 +14,8 @@ Modes (plain methods, switch any time while started):
   and delivered on ``forward()``, like TCP retransmission after a healed link.
 - ``reset()``: every connection is aborted (RST) and new ones are reset as soon
   as they are accepted, as a peer that refuses connections.
+- ``deaf()``: requests flow to the target, its answers are held: a link that drops
+  one direction only (the client's writes are applied, it never hears of them).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class ProxyMode(enum.Enum):
     FORWARD = "forward"
     BLACKHOLE = "blackhole"
     RESET = "reset"
+    DEAF = "deaf"
 
 
 def _split_target(target: str) -> tuple[str, int]:
@@ -83,6 +86,8 @@ class TcpProxy:
         self._mode = ProxyMode.FORWARD
         self._forwarding = asyncio.Event()
         self._forwarding.set()
+        self._answers = asyncio.Event()  # bytes back from the target: held while deaf
+        self._answers.set()
         self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.total_connections = 0
@@ -150,11 +155,18 @@ class TcpProxy:
         """Normal operation: bytes flow; held bytes and held connections proceed."""
         self._mode = ProxyMode.FORWARD
         self._forwarding.set()
+        self._answers.set()
 
     def blackhole(self) -> None:
         """Partition: connections stay open but nothing moves in either direction."""
         self._mode = ProxyMode.BLACKHOLE
         self._forwarding.clear()
+
+    def deaf(self) -> None:
+        """One direction dropped: bytes to the target flow, bytes back are held until forward()."""
+        self._mode = ProxyMode.DEAF
+        self._forwarding.set()
+        self._answers.clear()
 
     def reset(self) -> None:
         """Abort every connection now and reset every new one until forward()."""
@@ -197,7 +209,7 @@ class TcpProxy:
             conn.upstream_writer = up_writer
             pipes = [
                 self._spawn(self._pipe(conn.client_reader, up_writer), name="tcp-proxy-c2s"),
-                self._spawn(self._pipe(up_reader, conn.client_writer), name="tcp-proxy-s2c"),
+                self._spawn(self._pipe(up_reader, conn.client_writer, self._answers), name="tcp-proxy-s2c"),
             ]
             # When either side ends, the connection is over.
             await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
@@ -207,8 +219,10 @@ class TcpProxy:
             conn.abort()
             self._connections.discard(conn)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Copy bytes, pausing (without dropping) whenever forwarding is off."""
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, also: asyncio.Event | None = None
+    ) -> None:
+        """Copy bytes, pausing (without dropping) whenever forwarding (or ``also``) is off."""
         with contextlib.suppress(OSError, ConnectionError):
             while True:
                 await self._forwarding.wait()
@@ -217,6 +231,8 @@ class TcpProxy:
                     return
                 # The mode may have changed while we were blocked in read().
                 await self._forwarding.wait()
+                if also is not None:
+                    await also.wait()
                 writer.write(data)
                 await writer.drain()
                 self.bytes_forwarded += len(data)

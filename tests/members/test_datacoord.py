@@ -420,7 +420,9 @@ class SteppedClock:
 
 async def test_reads_are_refused_once_the_local_deadline_passed(etcd: EtcdCluster, etcd_prefix: str) -> None:
     """GetSegmentInfo, GetFlushState and ShowSegments answered from memory with the deadline past (before
-    the fix): now every read checks the term and the session deadline first."""
+    the fix): now every read checks the term and the session deadline first. The serving lease (on the
+    same clock) has run out too and refuses them at the gate; with it kept as if etcd confirmed the
+    term, the handlers' own check refuses them."""
     clock = SteppedClock()
     async with DataCluster(etcd, etcd_prefix, ttl=TTL, env={"DATA_COORD_SEGMENT_MAX_ROWS": str(MAX_ROWS)}) as c:
         await c.start("rootcoord")
@@ -432,6 +434,15 @@ async def test_reads_are_refused_once_the_local_deadline_passed(etcd: EtcdCluste
         await member.session._stop_tasks()  # no keep-alive, no deadline watchdog: nothing demotes it
         clock.offset = TTL + 1.0  # its deadline is past (etcd may have expired the lease already)
         assert member.state == common_pb2.Healthy
+        with member_stub(member) as stub:
+            for call in (
+                stub.GetSegmentInfo(pb.GetSegmentInfoRequest(segment_ids=[assigned.segment_id]), timeout=5),
+                stub.GetFlushState(pb.GetFlushStateRequest(segment_ids=[assigned.segment_id]), timeout=5),
+                stub.ShowSegments(pb.ShowSegmentsRequest(collection_id=coll), timeout=5),
+            ):
+                await expect_status(Status.UNAVAILABLE, call, "paused")
+        assert member.active is not None
+        member.active.lease.serving = lambda: True  # type: ignore[method-assign]
         with member_stub(member) as stub:
             for call in (
                 stub.GetSegmentInfo(pb.GetSegmentInfoRequest(segment_ids=[assigned.segment_id]), timeout=5),

@@ -563,8 +563,9 @@ async def _snapshot(client: Etcd, root: str) -> dict[str, tuple[bytes, int]]:
 
 
 def _background(root: str) -> set[str]:
-    """Keys a coordinator writes on its own, whatever the calls: rootcoord's saved timestamp bound."""
-    return {f"{root}/kv/tso/timestamp"}
+    """Keys a coordinator writes on its own, whatever the calls: rootcoord's saved timestamp bound, and
+    each role's serving lease (renewed four times per lease)."""
+    return {f"{root}/kv/tso/timestamp", *(f"{root}/meta/serving/{role}" for role in ("rootcoord", "datacoord", "querycoord"))}
 
 
 async def _loads_settled(client: Etcd, root: str) -> None:

@@ -436,9 +436,11 @@ async def _invalidate_tokens(member: EtcdMember, user: str, password: str) -> No
 
 
 async def test_token_expiry_keeps_sessions_and_the_active_role(auth_etcd: EtcdMember) -> None:
-    """Simple tokens expire every 2 s here: for several expiries the ACTIVE datacoord keeps its session,
-    server ID and epoch, the STANDBY keeps its session, each re-authenticates, and the standby (whose
-    token has expired again) still takes over at once when the active stops."""
+    """Tokens made invalid by etcd several times (as an expiry would: simple tokens expire after 2 s
+    without use here, but the serving lease's renewals and the standby's reads use them every fraction
+    of a second): the ACTIVE datacoord keeps its session, server ID and epoch, the STANDBY keeps its
+    session, each re-authenticates, and the standby (whose token is invalid again) still takes over
+    at once when the active stops."""
     root = new_root()
     env = {
         "ETCD_ENDPOINTS": auth_etcd.endpoint, "ETCD_ROOT_PATH": root, "COMMON_SESSION_TTL": str(TTL),
@@ -459,12 +461,14 @@ async def test_token_expiry_keeps_sessions_and_the_active_role(auth_etcd: EtcdMe
         active = await start(common_pb2.Healthy)
         standby = await start(common_pb2.StandBy)
         ids, epoch = (active.server_id, standby.server_id), active.epoch
-        # Several expiries of both tokens: each member has met an expired token and authenticated
-        # again at least twice (awaited: how soon depends on when each next calls etcd unary).
-        await wait_until(
-            lambda: min(active.etcd.token_refreshes, standby.etcd.token_refreshes) >= 2,
-            timeout=12 * TOKEN_TTL, interval=0.1, what="two token refreshes by each member",
-        )
+        # Two invalidations of both tokens: after each, each member meets the invalid token and
+        # authenticates again (awaited: how soon depends on when each next calls etcd unary).
+        for round_ in (1, 2):
+            await _invalidate_tokens(auth_etcd, USER, PASSWORD)
+            await wait_until(
+                lambda n=round_: min(active.etcd.token_refreshes, standby.etcd.token_refreshes) >= n,
+                timeout=12 * TOKEN_TTL, interval=0.1, what=f"token refresh {round_} by each member",
+            )
         assert (active.state, standby.state) == (common_pb2.Healthy, common_pb2.StandBy)
         assert (active.server_id, standby.server_id, active.epoch) == (*ids, epoch)
         assert not active.session.lost.is_set() and not standby.session.lost.is_set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from coordinators.proto import datacoord_pb2 as D
 from coordinators.proto import querycoord_pb2 as Q
 from coordinators.proto import rootcoord_pb2 as R
 from harness.history import Call, History
@@ -84,6 +85,21 @@ def test_querycoord_load_state_after_an_acknowledged_load_or_release() -> None:
     assert verdict(load, state(Q.LoadStateLoading, 1.5, 1.8)) == []
     assert verdict(load, release, state(Q.LoadStateNotLoad, 4, 5)) == []
     assert len(verdict(load, release, state(Q.LoadStateLoaded, 4, 5))) == 1
+
+
+def test_datacoord_segment_info_after_an_acknowledged_assignment() -> None:
+    assigned = D.AssignSegmentIDResponse(assignments=[D.SegmentIDAssignment(segment_id=7, count=1)])
+    assign = call("datacoord", "AssignSegmentID", D.AssignSegmentIDRequest(), 0, 1, assigned)
+
+    def info(start: float, end: float, found: bool) -> Call:
+        reply = D.GetSegmentInfoResponse(infos=[D.SegmentInfo(id=7)])
+        return call("datacoord", "GetSegmentInfo", D.GetSegmentInfoRequest(segment_ids=[7]), start, end,
+                    reply, status="" if found else "NOT_FOUND")
+
+    (line,) = verdict(assign, info(2, 3, False))
+    assert "stale read of datacoord segment '7'" in line
+    assert verdict(assign, info(2, 3, True)) == []
+    assert verdict(assign, info(0.5, 3, False)) == []  # sent before the assignment was acknowledged
 
 
 def test_an_older_term_answering_a_read_after_a_newer_term_answered_is_an_overlap() -> None:
