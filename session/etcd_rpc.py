@@ -135,6 +135,9 @@ AUTH_FAILURE = re.compile(
 )
 AUTH_NOT_ENABLED = "authentication is not enabled"
 _UNAVAILABLE = (Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.CANCELLED)
+# What etcd answers, under other codes (UNKNOWN), when it could not serve in time: no leader, an
+# election, its own request deadline. An outage, as a timeout is: not an answer about the request.
+_UNAVAILABLE_DETAIL = re.compile(r"context deadline exceeded|request timed out|no leader|leader changed", re.IGNORECASE)
 
 
 def map_error(exc: BaseException, what: str) -> SessionError:
@@ -149,7 +152,7 @@ def map_error(exc: BaseException, what: str) -> SessionError:
         return EtcdUnavailable(f"etcd {what}: {_describe(exc)}")
     code = exc.status.name
     detail = exc.message or code
-    if exc.status in _UNAVAILABLE:
+    if exc.status in _UNAVAILABLE or _UNAVAILABLE_DETAIL.search(detail):
         return EtcdUnavailable(f"etcd {what}: {detail}")
     # etcd answers a wrong password or a missing token with INVALID_ARGUMENT, not UNAUTHENTICATED.
     auth = AUTH_FAILURE.search(detail) or AUTH_NOT_ENABLED in detail

@@ -76,3 +76,4 @@ def test_milvus_enum_values() -> None:
     status = pb.Status(error_code=pb.NotServing, reason="not serving, reason: StandBy",
                        active_address="10.0.0.1:53100", active_server_id=7)
     assert pb.Status.FromString(status.SerializeToString()) == status
+
