@@ -186,7 +186,9 @@ class ServingLease:
             if last:
                 compare.append(cmp_mod_revision(self.key, last))
             try:
-                resp = await self.etcd.txn(compare, [op_get(self.key), op_put(self.key, self.record.to_json())],
+                # Only the first renewal reads the previous term's record (the put's own revision is in the header).
+                first = [op_get(self.key)] if self.renewals == 0 else []
+                resp = await self.etcd.txn(compare, [*first, op_put(self.key, self.record.to_json())],
                                            [op_get(self.term.key), op_get(self.key)], timeout=timeout)
             except SessionError as exc:
                 self._note_lapse()
