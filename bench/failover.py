@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import benchlib as bl
+import netfail
 
 from coordinators.client import CoordinatorClient
 from coordinators.proto import rootcoord_pb2
@@ -721,6 +722,11 @@ async def run(args: argparse.Namespace) -> int:
                                              parallel=1, name="pause60", mode="pause"))
             series.append(await crash_series(etcd, endpoints, work, ttl=10, fast=False, rounds=args.crash_rounds,
                                              parallel=min(args.crash_rounds, 5), name="ttl10"))
+            if os.geteuid() == 0:  # network namespaces: the ACTIVE's host lost, the ACTIVE cut from etcd
+                for kind in netfail.NEMESES:
+                    series.append(await netfail.net_series(kind, rounds=args.crash_rounds, work=work / "net"))
+            else:
+                print("not root: no network namespaces, the host-loss and etcd-cut series are skipped", flush=True)
         crash: dict[str, Any] = {"series": series}
         if args.crash60_off_rounds:
             off60, e60 = await asyncio.gather(

@@ -44,7 +44,8 @@ BENCHES = ("failover", "throughput", "scale")
 
 def series_tag(series: dict[str, Any]) -> str:
     """How a crash series is named in the tables (older results have no ``mode`` nor ``trust``)."""
-    what = "SIGSTOP" if series.get("mode") == "pause" else "SIGKILL"
+    what = {"pause": "SIGSTOP", "host_lost": "host lost (all its packets dropped)",
+            "etcd_cut": "cut from etcd (both ways)"}.get(series.get("mode", ""), "SIGKILL")
     how = "early takeovers off" if not series["fast"] else ("refusals trusted" if series.get("trust") else "default")
     return f"{what}, TTL {series['ttl']} s, {how}"
 PLOT_COLORS = {"ours_key": "#1f77b4", "ours_service": "#ff7f0e", "etcd": "#2ca02c", "asyncio": "#1f77b4",
@@ -375,7 +376,11 @@ def failover_section(fo: dict[str, Any] | None, plots: Plots) -> list[str]:
         "SIGKILL (a crash: the standby's stream to the ACTIVE breaks, its probes find the port refusing connections, "
         "it removes the dead member's key, `cause=fast_path`, then serves once the dead member's serving lease "
         "(750 ms) is over, or at once when refusals are trusted) and SIGSTOP (a pause, which the standby sees as it "
-        "would a lost host: silence; etcd proves the serving lease lapsed, `cause=serving_lease`); with the early "
+        "would a lost host: silence; etcd proves the serving lease lapsed, `cause=serving_lease`), and two the "
+        "network decides (`bench/netfail.py`: the pair on two network-namespace hosts, one nftables rule set on the "
+        "ACTIVE's: every packet dropped, a lost host; or its packets to and from etcd dropped, a member cut from "
+        "etcd, which pauses on its own; the client follows the key and its calls to a silent member wait their 1 s "
+        "timeout); with the early "
         "takeovers off the lease must expire (`cause=ttl`). Rounds that wait for a lease run in parallel groups, "
         "each a pair of its own. With them off the lease's expiry instant is measured too: `LeaseTimeToLive` (whole "
         "seconds, truncated) steps down by one exactly one second apart, so polling it every 4 ms around one step "
@@ -620,6 +625,10 @@ def goal_rows(docs: dict[str, Any]) -> list[dict[str, Any]]:
             1000)
     p95_row((60, True, "crash", True), "crash_trusted", "SIGKILL at TTL 60 s with refusals trusted: p95 < 100 ms", 100)
     p95_row((60, True, "pause", False), "pause", "a pause (SIGSTOP; silence, as a lost host) at TTL 60 s: p95 < 2 s", 2000)
+    p95_row((60, True, "host_lost", False), "host_lost", "the ACTIVE's host lost (network namespaces) at TTL 60 s: p95 < 2 s",
+            2000)
+    p95_row((60, True, "etcd_cut", False), "etcd_cut", "the ACTIVE cut from etcd (network namespaces) at TTL 60 s: p95 < 2 s",
+            2000)
     off = [(ttl, g(x, "summary", "service_ms", default={})) for (ttl, fast, _m, _t), x in sorted(series.items()) if not fast]
     if off:
         rows.append({"id": "crash_ttl", "goal": "crash failover with the early takeovers off <= TTL + 1 s",

@@ -45,6 +45,7 @@ from session.etcd_ops import (
     cmp_mod_revision,
     cmp_value,
     cmp_version,
+    executed_put,
     has_write,
     op_delete,
     op_get,
@@ -58,6 +59,7 @@ from session.etcd_rpc import EtcdTLSError, rpc_pb
 from session.etcd_tls import EtcdTLS, member_address, parse_endpoint, ssl_context
 from session.etcd_watch_call import WatchCall
 from session.paging import SpanGuess
+from session.timeline import Timeline
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -65,29 +67,9 @@ log = structlog.get_logger(__name__)
 # The message builders (session.etcd_ops) and the TLS settings (session.etcd_tls) are re-exported:
 # a caller of Etcd builds its txns from here.
 __all__ = [
-    "EQUAL",
-    "GREATER",
-    "Compare",
-    "Etcd",
-    "EtcdTLS",
-    "EtcdTLSError",
-    "RangeResponse",
-    "RequestOp",
-    "StatusResponse",
-    "TxnResponse",
-    "WatchCall",
-    "WatchCreateRequest",
-    "WatchRequest",
-    "cmp_create_revision",
-    "cmp_lease",
-    "cmp_mod_revision",
-    "cmp_value",
-    "cmp_version",
-    "op_delete",
-    "op_get",
-    "op_put",
-    "op_txn",
-    "parse_endpoint",
+    "EQUAL", "GREATER", "Compare", "Etcd", "EtcdTLS", "EtcdTLSError", "RangeResponse", "RequestOp", "StatusResponse",
+    "TxnResponse", "WatchCall", "WatchCreateRequest", "WatchRequest", "cmp_create_revision", "cmp_lease",
+    "cmp_mod_revision", "cmp_value", "cmp_version", "op_delete", "op_get", "op_put", "op_txn", "parse_endpoint",
     "prefix_range_end",
 ]
 
@@ -136,6 +118,9 @@ class Etcd:
         self._authenticated = False
         #: How many times an expired or invalid token was replaced (tests and metrics read it).
         self.token_refreshes = 0
+        #: The revisions and cluster ID answers carried: linearizable answers are judged against it
+        #: (:mod:`session.timeline`: etcd going back in time raises EtcdRewound and tells subscribers).
+        self.timeline = Timeline()
 
     def __repr__(self) -> str:
         # Never the password.
@@ -194,34 +179,30 @@ class Etcd:
 
     # -- unary calls -----------------------------------------------------------------------
 
-    async def get(
-        self,
-        key: str,
-        *,
-        prefix: bool = False,
-        revision: int = 0,
-        limit: int = 0,
-        keys_only: bool = False,
-        range_end: bytes | None = None,
-        timeout: float | None = None,
-    ) -> RangeResponse:
+    async def get(self, key: str, *, prefix: bool = False, revision: int = 0, limit: int = 0, keys_only: bool = False,
+                  range_end: bytes | None = None, timeout: float | None = None) -> RangeResponse:
         """Linearizable read of one key, of every key under ``key`` when ``prefix``, or of the range
         ``[key, range_end)``."""
         if range_end is None and prefix:
             range_end = prefix_range_end(key)
         t = self._t(timeout)
-        return await self._call(
+        resp: RangeResponse = await self._call(
             lambda: self._unary(rpc.RANGE, rpc_pb.RangeRequest(
                 key=to_bytes(key), range_end=range_end or b"", revision=revision, limit=limit, keys_only=keys_only), t),
             f"get {key}",
             timeout,
+            linearizable=True,
         )
+        if not keys_only:
+            self.timeline.saw_all(resp.kvs)
+        return resp
 
     async def put(self, key: str, value: bytes | str, *, lease: int = 0, timeout: float | None = None) -> int:
         """Unconditional put; returns the revision. Session code uses :meth:`txn` for guarded writes."""
         t = self._t(timeout)
         request = rpc_pb.PutRequest(key=to_bytes(key), value=to_bytes(value), lease=lease)
-        resp = await self._call(lambda: self._unary(rpc.PUT, request, t), f"put {key}", timeout)
+        resp = await self._call(lambda: self._unary(rpc.PUT, request, t), f"put {key}", timeout, linearizable=True)
+        self.timeline.saw(request.key, int(resp.header.revision), request.value)
         return int(resp.header.revision)
 
     async def delete(self, key: str, *, prefix: bool = False, timeout: float | None = None) -> int:
@@ -229,7 +210,8 @@ class Etcd:
         range_end = prefix_range_end(key) if prefix else None
         t = self._t(timeout)
         request = rpc_pb.DeleteRangeRequest(key=to_bytes(key), range_end=range_end or b"")
-        resp = await self._call(lambda: self._unary(rpc.DELETE_RANGE, request, t), f"delete {key}", timeout)
+        resp = await self._call(lambda: self._unary(rpc.DELETE_RANGE, request, t), f"delete {key}", timeout,
+                                linearizable=True)
         return int(resp.deleted)
 
     async def txn(
@@ -250,7 +232,10 @@ class Etcd:
             raise ValueError("a read-only txn: etcd 3.5.0-3.5.1 panic when one is cancelled; read with get()")
         t = self._t(timeout)
         request = rpc_pb.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
-        return await self._call(lambda: self._unary(rpc.TXN, request, t), "txn", timeout)
+        resp: TxnResponse = await self._call(lambda: self._unary(rpc.TXN, request, t), "txn", timeout, linearizable=True)
+        if (put := executed_put(request.success if resp.succeeded else request.failure, resp.responses)) is not None:
+            self.timeline.saw(put.key, int(resp.header.revision), put.value)
+        return resp
 
     async def compact(self, revision: int, *, physical: bool = True, timeout: float | None = None) -> None:
         """Compact history up to ``revision`` (used by tests and maintenance)."""
@@ -337,8 +322,9 @@ class Etcd:
             def read_page(start: bytes = start, end: bytes = end, revision: int = revision) -> Awaitable[Any]:
                 return self._unary(rpc.RANGE, rpc_pb.RangeRequest(key=start, range_end=end, revision=revision, limit=page), t)
 
-            resp = await self._call(read_page, f"scan {prefix}", timeout)
+            resp = await self._call(read_page, f"scan {prefix}", timeout, linearizable=True)
             revision = revision or int(resp.header.revision)
+            self.timeline.saw_all(resp.kvs)
             for item in resp.kvs:
                 # A foreign key that is not UTF-8 is shown, not fatal; paging goes on from its bytes.
                 yield item.key.decode("utf-8", "replace"), bytes(item.value), int(item.mod_revision)
@@ -369,13 +355,23 @@ class Etcd:
     def _t(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else timeout
 
-    async def _call(self, make: Callable[[], Awaitable[T]], what: str, timeout: float | None = None) -> T:
+    async def _call(self, make: Callable[[], Awaitable[T]], what: str, timeout: float | None = None, *,
+                    linearizable: bool = False) -> T:
         """Run ``make()`` under one hard timeout, mapping its failure to our exceptions.
 
         With a user configured: authenticate first if no token was fetched yet, and when etcd says
         the token is invalid or expired, authenticate again and run ``make()`` once more, all
-        within the same timeout.
+        within the same timeout. A ``linearizable`` answer is judged by :attr:`timeline` against what
+        was known when the call was sent (:class:`~session.timeline.EtcdRewound`).
         """
+        if not linearizable:
+            return await self._answer(make, what, timeout)
+        sent = self.timeline.mark()
+        resp = await self._answer(make, what, timeout)
+        self.timeline.observe(resp.header, sent, what)  # type: ignore[attr-defined]
+        return resp
+
+    async def _answer(self, make: Callable[[], Awaitable[T]], what: str, timeout: float | None) -> T:
         try:
             async with asyncio.timeout(self._t(timeout)):
                 if self._user and not self._authenticated:

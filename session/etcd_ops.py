@@ -130,3 +130,18 @@ def has_write(ops: Sequence[RequestOp]) -> bool:
         if op.HasField("request_txn") and (has_write(op.request_txn.success) or has_write(op.request_txn.failure)):
             return True
     return False
+
+
+def executed_put(ops: Sequence[RequestOp], responses: Sequence[Any]) -> Any | None:
+    """A put (etcd's PutRequest) of the txn branch that ran (``ops``, with its ``responses``), nested
+    txns followed down the branch they ran; None when it put nothing. Its key's mod revision is the
+    txn's revision."""
+    for op, resp in zip(ops, responses, strict=False):
+        if op.HasField("request_put"):
+            return op.request_put
+        if op.HasField("request_txn"):
+            inner = resp.response_txn
+            branch = op.request_txn.success if inner.succeeded else op.request_txn.failure
+            if (put := executed_put(branch, inner.responses)) is not None:
+                return put
+    return None

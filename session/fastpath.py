@@ -167,7 +167,7 @@ class DeathWatchTask:
 
     @staticmethod
     async def _lapsed(lapse: LapseWatch, holder: Holder) -> Proof:
-        proven = await lapse.lapsed(holder)
+        proven = await lapse.lapsed()
         return Proof(TakeoverCause.SERVING_LEASE, proven.describe(), proven)
 
     def pending(self) -> tuple[asyncio.Future[Any], ...]:

@@ -25,6 +25,7 @@ from session.etcd import (
 )
 from session.lease import LeaseSession
 from session.term import Term, TermEnd
+from session.timeline import EtcdRewound, Rewind, RewindSign
 
 
 class FencedWriter:
@@ -94,15 +95,24 @@ class FencedWriter:
     async def put_if_unchanged(
         self, key: str, value: bytes, mod_revision: int, *, timeout: float | None = None
     ) -> tuple[bool, bytes | None, int]:
-        """Fenced put, only if ``key`` was not written since ``mod_revision`` (0: only if absent).
+        """Fenced put, only if ``key`` was not written since ``mod_revision`` (0: only if absent), for a
+        key that terms write and nobody deletes (a saved bound).
 
         Returns ``(saved, value now, mod revision now)``: after a refusal, what the key holds instead.
+
+        :raises EtcdRewound: the key is found older than ``mod_revision``, or gone: etcd lost writes it
+            acknowledged (:mod:`session.timeline`; subscribers were told).
         """
         resp = await self.txn([cmp_mod_revision(key, mod_revision)], [op_put(key, value)], [op_get(key)], timeout=timeout)
         if resp.succeeded:
             return True, value, int(resp.header.revision)
         kvs = resp.responses[0].response_range.kvs
-        return False, (bytes(kvs[0].value) if kvs else None), (int(kvs[0].mod_revision) if kvs else 0)
+        found = int(kvs[0].mod_revision) if kvs else 0
+        if found < mod_revision:  # a key's revision only grows: etcd went back in time
+            rewind = Rewind(RewindSign.KEY_BEHIND, f"revision {mod_revision}", f"revision {found}" if kvs else "no key", key)
+            self.etcd.timeline.report(rewind)
+            raise EtcdRewound(rewind)
+        return False, (bytes(kvs[0].value) if kvs else None), found
 
     async def scan(self, prefix: str, *, page: int = 1000) -> AsyncIterator[tuple[str, bytes, int]]:
         """Read every key under ``prefix`` in pages, at one revision (a role's reload on activation):

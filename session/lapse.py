@@ -29,7 +29,6 @@ from session.errors import CorruptValue, SessionError
 from session.etcd import Etcd
 from session.keys import RoleKeys
 from session.serving import CLOCK_RATE_MARGIN, ServingRecord
-from session.term import Holder
 from session.watch import key_value
 
 __all__ = ["Lapse", "LapseWatch", "Sighting"]
@@ -72,9 +71,10 @@ class LapseWatch:
         sighting = self.sighting
         return sighting.at if sighting is not None and sighting.mod_revision == mod_revision else None
 
-    async def lapsed(self, holder: Holder) -> Lapse:
-        """Return once the serving lease of ``holder`` (its ACTIVE key) is proven over; otherwise read on
-        for ever (the caller cancels this when the holder changes or goes)."""
+    async def lapsed(self) -> Lapse:
+        """Return once the serving lease of the role's current term is proven over (the serving key
+        unmoved for a whole lease); otherwise read on for ever (the caller cancels this when the holder
+        changes or goes, and its removal compares the revision the proof saw)."""
         duration = self.duration
         interval, prompt = duration / 8, duration / 4
         chain_from: float | None = None  # the answer the unbroken chain of quiet reads counts from

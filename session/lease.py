@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from contextlib import aclosing
 from typing import Any
 
@@ -28,6 +28,7 @@ from session.info import SessionInfo
 from session.keys import member_key
 from session.observer import NO_OBSERVER, SessionObserver
 from session.server_id import allocate_server_id
+from session.timeline import Rewind
 from session.watch import KeyEvent, Resync, watch
 
 log = structlog.get_logger(__name__)
@@ -67,6 +68,7 @@ class LeaseSession:
         http_address: str = "",
         active_standby: bool | None = None,
         clock: Clock = deadline_clock,
+        above_server_id: int = 0,
     ) -> None:
         if ttl < 1:
             raise ValueError("session TTL must be at least 1 s")
@@ -82,12 +84,15 @@ class LeaseSession:
         self.http_address = http_address
         self.active_standby = active_standby
         self.clock = clock
+        #: The highest server ID this process (or a predecessor of it) held: the new one is above it.
+        self.above_server_id = above_server_id
         self.lost = asyncio.Event()
         self.lost_reason = ""
         self._info: SessionInfo | None = None
         self._granted_ttl = ttl
         self._deadline = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        self._unsubscribe: Callable[[], None] | None = None
         #: True once :meth:`close` revoked the lease (or etcd said it was gone already).
         self.revoked = False
         #: How late, at most, a passed deadline is noticed after a suspend. The owner raises it to
@@ -155,7 +160,7 @@ class LeaseSession:
 
     async def open(self) -> None:
         """Allocate a server ID, grant the lease, register the own key, start the keep-alive."""
-        server_id = await allocate_server_id(self.etcd, self.meta_root)
+        server_id = await allocate_server_id(self.etcd, self.meta_root, above=self.above_server_id)
         sent = self.clock()
         lease_id, granted = await self.etcd.grant(self.ttl)
         self._granted_ttl = granted
@@ -190,6 +195,8 @@ class LeaseSession:
             ttl=granted,
         )
         registered_at = int(resp.header.revision)
+        # etcd going back in time (session.timeline) leaves nothing of this session to trust.
+        self._unsubscribe = self.etcd.timeline.subscribe(self._rewound)
         self._spawn(self._keepalive_loop(), "keepalive")
         self._spawn(self._deadline_watchdog(), "deadline")
         self._spawn(self._watch_own_key(registered_at + 1), "own-key")
@@ -217,6 +224,8 @@ class LeaseSession:
 
     async def close(self, *, revoke: bool = True) -> None:
         """Stop the tasks, then revoke the lease: both session keys vanish in one revision."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         await self._stop_tasks()
         if revoke and self._info is not None:
             try:
@@ -245,6 +254,9 @@ class LeaseSession:
                 pass
             except Exception as exc:  # noqa: BLE001 - a task's failure must not abort close() (no revoke)
                 log.error("session task failed", task=task.get_name(), error=repr(exc))
+
+    def _rewound(self, rewind: Rewind) -> None:
+        self._lose(f"{rewind.describe()}: nothing read before may be trusted")
 
     def _lose(self, reason: str) -> None:
         if self.lost.is_set():

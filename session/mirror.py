@@ -250,6 +250,8 @@ class Mirror:
         async with aclosing(stream) as items:
             async for item in items:
                 if isinstance(item, Compacted):
+                    if item.rewind is not None:
+                        return item.rewind.describe()
                     return f"its history was compacted at revision {item.compact_revision}"
                 if not isinstance(item, KeyEvent):
                     continue

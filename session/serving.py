@@ -37,6 +37,7 @@ from session.errors import CorruptValue, SessionError
 from session.etcd import Etcd, RequestOp, cmp_create_revision, cmp_mod_revision, op_get, op_put
 from session.keys import serving_key
 from session.term import Term, TermEnd
+from session.timeline import EtcdRewound, Rewind, RewindSign
 from session.watch import KeyValue, key_value
 
 __all__ = ["CLOCK_RATE_MARGIN", "ServingLease", "ServingRecord", "ServingState", "record_op", "serve_from"]
@@ -83,32 +84,24 @@ def record_op(meta_root: str, role: str, record: ServingRecord) -> RequestOp:
     return op_put(serving_key(meta_root, role), record.to_json())
 
 
-def serve_from(previous: KeyValue | None, sent: float, duration: float, seen_at: Callable[[int], float | None]) -> float:
-    """When (deadline clock) a new term may first answer, given the serving key ``previous`` as its
-    first renewal read it, sent at ``sent``; ``seen_at(mod_revision)`` is when this member first saw
-    that revision while waiting (None: never). ``duration`` is this member's own, for a record that
-    does not say its own."""
+def serve_from(previous: KeyValue | None, sent: float, duration: float,
+               seen_at: Callable[[int], float | None]) -> tuple[float, str]:
+    """When (deadline clock) a new term may first answer, and what the previous term's record said (its
+    state, "none" or "unreadable"), given the serving key ``previous`` as its first renewal read it, sent
+    at ``sent``; ``seen_at(mod_revision)`` is when this member first saw that revision while waiting
+    (None: never). ``duration`` is this member's own, for a record that does not say its own."""
     if previous is None:
-        return sent  # nobody ever renewed a serving lease for the role
+        return sent, "none"  # nobody ever renewed a serving lease for the role
     try:
         record = ServingRecord.from_json(previous.key, previous.value)
     except CorruptValue as exc:
         log.error("the serving key is unreadable: the new term waits a whole serving lease", error=str(exc))
-        return sent + duration * (1 + CLOCK_RATE_MARGIN)
+        return sent + duration * (1 + CLOCK_RATE_MARGIN), "unreadable"
     if record.state is not ServingState.SERVING:
-        return sent
+        return sent, str(record.state)
     seen = seen_at(previous.mod_revision)
     since = sent if seen is None else min(seen, sent)
-    return since + record.duration * (1 + CLOCK_RATE_MARGIN)
-
-
-def _state_of(kv: KeyValue | None) -> str:
-    if kv is None:
-        return "none"
-    try:
-        return str(ServingRecord.from_json(kv.key, kv.value).state)
-    except CorruptValue:
-        return "unreadable"
+    return since + record.duration * (1 + CLOCK_RATE_MARGIN), str(record.state)
 
 
 class ServingLease:
@@ -190,6 +183,9 @@ class ServingLease:
                 first = [op_get(self.key)] if self.renewals == 0 else []
                 resp = await self.etcd.txn(compare, [*first, op_put(self.key, self.record.to_json())],
                                            [op_get(self.term.key), op_get(self.key)], timeout=timeout)
+            except EtcdRewound as exc:  # nothing of this term may be trusted (the session is lost too)
+                self.term.end(TermEnd.SESSION_LOST, str(exc))
+                return
             except SessionError as exc:
                 self._note_lapse()
                 log.debug("serving lease renewal failed, trying again", role=self.term.role, error=str(exc))
@@ -203,13 +199,19 @@ class ServingLease:
                 if not active or int(active[0].create_revision) != self.term.epoch:
                     self.term.end(TermEnd.KEY_LOST, "the serving lease's renewal found the ACTIVE key gone or re-created")
                     return
-                last = int(serving[0].mod_revision) if serving else 0  # an answer missed: renew from where it is
+                found = int(serving[0].mod_revision) if serving else 0
+                if found < last:  # only this term moves it, and only forward: etcd lost its renewals
+                    rewind = Rewind(RewindSign.KEY_BEHIND, f"revision {last}", f"revision {found}" if found else "no key",
+                                    self.key)
+                    self.etcd.timeline.report(rewind)
+                    self.term.end(TermEnd.SESSION_LOST, rewind.describe())
+                    return
+                last = found  # an answer missed: renew from where it is
                 continue
             if self.renewals == 0:
                 kvs = resp.responses[0].response_range.kvs
                 previous = key_value(kvs[0]) if kvs else None
-                self.previous = _state_of(previous)
-                self.start = serve_from(previous, sent, self.duration, self._seen_at)
+                self.start, self.previous = serve_from(previous, sent, self.duration, self._seen_at)
                 self.ready.set()
             last = int(resp.header.revision)
             self._note_lapse()  # it may have run out while this renewal was on its way

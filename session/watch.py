@@ -21,6 +21,7 @@ from session.errors import EtcdUnavailable, SessionError
 from session.etcd import Etcd, WatchCall, WatchCreateRequest, WatchRequest, prefix_range_end
 from session.etcd_rpc import EOF
 from session.observer import WatchRestart
+from session.timeline import EtcdRewound, Rewind, verify_history
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +62,7 @@ class Resync:
     kvs: tuple[KeyValue, ...]
     revision: int
     compact_revision: int
+    rewind: Rewind | None = None  #: not compacted: etcd went back in time (its history since is another)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class Compacted:
     :class:`Resync` (it re-reads what it follows itself): the watch ends after this item."""
 
     compact_revision: int
+    rewind: Rewind | None = None  #: not compacted: etcd went back in time (its history since is another)
 
 
 WatchItem = KeyEvent | Resync
@@ -118,7 +121,10 @@ async def watch(
 
     Items are :class:`KeyEvent` in revision order, or a :class:`Resync` when the needed history was
     compacted (events between are lost; the snapshot replaces them). Lost connections are retried
-    with a capped backoff from the revision after the last delivered event. Use it under
+    with a capped backoff from the revision after the last delivered event, once a linearizable read
+    of the key showed that etcd did not go back in time meanwhile (:mod:`session.timeline`: a
+    restored or wiped etcd restarts, so every stream breaks); when it did, the watch goes on as
+    after a compaction, the item carrying the :class:`~session.timeline.Rewind`. Use it under
     ``contextlib.aclosing`` so the stream is cancelled when the caller stops. ``on_restart(key,
     reason)`` is told each time the stream is re-created (reconnect, or resync after compaction).
 
@@ -130,9 +136,24 @@ async def watch(
     if range_end is None:
         range_end = prefix_range_end(key) if prefix else b""
     timeout = create_timeout if create_timeout is not None else etcd.timeout
+    resumed = False
     while True:
         call: WatchCall | None = None
         try:
+            if resumed:
+                try:  # etcd's timeline judges: a lower revision, or the client's last write gone, raises
+                    await verify_history(etcd, timeout=timeout)
+                except EtcdRewound as exc:
+                    if on_restart is not None:
+                        on_restart(key, "compacted")
+                    if not resync:
+                        yield Compacted(0, exc.rewind)
+                        return
+                    state = await read_state(etcd, key, range_end=range_end or None, timeout=timeout)
+                    log.warning("etcd went back in time under a watch, re-read the key", key=key,
+                                wantedRevision=next_revision, readRevision=state.revision)
+                    yield Resync(state.kvs, state.revision, 0, exc.rewind)
+                    next_revision = state.revision + 1
             call = etcd.open_watch()
             create = WatchCreateRequest(
                 key=key.encode(), range_end=range_end, start_revision=next_revision, prev_kv=prev_kv
@@ -174,6 +195,8 @@ async def watch(
                         ends_revision=i + 1 == len(events) or events[i + 1].kv.mod_revision != event.kv.mod_revision,
                     )
                     next_revision = item.kv.mod_revision + 1
+                    if item.kind == "PUT":
+                        etcd.timeline.saw(event.kv.key, item.kv.mod_revision, event.kv.value)
                     backoff = 0.05
                     yield item
                 response = await call.read()
@@ -185,6 +208,7 @@ async def watch(
             report("watch interrupted, reconnecting", key=key, fromRevision=next_revision, error=str(exc) or type(exc).__name__)
             if on_restart is not None:
                 on_restart(key, "reconnect")
+            resumed = True
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, max_backoff)
         finally:

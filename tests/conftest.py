@@ -90,6 +90,12 @@ def etcd(etcd_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Et
 
 
 @pytest.fixture
+def etcd_solo(etcd_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """A one-member etcd for one test, to restore from a snapshot, wipe or stop at will."""
+    yield from _cluster(1, tmp_path_factory.mktemp("etcd-solo"), etcd_bin)
+
+
+@pytest.fixture
 def etcd3(etcd_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
     """A fresh 3-member etcd cluster for one test (kill, pause, leader changes)."""
     yield from _cluster(3, tmp_path_factory.mktemp("etcd3"), etcd_bin)

@@ -22,6 +22,7 @@ from coordinators.proto import common_pb2
 from coordinators.runtime.logging_setup import dropped_lines
 from coordinators.server.peer_probe import Verdict
 from session import SessionObserver, WatchRestart
+from session.timeline import Rewind
 from session.turn import Phase
 
 __all__ = ["CoordinatorMetrics", "ProcessView", "SessionMetrics", "state_name"]
@@ -216,6 +217,10 @@ class CoordinatorMetrics:
             f"{PREFIX}_serving_refusals", "Calls refused (code paused) because the serving lease had run out",
             ["role"], registry=reg,
         ).labels(role)
+        self._rewinds = Counter(
+            f"{PREFIX}_etcd_rewinds", "Times etcd was seen going back in time (restored from an older snapshot, "
+            "wiped), by the sign that showed it; each one ends the session", ["role", "sign"], registry=reg,
+        )
         reg.register(_ViewCollector(role, view))
         #: The session library's hooks into these metrics (given to each session and watch).
         self.observer = SessionMetrics(self)
@@ -246,6 +251,9 @@ class CoordinatorMetrics:
 
     def session_lost(self) -> None:
         self._sessions_lost.inc()
+
+    def etcd_rewound(self, rewind: Rewind) -> None:
+        self._rewinds.labels(self.role, str(rewind.sign)).inc()
 
     def takeover(self, seconds: float, cause: str) -> None:
         self._takeover.set(seconds)

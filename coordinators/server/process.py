@@ -91,6 +91,7 @@ class CoordinatorProcess:
             segment_max_rows=config.datacoord.segment_max_rows,
         ))
         self.metrics = CoordinatorMetrics(role, self.view)
+        self.links.etcd.timeline.subscribe(self.metrics.etcd_rewound)  # the session library ends the session
         self.listeners = Listeners(config, role, listen_host, CoordinatorServer(
             role, self.snapshot, [self.role_impl.service()], gate=self._gate, on_call_done=self.metrics.rpc,
             answer_gate=self._answer_gate,

@@ -50,6 +50,9 @@ class Registration:
         self.observer = observer
         self.pid_file = pid_file
         self.clock = clock
+        #: The highest server ID held by this process or the predecessor its pid file names: a new
+        #: session's ID is above it, even when etcd lost the counter (session.server_id).
+        self.held_server_id = 0
 
     @property
     def etcd(self) -> Etcd:
@@ -68,6 +71,8 @@ class Registration:
         :class:`~coordinators.server.stopping.Stopped`.
         """
         attempts = self.config.session.retry_times if first else None
+        if first and self.pid_file is not None and (before := pidfile.recorded_session(self.pid_file.predecessor)):
+            self.held_server_id = max(self.held_server_id, before[0])
         role_config = self.config.role(self.role)
         attempt = 0
         while True:
@@ -84,6 +89,7 @@ class Registration:
                 http_address=http_address,
                 active_standby=role_config.enable_active_standby,
                 clock=self.clock,
+                above_server_id=self.held_server_id,
             )
             try:
                 await until_stopped(session.open(), stop)
@@ -97,6 +103,7 @@ class Registration:
                     raise
                 await until_stopped(asyncio.sleep(retry_delay(attempt)), stop)
                 continue
+            self.held_server_id = max(self.held_server_id, session.server_id)
             self._record(session)
             return session
 

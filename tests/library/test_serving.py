@@ -54,14 +54,14 @@ def _kv(record: ServingRecord | bytes, mod_revision: int = 7) -> KeyValue:
 def test_a_new_term_waits_out_the_old_serving_lease_unless_the_record_says_it_is_over() -> None:
     never = lambda _rev: None  # noqa: E731
     serving = ServingRecord(5, 1, ServingState.SERVING, 2.0)
-    assert serve_from(None, 100.0, 0.5, never) == 100.0  # nobody ever served
-    assert serve_from(_kv(ServingRecord(5, 1, ServingState.RELEASED, 2.0)), 100.0, 0.5, never) == 100.0
-    assert serve_from(_kv(ServingRecord(5, 1, ServingState.LAPSED, 0.0)), 100.0, 0.5, never) == 100.0
+    assert serve_from(None, 100.0, 0.5, never) == (100.0, "none")  # nobody ever served
+    assert serve_from(_kv(ServingRecord(5, 1, ServingState.RELEASED, 2.0)), 100.0, 0.5, never) == (100.0, "released")
+    assert serve_from(_kv(ServingRecord(5, 1, ServingState.LAPSED, 0.0)), 100.0, 0.5, never) == (100.0, "lapsed")
     # The old record's own duration counts, not this member's; from the first read, sooner when seen sooner.
-    assert serve_from(_kv(serving), 100.0, 0.5, never) == 100.0 + 2.0 * (1 + CLOCK_RATE_MARGIN)
-    assert serve_from(_kv(serving, 7), 100.0, 0.5, lambda rev: 99.0 if rev == 7 else None) == 99.0 + 2.0 * 1.01
-    assert serve_from(_kv(serving, 8), 100.0, 0.5, lambda rev: 99.0 if rev == 7 else None) == 100.0 + 2.0 * 1.01
-    assert serve_from(_kv(b"garbage"), 100.0, 0.5, never) == 100.0 + 0.5 * (1 + CLOCK_RATE_MARGIN)
+    assert serve_from(_kv(serving), 100.0, 0.5, never) == (100.0 + 2.0 * (1 + CLOCK_RATE_MARGIN), "serving")
+    assert serve_from(_kv(serving, 7), 100.0, 0.5, lambda rev: 99.0 if rev == 7 else None)[0] == 99.0 + 2.0 * 1.01
+    assert serve_from(_kv(serving, 8), 100.0, 0.5, lambda rev: 99.0 if rev == 7 else None)[0] == 100.0 + 2.0 * 1.01
+    assert serve_from(_kv(b"garbage"), 100.0, 0.5, never) == (100.0 + 0.5 * (1 + CLOCK_RATE_MARGIN), "unreadable")
 
 
 # -- the ACTIVE side -------------------------------------------------------------------------
@@ -118,7 +118,7 @@ async def test_a_member_that_stops_hearing_etcd_lands_at_most_one_renewal_and_it
             proxy.deaf()
             deaf_at = deadline_clock()
             watch = LapseWatch(etcd_, keys, duration=DURATION, clock=deadline_clock)
-            lapse = await asyncio.wait_for(watch.lapsed(await holder_of(etcd_, session)), 10)
+            lapse = await asyncio.wait_for(watch.lapsed(), 10)
             assert not lease.serving() and deadline_clock() > deaf_at + DURATION
             moved = key_value((await etcd_.get(keys.serving)).kvs[0]).mod_revision
             assert moved == lapse.mod_revision, "the serving key moved after the proof"
@@ -149,7 +149,7 @@ async def test_a_standby_proves_the_lapse_of_a_silent_holder_and_never_of_a_rene
         renewer = asyncio.create_task(lease.run())
         await asyncio.wait_for(lease.ready.wait(), 5)
         watch = LapseWatch(etcd_, RoleKeys(session.meta_root, "rootcoord"), duration=5.0, clock=deadline_clock)
-        proving = asyncio.create_task(watch.lapsed(await holder_of(etcd_, session)))
+        proving = asyncio.create_task(watch.lapsed())
         try:
             await asyncio.sleep(6 * DURATION)
             assert not proving.done(), "a renewing holder was found lapsed"
@@ -181,7 +181,7 @@ async def test_an_etcd_outage_never_counts_as_the_holders_silence(etcd_bin: str,
             renewer = asyncio.create_task(lease.run())
             await asyncio.wait_for(lease.ready.wait(), 5)
             watch = LapseWatch(etcd_, RoleKeys(session.meta_root, "rootcoord"), duration=DURATION, clock=deadline_clock)
-            proving = asyncio.create_task(watch.lapsed(await holder_of(etcd_, session)))
+            proving = asyncio.create_task(watch.lapsed())
             try:
                 await asyncio.sleep(2 * DURATION)
                 cluster.members[0].pause()
@@ -206,7 +206,7 @@ class _Proven(LapseWatch):
         super().__init__(etcd, keys, duration=DURATION, clock=deadline_clock)
         self.mod_revision = mod_revision
 
-    async def lapsed(self, holder: Holder) -> Lapse:
+    async def lapsed(self) -> Lapse:
         return Lapse(self.mod_revision, DURATION * 2)
 
 

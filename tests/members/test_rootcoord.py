@@ -28,7 +28,7 @@ from grpclib.exceptions import GRPCError
 from coordinators.client import CoordinatorClient
 from coordinators.proto import common_pb2
 from coordinators.proto import rootcoord_pb2 as pb
-from coordinators.roles.rootcoord.id_allocator import IDAllocator
+from coordinators.roles.rootcoord.id_allocator import IDAllocator, parse_id_bound
 from coordinators.roles.rootcoord.role import RootCoord
 from coordinators.roles.rootcoord.schema import Collection, Field
 from coordinators.roles.rootcoord.tso import MAX_LOGICAL, SAVE_WINDOW_MS, TimestampOracle, compose, decompose, parse_bound
@@ -68,7 +68,8 @@ class FakeStore:
         self.check()
         return self.data.get(key), self.mods.get(key, 0)
 
-    async def put_if_unchanged(self, key: str, value: bytes, mod_revision: int) -> tuple[bool, bytes | None, int]:
+    async def put_if_unchanged(self, key: str, value: bytes, mod_revision: int, *,
+                               timeout: float | None = None) -> tuple[bool, bytes | None, int]:
         self.check()
         await asyncio.sleep(0)  # a real save yields: let concurrent callers interleave
         if self.mods.get(key, 0) != mod_revision:
@@ -186,12 +187,12 @@ async def test_oracle_refuses_after_the_term_and_reads_milvus_format() -> None:
         parse_bound("k", b"not-a-number")
 
 
-async def test_id_allocator_persists_before_use_and_never_repeats() -> None:
-    store = FakeStore()
-    ids = IDAllocator(store, "gid")
+async def test_id_allocator_hands_out_clock_derived_ranges_persisted_before_use() -> None:
+    store, clock = FakeStore(), FakeClock(NOW)
+    ids = IDAllocator(store, "gid", clock=clock)
     await ids.activate()
-    assert await ids.allocate(1) == 1  # IDs start at 1
-    ranges: list[tuple[int, int]] = [(1, 2)]
+    assert await ids.allocate(1) == compose(NOW, 0)  # an ID is a hybrid timestamp, as Milvus's
+    ranges: list[tuple[int, int]] = [(compose(NOW, 0), compose(NOW, 0) + 1)]
 
     async def take(count: int) -> None:
         begin = await ids.allocate(count)
@@ -199,16 +200,41 @@ async def test_id_allocator_persists_before_use_and_never_repeats() -> None:
         ranges.append((begin, begin + count))
 
     rng = random.Random(7)
-    await asyncio.gather(*(take(rng.randint(1, 30_000)) for _ in range(60)))
-    await take(1_000_000)
-    # A new term starts at the saved bound: what the old one held in memory is skipped.
-    successor = IDAllocator(store, "gid")
+    for step in range(6):
+        clock.now = NOW + step * 1500  # the clock moves: ranges follow it, the bound is saved ahead
+        await asyncio.gather(*(take(rng.randint(1, 30_000)) for _ in range(10)))
+    await take(1_000_000)  # runs over into the next milliseconds
+    assert decompose(ranges[-1][0])[0] == NOW + 7500
+    # A new term starts above the saved bound, whatever its clock says.
+    successor = IDAllocator(store, "gid", clock=FakeClock(NOW - 60_000))
     await successor.activate()
     begin = await successor.allocate(5)
-    assert begin == max(end for _, end in ranges)  # the bound, exactly
+    assert begin >= max(end for _, end in ranges)
     ranges.append((begin, begin + 5))
     ranges.sort()
     assert all(a_end <= b_begin for (_, a_end), (b_begin, _) in itertools.pairwise(ranges))
+
+
+async def test_id_allocator_stays_above_a_lost_bound_by_the_clock_and_reads_older_formats() -> None:
+    handed: list[int] = []
+    store = FakeStore()
+    ids = IDAllocator(store, "gid", clock=FakeClock(NOW))
+    await ids.activate()
+    handed.append(await ids.allocate(1000) + 999)
+    # etcd wiped (no bound at all): a term a second later still starts above every ID handed out.
+    wiped = IDAllocator(FakeStore(), "gid", clock=FakeClock(NOW + 1000))
+    await wiped.activate()
+    assert await wiped.allocate(1) > max(handed)
+    # The earlier counter allocator's bound (an exclusive ID bound, small) is honoured as one.
+    old = FakeStore()
+    old.data["gid"], old.mods["gid"] = b"20001", 1
+    counter = IDAllocator(old, "gid", clock=FakeClock(0))  # a clock at the epoch: the bound decides
+    await counter.activate()
+    assert await counter.allocate(1) == 20001
+    # Milvus's 8-byte nanoseconds: every ID its TSO handed out is below compose(ms, 0).
+    assert parse_id_bound("k", ((NOW + 5) * 1_000_000 + 1).to_bytes(8, "big")) == compose(NOW + 6, 0)
+    with pytest.raises(CorruptValue):
+        parse_id_bound("k", b"garbage")
 
 
 # =========================================================================== processes
@@ -272,8 +298,8 @@ async def test_every_rpc_happy_path(cluster: InProcCluster, client: CoordinatorC
     assert t2 > t1 and decompose(t2)[1] == 0  # a full millisecond of logical values
     assert abs(decompose(t1)[0] - time.time() * 1000) < 5000
     begin, end = await alloc_ids(client, 1)
-    assert begin >= 1 and end == begin + 1
-    assert (await alloc_ids(client, 1_000_000))[0] == end
+    assert decompose(begin)[0] >= decompose(t2)[0] and end == begin + 1  # IDs follow the clock (Milvus's TSO IDs)
+    assert (await alloc_ids(client, 1_000_000))[0] >= end
 
     made = await create(client, "books", shards_num=2, description="the library",
                         fields=schema(16, pb.FieldSchema(name="title", data_type=pb.VarChar, max_length=128)))
@@ -677,19 +703,19 @@ async def test_cli_actions(cluster: InProcCluster) -> None:
 
 
 class LateSaves(FencedWriter):
-    """A term's writer whose next save times out for the caller, yet reaches etcd later (after the saves
-    that followed it), as a txn whose reply was lost can."""
+    """A term's writer whose next ``hold`` save attempts time out for the caller, yet reach etcd later
+    (after the saves that followed them), as a txn whose reply was lost can."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self.hold_next = False
+        self.hold = 0
         self.held: list[tuple[str, bytes, int]] = []
 
     async def put_if_unchanged(
         self, key: str, value: bytes, mod_revision: int, *, timeout: float | None = None
     ) -> tuple[bool, bytes | None, int]:
-        if self.hold_next:
-            self.hold_next = False
+        if self.hold:
+            self.hold -= 1
             self.held.append((key, value, mod_revision))
             raise EtcdUnavailable("etcd txn: no answer in time (injected: the txn is applied later)")
         return await super().put_if_unchanged(key, value, mod_revision, timeout=timeout)
@@ -699,30 +725,48 @@ class LateSaves(FencedWriter):
             await super().put_if_unchanged(key, value, mod)
 
 
-async def test_a_save_applied_late_never_lowers_the_id_or_timestamp_bound(etcd: EtcdCluster, etcd_prefix: str) -> None:
+@pytest.mark.parametrize("held", [1, 1000], ids=["sent again", "given up"])
+async def test_a_save_applied_late_never_lowers_the_id_or_timestamp_bound(etcd: EtcdCluster, etcd_prefix: str,
+                                                                          held: int) -> None:
+    """A save that times out is sent again (every ATTEMPT_S, for the bound's patience): with one attempt
+    lost the call goes through (an etcd leader change), with every one it fails; either way the lost
+    attempts that land late, after later saves, never lower the bound."""
     async with connected(etcd.endpoints) as etcd_, new_session(etcd_, etcd_prefix, ttl=5) as session:
         term = await Campaign(session).try_claim()
         assert term is not None
         writer = LateSaves(session, term)
-        ids = IDAllocator(writer, f"{etcd_prefix}/kv/gid/idTimestamp")
+        id_clock = FakeClock(NOW)
+        ids = IDAllocator(writer, f"{etcd_prefix}/kv/gid/idTimestamp", clock=id_clock)
+        ids._saved.patience = 0.3
         await ids.activate()
         await ids.allocate(1)
-        writer.hold_next = True
-        with pytest.raises(EtcdUnavailable):
-            await ids.allocate(20_000)  # its save (a lower bound) will land late
+        id_clock.now = NOW + 10_000
+        writer.hold = held
+        if held == 1:
+            await ids.allocate(20_000)  # its first save (a lower bound) will land late; the next went through
+        else:
+            with pytest.raises(EtcdUnavailable):
+                await ids.allocate(20_000)  # every save of it (lower bounds) will land late
+        writer.hold = 0
+        id_clock.now = NOW + 20_000
         begin = await ids.allocate(30_000)  # saved and handed out: [begin, begin + 30000)
         await writer.apply_late()
-        successor = IDAllocator(writer, f"{etcd_prefix}/kv/gid/idTimestamp")
+        successor = IDAllocator(writer, f"{etcd_prefix}/kv/gid/idTimestamp", clock=FakeClock(NOW))
         await successor.activate()
         assert successor.next >= begin + 30_000, "a late save lowered the ID bound: IDs would repeat"
 
         clock = FakeClock(NOW)
         oracle = TimestampOracle(writer, f"{etcd_prefix}/kv/tso/timestamp", clock=clock)
+        oracle._saved.patience = 0.3
         await oracle.activate()
         clock.now = NOW + 10_000
-        writer.hold_next = True
-        with pytest.raises(EtcdUnavailable):
-            await oracle.allocate(1)  # needs a new bound (NOW + 13 s): it lands late
+        writer.hold, writer.held = held, []
+        if held == 1:
+            await oracle.allocate(1)  # needs a new bound (NOW + 13 s): its first save lands late
+        else:
+            with pytest.raises(EtcdUnavailable):
+                await oracle.allocate(1)
+        writer.hold = 0
         clock.now = NOW + 20_000
         last = await oracle.allocate(1)  # bound NOW + 23 s saved, a timestamp at NOW + 20 s handed out
         await writer.apply_late()

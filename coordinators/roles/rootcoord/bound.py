@@ -9,10 +9,22 @@ is not applied; a save that finds it changed re-reads it and retries above what 
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["BoundWriter", "GrowingBound"]
+from session import EtcdUnavailable
+
+__all__ = ["ATTEMPT_S", "BoundWriter", "GrowingBound"]
+
+#: How long one save may wait for etcd before it is sent again. At an etcd leader change a request to
+#: a follower waits for a leader, up to etcd's own request timeout (~5 s), while a new leader is
+#: elected in about a second: the timestamp oracle then stopped answering for 5 s (bench/failover.py,
+#: leader change). Sent again, it goes through as soon as there is a leader. Safe: an earlier attempt
+#: applied late compares a revision the retry moved, and is not applied (or the retry finds it applied).
+ATTEMPT_S = 1.0
+RETRY_PAUSE_S = 0.05
 
 
 class BoundWriter(Protocol):
@@ -22,7 +34,8 @@ class BoundWriter(Protocol):
 
     async def get_kv(self, key: str) -> tuple[bytes | None, int]: ...
 
-    async def put_if_unchanged(self, key: str, value: bytes, mod_revision: int) -> tuple[bool, bytes | None, int]: ...
+    async def put_if_unchanged(self, key: str, value: bytes, mod_revision: int, *,
+                               timeout: float | None = None) -> tuple[bool, bytes | None, int]: ...
 
 
 class GrowingBound:
@@ -31,10 +44,13 @@ class GrowingBound:
     :param parse: the stored bytes -> the bound (raises CorruptValue for garbage).
     """
 
-    def __init__(self, writer: BoundWriter, key: str, parse: Callable[[str, bytes], int]) -> None:
+    def __init__(self, writer: BoundWriter, key: str, parse: Callable[[str, bytes], int], *,
+                 patience: float = 5.0) -> None:
+        """:param patience: how long a save is sent again (every :data:`ATTEMPT_S`) before EtcdUnavailable."""
         self.writer = writer
         self.key = key
         self.parse = parse
+        self.patience = patience
         self.value: int | None = None  #: None: no bound saved yet
         self._mod = 0  # the key's mod revision as last seen (0: absent)
 
@@ -55,7 +71,7 @@ class GrowingBound:
         while True:
             if self.value is not None and self.value >= value:
                 return self.value
-            saved, raw, mod = await self.writer.put_if_unchanged(self.key, str(value).encode(), self._mod)
+            saved, raw, mod = await self._save(str(value).encode())
             if saved:
                 self.value, self._mod = value, mod
                 return value
@@ -64,3 +80,16 @@ class GrowingBound:
             # no later save can write over it either: an operator decides what the bound is.
             self.value = None if raw is None else self.parse(self.key, raw)
             self._mod = mod
+
+    async def _save(self, raw: bytes) -> tuple[bool, bytes | None, int]:
+        """One compared save, sent again every :data:`ATTEMPT_S` while etcd does not answer, for
+        :attr:`patience` at most; the writer checks the term before each attempt."""
+        give_up = time.monotonic() + self.patience
+        while True:
+            attempt = min(ATTEMPT_S, max(give_up - time.monotonic(), 0.05))
+            try:
+                return await self.writer.put_if_unchanged(self.key, raw, self._mod, timeout=attempt)
+            except EtcdUnavailable:
+                if time.monotonic() + RETRY_PAUSE_S >= give_up:
+                    raise
+                await asyncio.sleep(RETRY_PAUSE_S)  # etcd down refuses at once: do not spin

@@ -1,0 +1,66 @@
+"""session.timeline: which answers show that etcd went back in time, told once."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from session.timeline import EtcdRewound, Rewind, RewindSign, Timeline
+
+CLUSTER = 0x1234
+
+
+def header(revision: int, cluster_id: int = CLUSTER) -> SimpleNamespace:
+    return SimpleNamespace(revision=revision, cluster_id=cluster_id)
+
+
+def test_a_call_in_flight_may_see_a_lower_revision_than_one_answered_meanwhile() -> None:
+    timeline = Timeline()
+    told: list[Rewind] = []
+    timeline.subscribe(told.append)
+    timeline.observe(header(10), timeline.mark(), "get a")
+    slow, fast = timeline.mark(), timeline.mark()  # both sent at revision 10
+    timeline.observe(header(15), fast, "txn")
+    timeline.observe(header(12), slow, "get b")  # read before the txn applied: linearizable still
+    assert timeline.revision == 15 and told == []
+
+
+def test_an_answer_older_than_one_received_before_the_send_is_a_rewind_told_once() -> None:
+    timeline = Timeline()
+    told: list[Rewind] = []
+    timeline.subscribe(told.append)
+    timeline.observe(header(1520), timeline.mark(), "txn")
+    straddling = timeline.mark()  # sent before the rewind is seen: its answer is from the new history
+    with pytest.raises(EtcdRewound) as caught:
+        timeline.observe(header(812), timeline.mark(), "get k")
+    assert caught.value.rewind.sign is RewindSign.REVISION_BEHIND
+    assert "revision 812" in str(caught.value) and "revision 1520" in str(caught.value)
+    with pytest.raises(EtcdRewound):
+        timeline.observe(header(813), straddling, "get j")  # refused, not told again
+    timeline.observe(header(814), timeline.mark(), "get l")  # the new history goes on
+    assert [r.noticed_by for r in told] == ["get k"] and timeline.rewinds == 1
+
+
+def test_another_cluster_id_is_a_rewind() -> None:
+    timeline = Timeline()
+    timeline.observe(header(5), timeline.mark(), "get")
+    with pytest.raises(EtcdRewound) as caught:
+        timeline.observe(header(900, cluster_id=0x99), timeline.mark(), "get")
+    assert caught.value.rewind.sign is RewindSign.CLUSTER_CHANGED
+    assert timeline.cluster_id == 0x99  # followed from now on
+
+
+def test_reported_signs_reach_every_subscriber_until_it_unsubscribes() -> None:
+    timeline = Timeline()
+    first: list[Rewind] = []
+    second: list[Rewind] = []
+    timeline.subscribe(first.append)
+    unsubscribe = timeline.subscribe(second.append)
+    rewind = Rewind(RewindSign.KEY_BEHIND, "revision 40", "no key", "by-dev/kv/tso/timestamp")
+    timeline.report(rewind)
+    unsubscribe()
+    timeline.report(rewind)
+    assert len(first) == 2 and len(second) == 1
+    assert rewind.describe() == ("etcd went back in time (key_behind): by-dev/kv/tso/timestamp answered no key, "
+                                 "after revision 40")
