@@ -35,6 +35,7 @@ from coordinators.proto import rootcoord_pb2
 from harness.etcd_server import EtcdCluster
 from harness.net_members import Members, serving_and_waiting
 from harness.netns import NetHost, NetHosts, listen_also_on
+from harness.procs import wait_for_log
 from session import Etcd, SessionInfo
 
 ROLE = "rootcoord"
@@ -88,10 +89,11 @@ async def one_round(kind: str, hosts: NetHosts, cluster: EtcdCluster, etcd: Etcd
                 t_key = await key_task
         finally:
             key_task.cancel()
-        serving = next((ln for ln in standby.lines() if ln.msg == MSG_SERVING), None)
+        # The line may reach the log file a little after the first answer: waited for, bounded.
+        lines = await wait_for_log(standby, lambda ls: any(ln.msg == MSG_SERVING for ln in ls), 10, "its serving line")
+        serving = next(ln for ln in lines if ln.msg == MSG_SERVING)
         return {"mode": kind, "key_ms": ms(t_key - t0), "service_ms": ms(t_svc - t0),
-                "serving_log_ms": ms(serving.stamp - t0w) if serving is not None else None,
-                "cause": serving.fields.get("cause") if serving is not None else None}
+                "serving_log_ms": ms(serving.stamp - t0w), "cause": serving.fields.get("cause")}
     finally:
         await client.close()
         members.kill_all()

@@ -36,6 +36,8 @@ def _breakdowns(fo: dict[str, Any]) -> None:
         idle["breakdown"] = failover.breakdown(idle["rounds"], failover.GRACEFUL_STAGES[:-1])
         idle["etcd_view"] = failover.breakdown(idle["rounds"], failover.GRACEFUL_ETCD_STAGES[:-1])
     for series in fo.get("crash", {}).get("series", []):
+        if not all("log_ms" in r for r in series["rounds"]):
+            continue  # bench/netfail.py's: the client's figures only
         stages = failover.CRASH_FAST_STAGES if series["fast"] else failover.CRASH_STAGES
         series["breakdown"] = failover.breakdown(series["rounds"], stages)
 
@@ -416,6 +418,12 @@ def failover_section(fo: dict[str, Any] | None, plots: Plots) -> list[str]:
                                            ("etcd: longest gap between acknowledged puts", lc["summary"]["etcd_gap_ms"]),
                                            ("ours: serving paused (the ACTIVE's log)", lc["paused_ms"])])), ""]
     for series in cr.get("series", []):
+        if not series.get("breakdown"):  # bench/netfail.py's series: the client's figures above
+            causes = series.get("causes", {})
+            why = (" (`None`: the serving line was read from the log before it was written; the bench now waits "
+                   "for it)") if "None" in causes else ""
+            out += [f"Causes seen, {series_tag(series)}: {causes}{why}.", ""]
+            continue
         out += [f"Where the time goes, {series_tag(series)} (causes seen: {series.get('causes', {})}):", "",
                 table(["stage (ms)", "n", "p50", "p95", "max", "mean"], stat_rows([(b["stage"], b) for b in series["breakdown"]])),
                 ""]
@@ -631,9 +639,11 @@ def goal_rows(docs: dict[str, Any]) -> list[dict[str, Any]]:
             2000)
     off = [(ttl, g(x, "summary", "service_ms", default={})) for (ttl, fast, _m, _t), x in sorted(series.items()) if not fast]
     if off:
-        rows.append({"id": "crash_ttl", "goal": "crash failover with the early takeovers off <= TTL + 1 s",
+        # The successor waits out the old term's serving lease (750 ms) after the expiry too: a lease revoked
+        # by hand looks the same as an expired one, and its member may still answer until its lease ends.
+        rows.append({"id": "crash_ttl", "goal": "crash failover with the early takeovers off <= TTL + serving lease + 1 s",
                      "figure": "; ".join(f"TTL {ttl} s: max {fmt_ms(s_.get('max'))}" for ttl, s_ in off),
-                     "met": all(s_.get("max", 1e12) <= ttl * 1000 + 1000 for ttl, s_ in off)})
+                     "met": all(s_.get("max", 1e12) <= ttl * 1000 + 1750 for ttl, s_ in off)})
     lc = g(fo, "leader_change")
     if lc:
         ours, theirs = lc["summary"]["ours_gap_ms"], lc["summary"]["etcd_gap_ms"]
