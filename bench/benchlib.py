@@ -308,7 +308,7 @@ class Fleet:
         self.ttl = ttl
         self.work_dir = work_dir
         self.run_dir = work_dir / "run"
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(mode=0o755, parents=True, exist_ok=True)  # not writable by others: else refused
         self.loop = loop
         self.extra_env = dict(extra_env or {})
         self.http = http

@@ -15,8 +15,9 @@ ID and advertised address): a stale file still names the session its dead proces
 restart on the same host may then revoke at once (see :mod:`coordinators.server.process`).
 ``milvus stop`` and the cluster scripts read the same files.
 
-The run dir is ``$MILVUS_RUN_DIR`` when set (tests and scripts use it to stay apart), else
-``/run/milvus`` when it exists or can be created and is writable, else ``/tmp/milvus``.
+The run dir and when it is trusted: :mod:`coordinators.runtime.run_dir`. A pid file is opened without
+following links, created mode 0600 (its lease ID is nobody else's business), and believed only when
+it is a regular file of this user.
 
 Run as ``python -m coordinators.runtime.pidfile dir`` it prints the run dir, and as
 ``python -m coordinators.runtime.pidfile holder <role> [alias]`` the pid holding that role's lock (exit 1 when
@@ -29,17 +30,31 @@ import errno
 import fcntl
 import os
 import re
+import stat
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from coordinators.errors import CoordinatorError
+from coordinators.runtime.run_dir import (
+    FALLBACK_RUN_DIR,
+    RUN_DIR_ENV,
+    SYSTEM_RUN_DIR,
+    PidFileError,
+    RunDirError,
+    default_dirs,
+    distrust,
+    run_dir,
+    trusted_dirs,
+)
 
-RUN_DIR_ENV = "MILVUS_RUN_DIR"
-SYSTEM_RUN_DIR = Path("/run/milvus")
-FALLBACK_RUN_DIR = Path("/tmp/milvus")
+__all__ = [
+    "FALLBACK_RUN_DIR", "RUN_DIR_ENV", "SYSTEM_RUN_DIR", "AlreadyRunning", "PidFile", "PidFileError", "PidFileState",
+    "RunDirError", "StaleSession", "default_dirs", "distrust", "find", "holder", "inspect", "recorded_session",
+    "remove_stale", "run_dir", "stale_sessions", "trusted_dirs",
+]
+
 
 #: An alias becomes part of a file name: no path separators, no leading dot, a sane length.
 _ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -47,14 +62,6 @@ _ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _LOCK_ATTEMPTS = 5
 #: Automatic names tried without ``--alias``: ``<role>.pid``, ``<role>-2.pid`` ... ``<role>-99.pid``.
 MAX_AUTOMATIC = 99
-
-
-class PidFileError(CoordinatorError):
-    """A pid file could not be taken or read; the message says what to do."""
-
-
-class RunDirError(PidFileError):
-    """The pid file's directory cannot be created or written."""
 
 
 class AlreadyRunning(PidFileError):
@@ -106,10 +113,8 @@ def is_automatic(alias: str) -> bool:
 
 def automatic_files(role: str, env: Mapping[str, str] | None = None) -> list[Path]:
     """Every existing pid file of ``role`` started without ``--alias`` (``<role>.pid``, ``<role>-N.pid``),
-    in the run dir (both default dirs without ``$MILVUS_RUN_DIR``), in index order."""
-    env = os.environ if env is None else env
-    override = env.get(RUN_DIR_ENV, "")
-    bases = [Path(override)] if override else [SYSTEM_RUN_DIR, FALLBACK_RUN_DIR]
+    in the run dir (both default dirs without ``$MILVUS_RUN_DIR``; trusted ones only), in index order."""
+    bases = trusted_dirs(env)
     pattern = re.compile(rf"{re.escape(role)}(?:-(?P<n>[0-9]+))?\.pid")
     found: list[tuple[int, str, Path]] = []
     for base in bases:
@@ -124,14 +129,21 @@ def automatic_files(role: str, env: Mapping[str, str] | None = None) -> list[Pat
     return [path for _n, _base, path in sorted(found)]
 
 
-def stale_sessions(role: str, env: Mapping[str, str] | None = None) -> list[tuple[Path, int, int]]:
-    """``(pid file, server ID, lease ID)`` recorded in every pid file of ``role`` (any alias) that no
-    live process holds: the sessions of processes of this host that are certainly gone."""
-    env = os.environ if env is None else env
-    override = env.get(RUN_DIR_ENV, "")
-    bases = [Path(override)] if override else [SYSTEM_RUN_DIR, FALLBACK_RUN_DIR]
+@dataclass(frozen=True)
+class StaleSession:
+    """A session a dead process of this host recorded in its pid file (a trusted one)."""
+
+    path: Path
+    server_id: int
+    lease_id: int
+    address: str  #: the address it advertised ("" when it never recorded one)
+
+
+def stale_sessions(role: str, env: Mapping[str, str] | None = None) -> list[StaleSession]:
+    """The sessions recorded in every pid file of ``role`` (any alias) that no live process holds, in
+    the trusted run dirs, each a regular file of this user: processes of this host certainly gone."""
     found = []
-    for base in bases:
+    for base in trusted_dirs(env):
         try:
             names = sorted(os.listdir(base))
         except OSError:
@@ -140,11 +152,11 @@ def stale_sessions(role: str, env: Mapping[str, str] | None = None) -> list[tupl
             if not (name == f"{role}.pid" or (name.startswith(f"{role}-") and name.endswith(".pid"))):
                 continue
             try:
-                state = inspect(base / name)
+                state = inspect(base / name, own=True)
             except PidFileError:
                 continue
             if state is not None and not state.locked and (session := recorded_session(state.facts)) is not None:
-                found.append((base / name, *session))
+                found.append(StaleSession(base / name, *session, state.facts.get("address", "")))
     return found
 
 
@@ -155,17 +167,6 @@ def recorded_session(facts: Mapping[str, str]) -> tuple[int, int] | None:
         return int(server_id), int(lease_id, 16)
     except ValueError:
         return None
-
-
-def run_dir(env: Mapping[str, str] | None = None) -> Path:
-    """The directory ``milvus run`` puts its pid file in, created if needed; RunDirError if unusable."""
-    env = os.environ if env is None else env
-    override = env.get(RUN_DIR_ENV, "")
-    if override:
-        return _ensure_writable(Path(override), f"from ${RUN_DIR_ENV}")
-    if _usable(SYSTEM_RUN_DIR):
-        return SYSTEM_RUN_DIR
-    return _ensure_writable(FALLBACK_RUN_DIR, f"{SYSTEM_RUN_DIR} is not writable")
 
 
 def find(role: str, alias: str, env: Mapping[str, str] | None = None) -> Path:
@@ -179,31 +180,11 @@ def find(role: str, alias: str, env: Mapping[str, str] | None = None) -> Path:
     override = env.get(RUN_DIR_ENV, "")
     if override:
         return Path(override) / name
-    for base in (SYSTEM_RUN_DIR, FALLBACK_RUN_DIR):
+    for base in trusted_dirs(env):
         if (base / name).exists():
             return base / name
     writable = SYSTEM_RUN_DIR.is_dir() and os.access(SYSTEM_RUN_DIR, os.W_OK | os.X_OK)
     return (SYSTEM_RUN_DIR if writable else FALLBACK_RUN_DIR) / name
-
-
-def _usable(path: Path) -> bool:
-    try:
-        path.mkdir(mode=0o755, exist_ok=True)
-    except OSError:
-        return False
-    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
-
-
-def _ensure_writable(path: Path, why: str) -> Path:
-    try:
-        path.mkdir(mode=0o755, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunDirError(f"cannot create the pid file directory {path} ({why}): {exc.strerror or exc}") from exc
-    if not path.is_dir():
-        raise RunDirError(f"the pid file directory {path} ({why}) is not a directory")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise RunDirError(f"the pid file directory {path} ({why}) is not writable; set ${RUN_DIR_ENV} to one that is")
-    return path
 
 
 # --------------------------------------------------------------------------- holding the file
@@ -246,10 +227,9 @@ class PidFile:
     @classmethod
     def _take(cls, path: Path, role: str, alias: str, skipped: list[tuple[Path, int | None]]) -> PidFile:
         for _ in range(_LOCK_ATTEMPTS):
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError as exc:
-                raise RunDirError(f"cannot create the pid file {path}: {exc.strerror or exc}") from exc
+            fd = _open_own(path)
+            if fd is None:
+                continue  # removed between two opens: again
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -311,6 +291,30 @@ class PidFile:
         self.release()
 
 
+def _open_own(path: Path) -> int | None:
+    """Open (created exclusively, mode 0600, when absent) the pid file ``path`` for writing, never through a
+    link, and only a regular file of this user; None when it vanished between two opens."""
+    flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            fd = os.open(path, flags)  # a stale file to take over, or a live one (its lock says)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RunDirError(f"the pid file {path} is a symbolic link: not followed; remove it") from exc
+        raise RunDirError(f"cannot create the pid file {path}: {exc.strerror or exc}") from exc
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        os.close(fd)
+        raise RunDirError(f"the pid file {path} is not a regular file of this user (uid {st.st_uid}): remove it")
+    if stat.S_IMODE(st.st_mode) != 0o600:
+        os.fchmod(fd, 0o600)  # a file an earlier version left 0644: its lease ID was readable by anyone
+    return fd
+
+
 # --------------------------------------------------------------------------- reading someone else's
 
 
@@ -325,14 +329,19 @@ class PidFileState:
     facts: Mapping[str, str] = field(default_factory=dict)
 
 
-def inspect(path: Path) -> PidFileState | None:
-    """The state of ``path``, or None when there is no such file."""
+def inspect(path: Path, *, own: bool = False) -> PidFileState | None:
+    """The state of ``path``, or None when there is no such file; never through a link. ``own``: a file
+    that is not a regular file of this user raises PidFileError (its facts decide nothing)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise PidFileError(f"cannot read the pid file {path}: {exc.strerror or exc}") from exc
+    st = os.fstat(fd)
+    if own and (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid()):
+        os.close(fd)
+        raise PidFileError(f"the pid file {path} is not a regular file of this user")
     try:
         locked = not _try_lock(fd)
         pid, facts = _read_content(fd)

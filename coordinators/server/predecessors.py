@@ -8,8 +8,10 @@ revokes those of processes that are *provably* dead:
 
 - the session advertises the very address this process has just bound (nobody else can listen
   there: our listeners never set SO_REUSEPORT), or
-- a pid file of the role on this host names the session's server ID and lease, and no process holds
-  that file's lock (the kernel drops it when a process dies, however it dies).
+- a pid file of the role on this host names the session's server ID, lease and address, and no process
+  holds that file's lock (the kernel drops it when a process dies, however it dies). Only pid files
+  nobody else can write count (:mod:`coordinators.runtime.run_dir`), and etcd must agree: the session
+  is this host's member of this role at the address the file recorded.
 
 Never on a guess: a session of another host, or at an address this process did not bind, keeps its
 TTL. Each revocation is logged with its proof.
@@ -19,10 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import structlog
 
+from coordinators.runtime.pidfile import StaleSession
 from session import CorruptValue, Etcd, LeaseNotFound, SessionError, SessionInfo, active_key, session_prefix
 from session.fastpath import remove_dead_holder
 from session.serving import ServingRecord, ServingState, record_op
@@ -50,13 +52,13 @@ async def find_dead_predecessors(
     *,
     hostname: str,
     bound_address: str,
-    stale: Mapping[tuple[int, int], Path],
+    stale: Mapping[tuple[int, int], StaleSession],
     own_server_id: int,
 ) -> list[DeadPredecessor]:
     """The sessions of ``role`` on ``hostname`` that are provably dead (see the module docstring).
 
     :param bound_address: the address this process advertises and has bound (``host:port``).
-    :param stale: ``(server ID, lease ID) -> pid file`` from the unlocked pid files of the role.
+    :param stale: ``(server ID, lease ID) -> what the pid file says`` from the unlocked pid files of the role.
     """
     prefix = session_prefix(meta_root)
     resp = await etcd.get(prefix + role, prefix=True)
@@ -83,8 +85,8 @@ async def find_dead_predecessors(
         if info.address == bound_address:
             proof = (f"it advertises {info.address}, the address this process has just bound on {hostname}: "
                      "no other process can listen there")
-        elif (pid_file := stale.get((info.server_id, info.lease_id))) is not None:
-            proof = f"its pid file {pid_file} names it and no process holds that file (its process is gone)"
+        elif (rec := stale.get((info.server_id, info.lease_id))) is not None and rec.address == info.address:
+            proof = f"its pid file {rec.path} names it and no process holds that file (its process is gone)"
         else:
             continue
         holds = active if active is not None and active.lease == info.lease_id else None

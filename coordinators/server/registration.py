@@ -124,9 +124,9 @@ class Registration:
         Returns True when one of them held the ACTIVE key (the next takeover's cause is a restart).
         """
         found = await asyncio.to_thread(pidfile.stale_sessions, self.role)  # file I/O off the loop
-        stale = {(sid, lease): path for path, sid, lease in found}
+        stale = {(rec.server_id, rec.lease_id): rec for rec in found}
         if self.pid_file is not None and (own := pidfile.recorded_session(self.pid_file.predecessor)) is not None:
-            stale[own] = self.pid_file.path
+            stale[own] = pidfile.StaleSession(self.pid_file.path, *own, self.pid_file.predecessor.get("address", ""))
         try:
             dead = await find_dead_predecessors(
                 self.etcd, self.config.etcd.meta_root, self.role, hostname=session.hostname,

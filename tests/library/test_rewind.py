@@ -16,6 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from coordinators.roles.base import PrefixImage
+from coordinators.runtime.pidfile import StaleSession
 from coordinators.server.predecessors import find_dead_predecessors
 from harness.etcd_server import EtcdCluster
 from harness.session_helpers import connected, new_session, wait_until
@@ -184,7 +185,7 @@ async def test_after_a_wipe_a_reused_server_id_never_makes_a_live_session_look_d
             await etcd.get("reuse/x")  # the first answer of the new history shows the rewind
         async with new_session(etcd, root, ttl=30) as live:
             assert live.server_id == dead[0] and live.lease_id != dead[1]  # the ID came back, not the lease
+            record = StaleSession(Path("/run/x.pid"), *dead, live.address)  # even its address agrees
             found = await find_dead_predecessors(etcd, f"{root}/meta", "rootcoord", hostname=live.hostname,
-                                                 bound_address="127.0.0.1:9", stale={dead: Path("/run/x.pid")},
-                                                 own_server_id=0)
+                                                 bound_address="127.0.0.1:9", stale={dead: record}, own_server_id=0)
             assert found == []
