@@ -95,8 +95,23 @@ def _endpoints(r: Reader) -> tuple[str, ...]:
     return endpoints
 
 
+def _scheme(endpoint: str) -> str:
+    """``https``, ``http`` or ``""`` (none written)."""
+    head, sep, _ = endpoint.partition("://")
+    return head.lower() if sep else ""
+
+
 def _check_etcd_security(r: Reader, etcd: EtcdConfig) -> None:
-    """TLS needs a CA file, and a client certificate its key; auth needs a user: say so at start-up."""
+    """TLS needs a CA file, and a client certificate its key; auth needs a user; an endpoint's scheme
+    must agree with ``etcd.ssl.enabled``; a password goes out in plain text only where the operator
+    wrote ``http://``: say so at start-up."""
+    schemes = {_scheme(e) for e in etcd.endpoints}
+    if "https" in schemes and not etcd.ssl.enabled:
+        raise r.error(("etcd", "endpoints"), "an https:// endpoint asks for TLS, but etcd.ssl.enabled is false: set "
+                      "etcd.ssl.enabled: true (with etcd.ssl.tlsCACert), or write http:// for plain text")
+    if "http" in schemes and etcd.ssl.enabled:
+        raise r.error(("etcd", "endpoints"), "an http:// endpoint asks for plain text, but etcd.ssl.enabled is true: "
+                      "write https:// (or host:port)")
     if etcd.ssl.enabled:
         _pem_file(r, ("etcd", "ssl", "tlsCACert"), required="etcd.ssl.enabled is true")
         cert = _pem_file(r, ("etcd", "ssl", "tlsCert"))
@@ -106,6 +121,9 @@ def _check_etcd_security(r: Reader, etcd: EtcdConfig) -> None:
             raise r.error(missing, "must be set too: a client certificate needs its key (tlsCert and tlsKey go together)")
     if etcd.auth.enabled and not etcd.auth.user_name.strip():
         raise r.error(("etcd", "auth", "userName"), "must name a user when etcd.auth.enabled is true")
+    if etcd.auth.enabled and not etcd.ssl.enabled and schemes != {"http"}:
+        raise r.error(("etcd", "auth", "enabled"), "would send the etcd password in plain text: set etcd.ssl.enabled: "
+                      "true, or write every endpoint as http://host:port to say plain text is meant")
 
 
 def _pem_file(r: Reader, path: KeyPath, *, required: str = "") -> str:

@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import ssl
 
+import structlog
+
 from coordinators.config import Config, ConfigError, GrpcTLSConfig
 from session import Etcd, EtcdTLS
+
+log = structlog.get_logger(__name__)
 
 __all__ = ["check_grpc_tls", "client_ssl_context", "make_etcd", "server_ssl_context"]
 
@@ -38,6 +42,9 @@ def make_etcd(config: Config, *, timeout: float | None = None) -> Etcd:
             server_name=etcd_cfg.ssl.tls_server_name,
         )
     user, password = (etcd_cfg.auth.user_name, etcd_cfg.auth.password) if etcd_cfg.auth.enabled else ("", "")
+    if user and tls is None:  # the config check let it through: every endpoint says http://
+        log.warning("the etcd password goes out in plain text (http:// endpoints, etcd.ssl.enabled false)",
+                    user=user, endpoints=",".join(etcd_cfg.endpoints))
     return Etcd(
         etcd_cfg.endpoints,
         timeout=etcd_cfg.request_timeout if timeout is None else timeout,

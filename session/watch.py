@@ -137,23 +137,26 @@ async def watch(
         range_end = prefix_range_end(key) if prefix else b""
     timeout = create_timeout if create_timeout is not None else etcd.timeout
     resumed = False
+    rewound: Rewind | None = None  # etcd went back in time: the resync it calls for is not delivered yet
     while True:
         call: WatchCall | None = None
         try:
-            if resumed:
-                try:  # etcd's timeline judges: a lower revision, or the client's last write gone, raises
+            if resumed and rewound is None:
+                try:  # etcd's timeline judges: a lower revision, or the client's latest put gone, raises
                     await verify_history(etcd, timeout=timeout)
                 except EtcdRewound as exc:
+                    rewound = exc.rewind
                     if on_restart is not None:
                         on_restart(key, "compacted")
-                    if not resync:
-                        yield Compacted(0, exc.rewind)
-                        return
-                    state = await read_state(etcd, key, range_end=range_end or None, timeout=timeout)
-                    log.warning("etcd went back in time under a watch, re-read the key", key=key,
-                                wantedRevision=next_revision, readRevision=state.revision)
-                    yield Resync(state.kvs, state.revision, 0, exc.rewind)
-                    next_revision = state.revision + 1
+            if rewound is not None:
+                if not resync:
+                    yield Compacted(0, rewound)
+                    return
+                state = await read_state(etcd, key, range_end=range_end or None, timeout=timeout)
+                log.warning("etcd went back in time under a watch, re-read the key", key=key,
+                            wantedRevision=next_revision, readRevision=state.revision)
+                yield Resync(state.kvs, state.revision, 0, rewound)
+                rewound, next_revision = None, state.revision + 1
             call = etcd.open_watch()
             create = WatchCreateRequest(
                 key=key.encode(), range_end=range_end, start_revision=next_revision, prev_kv=prev_kv

@@ -25,6 +25,7 @@ import pytest_asyncio
 import yaml
 from grpclib.client import Channel
 from grpclib.exceptions import StreamTerminatedError
+from structlog.testing import capture_logs
 
 from coordinators.client import CoordinatorClient, NoActiveMember
 from coordinators.config import ConfigError, load_config
@@ -153,6 +154,11 @@ def tls_env(tls: TLSFiles, *, ca: Path | None = None, client: bool = True, serve
     if server_name:
         env["ETCD_SSL_TLS_SERVER_NAME"] = server_name
     return env
+
+
+def plain(member: EtcdMember) -> str:
+    """The member's endpoint with ``http://``: a password goes out in plain text only where that is written."""
+    return f"http://{member.endpoint}"
 
 
 def auth_env(password: str = PASSWORD) -> dict[str, str]:
@@ -380,7 +386,7 @@ def test_password_of_the_wrong_type_is_not_echoed(tmp_path: Path) -> None:
 async def test_auth_run_status_and_role_commands(auth_etcd: EtcdMember, tmp_path: Path, runs: Runs) -> None:
     """etcd.auth.* from the environment: a coordinator registers and serves, `milvus status` and
     `milvus rootcoord ...` authenticate the same way."""
-    env = base_env(tmp_path, auth_etcd.endpoint, new_root(), **auth_env())
+    env = base_env(tmp_path, plain(auth_etcd), new_root(), **auth_env())
     proc = await runs.up("rootcoord", "a", env)
     code, out, err, _ = await runs.cli(["status", "--json"], env)
     assert code == 0, err
@@ -404,7 +410,7 @@ async def test_refused_credentials_are_a_clear_error_at_start_up(
     case: str, credentials: dict[str, str], auth_etcd: EtcdMember, tmp_path: Path, runs: Runs
 ) -> None:
     """Exit 3 at once with "etcd refused our credentials" and the endpoint: no retry loop, no hang, no traceback."""
-    env = base_env(tmp_path, auth_etcd.endpoint, new_root(), COMMON_SESSION_RETRY_TIMES="30", **credentials)
+    env = base_env(tmp_path, plain(auth_etcd), new_root(), COMMON_SESSION_RETRY_TIMES="30", **credentials)
     proc = runs.start("rootcoord", "a", env)
     t0 = time.monotonic()
     assert await proc.wait(20) == 3, proc.output()
@@ -443,7 +449,7 @@ async def test_token_expiry_keeps_sessions_and_the_active_role(auth_etcd: EtcdMe
     at once when the active stops."""
     root = new_root()
     env = {
-        "ETCD_ENDPOINTS": auth_etcd.endpoint, "ETCD_ROOT_PATH": root, "COMMON_SESSION_TTL": str(TTL),
+        "ETCD_ENDPOINTS": plain(auth_etcd), "ETCD_ROOT_PATH": root, "COMMON_SESSION_TTL": str(TTL),
         "DATA_COORD_ENABLE_ACTIVE_STANDBY": "true", "DATA_COORD_ADDRESS": "127.0.0.1", "DATA_COORD_HTTP_PORT": "0",
         **auth_env(),
     }
@@ -494,7 +500,7 @@ async def test_secrets_never_appear_in_logs_or_status(
 ) -> None:
     """Debug-level runs with a recognizable password and with TLS keys, a refused password, `milvus status`
     (table and JSON), a role command and a config error: none of it contains the password or key material."""
-    auth = base_env(tmp_path, auth_etcd.endpoint, new_root(), LOG_LEVEL="debug", **auth_env())
+    auth = base_env(tmp_path, plain(auth_etcd), new_root(), LOG_LEVEL="debug", **auth_env())
     proc = await runs.up("rootcoord", "auth", auth)
     for args in (["status"], ["status", "--json"], ["rootcoord", "alloc-ts"]):
         code, _, err, _ = await runs.cli(args, auth)
@@ -660,3 +666,32 @@ async def test_grpc_tls_bad_key_file_exits_2_with_one_line(tls_files: TLSFiles, 
     code, _out, err, _ = await run_cli(["run", "rootcoord"], env)
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and "tls.serverPemPath" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("env", "key", "says"),
+    [
+        ({"ETCD_ENDPOINTS": "https://etcd-1:2379"}, "etcd.endpoints", "https:// endpoint asks for TLS"),
+        ({"ETCD_ENDPOINTS": "etcd-1:2379", **auth_env()}, "etcd.auth.enabled", "password in plain text"),
+        ({"ETCD_ENDPOINTS": "http://etcd-1:2379,etcd-2:2379", **auth_env()}, "etcd.auth.enabled", "password in plain text"),
+    ],
+    ids=["https without TLS", "password over host:port", "password over a mix"],
+)
+def test_an_endpoint_scheme_is_honoured_and_a_password_never_goes_out_in_clear_unwritten(
+    env: dict[str, str], key: str, says: str
+) -> None:
+    """An https:// endpoint with etcd.ssl.enabled false was dialled in plain text (h2c) and a proxy read
+    the password: now refused at start-up, as is a password over endpoints that do not say http://."""
+    with pytest.raises(ConfigError) as refused:
+        load_config(env=env)
+    assert refused.value.key == key and says in str(refused.value)
+    said = load_config(env={"ETCD_ENDPOINTS": "http://etcd-1:2379", **auth_env()})  # written: allowed, and said
+    with capture_logs() as logs:
+        make_etcd(said)
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+        "the etcd password goes out in plain text (http:// endpoints, etcd.ssl.enabled false)"]
+
+
+def test_http_endpoints_with_tls_on_are_refused(tls_files: TLSFiles) -> None:
+    with pytest.raises(ConfigError, match="http:// endpoint asks for plain text"):
+        load_config(env={"ETCD_ENDPOINTS": "http://etcd-1:2379", **tls_env(tls_files)})

@@ -117,7 +117,8 @@ def test_env_float_and_milliseconds() -> None:
 
 
 def test_env_nested_and_password_hidden() -> None:
-    config = load_env(ETCD_AUTH_ENABLED="on", ETCD_AUTH_USER_NAME="root", ETCD_AUTH_PASSWORD="s3cret")
+    config = load_env(ETCD_AUTH_ENABLED="on", ETCD_AUTH_USER_NAME="root", ETCD_AUTH_PASSWORD="s3cret",
+                      ETCD_ENDPOINTS="http://localhost:2379")
     assert config.etcd.auth.enabled and config.etcd.auth.password == "s3cret"
     assert "s3cret" not in repr(config)
 

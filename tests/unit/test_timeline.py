@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import pytest
 
+from session.errors import EtcdUnavailable
 from session.timeline import EtcdRewound, Rewind, RewindSign, Timeline
+from session.watch import Resync, watch
 
 CLUSTER = 0x1234
 
@@ -64,3 +67,37 @@ def test_reported_signs_reach_every_subscriber_until_it_unsubscribes() -> None:
     assert len(first) == 2 and len(second) == 1
     assert rewind.describe() == ("etcd went back in time (key_behind): by-dev/kv/tso/timestamp answered no key, "
                                  "after revision 40")
+
+
+class _FlakyEtcd:
+    """Just enough of session.etcd.Etcd for watch(): its stream breaks once; then the history check
+    finds a rewind, the re-read that must follow fails once, and succeeds."""
+
+    timeout = 1.0
+
+    def __init__(self) -> None:
+        self.timeline = Timeline()
+        self.answers: list[object] = [
+            EtcdRewound(Rewind(RewindSign.REVISION_BEHIND, "revision 9", "revision 3", "get")),  # the check
+            EtcdUnavailable("etcd get: no answer in time"),  # the re-read, once
+            SimpleNamespace(kvs=[], header=SimpleNamespace(revision=4)),  # the re-read again
+        ]
+
+    def open_watch(self) -> object:
+        raise EtcdUnavailable("etcd watch: connection lost")
+
+    async def get(self, *args: object, **kwargs: object) -> object:
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+async def test_a_watch_delivers_the_resync_a_rewind_calls_for_even_when_the_re_read_fails_once() -> None:
+    etcd = _FlakyEtcd()
+    stream = watch(etcd, "k", start_revision=10, max_backoff=0.01)  # type: ignore[arg-type]
+    try:
+        item = await asyncio.wait_for(anext(stream), 5)
+    finally:
+        await stream.aclose()
+    assert isinstance(item, Resync) and item.rewind is not None and item.revision == 4  # not resumed at 10
