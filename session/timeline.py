@@ -145,9 +145,15 @@ class Timeline:
 
     def saw(self, key: bytes, mod_revision: int, value: bytes) -> None:
         """``key`` was put at ``mod_revision`` with ``value`` (a write, a read, an event): the witness
-        of this history when it is the latest."""
-        if self.witness is None or mod_revision > self.witness[1]:
-            self.witness = (bytes(key), mod_revision, bytes(value))
+        of this history when it is the latest. Not a key that is not UTF-8 (a foreign one in a watched
+        range): the client names keys as text, so it could not read it back, and would see a rewind."""
+        if self.witness is not None and mod_revision <= self.witness[1]:
+            return
+        try:
+            bytes(key).decode("utf-8")
+        except UnicodeDecodeError:
+            return
+        self.witness = (bytes(key), mod_revision, bytes(value))
 
     def saw_all(self, kvs: Any) -> None:
         """The latest of etcd KeyValues read (a range's answer)."""
@@ -196,7 +202,7 @@ async def verify_history(etcd: Reader, *, timeout: float | None = None) -> None:
         await etcd.get("\0", keys_only=True, limit=1, timeout=timeout)
         return
     key, revision, value = witness
-    name = key.decode("utf-8", "replace")
+    name = key.decode("utf-8")
     try:
         resp = await etcd.get(name, revision=revision, timeout=timeout)
     except EtcdRequestFailed as exc:

@@ -69,6 +69,14 @@ def test_reported_signs_reach_every_subscriber_until_it_unsubscribes() -> None:
                                  "after revision 40")
 
 
+def test_the_witness_is_the_latest_put_seen_and_never_a_key_that_cannot_be_read_back() -> None:
+    timeline = Timeline()
+    timeline.saw(b"r/a", 10, b"1")
+    timeline.saw(b"r/b", 8, b"2")  # older: not the latest
+    timeline.saw(b"r/\xff\xfe", 12, b"3")  # a foreign key that is not UTF-8: could not be named again
+    assert timeline.witness == (b"r/a", 10, b"1")
+
+
 class _FlakyEtcd:
     """Just enough of session.etcd.Etcd for watch(): its stream breaks once; then the history check
     finds a rewind, the re-read that must follow fails once, and succeeds."""
