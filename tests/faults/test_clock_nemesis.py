@@ -27,6 +27,11 @@ pytestmark = pytest.mark.process
 LIBFAKETIME = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1"))), None)
 
 
+def serving_lines(proc: MilvusProcess) -> int:
+    """How many terms ``proc`` has served (its "is ACTIVE and serving" lines)."""
+    return sum(ln.msg == "rootcoord is ACTIVE and serving" for ln in proc.lines())
+
+
 def faked(offset_file: Path) -> dict[str, str]:
     """The environment that puts a process's wall clock at the offset written in ``offset_file``."""
     assert LIBFAKETIME is not None
@@ -58,15 +63,19 @@ async def test_timestamps_strictly_increase_across_failovers_while_the_actives_w
         async with ClientLoad(etcd, f"{etcd_prefix}/meta", ("rootcoord",), call_timeout=3.0, seed=7, tag="clock") as load:
             await load.wait_progress(calls=20)
             for jump in ("+3600", "-3600", "+7200", "-1800", "+0"):
-                kv = await holder(etcd_client, etcd_prefix, "rootcoord")
-                assert kv is not None
+                # Waited for, not assumed: under load a loop stall may end a term (it resigns its key
+                # and campaigns again), so the key can be briefly absent between two terms.
+                kv = await wait_until(lambda: holder(etcd_client, etcd_prefix, "rootcoord"), timeout=15,
+                                      what="an ACTIVE member")
                 name = next(n for n, m in members.items() if m.address == kv.value["Address"])
                 offsets[name].write_text(f"{jump}\n")  # the ACTIVE's wall clock jumps, while it serves
                 await load.wait_progress("rootcoord", calls=20)
+                other = next(m for n, m in members.items() if n != name)
+                served = serving_lines(other)
                 members[name].signal(signal.SIGTERM)  # a failover to the other member (its own clock)
                 assert await members[name].wait(10) == 0
-                other = next(m for n, m in members.items() if n != name)
-                await wait_for_serving(other, "rootcoord")
+                await wait_until(lambda o=other, n=served: serving_lines(o) > n, timeout=15,
+                                 what="the other member serving a new term")
                 await load.wait_progress("rootcoord", calls=20)
                 members[name] = start(name)  # back as a STANDBY, its clock still off
 

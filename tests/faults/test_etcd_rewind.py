@@ -110,6 +110,13 @@ def registered_ids(proc: MilvusProcess) -> list[int]:
     return [int(ln.fields["ServerID"]) for ln in proc.lines() if ln.msg == "service registered"]
 
 
+async def held_ids(procs: list[MilvusProcess]) -> dict[str, int]:
+    """Each member's server ID, once its log says it registered (its key in etcd may come first)."""
+    for proc in procs:
+        await wait_for_log(proc, lambda ls: any(ln.msg == "service registered" for ln in ls), 10, "registered")
+    return {p.address: registered_ids(p)[-1] for p in procs}
+
+
 async def serving_after_rewind(procs: list[MilvusProcess], served_before: dict[str, int], *,
                                noticed: bool = True) -> MilvusProcess:
     """The member serving a term begun after the rewind, which the ACTIVE (``procs[0]``) noticed first.
@@ -135,7 +142,7 @@ async def test_a_restored_etcd_ends_the_term_and_nobody_serves_what_it_lost(
     member = etcd.members[0]
     active, standby, _, _ = await pair(etcd_client, etcd_prefix, ROLE, launch)  # type: ignore[arg-type]
     await wait_for_serving(active, ROLE)
-    before_ids = {p.address: registered_ids(p)[-1] for p in (active, standby)}
+    before_ids = await held_ids([active, standby])
     await call(active, "CreateCollection", pb.CreateCollectionRequest(collection_name="early", fields=schema()))
     await asyncio.to_thread(member.save_snapshot, tmp_path / "snap.db")
     await call(active, "CreateCollection", pb.CreateCollectionRequest(collection_name="later", fields=schema()))  # etcd loses it
@@ -189,7 +196,7 @@ async def test_a_wiped_etcd_hands_out_no_id_and_no_server_id_again(
     await wait_for_serving(active, ROLE)
     await call(active, "CreateCollection", pb.CreateCollectionRequest(collection_name="early", fields=schema()))
     handed = await call(active, "AllocID", pb.AllocIDRequest(count=1000))
-    held = {p.address: registered_ids(p)[-1] for p in (active, standby)}
+    held = await held_ids([active, standby])
     served_before = {p.address: len(terms_served(p)) for p in (active, standby)}
 
     await asyncio.to_thread(member.wipe)
