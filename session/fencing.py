@@ -100,16 +100,17 @@ class FencedWriter:
 
         Returns ``(saved, value now, mod revision now)``: after a refusal, what the key holds instead.
 
-        :raises EtcdRewound: the key is found older than ``mod_revision``, or gone: etcd lost writes it
-            acknowledged (:mod:`session.timeline`; subscribers were told).
+        :raises EtcdRewound: the key is found at a revision older than ``mod_revision``: etcd lost writes
+            it acknowledged (:mod:`session.timeline`; subscribers were told). A key found gone says
+            less (an operator may have deleted it): it is returned as absent.
         """
         resp = await self.txn([cmp_mod_revision(key, mod_revision)], [op_put(key, value)], [op_get(key)], timeout=timeout)
         if resp.succeeded:
             return True, value, int(resp.header.revision)
         kvs = resp.responses[0].response_range.kvs
         found = int(kvs[0].mod_revision) if kvs else 0
-        if found < mod_revision:  # a key's revision only grows: etcd went back in time
-            rewind = Rewind(RewindSign.KEY_BEHIND, f"revision {mod_revision}", f"revision {found}" if kvs else "no key", key)
+        if kvs and found < mod_revision:  # a key's revision only grows: etcd went back in time
+            rewind = Rewind(RewindSign.KEY_BEHIND, f"revision {mod_revision}", f"revision {found}", key)
             self.etcd.timeline.report(rewind)
             raise EtcdRewound(rewind)
         return False, (bytes(kvs[0].value) if kvs else None), found

@@ -200,9 +200,8 @@ class ServingLease:
                     self.term.end(TermEnd.KEY_LOST, "the serving lease's renewal found the ACTIVE key gone or re-created")
                     return
                 found = int(serving[0].mod_revision) if serving else 0
-                if found < last:  # only this term moves it, and only forward: etcd lost its renewals
-                    rewind = Rewind(RewindSign.KEY_BEHIND, f"revision {last}", f"revision {found}" if found else "no key",
-                                    self.key)
+                if serving and found < last:  # only this term moves it, and only forward: etcd lost its renewals
+                    rewind = Rewind(RewindSign.KEY_BEHIND, f"revision {last}", f"revision {found}", self.key)
                     self.etcd.timeline.report(rewind)
                     self.term.end(TermEnd.SESSION_LOST, rewind.describe())
                     return

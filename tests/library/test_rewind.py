@@ -189,3 +189,30 @@ async def test_after_a_wipe_a_reused_server_id_never_makes_a_live_session_look_d
             found = await find_dead_predecessors(etcd, f"{root}/meta", "rootcoord", hostname=live.hostname,
                                                  bound_address="127.0.0.1:9", stale={dead: record}, own_server_id=0)
             assert found == []
+
+
+async def test_a_key_deleted_by_hand_is_not_a_rewind(solo: EtcdCluster) -> None:
+    """A saved bound or the serving key deleted (an operator, a tool) says less than one found older: the
+    bound is saved again, the serving lease renews from the absent key, nobody's session is given up.
+    (A bound deleted under a running term used to end its session: seen by `milvus check`'s test under load.)"""
+    async with connected(solo.endpoints) as setup:
+        epoch = await setup.put("d/meta/session/rootcoord", b"holder")
+    async with connected(solo.endpoints, timeout=0.5) as etcd:
+        term, writer = lone_term(etcd, "d/meta/session/rootcoord", epoch)
+        saved, _, mod = await writer.put_if_unchanged("d/kv/tso/timestamp", b"100", 0)
+        assert saved
+        await etcd.delete("d/kv/tso/timestamp")
+        assert await writer.put_if_unchanged("d/kv/tso/timestamp", b"200", mod) == (False, None, 0)
+        lease = ServingLease(etcd, "d/meta", term, duration=0.4, clock=deadline_clock)
+        renewing = asyncio.create_task(lease.run())
+        try:
+            await wait_until(lambda: lease.renewals >= 2, timeout=10, what="renewals")
+            await etcd.delete(lease.key)
+            renewed = lease.renewals
+            await wait_until(lambda: lease.renewals >= renewed + 3, timeout=10, what="renewals after the delete")
+            assert term.active and lease.serving()
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+        assert etcd.timeline.rewinds == 0

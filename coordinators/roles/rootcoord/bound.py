@@ -14,9 +14,13 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+import structlog
+
 from session import EtcdUnavailable
 
 __all__ = ["ATTEMPT_S", "BoundWriter", "GrowingBound"]
+
+log = structlog.get_logger(__name__)
 
 #: How long one save may wait for etcd before it is sent again. At an etcd leader change a request to
 #: a follower waits for a leader, up to etcd's own request timeout (~5 s), while a new leader is
@@ -75,6 +79,9 @@ class GrowingBound:
             if saved:
                 self.value, self._mod = value, mod
                 return value
+            if raw is None and self.value is not None:
+                log.warning("the saved bound is gone (deleted, or etcd lost it): saving it again, above what "
+                            "this term holds", key=self.key, bound=self.value)
             # Changed since we looked (an earlier save of ours, applied late): take what is there into
             # account. Garbage raises CorruptValue and leaves the mod revision we compare as it was, so
             # no later save can write over it either: an operator decides what the bound is.
