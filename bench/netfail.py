@@ -34,9 +34,11 @@ from coordinators.client import CoordinatorClient
 from coordinators.proto import rootcoord_pb2
 from harness.etcd_server import EtcdCluster
 from harness.net_members import Members, serving_and_waiting
-from harness.netns import NetHost, NetHosts, listen_also_on
+from harness.netns import NetHosts, listen_also_on
 from harness.procs import wait_for_log
 from session import Etcd, SessionInfo
+
+__all__ = ["NEMESES", "net_series"]
 
 ROLE = "rootcoord"
 TTL = 60
@@ -158,6 +160,3 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-__all__ = ["NEMESES", "NetHost", "net_series"]

@@ -35,7 +35,7 @@ from session.etcd import Compare, Etcd, RequestOp, cmp_create_revision, cmp_leas
 from session.info import SessionInfo
 from session.keys import serving_key
 from session.lapse import Lapse, LapseWatch
-from session.serving import ServingRecord, ServingState, record_op
+from session.serving import lapsed_op
 from session.takeover import TakeoverCause, TakeoverMark, mark_op
 from session.tasks import cancel_until_done
 from session.term import Holder
@@ -204,8 +204,7 @@ class DeathWatchTask:
             compares.append(cmp_mod_revision(serving, proof.lapse.mod_revision))
         if proof.lapse is not None or self.trust_refusals:
             server_id = holder.info.server_id if holder.info is not None else 0
-            ops.append(record_op(self.meta_root, self.role, ServingRecord(
-                holder.kv.create_revision, server_id, ServingState.LAPSED, 0.0)))
+            ops.append(lapsed_op(self.meta_root, self.role, holder.kv.create_revision, server_id))
         try:
             removed = await remove_dead_holder(self.etcd, self.meta_root, self.role, holder.kv, mark=mark,
                                                revoke=False, compares=compares, ops=ops)

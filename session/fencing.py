@@ -25,7 +25,7 @@ from session.etcd import (
 )
 from session.lease import LeaseSession
 from session.term import Term, TermEnd
-from session.timeline import EtcdRewound, Rewind, RewindSign
+from session.timeline import EtcdRewound
 
 
 class FencedWriter:
@@ -110,9 +110,7 @@ class FencedWriter:
         kvs = resp.responses[0].response_range.kvs
         found = int(kvs[0].mod_revision) if kvs else 0
         if kvs and found < mod_revision:  # a key's revision only grows: etcd went back in time
-            rewind = Rewind(RewindSign.KEY_BEHIND, f"revision {mod_revision}", f"revision {found}", key)
-            self.etcd.timeline.report(rewind)
-            raise EtcdRewound(rewind)
+            raise EtcdRewound(self.etcd.timeline.key_behind(key, f"revision {mod_revision}", f"revision {found}"))
         return False, (bytes(kvs[0].value) if kvs else None), found
 
     async def scan(self, prefix: str, *, page: int = 1000) -> AsyncIterator[tuple[str, bytes, int]]:

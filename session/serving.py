@@ -37,10 +37,10 @@ from session.errors import CorruptValue, SessionError
 from session.etcd import Etcd, RequestOp, cmp_create_revision, cmp_mod_revision, op_get, op_put
 from session.keys import serving_key
 from session.term import Term, TermEnd
-from session.timeline import EtcdRewound, Rewind, RewindSign
+from session.timeline import EtcdRewound
 from session.watch import KeyValue, key_value
 
-__all__ = ["CLOCK_RATE_MARGIN", "ServingLease", "ServingRecord", "ServingState", "record_op", "serve_from"]
+__all__ = ["CLOCK_RATE_MARGIN", "ServingLease", "ServingRecord", "ServingState", "lapsed_op", "record_op", "serve_from"]
 
 log = structlog.get_logger(__name__)
 
@@ -82,6 +82,12 @@ class ServingRecord:
 def record_op(meta_root: str, role: str, record: ServingRecord) -> RequestOp:
     """The put of ``record`` at the role's serving key, for a txn that frees or renews the ACTIVE key."""
     return op_put(serving_key(meta_root, role), record.to_json())
+
+
+def lapsed_op(meta_root: str, role: str, epoch: int, server_id: int) -> RequestOp:
+    """The put marking term ``epoch``'s serving lease over (``lapsed``), for the txn that removes its key
+    on a proof that it cannot answer: its successor then serves without waiting it out."""
+    return record_op(meta_root, role, ServingRecord(epoch, server_id, ServingState.LAPSED, 0.0))
 
 
 def serve_from(previous: KeyValue | None, sent: float, duration: float,
@@ -201,8 +207,7 @@ class ServingLease:
                     return
                 found = int(serving[0].mod_revision) if serving else 0
                 if serving and found < last:  # only this term moves it, and only forward: etcd lost its renewals
-                    rewind = Rewind(RewindSign.KEY_BEHIND, f"revision {last}", f"revision {found}", self.key)
-                    self.etcd.timeline.report(rewind)
+                    rewind = self.etcd.timeline.key_behind(self.key, f"revision {last}", f"revision {found}")
                     self.term.end(TermEnd.SESSION_LOST, rewind.describe())
                     return
                 last = found  # an answer missed: renew from where it is

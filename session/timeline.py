@@ -161,6 +161,13 @@ class Timeline:
         if latest is not None:
             self.saw(latest.key, int(latest.mod_revision), latest.value)
 
+    def key_behind(self, key: str, seen: str, now: str) -> Rewind:
+        """Report that ``key`` was found older than this client saw it (``seen``, ``now``: what was seen
+        and what is found); returns the rewind told."""
+        rewind = Rewind(RewindSign.KEY_BEHIND, seen, now, key)
+        self.report(rewind)
+        return rewind
+
     def report(self, rewind: Rewind, *, revision: int = 0) -> None:
         """Tell every subscriber (also for signs found outside the calls: a key found older).
 
@@ -216,6 +223,4 @@ async def verify_history(etcd: Reader, *, timeout: float | None = None) -> None:
         now = "no key" if kv is None else f"another put (revision {int(kv.mod_revision)})"
     if timeline.rewinds != seen and timeline.last is not None:
         raise EtcdRewound(timeline.last)  # another call told it meanwhile
-    rewind = Rewind(RewindSign.KEY_BEHIND, f"its put at revision {revision}", now, name)
-    timeline.report(rewind)
-    raise EtcdRewound(rewind)
+    raise EtcdRewound(timeline.key_behind(name, f"its put at revision {revision}", now))

@@ -137,26 +137,35 @@ async def watch(
         range_end = prefix_range_end(key) if prefix else b""
     timeout = create_timeout if create_timeout is not None else etcd.timeout
     resumed = False
-    rewound: Rewind | None = None  # etcd went back in time: the resync it calls for is not delivered yet
+    #: History the watch needed is lost (compacted at a revision, or etcd went back in time): the
+    #: resync owed to the caller, delivered before the watch goes on, whatever fails meanwhile.
+    lost: tuple[int, Rewind | None] | None = None
     while True:
         call: WatchCall | None = None
         try:
-            if resumed and rewound is None:
+            if resumed and lost is None:
                 try:  # etcd's timeline judges: a lower revision, or the client's latest put gone, raises
                     await verify_history(etcd, timeout=timeout)
                 except EtcdRewound as exc:
-                    rewound = exc.rewind
+                    lost = (0, exc.rewind)
+            if lost is not None:
+                compact_revision, rewind = lost
+                if not resync:
                     if on_restart is not None:
                         on_restart(key, "compacted")
-            if rewound is not None:
-                if not resync:
-                    yield Compacted(0, rewound)
+                    yield Compacted(compact_revision, rewind)
                     return
                 state = await read_state(etcd, key, range_end=range_end or None, timeout=timeout)
-                log.warning("etcd went back in time under a watch, re-read the key", key=key,
-                            wantedRevision=next_revision, readRevision=state.revision)
-                yield Resync(state.kvs, state.revision, 0, rewound)
-                rewound, next_revision = None, state.revision + 1
+                if rewind is None:
+                    log.info("watch compacted, re-read the key", key=key, wantedRevision=next_revision,
+                             compactRevision=compact_revision, readRevision=state.revision)
+                else:
+                    log.warning("etcd went back in time under a watch, re-read the key", key=key,
+                                wantedRevision=next_revision, readRevision=state.revision)
+                if on_restart is not None:
+                    on_restart(key, "compacted")
+                yield Resync(state.kvs, state.revision, compact_revision, rewind)
+                lost, next_revision = None, state.revision + 1
             call = etcd.open_watch()
             create = WatchCreateRequest(
                 key=key.encode(), range_end=range_end, start_revision=next_revision, prev_kv=prev_kv
@@ -169,24 +178,8 @@ async def watch(
             response = created
             while True:
                 if response.canceled:
-                    if response.compact_revision > 0 and not resync:
-                        if on_restart is not None:
-                            on_restart(key, "compacted")
-                        yield Compacted(int(response.compact_revision))
-                        return
                     if response.compact_revision > 0:
-                        state = await read_state(etcd, key, range_end=range_end or None, timeout=timeout)
-                        log.info(
-                            "watch compacted, re-read the key",
-                            key=key,
-                            wantedRevision=next_revision,
-                            compactRevision=int(response.compact_revision),
-                            readRevision=state.revision,
-                        )
-                        if on_restart is not None:
-                            on_restart(key, "compacted")
-                        yield Resync(state.kvs, state.revision, int(response.compact_revision))
-                        next_revision = state.revision + 1
+                        lost = (int(response.compact_revision), None)  # delivered above, on a new stream
                         break
                     raise EtcdUnavailable(f"etcd watch {key} canceled: {response.cancel_reason or 'no reason given'}")
                 events = response.events

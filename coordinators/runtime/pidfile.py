@@ -291,6 +291,11 @@ class PidFile:
         self.release()
 
 
+def _own_file(st: os.stat_result) -> bool:
+    """Whether a pid file (its fstat) may be believed: a regular file of this user."""
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
+
+
 def _open_own(path: Path) -> int | None:
     """Open (created exclusively, mode 0600, when absent) the pid file ``path`` for writing, never through a
     link, and only a regular file of this user; None when it vanished between two opens."""
@@ -307,7 +312,7 @@ def _open_own(path: Path) -> int | None:
             raise RunDirError(f"the pid file {path} is a symbolic link: not followed; remove it") from exc
         raise RunDirError(f"cannot create the pid file {path}: {exc.strerror or exc}") from exc
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+    if not _own_file(st):
         os.close(fd)
         raise RunDirError(f"the pid file {path} is not a regular file of this user (uid {st.st_uid}): remove it")
     if stat.S_IMODE(st.st_mode) != 0o600:
@@ -338,8 +343,7 @@ def inspect(path: Path, *, own: bool = False) -> PidFileState | None:
         return None
     except OSError as exc:
         raise PidFileError(f"cannot read the pid file {path}: {exc.strerror or exc}") from exc
-    st = os.fstat(fd)
-    if own and (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid()):
+    if own and not _own_file(os.fstat(fd)):
         os.close(fd)
         raise PidFileError(f"the pid file {path} is not a regular file of this user")
     try:

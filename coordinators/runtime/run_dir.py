@@ -68,7 +68,7 @@ def run_dir(env: Mapping[str, str] | None = None) -> Path:
     if override:
         return _ensure_writable(Path(override), f"from ${RUN_DIR_ENV}")
     if _usable(SYSTEM_RUN_DIR) or os.geteuid() == 0:
-        return _ensure_writable(SYSTEM_RUN_DIR, "root's")
+        return _ensure_writable(SYSTEM_RUN_DIR, "the system's" if os.geteuid() else "root's only")
     return _ensure_writable(FALLBACK_RUN_DIR, f"{SYSTEM_RUN_DIR} is not writable")
 
 

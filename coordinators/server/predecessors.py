@@ -27,7 +27,7 @@ import structlog
 from coordinators.runtime.pidfile import StaleSession
 from session import CorruptValue, Etcd, LeaseNotFound, SessionError, SessionInfo, active_key, session_prefix
 from session.fastpath import remove_dead_holder
-from session.serving import ServingRecord, ServingState, record_op
+from session.serving import lapsed_op
 from session.takeover import TakeoverCause, TakeoverMark
 from session.watch import KeyValue, key_value
 
@@ -111,8 +111,8 @@ async def revoke_dead_predecessors(
                 mark = TakeoverMark(epoch, TakeoverCause.RESTART, by_server, predecessor.proof)
                 # The proof is the kernel's (a pid file's lock dropped, an address bound): the process
                 # cannot answer, so its serving lease is over now and the successor need not wait it out.
-                lapsed = record_op(meta_root, role, ServingRecord(epoch, info.server_id, ServingState.LAPSED, 0.0))
-                await remove_dead_holder(etcd, meta_root, role, predecessor.holds_active, mark=mark, ops=[lapsed])
+                await remove_dead_holder(etcd, meta_root, role, predecessor.holds_active, mark=mark,
+                                         ops=[lapsed_op(meta_root, role, epoch, info.server_id)])
             else:
                 await etcd.revoke(info.lease_id)
             revoked += 1
