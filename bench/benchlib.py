@@ -323,8 +323,9 @@ class Fleet:
         return f"{self.meta_root}/session/{role}"
 
     def launch(self, role: str = "rootcoord", *, active_standby: bool = True,
-               env: Mapping[str, str] | None = None) -> Coordinator:
-        """Start one ``milvus run role``; ``env``: more config variables for this one."""
+               env: Mapping[str, str] | None = None, prefix: Sequence[str] = ()) -> Coordinator:
+        """Start one ``milvus run role``; ``env``: more config variables for this one; ``prefix``: a
+        command it runs under (``prlimit --nofile=1024:1024``)."""
         self._n += 1
         alias = f"b{self._n}"
         port = free_port()
@@ -336,7 +337,7 @@ class Fleet:
         argv = ["run", role, "--alias", alias]
         # Under another event loop: the same entry point, through bench/serve.py, which installs it.
         cmd = [MILVUS, *argv] if self.loop == "asyncio" else [sys.executable, str(BENCH / "serve.py"), "--loop", self.loop, *argv]
-        child = Child(cmd, env=env, log_path=self.work_dir / f"{role}-{alias}.log", name=f"{role}-{alias}")
+        child = Child([*prefix, *cmd], env=env, log_path=self.work_dir / f"{role}-{alias}.log", name=f"{role}-{alias}")
         coord = Coordinator(child, role, alias, port)
         self.started.append(coord)
         return coord

@@ -41,7 +41,7 @@ def _breakdowns(fo: dict[str, Any]) -> None:
         stages = failover.CRASH_FAST_STAGES if series["fast"] else failover.CRASH_STAGES
         series["breakdown"] = failover.breakdown(series["rounds"], stages)
 
-BENCHES = ("failover", "throughput", "scale")
+BENCHES = ("failover", "throughput", "scale", "abuse")
 
 
 def series_tag(series: dict[str, Any]) -> str:
@@ -784,7 +784,54 @@ def render(docs: dict[str, Any], plots: Plots, analysis: Path | None, note: str)
     out += failover_section(docs.get("failover"), plots)
     out += throughput_section(docs.get("throughput"), plots)
     out += scale_section(docs.get("scale"), plots)
+    out += abuse_section(docs.get("abuse"))
     return "\n".join(out).rstrip() + "\n"
+
+
+#: The issue-22 goal under each abuse: RSS growth, and the longest answer a stalled loop would cause.
+ABUSE_RSS_MB, ABUSE_STALL_MS = 50, 100
+
+
+def abuse_rows(ab: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per abuse, over its rounds: the worst RSS growth, calls, answer times and lags, and every term kept."""
+    rows: dict[str, dict[str, Any]] = {}
+    for r in ab.get("rounds", []):
+        row = rows.setdefault(r["abuse"], {"rss": 0.0, "kept": True, "calls": 0, "unanswered": 0, "call_max": 0.0,
+                                           "call_p95": 0.0, "healthz_max": 0.0, "healthz_unanswered": 0, "lags": 0})
+        row["rss"] = max(row["rss"], r["rss_growth_mb"])
+        row["kept"] = row["kept"] and r["term_kept"]
+        row["calls"] += r["calls"]
+        row["unanswered"] += r["calls_unanswered"]
+        row["call_max"] = max(row["call_max"], r["call_ms"].get("max", 0.0))
+        row['call_p95'] = max(row['call_p95'], r["call_ms"].get("p95", 0.0))
+        row["healthz_max"] = max(row["healthz_max"], r["healthz_ms"].get("max", 0.0))
+        row["healthz_unanswered"] += r["healthz_unanswered"]
+        row["lags"] += int(r["loop_lags_over_100ms"])
+    return rows
+
+
+def abuse_met(row: dict[str, Any]) -> bool:
+    return (row["rss"] < ABUSE_RSS_MB and row["kept"] and not row["unanswered"] and not row["lags"]
+            and not row["healthz_unanswered"])
+
+
+def abuse_section(ab: dict[str, Any] | None) -> list[str]:
+    if not ab:
+        return []
+    rows = abuse_rows(ab)
+    out = ["## What an unauthenticated peer costs a member (issue 22)", "",
+           "`bench/abuse.py`: an ACTIVE and a STANDBY rootcoord at the default TTL, open-files limit 1024; each abuse "
+           "from a process of its own while a client asks the ACTIVE member for a timestamp every 20 ms (on a kept "
+           "connection) and for /healthz (on a new one). `reference` is the same with no abuse, in the same run. "
+           "Loop lags are the member's own count of event-loop delays over 100 ms.", "",
+           "| abuse | RSS growth (MB, worst round) | term kept | calls (unanswered) | call p95 / max (ms) "
+           "| /healthz max (ms, unanswered) | loop lags > 100 ms | goal |",
+           "|---|---|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        out.append(f"| {name} | {row['rss']:.1f} | {'yes' if row['kept'] else 'NO'} | {row['calls']} ({row['unanswered']}) "
+                   f"| {row['call_p95']:.1f} / {row['call_max']:.1f} | {row['healthz_max']:.1f} "
+                   f"({row['healthz_unanswered']}) | {row['lags']} | {verdict(abuse_met(row))} |")
+    return [*out, ""]
 
 
 def main() -> int:

@@ -54,6 +54,7 @@ fi
 python bench/failover.py "${quick[@]}"
 python bench/throughput.py "${quick[@]}"
 python bench/scale.py "${quick[@]}"
+python bench/abuse.py "${quick[@]}"
 if [ "${#quick[@]}" = 0 ]; then
     python bench/report.py
 fi

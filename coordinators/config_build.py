@@ -204,7 +204,23 @@ def _role(r: Reader, role: str) -> RoleConfig:
     http_port = r.integer(section, "httpPort", low=0, high=65535)
     if http_port == port:
         raise r.error((section, "httpPort"), f"must differ from the gRPC port {port} ({dotted((section, 'port'))})")
-    return RoleConfig(role=role, address=host, port=port, enable_active_standby=enabled, http_port=http_port)
+    listen_host = r.text(section, "listenHost").strip().removeprefix("[").removesuffix("]")
+    if not listen_host:
+        raise r.error((section, "listenHost"), "must name an interface's address (0.0.0.0 = every IPv4 one, :: = all)")
+    return RoleConfig(role=role, address=host, port=port, enable_active_standby=enabled, http_port=http_port,
+                      listen_host=listen_host, max_recv_size=_message_size(r, section, "serverMaxRecvSize"),
+                      max_send_size=_message_size(r, section, "serverMaxSendSize"))
+
+
+#: A gRPC message's length prefix is 32 bits; Milvus writes 2147483647 for "no limit".
+_MAX_MESSAGE_SIZE = 2**32 - 1
+
+
+def _message_size(r: Reader, section: str, key: str) -> int:
+    """``<role>.grpc.<key>`` when set, else ``grpc.<key>`` (Milvus's fallback), in bytes."""
+    if r.text(section, "grpc", key).strip():
+        return r.integer(section, "grpc", key, low=1024, high=_MAX_MESSAGE_SIZE)
+    return r.integer("grpc", key, low=1024, high=_MAX_MESSAGE_SIZE)
 
 
 def _address_and_port(r: Reader, section: str) -> tuple[str, int]:

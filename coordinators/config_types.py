@@ -43,15 +43,20 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
             "ssl": {"enabled": False, "tlsCert": "", "tlsKey": "", "tlsCACert": "", "tlsServerName": ""},
             "auth": {"enabled": False, "userName": "", "password": ""},
         },
-        "rootCoord": {"address": "localhost", "port": 53100, "httpPort": 9101, "enableActiveStandby": False},
-        "queryCoord": {"address": "localhost", "port": 19531, "httpPort": 9102, "enableActiveStandby": False},
+        "rootCoord": {"address": "localhost", "port": 53100, "httpPort": 9101, "listenHost": "0.0.0.0",
+                      "enableActiveStandby": False, "grpc": {"serverMaxRecvSize": "", "serverMaxSendSize": ""}},
+        "queryCoord": {"address": "localhost", "port": 19531, "httpPort": 9102, "listenHost": "0.0.0.0",
+                       "enableActiveStandby": False, "grpc": {"serverMaxRecvSize": "", "serverMaxSendSize": ""}},
         "dataCoord": {
             "address": "localhost",
             "port": 13333,
             "httpPort": 9103,
+            "listenHost": "0.0.0.0",
             "enableActiveStandby": False,
+            "grpc": {"serverMaxRecvSize": "", "serverMaxSendSize": ""},
             "segment": {"maxRows": 1000000},
         },
+        "grpc": {"serverMaxRecvSize": 4194304, "serverMaxSendSize": 67108864},
         "common": {
             "session": {
                 "ttl": 60,
@@ -140,6 +145,9 @@ class RoleConfig:
     port: int
     enable_active_standby: bool
     http_port: int = 0  # /healthz, /readyz, /metrics on the gRPC listen host; 0 = no HTTP server
+    listen_host: str = "0.0.0.0"  #: where gRPC and HTTP listen (``address`` is what others dial)
+    max_recv_size: int = 4 * 1024 * 1024  #: bytes of one gRPC request, refused from its length prefix above
+    max_send_size: int = 64 * 1024 * 1024  #: bytes of one gRPC reply, refused (RESOURCE_EXHAUSTED) above
 
     @property
     def address_host(self) -> str:

@@ -5,7 +5,8 @@ Read in this order (README.md's "Layout" lists the same):
 - :mod:`session.errors` (what can go wrong, by what to do about it), :mod:`session.etcd` (every
   call with a timeout) with :mod:`session.etcd_ops` (the txn builders), :mod:`session.etcd_tls`
   (endpoints and TLS) and :mod:`session.etcd_watch_call`, over :mod:`session.etcd_rpc` (the
-  transport), :mod:`session.paging`, :mod:`session.timeline` (etcd going back in time),
+  transport), :mod:`session.paging`, :mod:`session.subscribers` (callbacks told of an event),
+  :mod:`session.timeline` (etcd going back in time),
   :mod:`session.watch` (a watch that survives compaction), :mod:`session.tasks`;
 - :mod:`session.keys` (where every key of a role lives), :mod:`session.info` (a session's value),
   :mod:`session.server_id`, :mod:`session.clock` (the deadline clock), :mod:`session.lease` (the

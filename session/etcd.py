@@ -59,6 +59,7 @@ from session.etcd_rpc import EtcdTLSError, rpc_pb
 from session.etcd_tls import EtcdTLS, member_address, parse_endpoint, ssl_context
 from session.etcd_watch_call import WatchCall
 from session.paging import SpanGuess
+from session.subscribers import Subscribers
 from session.timeline import Timeline
 
 T = TypeVar("T")
@@ -115,6 +116,10 @@ class Etcd:
         self._keepalive: rpc.KeepAliveStream | None = None
         self._auth_lock: asyncio.Lock | None = None
         self._auth_generation = 0  # bumped on every new token
+        #: Told when etcd refuses the user and password (changed, or the user removed): not a token
+        #: to renew, nothing this client can fix. A session cannot act on etcd any more (its
+        #: keep-alives need no token, so its lease would live on): its subscriber ends it.
+        self.credentials_refused: Subscribers[str] = Subscribers()
         self._authenticated = False
         #: How many times an expired or invalid token was replaced (tests and metrics read it).
         self.token_refreshes = 0
@@ -410,6 +415,7 @@ class Etcd:
                 resp = await _mapped(call, "authenticate")
             except EtcdAuthError as exc:
                 if _AUTH_NOT_ENABLED not in str(exc):
+                    self.credentials_refused.tell(str(exc))
                     raise
                 token = ""  # etcd has auth off: calls need no token (the Go client does the same)
             else:

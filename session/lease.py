@@ -45,6 +45,14 @@ def safety_margin(ttl: float) -> float:
     return min(max(ttl * 0.15, 0.3), 3.0)
 
 
+def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def undo() -> None:
+        first()
+        second()
+
+    return undo
+
+
 class LeaseSession:
     """One session of one process: server ID, lease, own key ``{role}-{id}``, keep-alive.
 
@@ -196,7 +204,8 @@ class LeaseSession:
         )
         registered_at = int(resp.header.revision)
         # etcd going back in time (session.timeline) leaves nothing of this session to trust.
-        self._unsubscribe = self.etcd.timeline.subscribe(self._rewound)
+        self._unsubscribe = _both(self.etcd.timeline.subscribe(self._rewound),
+                                  self.etcd.credentials_refused.subscribe(self._refused))
         self._spawn(self._keepalive_loop(), "keepalive")
         self._spawn(self._deadline_watchdog(), "deadline")
         self._spawn(self._watch_own_key(registered_at + 1), "own-key")
@@ -257,6 +266,12 @@ class LeaseSession:
 
     def _rewound(self, rewind: Rewind) -> None:
         self._lose(f"{rewind.describe()}: nothing read before may be trusted")
+
+    def _refused(self, error: str) -> None:
+        """etcd refused our user and password: no write of this session can happen any more, so its
+        lease must not outlive it (keep-alives need no token). Lost: the keep-alives stop with it and
+        the lease expires, freeing the ACTIVE key for a member whose credentials etcd accepts."""
+        self._lose(f"etcd refused our credentials ({error}): the lease is left to expire")
 
     def _lose(self, reason: str) -> None:
         if self.lost.is_set():

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 import structlog
 
 from session.errors import EtcdRequestFailed, SessionError
+from session.subscribers import Subscribers
 
 __all__ = ["EtcdRewound", "Rewind", "RewindSign", "Timeline", "TimelineMark", "verify_history"]
 
@@ -103,17 +104,11 @@ class Timeline:
         self.last: Rewind | None = None  #: the last rewind seen
         #: The latest put this client saw: key, revision, value (None: none in this history yet).
         self.witness: tuple[bytes, int, bytes] | None = None
-        self._subscribers: list[Callable[[Rewind], None]] = []
+        self._subscribers: Subscribers[Rewind] = Subscribers()
 
     def subscribe(self, subscriber: Callable[[Rewind], None]) -> Callable[[], None]:
         """Tell ``subscriber`` of every rewind from now on; returns what unsubscribes it."""
-        self._subscribers.append(subscriber)
-
-        def unsubscribe() -> None:
-            if subscriber in self._subscribers:
-                self._subscribers.remove(subscriber)
-
-        return unsubscribe
+        return self._subscribers.subscribe(subscriber)
 
     def mark(self) -> TimelineMark:
         """What is known now: take it as a call is sent."""
@@ -179,9 +174,8 @@ class Timeline:
         self.witness = None  # from the old history
         self.revision = revision  # the new history's, or to be learnt from the next answers
         log.error("etcd went back in time", sign=str(rewind.sign), seen=rewind.seen, now=rewind.now,
-                  noticedBy=rewind.noticed_by, subscribers=len(self._subscribers))
-        for subscriber in list(self._subscribers):
-            subscriber(rewind)
+                  noticedBy=rewind.noticed_by)
+        self._subscribers.tell(rewind)
 
 
 class Reader(Protocol):

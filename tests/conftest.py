@@ -14,7 +14,7 @@ that kill or pause members take ``etcd3``, a fresh 3-member cluster per test.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -164,6 +164,7 @@ def launch(base_env: dict[str, str], tmp_path: Path) -> Iterator[Launch]:
         active_standby: bool = True,
         port: int | None = None,
         env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
     ) -> MilvusProcess:
         port = port or free_port()
         section = ENV_SECTION[role]
@@ -172,7 +173,8 @@ def launch(base_env: dict[str, str], tmp_path: Path) -> Iterator[Launch]:
         proc_env[f"{section}_HTTP_PORT"] = str(free_port())
         proc_env[f"{section}_ENABLE_ACTIVE_STANDBY"] = "true" if active_standby else "false"
         proc_env.update(env or {})
-        proc = MilvusProcess(["run", role, "--alias", name], proc_env, tmp_path / f"{role}-{name}.log", port=port)
+        proc = MilvusProcess(["run", role, "--alias", name], proc_env, tmp_path / f"{role}-{name}.log", port=port,
+                             prefix=prefix)
         started.append(proc)
         return proc
 

@@ -216,6 +216,7 @@ def _run_locked(config: Config, role: str, alias: str) -> int:
 
 
 def _run(config: Config, role: str, pid_file: PidFile) -> int:
+    from coordinators.runtime.resources import raise_open_files_limit, throttle_accept_errors
     from coordinators.server.process import CoordinatorProcess
     from coordinators.server.signals import install_signal_handlers
 
@@ -227,6 +228,8 @@ def _run(config: Config, role: str, pid_file: PidFile) -> int:
         log.info("pid file locked", role=role, path=str(pid_file.path))
 
     async def go() -> int:
+        raise_open_files_limit()
+        throttle_accept_errors(asyncio.get_running_loop())
         process = CoordinatorProcess(config, role, pid_file=pid_file)
         install_signal_handlers(process.request_stop)
         return int(await process.run())

@@ -36,6 +36,8 @@ class MemberState(StrEnum):
     ACTIVE = "ACTIVE"  #: its session holds the ACTIVE key
     STANDBY = "STANDBY"  #: registered, not holding the key
     STOPPING = "STOPPING"  #: its session says Stopping=true (a graceful stop under way)
+    #: its session holds the ACTIVE key, but the member itself says it no longer acts as ACTIVE
+    NOT_SERVING = "NOT SERVING"
     INVALID = "INVALID"  #: its session value is unreadable
 
 
@@ -62,7 +64,8 @@ class SessionRow:
 
 async def read_sessions(etcd: Etcd, meta_root: str, role: str | None = None, *, phases: bool = True) -> list[SessionRow]:
     """Read every session key (of ``role``, or all) at one revision and classify it; with ``phases``,
-    ask each STANDBY its phase (its ``/status``, within a second)."""
+    ask each STANDBY its phase and each ACTIVE member whether it still acts as one (its ``/status``,
+    within a second)."""
     prefix = session_prefix(meta_root)
     own: list[tuple[str, str, bytes]] = []
     active: dict[str, tuple[SessionInfo | None, int]] = {}  # role -> (the ACTIVE key's session, its create revision)
@@ -124,9 +127,16 @@ async def _row(
     )
 
 
+#: The states a member holding the ACTIVE key reports while it still acts as ACTIVE (serving, activating,
+#: stopping); any other (StandBy, Abnormal: a member whose session ended under it) is not ACTIVE.
+_ACTING = ("Healthy", "Initializing", "Stopping")
+
+
 async def _with_phase(row: SessionRow, timeout: float = 1.0) -> SessionRow:
-    """``row`` with its STANDBY's phase, asked of the member's ``/status`` (bounded by ``timeout``)."""
-    if row.state is not MemberState.STANDBY or not row.http_address:
+    """``row`` as the member itself says, asked of its ``/status`` (bounded by ``timeout``): a STANDBY's
+    phase; a holder of the ACTIVE key that says it no longer acts as ACTIVE is NOT SERVING (its key
+    lives until its lease expires: etcd refused its credentials, say). '?' when it did not answer."""
+    if row.state not in (MemberState.STANDBY, MemberState.ACTIVE) or not row.http_address:
         return row
     host, _, port = row.http_address.rpartition(":")
     try:
@@ -140,6 +150,9 @@ async def _with_phase(row: SessionRow, timeout: float = 1.0) -> SessionRow:
         doc = json.loads(answer.split(b"\r\n\r\n", 1)[1])
         if doc.get("server_id") != row.server_id:  # another process answers at that address
             return replace(row, phase="?")
+        if row.state is MemberState.ACTIVE:
+            state = str(doc.get("state", ""))
+            return row if state in _ACTING else replace(row, state=MemberState.NOT_SERVING, phase=state)
         return replace(row, phase=str(doc.get("phase", "")))
     except (OSError, TimeoutError, ValueError, IndexError, AttributeError):
         return replace(row, phase="?")

@@ -37,6 +37,7 @@ from coordinators.errors import CoordinatorError
 from coordinators.proto import common_pb2
 from coordinators.registry import spec
 from coordinators.rpc import EPOCH_HEADER, REFUSAL_HEADER, SERVER_ID_HEADER, Refusal, refusal_of_this_call, refuse
+from coordinators.server.h2_guard import GuardAction, GuardedProtocol, H2Guard, H2Limits, StrictProtoCodec
 
 __all__ = [
     "EPOCH_HEADER",
@@ -124,18 +125,20 @@ class _RoleStatesService:
 
 
 class _TrackingServer(Server):
-    """A grpclib Server that remembers its connections.
+    """A grpclib Server that guards and remembers its connections.
 
+    Each connection gets grpclib's protocol under the guards of :mod:`coordinators.server.h2_guard`.
     On Python 3.11 ``asyncio.Server.close()`` leaves accepted connections open and grpclib's
     handlers keep accepting calls on them; closing them ourselves makes close mean closed.
     """
 
-    def __init__(self, handlers: Sequence[Any]) -> None:
-        super().__init__(handlers)
+    def __init__(self, handlers: Sequence[Any], guard: H2Guard) -> None:
+        super().__init__(handlers, codec=StrictProtoCodec())
+        self._guard = guard
         self._protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
 
     def _protocol_factory(self) -> H2Protocol:
-        protocol = super()._protocol_factory()
+        protocol = GuardedProtocol(super()._protocol_factory(), self._guard)
         self._protocols.add(protocol)
         return protocol
 
@@ -166,7 +169,11 @@ class CoordinatorServer:
         gate: Callable[[], tuple[Refusal, str] | None] | None = None,
         on_call_done: CallDone | None = None,
         answer_gate: Callable[[], tuple[Refusal, str] | None] | None = None,
+        limits: H2Limits | None = None,
+        on_guard: Callable[[GuardAction], None] | None = None,
     ) -> None:
+        """``limits``: what one connection and one message may cost (:mod:`~coordinators.server.h2_guard`);
+        ``on_guard`` is told each time a guard acts."""
         base = spec(role).service_base()  # ValueError for an unknown role
         for handler in extra_handlers:
             if not callable(getattr(handler, "__mapping__", None)):
@@ -174,6 +181,7 @@ class CoordinatorServer:
         self._role = role
         self._snapshot = snapshot
         self._gate, self._answer_gate = gate, answer_gate
+        self._guard = H2Guard(role, limits or H2Limits(), on_guard)
         #: The calls the answer gate is asked about again when they answer (the role's API: not status, health).
         self._gated: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         self._role_service = _RoleStatesService(base, self._get_component_states)
@@ -227,7 +235,7 @@ class CoordinatorServer:
         if self._server is not None:
             raise RuntimeError("server already started")
         # Extra handlers first and ours last: GetComponentStates always comes from the snapshot.
-        server = _TrackingServer([self._health, *self._extra, self._role_service])
+        server = _TrackingServer([self._health, *self._extra, self._role_service], self._guard)
         if self._on_call_done is not None:
             # Before the gate: a call the gate refuses is still counted (with its UNAVAILABLE).
             listen(server, RecvRequest, self._on_timed_request)
@@ -235,6 +243,7 @@ class CoordinatorServer:
         listen(server, RecvRequest, self._on_recv_request)
         listen(server, SendInitialMetadata, self._on_send_initial_metadata)
         listen(server, SendTrailingMetadata, _tag_refusal)
+        listen(server, SendMessage, self._on_send_message_size)
         if self._answer_gate is not None:
             listen(server, SendMessage, self._on_send_message)
         try:
@@ -314,6 +323,10 @@ class CoordinatorServer:
             self._in_flight += 1
             self._idle.clear()
             task.add_done_callback(self._call_done)
+
+    async def _on_send_message_size(self, event: SendMessage) -> None:
+        """A reply larger than ``serverMaxSendSize`` is refused instead of sent."""
+        self._guard.check_reply(event.message.ByteSize())
 
     async def _on_send_message(self, _event: SendMessage) -> None:
         """Ask the answer gate again right before a reply of the role's API leaves: a call that began while

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from coordinators.proto import common_pb2
+from coordinators.runtime.throttled_log import ThrottledWarning
 from coordinators.server.grpc_server import PortInUseError
 from coordinators.server.metrics import ProcessView
 
@@ -82,9 +84,16 @@ def readiness(view: ProcessView) -> Probe:
     return Probe(True, f"{view.state_name}: ACTIVE and serving (ServerID={view.server_id}, epoch={view.epoch})")
 
 
-#: Bounds on a request: its head (request line and headers) and the time to receive it.
+#: Bounds on a request: its head (request line and headers), the time to receive it whole, and the
+#: silence allowed before and between its bytes (a probe sends its request at once).
 MAX_HEAD_BYTES = 16 * 1024
-READ_TIMEOUT_S = 10.0
+HEAD_DEADLINE_S = 5.0
+IDLE_TIMEOUT_S = 2.0
+#: Connections open at once. At the bound, a new connection closes the one that has waited longest for
+#: its head, among those whose head was not whole when accepted: a slowloris holding hundreds of
+#: connections can neither starve a probe (its request is there at once) nor take the file descriptors
+#: gRPC and etcd need.
+MAX_CONNECTIONS = 64
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
@@ -98,7 +107,11 @@ class HttpServer:
         self._render_metrics = render_metrics
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        #: The connections still reading their head, oldest first (their writers, to close at once).
+        self._reading: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._port = 0
+        self._evicted = ThrottledWarning(log, "HTTP connections at their bound: the one waiting longest for its "
+                                              "request was closed (slow or idle clients)", interval=30.0)
 
     @property
     def port(self) -> int:
@@ -134,19 +147,44 @@ class HttpServer:
         await asyncio.gather(*handlers, return_exceptions=True)
         await server.wait_closed()
 
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return len(self._handlers)
+
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._handlers) >= MAX_CONNECTIONS and not self._evict_oldest():
+            writer.transport.abort()  # every open one is being answered: this one waits for a retry
+            return
         task = asyncio.create_task(self._serve(reader, writer), name=f"http-{self.role}")
         self._handlers.add(task)
+        if not _head_arrived(writer):  # a probe's whole request is there at once: never evicted
+            self._reading[task] = writer
         task.add_done_callback(self._handlers.discard)
+        task.add_done_callback(self._forget_reading)
+
+    def _forget_reading(self, task: asyncio.Task[None]) -> None:
+        self._reading.pop(task, None)
+
+    def _evict_oldest(self) -> bool:
+        """Close the connection that has waited longest for its head; False when none is waiting."""
+        if not self._reading:
+            return False
+        task = next(iter(self._reading))
+        self._reading.pop(task).transport.abort()  # its file descriptor is free now, not at its next turn
+        task.cancel()
+        self._evicted.warn(role=self.role, bound=MAX_CONNECTIONS)
+        return True
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One request, one answer, then close. Probes every few seconds: no access log."""
         try:
-            try:
-                async with asyncio.timeout(READ_TIMEOUT_S):
-                    head = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
-                return  # a client that went away, sent garbage without an end, or too much: nothing to say
+            head = await _read_head(reader)
+            task = asyncio.current_task()
+            if task is not None:
+                self._reading.pop(task, None)
+            if head is None:
+                return  # a client that went away, was too slow, sent garbage without an end or too much
             status, content_type, body, head_only = self._answer(head)
             writer.write(_response(status, content_type, b"" if head_only else body, len(body)))
             with contextlib.suppress(ConnectionError):
@@ -174,6 +212,41 @@ class HttpServer:
             return 200, _JSON, status_document(self._view()), method == "HEAD"
         probe = liveness(self._view()) if path == "/healthz" else readiness(self._view())
         return probe.status, _TEXT, (probe.reason + "\n").encode(), method == "HEAD"
+
+
+def _head_arrived(writer: asyncio.StreamWriter) -> bool:
+    """Whether a new connection's whole request head already waits in the kernel (read without taking it)."""
+    transport_socket = writer.get_extra_info("socket")
+    if transport_socket is None:
+        return False
+    peek = socket.socket(fileno=transport_socket.fileno())
+    try:
+        return b"\r\n\r\n" in peek.recv(MAX_HEAD_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:  # nothing yet (EAGAIN), or the peer is gone
+        return False
+    finally:
+        peek.detach()  # the transport keeps the descriptor
+
+
+async def _read_head(reader: asyncio.StreamReader) -> bytes | None:
+    """The request line and headers, or None: connection closed, head over :data:`MAX_HEAD_BYTES`, not
+    whole within :data:`HEAD_DEADLINE_S`, or :data:`IDLE_TIMEOUT_S` without a byte."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HEAD_DEADLINE_S
+    head = bytearray()
+    try:
+        async with asyncio.timeout_at(min(deadline, loop.time() + IDLE_TIMEOUT_S)) as timeout:
+            while (end := head.find(b"\r\n\r\n")) < 0:
+                if len(head) > MAX_HEAD_BYTES:
+                    return None
+                chunk = await reader.read(4096)
+                if not chunk:
+                    return None
+                head += chunk
+                timeout.reschedule(min(deadline, loop.time() + IDLE_TIMEOUT_S))
+    except (TimeoutError, ConnectionError):
+        return None
+    return bytes(head[: end + 4]) if end + 4 <= MAX_HEAD_BYTES else None
 
 
 _TEXT = "text/plain; charset=utf-8"

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from coordinators.proto import common_pb2
 from coordinators.runtime.logging_setup import dropped_lines
+from coordinators.server.h2_guard import GuardAction
 from coordinators.server.peer_probe import Verdict
 from session import SessionObserver, WatchRestart
 from session.timeline import Rewind
@@ -221,6 +222,11 @@ class CoordinatorMetrics:
             f"{PREFIX}_etcd_rewinds", "Times etcd was seen going back in time (restored from an older snapshot, "
             "wiped), by the sign that showed it; each one ends the session", ["role", "sign"], registry=reg,
         )
+        self._guarded = Counter(
+            f"{PREFIX}_grpc_guard", "Times a guard of the gRPC server acted: message_too_large, receive_budget and "
+            "reply_too_large (refused with RESOURCE_EXHAUSTED), stream_refused (REFUSED_STREAM), goaway (a "
+            "connection that reset streams too fast was closed)", ["role", "action"], registry=reg,
+        )
         reg.register(_ViewCollector(role, view))
         #: The session library's hooks into these metrics (given to each session and watch).
         self.observer = SessionMetrics(self)
@@ -251,6 +257,9 @@ class CoordinatorMetrics:
 
     def session_lost(self) -> None:
         self._sessions_lost.inc()
+
+    def grpc_guard(self, action: GuardAction) -> None:
+        self._guarded.labels(self.role, action.value).inc()
 
     def etcd_rewound(self, rewind: Rewind) -> None:
         self._rewinds.labels(self.role, str(rewind.sign)).inc()

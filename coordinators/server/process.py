@@ -27,10 +27,12 @@ from coordinators.roles.base import RoleContext, role_class
 from coordinators.rpc import Refusal
 from coordinators.runtime.exit_codes import ExitCode
 from coordinators.runtime.pidfile import PidFile
+from coordinators.runtime.resources import open_files_limit
 from coordinators.server.active import ActiveTerm, TermOutcome, TermStart, freeze_long_lived_state
 from coordinators.server.campaigning import claim_exclusive, new_campaign
 from coordinators.server.exits import FINAL_ERRORS, exit_code
 from coordinators.server.grpc_server import ComponentSnapshot, CoordinatorServer
+from coordinators.server.h2_guard import H2Limits
 from coordinators.server.http_server import HttpServer
 from coordinators.server.links import Links
 from coordinators.server.listeners import Listeners
@@ -67,7 +69,7 @@ _ACTIVATION_BACKOFF_MIN, _ACTIVATION_BACKOFF_MAX = 0.05, 5.0
 class CoordinatorProcess:
     """Runs one coordinator process of ``role`` until it is stopped; :meth:`run` returns the exit code.
 
-    :param listen_host: where the gRPC and HTTP servers listen.
+    :param listen_host: where the gRPC and HTTP servers listen (None: the role's ``listenHost``).
     :param pid_file: records each session held, so that a restart can tell it is dead.
     :param clock: the sessions' and the watchdog's clock (tests stop or jump it).
     """
@@ -77,7 +79,7 @@ class CoordinatorProcess:
         config: Config,
         role: str,
         *,
-        listen_host: str = "0.0.0.0",
+        listen_host: str | None = None,
         pid_file: PidFile | None = None,
         clock: Clock = deadline_clock,
     ) -> None:
@@ -92,9 +94,11 @@ class CoordinatorProcess:
         ))
         self.metrics = CoordinatorMetrics(role, self.view)
         self.links.etcd.timeline.subscribe(self.metrics.etcd_rewound)  # the session library ends the session
-        self.listeners = Listeners(config, role, listen_host, CoordinatorServer(
+        role_config = config.role(role)
+        self.listeners = Listeners(config, role, listen_host or role_config.listen_host, CoordinatorServer(
             role, self.snapshot, [self.role_impl.service()], gate=self._gate, on_call_done=self.metrics.rpc,
-            answer_gate=self._answer_gate,
+            answer_gate=self._answer_gate, limits=H2Limits.of(role_config, open_files_limit()),
+            on_guard=self.metrics.grpc_guard,
         ), HttpServer(role, self.view, self.metrics.render))
         self.watchdog = LoopWatchdog(
             threshold=self._stall_threshold, on_lag=self.metrics.loop_lag, on_stall=self._on_loop_stall, clock=clock

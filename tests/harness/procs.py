@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -319,3 +319,23 @@ async def pair(
     active, standby = (a, b) if kv.value["Address"] == a.address else (b, a)
     assert kv.value["Address"] == active.address
     return active, standby, kv, own
+
+
+async def during_flood(module: str, args: Sequence[str], step: Callable[[], Awaitable[object]],
+                       pause: float) -> tuple[Any, int]:
+    """Run ``python -m harness.<module> args`` (a flood from its own process, so this loop stays free to
+    time the victim), calling ``step`` every ``pause`` s until it exits; (its JSON report, steps taken)."""
+    flood = await asyncio.create_subprocess_exec(sys.executable, "-m", f"harness.{module}", *args,
+                                                 cwd=REPO / "tests", stdout=asyncio.subprocess.PIPE)
+    steps = 0
+    try:
+        while flood.returncode is None:
+            await step()
+            steps += 1
+            await asyncio.sleep(pause)
+        out, _ = await flood.communicate()
+    finally:
+        if flood.returncode is None:
+            flood.kill()
+            await flood.wait()
+    return json.loads(out), steps

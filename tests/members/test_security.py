@@ -29,9 +29,11 @@ from structlog.testing import capture_logs
 
 from coordinators.client import CoordinatorClient, NoActiveMember
 from coordinators.config import ConfigError, load_config
+from coordinators.ops.status import MemberState, read_sessions
 from coordinators.proto import common_pb2, rootcoord_pb2
 from coordinators.proto import querycoord_pb2 as qc_pb
 from coordinators.proto.rootcoord_grpc import RootCoordStub
+from coordinators.server.http_server import liveness
 from coordinators.server.process import CoordinatorProcess
 from coordinators.tls import check_grpc_tls, client_ssl_context, make_etcd
 from harness.certs import TLSFiles, make_tls_files
@@ -620,19 +622,23 @@ async def test_grpc_tls_two_way(etcd: Any, tls_files: TLSFiles) -> None:
         await wait_until(lambda: proc.state == common_pb2.Healthy, timeout=10)
         mutual = client_ssl_context(load_config(env=env))
         one_way = client_ssl_context(load_config(env={**env, "COMMON_SECURITY_TLS_MODE": "1"}))
+        # A client certificate another CA signed: as good as none (issue 22: the API has no other authentication).
+        stranger = client_ssl_context(load_config(env={**env, "TLS_SERVER_PEM_PATH": str(tls_files.other_client_cert),
+                                                       "TLS_SERVER_KEY_PATH": str(tls_files.other_client_key)}))
         channel = Channel("localhost", port, ssl=mutual)
         try:
             reply = await RootCoordStub(channel).AllocID(rootcoord_pb2.AllocIDRequest(count=2), timeout=5)
             assert reply.count == 2
         finally:
             channel.close()
-        channel = Channel("localhost", port, ssl=one_way)
-        try:
-            # TLS 1.3: the client's handshake completes, then the server drops the connection.
-            with pytest.raises((StreamTerminatedError, ConnectionError, ssl.SSLError)):
-                await RootCoordStub(channel).AllocID(rootcoord_pb2.AllocIDRequest(count=2), timeout=5)
-        finally:
-            channel.close()
+        for refused in (one_way, stranger):
+            channel = Channel("localhost", port, ssl=refused)
+            try:
+                # TLS 1.3: the client's handshake completes, then the server drops the connection.
+                with pytest.raises((StreamTerminatedError, ConnectionError, ssl.SSLError)):
+                    await RootCoordStub(channel).AllocID(rootcoord_pb2.AllocIDRequest(count=2), timeout=5)
+            finally:
+                channel.close()
     finally:
         proc.request_stop()
         await asyncio.wait_for(task, 15)
@@ -695,3 +701,72 @@ def test_an_endpoint_scheme_is_honoured_and_a_password_never_goes_out_in_clear_u
 def test_http_endpoints_with_tls_on_are_refused(tls_files: TLSFiles) -> None:
     with pytest.raises(ConfigError, match="http:// endpoint asks for plain text"):
         load_config(env={"ETCD_ENDPOINTS": "http://etcd-1:2379", **tls_env(tls_files)})
+
+
+async def _as_root(member: EtcdMember, *args: str, stdin: str | None = None) -> None:
+    cmd = [find_etcdctl_binary(), f"--endpoints={member.endpoint}", f"--user=root:{ROOT_PASSWORD}",
+           "--command-timeout=5s", *args]
+    done = await asyncio.to_thread(subprocess.run, cmd, input=stdin, capture_output=True, text=True, timeout=10)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("fast_failover", ["true", "false"])
+async def test_a_member_whose_password_was_changed_gives_the_active_key_up(
+    auth_etcd: EtcdMember, fast_failover: str
+) -> None:
+    """Issue 22: the ACTIVE member's etcd password is changed under it (keep-alives need no token, so its
+    lease lives on). It must stop acting as ACTIVE, give the key up to a STANDBY whose credentials are
+    good, never report itself ACTIVE again, and never take the key back while its credentials are refused."""
+    root = new_root()
+    users = {name: (f"pw-{name}-{uuid.uuid4().hex[:6]}", f"Pw-{uuid.uuid4().hex[:12]}") for name in ("a", "b")}
+    for user, password in users.values():
+        await _as_root(auth_etcd, "user", "add", f"{user}:{password}")
+        await _as_root(auth_etcd, "user", "grant-role", user, "coordinators")
+    procs: dict[str, CoordinatorProcess] = {}
+    tasks: list[asyncio.Task[int]] = []
+
+    async def start(name: str, expect: int) -> CoordinatorProcess:
+        user, password = users[name]
+        env = {"ETCD_ENDPOINTS": plain(auth_etcd), "ETCD_ROOT_PATH": root, "COMMON_SESSION_TTL": str(TTL),
+               "DATA_COORD_ENABLE_ACTIVE_STANDBY": "true", "DATA_COORD_ADDRESS": "127.0.0.1",
+               "DATA_COORD_HTTP_PORT": str(free_port()), "DATA_COORD_PORT": str(free_port()), "ETCD_AUTH_ENABLED": "true",
+               "ETCD_AUTH_USER_NAME": user, "ETCD_AUTH_PASSWORD": password,
+               "COMMON_SESSION_FAST_FAILOVER_ENABLED": fast_failover}
+        proc = procs[name] = CoordinatorProcess(load_config(env=env), "datacoord")
+        tasks.append(asyncio.create_task(proc.run()))
+        await wait_until(lambda: proc.state == expect, timeout=10)
+        return proc
+
+    async def holder_id() -> int | None:
+        async with Etcd([auth_etcd.endpoint], timeout=3, user=users["b"][0], password=users["b"][1]) as etcd:
+            got = await etcd.get(f"{root}/meta/session/datacoord")
+        return int(json.loads(got.kvs[0].value)["ServerID"]) if got.kvs else None
+
+    try:
+        a = await start("a", common_pb2.Healthy)
+        b = await start("b", common_pb2.StandBy)
+        await _as_root(auth_etcd, "user", "passwd", users["a"][0], "--interactive=false", stdin="Changed-1\n")
+        if fast_failover == "false":  # its key outlives its session by up to a TTL: `milvus status` says so
+            await wait_until(lambda: a.state != common_pb2.Healthy, timeout=3 * TTL, what="a to stop acting")
+            async with Etcd([auth_etcd.endpoint], timeout=3, user=users["b"][0], password=users["b"][1]) as etcd:
+                rows = {r.server_id: r for r in await read_sessions(etcd, f"{root}/meta", "datacoord")}
+            assert rows[a.server_id].state == MemberState.NOT_SERVING, rows  # not ACTIVE, though its key is
+        await wait_until(lambda: b.state == common_pb2.Healthy, timeout=6 * TTL, interval=0.05,
+                         what="the standby with good credentials to take over")
+        assert await holder_id() == b.server_id
+        assert a.state != common_pb2.Healthy
+        # Its session ended and registering again is refused (retried: the password may come back):
+        # /healthz fails (an orchestrator restarts it with the new secret), it never serves again.
+        if fast_failover == "false":  # nothing but its own session's end frees the key
+            assert a.session is not None and "etcd refused our credentials" in a.session.lost_reason
+        await wait_until(lambda: not liveness(a.view()).ok, timeout=3 * TTL, what="/healthz to fail")
+        b.request_stop()
+        await asyncio.wait_for(tasks[1], 10)
+        end = time.monotonic() + 2 * TTL
+        while time.monotonic() < end:
+            assert a.state != common_pb2.Healthy and await holder_id() is None
+            await asyncio.sleep(0.1)
+    finally:
+        for proc in procs.values():
+            proc.request_stop()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 15)

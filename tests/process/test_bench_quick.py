@@ -110,6 +110,19 @@ def test_scale_quick(results: Path) -> None:
     assert [row["size"] for row in doc["takeover_summary"]] == [0, 1000]
 
 
+def test_abuse_quick(results: Path) -> None:
+    doc = run_bench("abuse.py", results / "abuse.json", timeout=180)
+    check_machine(doc)
+    names = [r["abuse"] for r in doc["rounds"]]
+    assert names == ["reference", "oversize_active", "oversize_standby", "rapid_reset", "slowloris"], names
+    for row in doc["rounds"]:
+        positive(row, "calls")
+        positive(row, "call_ms", "max")
+        assert isinstance(row["term_kept"], bool) and row["rss_growth_mb"] == row["rss_growth_mb"]
+    assert doc["rounds"][1]["detail"]["status"] == "8"  # refused from its prefix
+    assert doc["rounds"][3]["detail"]["goaways"], doc["rounds"][3]
+
+
 def test_report_from_quick_results(results: Path, tmp_path: Path) -> None:
     """The page generator runs on the results above (plots only where matplotlib is installed)."""
     page, img = tmp_path / "performance.md", tmp_path / "img"
@@ -120,7 +133,7 @@ def test_report_from_quick_results(results: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = page.read_text()
     assert text.startswith("# ")
-    for section in ("## Goals", "## 1. Failover", "## 2. RPC throughput", "## 3. Scale"):
+    for section in ("## Goals", "## 1. Failover", "## 2. RPC throughput", "## 3. Scale", "## What an unauthenticated"):
         assert section in text, f"no {section!r} section in the page"
     for bench in ("failover", "throughput", "scale"):
         if (results / f"{bench}.json").exists():  # the tests above ran: the page shows their numbers
