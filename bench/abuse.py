@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -36,6 +37,7 @@ from harness.h2_attacks import send_oversized
 from session import Etcd
 
 SERVICE = "/milvus.coord.RootCoord/"
+ABUSES = ("reference", "oversize_active", "oversize_standby", "rapid_reset", "slowloris")
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 
 
@@ -131,6 +133,7 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="one round, a smoke run")
+    parser.add_argument("--only", action="append", choices=ABUSES, help="run only this abuse (repeatable)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     bl.install_signal_handlers()
@@ -150,7 +153,7 @@ async def main() -> int:
         await bl.wait_log(standby, "serverName: rootcoord enter STANDBY mode", 30)
         async with Etcd(cluster.endpoints, timeout=5) as etcd:
             for _ in range(1 if args.quick else args.rounds):
-                for name in ("reference", "oversize_active", "oversize_standby", "rapid_reset", "slowloris"):
+                for name in [a for a in ABUSES if not args.only or a in args.only]:
                     row = await one_round(name, active, standby, http_port, etcd, fleet.active_key("rootcoord"),
                                           args.quick)
                     print(json.dumps(row), flush=True)
@@ -158,7 +161,7 @@ async def main() -> int:
         await fleet.stop_all()
     finally:
         cluster.stop()
-        bl.remove_dir(work, keep=False)
+        bl.remove_dir(work, keep=bool(os.environ.get("BENCH_KEEP")))
     result["rounds"] = results
     print(bl.table(["abuse", "RSS +MB", "term kept", "calls (unanswered)", "call max ms", "healthz max ms",
                     "lags > 100 ms"],

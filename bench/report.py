@@ -811,8 +811,11 @@ def abuse_rows(ab: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def abuse_met(row: dict[str, Any]) -> bool:
+    """RSS +<50 MB, the term kept, every call and probe answered, no loop lag over 100 ms, and (the
+    slowloris goal) every answer within 100 ms."""
     return (row["rss"] < ABUSE_RSS_MB and row["kept"] and not row["unanswered"] and not row["lags"]
-            and not row["healthz_unanswered"])
+            and not row["healthz_unanswered"] and row["call_max"] < ABUSE_STALL_MS
+            and row["healthz_max"] < ABUSE_STALL_MS)
 
 
 def abuse_section(ab: dict[str, Any] | None) -> list[str]:
@@ -823,7 +826,11 @@ def abuse_section(ab: dict[str, Any] | None) -> list[str]:
            "`bench/abuse.py`: an ACTIVE and a STANDBY rootcoord at the default TTL, open-files limit 1024; each abuse "
            "from a process of its own while a client asks the ACTIVE member for a timestamp every 20 ms (on a kept "
            "connection) and for /healthz (on a new one). `reference` is the same with no abuse, in the same run. "
-           "Loop lags are the member's own count of event-loop delays over 100 ms.", "",
+           "Loop lags are the member's own count of event-loop delays over 100 ms. The goal (issue 22): RSS +<50 MB, "
+           "the term kept, every call answered, no lag over 100 ms, and every answer within 100 ms. The attacker, the "
+           "member and the measuring client share the machine's cores: an answer late while the member's loop never "
+           "lagged is time spent waiting for a core, or (slowloris) a new connection's wait in the kernel's accept "
+           "queue behind the flood's.", "",
            "| abuse | RSS growth (MB, worst round) | term kept | calls (unanswered) | call p95 / max (ms) "
            "| /healthz max (ms, unanswered) | loop lags > 100 ms | goal |",
            "|---|---|---|---|---|---|---|---|"]

@@ -55,7 +55,7 @@ __all__ = ["SLICE", "GuardAction", "GuardedProtocol", "H2Guard", "H2Limits", "St
 log = structlog.get_logger(__name__)
 
 #: Bytes of a connection's input parsed per loop turn.
-SLICE = 16 * 1024
+SLICE = 4 * 1024
 #: Seconds a new connection has to send its HTTP/2 preface and first SETTINGS.
 PREFACE_DEADLINE_S = 10.0
 #: File descriptors left to everything but gRPC connections: HTTP (64), etcd, logs, pid file.

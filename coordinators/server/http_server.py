@@ -23,7 +23,6 @@ reads one request per connection (bounded in size and time), answers with ``Conn
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import json
 import socket
@@ -94,21 +93,83 @@ IDLE_TIMEOUT_S = 2.0
 #: connections can neither starve a probe (its request is there at once) nor take the file descriptors
 #: gRPC and etcd need.
 MAX_CONNECTIONS = 64
+#: Connections the kernel queues before we accept them. asyncio's default (100) fills within
+#: milliseconds under a flood, and a probe's SYN dropped then is sent again only a second later.
+BACKLOG = 1024
+#: Connections accepted per loop turn (asyncio takes it from the backlog argument: passing 1024 there
+#: took 1024 descriptors at once, past a 1024 open-files limit). The queue is deepened after start.
+ACCEPT_BURST = 100
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
 
+#: How often open connections are checked against their deadlines.
+SWEEP_S = 0.25
+#: Seconds an answered connection may take to send its answer before it is closed anyway.
+WRITE_DEADLINE_S = 10.0
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP connection: its head gathered as it comes, answered at once when whole, then closed.
+
+    No task per connection (a flood of connections costs the accept and this object only); the
+    deadlines are kept by the server's sweep.
+    """
+
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
+        self.transport: asyncio.Transport | None = None
+        self.head = bytearray()
+        self.opened = self.heard = 0.0
+        self.answered = False  #: its answer is written (it closes once the answer is sent)
+        self.ready = False  #: its whole head was in the kernel's buffer when accepted: never evicted
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.opened = self.heard = asyncio.get_running_loop().time()
+        self.ready = _head_arrived(transport)
+        self._server.opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.answered:
+            return
+        self.head += data
+        self.heard = asyncio.get_running_loop().time()
+        end = self.head.find(b"\r\n\r\n")
+        if end < 0 and len(self.head) <= MAX_HEAD_BYTES:
+            return
+        assert self.transport is not None
+        self.answered = True
+        self._server.waiting.pop(self, None)
+        if 0 <= end <= MAX_HEAD_BYTES - 4:
+            self.transport.write(self._server.respond(bytes(self.head[: end + 4])))
+        self.head = bytearray()
+        self.transport.close()  # after the answer is sent; a head too large gets nothing
+
+    def eof_received(self) -> bool:
+        return False  # the peer is done sending: close (an answer being written is flushed first)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.closed(self)
+
+
 class HttpServer:
-    """``asyncio.start_server`` on the process's loop; :meth:`close` at exit."""
+    """``loop.create_server`` on the process's loop; :meth:`close` at exit.
+
+    Bounds (issue 22's slowloris): :data:`MAX_CONNECTIONS` open at once, a head within
+    :data:`HEAD_DEADLINE_S` with no silence over :data:`IDLE_TIMEOUT_S`, an answer sent within
+    :data:`WRITE_DEADLINE_S`; a kernel queue of :data:`BACKLOG`, :data:`ACCEPT_BURST` accepted per turn.
+    """
 
     def __init__(self, role: str, view: Callable[[], ProcessView], render_metrics: Callable[[], bytes]) -> None:
         self.role = role
         self._view = view
         self._render_metrics = render_metrics
         self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
-        #: The connections still reading their head, oldest first (their writers, to close at once).
-        self._reading: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._open: set[_Connection] = set()
+        #: The connections still gathering their head, oldest first (the ones a new connection may evict).
+        self.waiting: dict[_Connection, None] = {}
+        self._sweep: asyncio.TimerHandle | None = None
         self._port = 0
         self._evicted = ThrottledWarning(log, "HTTP connections at their bound: the one waiting longest for its "
                                               "request was closed (slow or idle clients)", interval=30.0)
@@ -120,79 +181,86 @@ class HttpServer:
             raise RuntimeError("HTTP server is not started")
         return self._port
 
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return len(self._open)
+
     async def start(self, host: str, port: int) -> None:
         """Bind and listen; a taken port is a :class:`PortInUseError` naming the port."""
         if self._server is not None:
             raise RuntimeError("HTTP server already started")
+        loop = asyncio.get_running_loop()
         try:
-            server = await asyncio.start_server(self._accept, host, port, reuse_address=True, limit=MAX_HEAD_BYTES)
+            server = await loop.create_server(lambda: _Connection(self), host, port, reuse_address=True,
+                                              backlog=ACCEPT_BURST)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise PortInUseError(f"HTTP port {port} on {host} is already in use") from exc
             raise
+        for listening in server.sockets:
+            _deepen_backlog(listening.fileno())
         self._server = server
         self._port = int(server.sockets[0].getsockname()[1]) if server.sockets else port
+        self._sweep = loop.call_later(SWEEP_S, self._sweep_deadlines)
         log.info("HTTP server listening", role=self.role, host=host, port=self._port,
                  endpoints="/healthz,/readyz,/metrics,/status")
 
     async def close(self) -> None:
-        """Stop listening and end the requests being answered (idempotent)."""
+        """Stop listening and close every connection (idempotent)."""
         server, self._server = self._server, None
         if server is None:
             return
+        if self._sweep is not None:
+            self._sweep.cancel()
         server.close()
-        handlers, self._handlers = list(self._handlers), set()
-        for task in handlers:
-            task.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
+        for conn in list(self._open):
+            if conn.transport is not None:
+                conn.transport.abort()
         await server.wait_closed()
 
-    @property
-    def connections(self) -> int:
-        """Connections open now."""
-        return len(self._handlers)
+    # -- the connections, as they come and go ----------------------------------------------
 
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._handlers) >= MAX_CONNECTIONS and not self._evict_oldest():
-            writer.transport.abort()  # every open one is being answered: this one waits for a retry
+    def opened(self, conn: _Connection) -> None:
+        if len(self._open) >= MAX_CONNECTIONS and not self._evict_oldest():
+            assert conn.transport is not None
+            conn.transport.abort()  # every open one is being answered: this one waits for a retry
             return
-        task = asyncio.create_task(self._serve(reader, writer), name=f"http-{self.role}")
-        self._handlers.add(task)
-        if not _head_arrived(writer):  # a probe's whole request is there at once: never evicted
-            self._reading[task] = writer
-        task.add_done_callback(self._handlers.discard)
-        task.add_done_callback(self._forget_reading)
+        self._open.add(conn)
+        if not conn.ready:
+            self.waiting[conn] = None
 
-    def _forget_reading(self, task: asyncio.Task[None]) -> None:
-        self._reading.pop(task, None)
+    def closed(self, conn: _Connection) -> None:
+        self._open.discard(conn)
+        self.waiting.pop(conn, None)
 
     def _evict_oldest(self) -> bool:
         """Close the connection that has waited longest for its head; False when none is waiting."""
-        if not self._reading:
+        if not self.waiting:
             return False
-        task = next(iter(self._reading))
-        self._reading.pop(task).transport.abort()  # its file descriptor is free now, not at its next turn
-        task.cancel()
+        oldest = next(iter(self.waiting))
+        self.closed(oldest)
+        assert oldest.transport is not None
+        oldest.transport.abort()  # its descriptor is free now
         self._evicted.warn(role=self.role, bound=MAX_CONNECTIONS)
         return True
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One request, one answer, then close. Probes every few seconds: no access log."""
-        try:
-            head = await _read_head(reader)
-            task = asyncio.current_task()
-            if task is not None:
-                self._reading.pop(task, None)
-            if head is None:
-                return  # a client that went away, was too slow, sent garbage without an end or too much
-            status, content_type, body, head_only = self._answer(head)
-            writer.write(_response(status, content_type, b"" if head_only else body, len(body)))
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
+    def _sweep_deadlines(self) -> None:
+        """Close what is past its deadline: silent, too slow with its head, or too slow to take its answer."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn in list(self._open):
+            late = (now - conn.opened > HEAD_DEADLINE_S + WRITE_DEADLINE_S if conn.answered
+                    else now - conn.heard > IDLE_TIMEOUT_S or now - conn.opened > HEAD_DEADLINE_S)
+            if late and conn.transport is not None:
+                self.closed(conn)
+                conn.transport.abort()
+        self._sweep = loop.call_later(SWEEP_S, self._sweep_deadlines)
+
+    def respond(self, head: bytes) -> bytes:
+        """The whole response to one request head."""
+        status, content_type, body, head_only = self._answer(head)
+        return _response(status, content_type, b"" if head_only else body, len(body))
 
     def _answer(self, head: bytes) -> tuple[int, str, bytes, bool]:
         """(status, content type, body, HEAD?) for one request head."""
@@ -214,9 +282,18 @@ class HttpServer:
         return probe.status, _TEXT, (probe.reason + "\n").encode(), method == "HEAD"
 
 
-def _head_arrived(writer: asyncio.StreamWriter) -> bool:
+def _deepen_backlog(fd: int) -> None:
+    """listen() again with :data:`BACKLOG` (Linux lets a listening socket's queue be resized)."""
+    listening = socket.socket(fileno=fd)
+    try:
+        listening.listen(BACKLOG)
+    finally:
+        listening.detach()  # the server keeps the descriptor
+
+
+def _head_arrived(transport: asyncio.BaseTransport) -> bool:
     """Whether a new connection's whole request head already waits in the kernel (read without taking it)."""
-    transport_socket = writer.get_extra_info("socket")
+    transport_socket = transport.get_extra_info("socket")
     if transport_socket is None:
         return False
     peek = socket.socket(fileno=transport_socket.fileno())
@@ -226,27 +303,6 @@ def _head_arrived(writer: asyncio.StreamWriter) -> bool:
         return False
     finally:
         peek.detach()  # the transport keeps the descriptor
-
-
-async def _read_head(reader: asyncio.StreamReader) -> bytes | None:
-    """The request line and headers, or None: connection closed, head over :data:`MAX_HEAD_BYTES`, not
-    whole within :data:`HEAD_DEADLINE_S`, or :data:`IDLE_TIMEOUT_S` without a byte."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + HEAD_DEADLINE_S
-    head = bytearray()
-    try:
-        async with asyncio.timeout_at(min(deadline, loop.time() + IDLE_TIMEOUT_S)) as timeout:
-            while (end := head.find(b"\r\n\r\n")) < 0:
-                if len(head) > MAX_HEAD_BYTES:
-                    return None
-                chunk = await reader.read(4096)
-                if not chunk:
-                    return None
-                head += chunk
-                timeout.reschedule(min(deadline, loop.time() + IDLE_TIMEOUT_S))
-    except (TimeoutError, ConnectionError):
-        return None
-    return bytes(head[: end + 4]) if end + 4 <= MAX_HEAD_BYTES else None
 
 
 _TEXT = "text/plain; charset=utf-8"

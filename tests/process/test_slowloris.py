@@ -125,6 +125,6 @@ async def test_healthz_and_grpc_answer_during_a_slowloris_of_10000_connections(l
         assert len(healthz) >= 5 and max(healthz) < ANSWER_BOUND_S and max(grpc) < ANSWER_BOUND_S
         lines = limited.output().splitlines()
         assert len(lines) < 200, f"{len(lines)} log lines"
-        assert not [ln for ln in lines if "out of system resource" in ln]
+        assert not [ln for ln in lines if "out of system resource" in ln or "accept() failed" in ln]
     finally:
         limited.kill()
