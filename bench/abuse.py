@@ -134,17 +134,20 @@ async def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="one round, a smoke run")
     parser.add_argument("--only", action="append", choices=ABUSES, help="run only this abuse (repeatable)")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="the members' event loop (common.eventLoop)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     bl.install_signal_handlers()
     started = time.monotonic()
     result = bl.new_result("abuse", args)
+    result["loop"] = args.loop
     work = bl.work_dir("abuse")
     cluster = bl.start_etcd(work)
     results: list[dict[str, Any]] = []
     try:
         fleet = bl.Fleet(endpoints=cluster.endpoints_csv, root=f"bench-abuse-{int(time.time())}", ttl=60,
-                         work_dir=work)
+                         work_dir=work, loop=args.loop)
         http_port = free_port()
         limit = ["prlimit", "--nofile=1024:1024"]
         active = fleet.launch(env={"ROOT_COORD_HTTP_PORT": str(http_port)}, prefix=limit)

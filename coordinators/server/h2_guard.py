@@ -58,8 +58,8 @@ log = structlog.get_logger(__name__)
 SLICE = 4 * 1024
 #: Seconds a new connection has to send its HTTP/2 preface and first SETTINGS.
 PREFACE_DEADLINE_S = 10.0
-#: File descriptors left to everything but gRPC connections: HTTP (64), etcd, logs, pid file.
-RESERVED_FDS = 128
+#: File descriptors left to everything but gRPC connections: HTTP (128, and 32 being accepted), etcd, logs.
+RESERVED_FDS = 256
 #: A gRPC message starts with a 1-byte compression flag and a 4-byte big-endian length.
 _PREFIX = 5
 

@@ -4,10 +4,10 @@ Why HTTP beside gRPC: orchestrators (Kubernetes probes, docker-compose health ch
 Prometheus speak plain HTTP. One small server per process, on the process's own event loop, on the
 gRPC listen host and the role's ``httpPort``; it reads a fresh :class:`ProcessView` per request.
 
-Why our own and not aiohttp: three GET endpoints need a request line, headers and a response;
+Why our own and not aiohttp: four GET endpoints need a request line, headers and a response;
 aiohttp cost every process (a STANDBY too) megabytes of RSS and start-up time for them. The server
-reads one request per connection (bounded in size and time), answers with ``Connection: close``
-(kubelet, docker and Prometheus all accept it), and keeps nothing between requests.
+reads one request per connection (bounded in size and time: :class:`HttpServer`), answers with
+``Connection: close`` (kubelet, docker and Prometheus all accept it), and keeps nothing between requests.
 
 - ``/healthz``: 200 while the process can be trusted to know whether it holds its session: alive,
   starting, or holding a session whose local deadline has not passed. 503 when the session was lost
@@ -89,16 +89,15 @@ MAX_HEAD_BYTES = 16 * 1024
 HEAD_DEADLINE_S = 5.0
 IDLE_TIMEOUT_S = 2.0
 #: Connections open at once. At the bound, a new connection closes the one that has waited longest for
-#: its head, among those whose head was not whole when accepted: a slowloris holding hundreds of
-#: connections can neither starve a probe (its request is there at once) nor take the file descriptors
-#: gRPC and etcd need.
-MAX_CONNECTIONS = 64
+#: its head: a slowloris holding hundreds of connections can neither starve a probe (its request is
+#: there when accepted: answered at once) nor take the file descriptors gRPC and etcd need.
+MAX_CONNECTIONS = 128
 #: Connections the kernel queues before we accept them. asyncio's default (100) fills within
 #: milliseconds under a flood, and a probe's SYN dropped then is sent again only a second later.
 BACKLOG = 1024
-#: Connections accepted per loop turn (asyncio takes it from the backlog argument: passing 1024 there
-#: took 1024 descriptors at once, past a 1024 open-files limit). The queue is deepened after start.
-ACCEPT_BURST = 100
+#: Connections accepted per loop turn (asyncio's servers take 1024 at once when given a backlog of
+#: 1024: past a 1024 open-files limit).
+ACCEPT_BURST = 32
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
@@ -107,77 +106,99 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
 SWEEP_S = 0.25
 #: Seconds an answered connection may take to send its answer before it is closed anyway.
 WRITE_DEADLINE_S = 10.0
+#: After accept() fails for want of descriptors, listening pauses this long (as asyncio does).
+ACCEPT_RETRY_S = 1.0
 
 
-class _Connection(asyncio.Protocol):
-    """One HTTP connection: its head gathered as it comes, answered at once when whole, then closed.
+class _Connection:
+    """One accepted socket, served by the loop's reader and writer callbacks: no transport, no task
+    (a flood of connections costs an accept and this object), its deadlines kept by the server's sweep."""
 
-    No task per connection (a flood of connections costs the accept and this object only); the
-    deadlines are kept by the server's sweep.
-    """
-
-    def __init__(self, server: HttpServer) -> None:
+    def __init__(self, server: HttpServer, sock: socket.socket, now: float) -> None:
         self._server = server
-        self.transport: asyncio.Transport | None = None
+        self.sock = sock
+        self.fd = sock.fileno()
         self.head = bytearray()
-        self.opened = self.heard = 0.0
-        self.answered = False  #: its answer is written (it closes once the answer is sent)
-        self.ready = False  #: its whole head was in the kernel's buffer when accepted: never evicted
+        self.out = b""
+        self.opened = self.heard = now
+        self.answered = False  #: its answer is being sent (it closes once it is)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.opened = self.heard = asyncio.get_running_loop().time()
-        self.ready = _head_arrived(transport)
-        self._server.opened(self)
-
-    def data_received(self, data: bytes) -> None:
-        if self.answered:
+    def readable(self) -> None:
+        """Gather the head; answer once it is whole (a head too large is closed without an answer)."""
+        try:
+            data = self.sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the peer closed, or reset
+            self._server.drop(self)
             return
         self.head += data
-        self.heard = asyncio.get_running_loop().time()
+        self.heard = self._server.now()
         end = self.head.find(b"\r\n\r\n")
         if end < 0 and len(self.head) <= MAX_HEAD_BYTES:
             return
-        assert self.transport is not None
-        self.answered = True
-        self._server.waiting.pop(self, None)
         if 0 <= end <= MAX_HEAD_BYTES - 4:
-            self.transport.write(self._server.respond(bytes(self.head[: end + 4])))
+            self.answer(self._server.respond(bytes(self.head[: end + 4])))
+        else:
+            self._server.drop(self)
+
+    def answer(self, response: bytes) -> None:
+        self.answered = True
         self.head = bytearray()
-        self.transport.close()  # after the answer is sent; a head too large gets nothing
+        self._server.answering(self)
+        self.out = response
+        self.writable()
 
-    def eof_received(self) -> bool:
-        return False  # the peer is done sending: close (an answer being written is flushed first)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._server.closed(self)
+    def writable(self) -> None:
+        """Send what is left of the answer; close once it is all sent."""
+        try:
+            sent = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._server.drop(self)
+            return
+        self.out = self.out[sent:]
+        if self.out:
+            self._server.wait_writable(self)
+        else:
+            self._server.drop(self)
 
 
 class HttpServer:
-    """``loop.create_server`` on the process's loop; :meth:`close` at exit.
+    """Our own accept loop on the process's event loop (its reader callbacks); :meth:`close` at exit.
 
     Bounds (issue 22's slowloris): :data:`MAX_CONNECTIONS` open at once, a head within
     :data:`HEAD_DEADLINE_S` with no silence over :data:`IDLE_TIMEOUT_S`, an answer sent within
-    :data:`WRITE_DEADLINE_S`; a kernel queue of :data:`BACKLOG`, :data:`ACCEPT_BURST` accepted per turn.
+    :data:`WRITE_DEADLINE_S`; a kernel queue of :data:`BACKLOG`, at most :data:`ACCEPT_BURST` accepted
+    per loop turn. A connection whose whole head is already there when accepted (a probe's) is answered
+    at once, before any other work; the others wait their turn with a reader callback each. Why not
+    asyncio's server: a transport and a task per connection cost a slowloris flood's accept queue
+    enough to keep a probe waiting over 100 ms (bench/abuse.py measured 134 ms; uvloop's 10 ms).
     """
 
     def __init__(self, role: str, view: Callable[[], ProcessView], render_metrics: Callable[[], bytes]) -> None:
         self.role = role
         self._view = view
         self._render_metrics = render_metrics
-        self._server: asyncio.Server | None = None
-        self._open: set[_Connection] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listeners: list[socket.socket] = []
+        self._open: dict[int, _Connection] = {}
         #: The connections still gathering their head, oldest first (the ones a new connection may evict).
         self.waiting: dict[_Connection, None] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self._port = 0
         self._evicted = ThrottledWarning(log, "HTTP connections at their bound: the one waiting longest for its "
                                               "request was closed (slow or idle clients)", interval=30.0)
+        self._accept_failed = ThrottledWarning(log, "HTTP accept() failed: out of file descriptors or memory; "
+                                                    "accepting again in a second")
 
     @property
     def port(self) -> int:
         """The bound port (start() with port 0 picks a free one; tests use that)."""
-        if self._server is None:
+        if not self._listeners:
             raise RuntimeError("HTTP server is not started")
         return self._port
 
@@ -186,76 +207,114 @@ class HttpServer:
         """Connections open now."""
         return len(self._open)
 
+    def now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
     async def start(self, host: str, port: int) -> None:
         """Bind and listen; a taken port is a :class:`PortInUseError` naming the port."""
-        if self._server is not None:
+        if self._listeners:
             raise RuntimeError("HTTP server already started")
-        loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         try:
-            server = await loop.create_server(lambda: _Connection(self), host, port, reuse_address=True,
-                                              backlog=ACCEPT_BURST)
+            self._listeners = await _listen(self._loop, host, port)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise PortInUseError(f"HTTP port {port} on {host} is already in use") from exc
             raise
-        for listening in server.sockets:
-            _deepen_backlog(listening.fileno())
-        self._server = server
-        self._port = int(server.sockets[0].getsockname()[1]) if server.sockets else port
-        self._sweep = loop.call_later(SWEEP_S, self._sweep_deadlines)
+        self._port = int(self._listeners[0].getsockname()[1])
+        for listener in self._listeners:
+            self._loop.add_reader(listener.fileno(), self._accept, listener)
+        self._sweep = self._loop.call_later(SWEEP_S, self._sweep_deadlines)
         log.info("HTTP server listening", role=self.role, host=host, port=self._port,
                  endpoints="/healthz,/readyz,/metrics,/status")
 
     async def close(self) -> None:
         """Stop listening and close every connection (idempotent)."""
-        server, self._server = self._server, None
-        if server is None:
+        listeners, self._listeners = self._listeners, []
+        if not listeners or self._loop is None:
             return
         if self._sweep is not None:
             self._sweep.cancel()
-        server.close()
-        for conn in list(self._open):
-            if conn.transport is not None:
-                conn.transport.abort()
-        await server.wait_closed()
+        for listener in listeners:
+            self._loop.remove_reader(listener.fileno())
+            listener.close()
+        for conn in list(self._open.values()):
+            self.drop(conn)
 
     # -- the connections, as they come and go ----------------------------------------------
 
-    def opened(self, conn: _Connection) -> None:
-        if len(self._open) >= MAX_CONNECTIONS and not self._evict_oldest():
-            assert conn.transport is not None
-            conn.transport.abort()  # every open one is being answered: this one waits for a retry
-            return
-        self._open.add(conn)
-        if not conn.ready:
-            self.waiting[conn] = None
+    def _accept(self, listener: socket.socket) -> None:
+        assert self._loop is not None
+        for _ in range(ACCEPT_BURST):
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS, ENOMEM: let some close first
+                self._accept_failed.warn(role=self.role, error=str(exc))
+                self._loop.remove_reader(listener.fileno())
+                self._loop.call_later(ACCEPT_RETRY_S, self._resume_accepting, listener)
+                return
+            sock.setblocking(False)
+            self._admit(_Connection(self, sock, self._loop.time()))
 
-    def closed(self, conn: _Connection) -> None:
-        self._open.discard(conn)
+    def _resume_accepting(self, listener: socket.socket) -> None:
+        if self._loop is not None and listener in self._listeners:
+            self._loop.add_reader(listener.fileno(), self._accept, listener)
+
+    def _admit(self, conn: _Connection) -> None:
+        """Read what is there already: a probe's whole request is answered now, before the next accept
+        (it never waits, nor takes a place). Any other waits its turn within the bound, the one that has
+        waited longest for its head making way."""
+        assert self._loop is not None
+        self._open[conn.fd] = conn
+        self.waiting[conn] = None
+        conn.readable()
+        if conn.fd not in self._open or conn.answered:
+            return
+        if len(self._open) > MAX_CONNECTIONS:
+            self._evict_oldest()
+        if conn.fd in self._open:
+            self._loop.add_reader(conn.fd, conn.readable)
+
+    def answering(self, conn: _Connection) -> None:
+        assert self._loop is not None
         self.waiting.pop(conn, None)
+        self._loop.remove_reader(conn.fd)
+
+    def wait_writable(self, conn: _Connection) -> None:
+        assert self._loop is not None
+        self._loop.add_writer(conn.fd, conn.writable)
+
+    def drop(self, conn: _Connection) -> None:
+        """Forget and close ``conn`` (idempotent)."""
+        if self._open.pop(conn.fd, None) is None:
+            return
+        self.waiting.pop(conn, None)
+        assert self._loop is not None
+        self._loop.remove_reader(conn.fd)
+        self._loop.remove_writer(conn.fd)
+        conn.sock.close()
 
     def _evict_oldest(self) -> bool:
         """Close the connection that has waited longest for its head; False when none is waiting."""
         if not self.waiting:
             return False
-        oldest = next(iter(self.waiting))
-        self.closed(oldest)
-        assert oldest.transport is not None
-        oldest.transport.abort()  # its descriptor is free now
+        self.drop(next(iter(self.waiting)))
         self._evicted.warn(role=self.role, bound=MAX_CONNECTIONS)
         return True
 
     def _sweep_deadlines(self) -> None:
         """Close what is past its deadline: silent, too slow with its head, or too slow to take its answer."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        for conn in list(self._open):
+        assert self._loop is not None
+        now = self._loop.time()
+        for conn in list(self._open.values()):
             late = (now - conn.opened > HEAD_DEADLINE_S + WRITE_DEADLINE_S if conn.answered
                     else now - conn.heard > IDLE_TIMEOUT_S or now - conn.opened > HEAD_DEADLINE_S)
-            if late and conn.transport is not None:
-                self.closed(conn)
-                conn.transport.abort()
-        self._sweep = loop.call_later(SWEEP_S, self._sweep_deadlines)
+            if late:
+                self.drop(conn)
+        self._sweep = self._loop.call_later(SWEEP_S, self._sweep_deadlines)
 
     def respond(self, head: bytes) -> bytes:
         """The whole response to one request head."""
@@ -282,27 +341,27 @@ class HttpServer:
         return probe.status, _TEXT, (probe.reason + "\n").encode(), method == "HEAD"
 
 
-def _deepen_backlog(fd: int) -> None:
-    """listen() again with :data:`BACKLOG` (Linux lets a listening socket's queue be resized)."""
-    listening = socket.socket(fileno=fd)
+async def _listen(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address ``host`` names (as asyncio's servers bind), non-blocking."""
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    listeners: list[socket.socket] = []
+    chosen = port  # port 0: the system picks one for the first address, the others take the same
     try:
-        listening.listen(BACKLOG)
-    finally:
-        listening.detach()  # the server keeps the descriptor
-
-
-def _head_arrived(transport: asyncio.BaseTransport) -> bool:
-    """Whether a new connection's whole request head already waits in the kernel (read without taking it)."""
-    transport_socket = transport.get_extra_info("socket")
-    if transport_socket is None:
-        return False
-    peek = socket.socket(fileno=transport_socket.fileno())
-    try:
-        return b"\r\n\r\n" in peek.recv(MAX_HEAD_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except OSError:  # nothing yet (EAGAIN), or the peer is gone
-        return False
-    finally:
-        peek.detach()  # the transport keeps the descriptor
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            listener = socket.socket(family, kind, proto)
+            listeners.append(listener)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and len(infos) > 1:
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            listener.bind((address[0], chosen, *address[2:]))
+            chosen = chosen or int(listener.getsockname()[1])
+            listener.listen(BACKLOG)
+            listener.setblocking(False)
+    except BaseException:
+        for listener in listeners:
+            listener.close()
+        raise
+    return listeners
 
 
 _TEXT = "text/plain; charset=utf-8"

@@ -272,4 +272,4 @@ def test_message_sizes_come_from_the_role_then_grpc_then_the_default() -> None:
     assert config.role("rootcoord").max_recv_size == 2048
     assert config.role("querycoord").max_recv_size == 1 << 20
     limits = H2Limits.of(config.role("querycoord"), 1024)
-    assert (limits.receive_budget, limits.max_connections) == (4 << 20, 1024 - 128)
+    assert (limits.receive_budget, limits.max_connections) == (4 << 20, 1024 - 256)
