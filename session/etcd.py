@@ -116,9 +116,8 @@ class Etcd:
         self._keepalive: rpc.KeepAliveStream | None = None
         self._auth_lock: asyncio.Lock | None = None
         self._auth_generation = 0  # bumped on every new token
-        #: Told when etcd refuses the user and password (changed, or the user removed): not a token
-        #: to renew, nothing this client can fix. A session cannot act on etcd any more (its
-        #: keep-alives need no token, so its lease would live on): its subscriber ends it.
+        #: Told when etcd refuses the user and password (changed, user removed): nothing to renew. A session
+        #: can no longer act (its keep-alives need no token: its lease would live on); its subscriber ends it.
         self.credentials_refused: Subscribers[str] = Subscribers()
         self._authenticated = False
         #: How many times an expired or invalid token was replaced (tests and metrics read it).
@@ -389,7 +388,10 @@ class Etcd:
                         raise
                 await self._refresh_token(generation, noticed_by=what)
                 return await _mapped(make(), what)
-        except TimeoutError as exc:
+        except (TimeoutError, EtcdUnavailable) as exc:
+            self.timeline.lost_contact()  # the history is verified before a watch resumes
+            if isinstance(exc, EtcdUnavailable):
+                raise
             raise EtcdUnavailable(f"etcd {what}: no answer in time") from exc
 
     def _unary(self, method: rpc.Method, request: Any, timeout: float) -> Awaitable[Any]:

@@ -104,6 +104,11 @@ class Timeline:
         self.last: Rewind | None = None  #: the last rewind seen
         #: The latest put this client saw: key, revision, value (None: none in this history yet).
         self.witness: tuple[bytes, int, bytes] | None = None
+        #: Contact with etcd was lost (a call unanswered, a stream broken) and no :func:`verify_history`
+        #: has run since: the witness is kept as it is. A put seen meanwhile may already belong to a
+        #: restored history that climbed past the old revisions; taken as the witness, it would vouch
+        #: for that history (a STANDBY's mirror then served a collection etcd had lost).
+        self.unverified = False
         self._subscribers: Subscribers[Rewind] = Subscribers()
 
     def subscribe(self, subscriber: Callable[[Rewind], None]) -> Callable[[], None]:
@@ -142,7 +147,7 @@ class Timeline:
         """``key`` was put at ``mod_revision`` with ``value`` (a write, a read, an event): the witness
         of this history when it is the latest. Not a key that is not UTF-8 (a foreign one in a watched
         range): the client names keys as text, so it could not read it back, and would see a rewind."""
-        if self.witness is not None and mod_revision <= self.witness[1]:
+        if self.unverified or (self.witness is not None and mod_revision <= self.witness[1]):
             return
         try:
             bytes(key).decode("utf-8")
@@ -155,6 +160,10 @@ class Timeline:
         latest = max(kvs, key=lambda kv: kv.mod_revision, default=None)
         if latest is not None:
             self.saw(latest.key, int(latest.mod_revision), latest.value)
+
+    def lost_contact(self) -> None:
+        """A call went unanswered or a stream broke: keep the witness until the history is verified."""
+        self.unverified = True
 
     def key_behind(self, key: str, seen: str, now: str) -> Rewind:
         """Report that ``key`` was found older than this client saw it (``seen``, ``now``: what was seen
@@ -172,6 +181,7 @@ class Timeline:
         self.rewinds += 1
         self.last = rewind
         self.witness = None  # from the old history
+        self.unverified = False  # the new history is the baseline now
         self.revision = revision  # the new history's, or to be learnt from the next answers
         log.error("etcd went back in time", sign=str(rewind.sign), seen=rewind.seen, now=rewind.now,
                   noticedBy=rewind.noticed_by)
@@ -201,6 +211,7 @@ async def verify_history(etcd: Reader, *, timeout: float | None = None) -> None:
     witness, seen = timeline.witness, timeline.rewinds
     if witness is None:
         await etcd.get("\0", keys_only=True, limit=1, timeout=timeout)
+        timeline.unverified = False
         return
     key, revision, value = witness
     name = key.decode("utf-8")
@@ -208,11 +219,13 @@ async def verify_history(etcd: Reader, *, timeout: float | None = None) -> None:
         resp = await etcd.get(name, revision=revision, timeout=timeout)
     except EtcdRequestFailed as exc:
         if "future revision" not in str(exc):
+            timeline.unverified = False
             return  # compacted: nothing to compare with
         now = "a history not that long"
     else:
         kv = resp.kvs[0] if resp.kvs else None
         if kv is not None and int(kv.mod_revision) == revision and bytes(kv.value) == value:
+            timeline.unverified = False
             return
         now = "no key" if kv is None else f"another put (revision {int(kv.mod_revision)})"
     if timeline.rewinds != seen and timeline.last is not None:

@@ -199,6 +199,7 @@ async def watch(
                 if response is EOF:
                     raise EtcdUnavailable(f"etcd watch {key}: stream closed")
         except (SessionError, TimeoutError) as exc:
+            etcd.timeline.lost_contact()  # verified before the watch resumes
             # The first failure of a streak is worth a warning; the retries of an outage are not.
             report = log.warning if backoff == 0.05 else log.debug
             report("watch interrupted, reconnecting", key=key, fromRevision=next_revision, error=str(exc) or type(exc).__name__)

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from session.errors import EtcdUnavailable
-from session.timeline import EtcdRewound, Rewind, RewindSign, Timeline
+from session.timeline import EtcdRewound, Rewind, RewindSign, Timeline, verify_history
 from session.watch import Resync, watch
 
 CLUSTER = 0x1234
@@ -75,6 +75,42 @@ def test_the_witness_is_the_latest_put_seen_and_never_a_key_that_cannot_be_read_
     timeline.saw(b"r/b", 8, b"2")  # older: not the latest
     timeline.saw(b"r/\xff\xfe", 12, b"3")  # a foreign key that is not UTF-8: could not be named again
     assert timeline.witness == (b"r/a", 10, b"1")
+
+
+class _History:
+    """A reader of one key history for verify_history: ``puts`` maps a revision to (key, value)."""
+
+    timeout = 1.0
+
+    def __init__(self, timeline: Timeline, puts: dict[int, tuple[bytes, bytes]]) -> None:
+        self.timeline, self.puts = timeline, puts
+
+    async def get(self, key: str, *, revision: int = 0, **_: object) -> object:
+        put = self.puts.get(revision)
+        kvs = [SimpleNamespace(key=put[0], mod_revision=revision, value=put[1])] if put and put[0] == key.encode() else []
+        return SimpleNamespace(kvs=kvs, header=header(max(self.puts, default=1)))
+
+
+async def test_after_contact_is_lost_the_witness_waits_for_the_history_to_be_verified() -> None:
+    """etcd restored under a STANDBY: the new history climbs past the old revisions before its watch
+    resumes, and a read shows a put there. Taken as the witness, it would vouch for the new history
+    (found by the rewind fault test under load: a mirror served a collection etcd had lost)."""
+    timeline = Timeline()
+    timeline.saw(b"r/later", 10, b"lost")  # the old history's latest put
+    timeline.lost_contact()  # etcd restarting: a call unanswered, streams broken
+    timeline.saw(b"r/serving", 12, b"new term")  # the restored history, past revision 10 already
+    assert timeline.witness == (b"r/later", 10, b"lost")
+    restored = _History(timeline, {12: (b"r/serving", b"new term")})
+    with pytest.raises(EtcdRewound) as rewound:
+        await verify_history(restored)  # type: ignore[arg-type]
+    assert rewound.value.rewind.sign == RewindSign.KEY_BEHIND
+    # Verified in the same history: new puts are witnesses again.
+    timeline.saw(b"r/a", 20, b"1")
+    timeline.lost_contact()
+    same = _History(timeline, {20: (b"r/a", b"1")})
+    await verify_history(same)  # type: ignore[arg-type]
+    timeline.saw(b"r/b", 21, b"2")
+    assert timeline.witness == (b"r/b", 21, b"2")
 
 
 class _FlakyEtcd:
