@@ -27,9 +27,9 @@ pytestmark = pytest.mark.process
 LIBFAKETIME = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1"))), None)
 
 
-def serving_lines(proc: MilvusProcess) -> int:
-    """How many terms ``proc`` has served (its "is ACTIVE and serving" lines)."""
-    return sum(ln.msg == "rootcoord is ACTIVE and serving" for ln in proc.lines())
+def serving_epochs(proc: MilvusProcess) -> list[int]:
+    """The epochs of the terms ``proc`` has served (its "is ACTIVE and serving" lines), in order."""
+    return [int(ln.fields["epoch"]) for ln in proc.lines() if ln.msg == "rootcoord is ACTIVE and serving"]
 
 
 def faked(offset_file: Path) -> dict[str, str]:
@@ -71,11 +71,16 @@ async def test_timestamps_strictly_increase_across_failovers_while_the_actives_w
                 offsets[name].write_text(f"{jump}\n")  # the ACTIVE's wall clock jumps, while it serves
                 await load.wait_progress("rootcoord", calls=20)
                 other = next(m for n, m in members.items() if n != name)
-                served = serving_lines(other)
                 members[name].signal(signal.SIGTERM)  # a failover to the other member (its own clock)
                 assert await members[name].wait(10) == 0
-                await wait_until(lambda o=other, n=served: serving_lines(o) > n, timeout=15,
-                                 what="the other member serving a new term")
+
+                async def other_serves(o: MilvusProcess = other) -> bool:
+                    """The ACTIVE key is the other member's and it serves that term. Not "one more serving
+                    line than before the stop": under load a loop stall may have handed it the key already."""
+                    kv = await holder(etcd_client, etcd_prefix, "rootcoord")
+                    return kv is not None and kv.value["Address"] == o.address and kv.create_revision in serving_epochs(o)
+
+                await wait_until(other_serves, timeout=15, what="the other member serving a new term")
                 await load.wait_progress("rootcoord", calls=20)
                 members[name] = start(name)  # back as a STANDBY, its clock still off
 
