@@ -133,7 +133,7 @@ class _TrackingServer(Server):
     """
 
     def __init__(self, handlers: Sequence[Any], guard: H2Guard) -> None:
-        super().__init__(handlers, codec=StrictProtoCodec())
+        super().__init__(handlers, codec=StrictProtoCodec(guard))
         self._guard = guard
         self._protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
 
@@ -243,7 +243,6 @@ class CoordinatorServer:
         listen(server, RecvRequest, self._on_recv_request)
         listen(server, SendInitialMetadata, self._on_send_initial_metadata)
         listen(server, SendTrailingMetadata, _tag_refusal)
-        listen(server, SendMessage, self._on_send_message_size)
         if self._answer_gate is not None:
             listen(server, SendMessage, self._on_send_message)
         try:
@@ -323,10 +322,6 @@ class CoordinatorServer:
             self._in_flight += 1
             self._idle.clear()
             task.add_done_callback(self._call_done)
-
-    async def _on_send_message_size(self, event: SendMessage) -> None:
-        """A reply larger than ``serverMaxSendSize`` is refused instead of sent."""
-        self._guard.check_reply(event.message.ByteSize())
 
     async def _on_send_message(self, _event: SendMessage) -> None:
         """Ask the answer gate again right before a reply of the role's API leaves: a call that began while

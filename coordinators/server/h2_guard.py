@@ -219,7 +219,16 @@ class _GuardedBuffer(Buffer):
 
 class StrictProtoCodec(ProtoCodec):
     """grpclib's protobuf codec, with a request that does not decode answered INVALID_ARGUMENT instead of
-    UNKNOWN and a traceback in the log per call."""
+    UNKNOWN and a traceback in the log per call, and a reply over the guard's ``max_send_size`` refused
+    from its encoded length (RESOURCE_EXHAUSTED) instead of sent."""
+
+    def __init__(self, guard: H2Guard) -> None:
+        self._guard = guard
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        data: bytes = super().encode(message, message_type)
+        self._guard.check_reply(len(data))
+        return data
 
     def decode(self, data: bytes, message_type: Any) -> Any:
         try:
