@@ -152,14 +152,14 @@ class Soak:
         leader = await kill_leader(self.cluster)
         self.log(f"etcd leader {leader.name} killed")
         await asyncio.sleep(self.rng.uniform(1.0, 2.0))
-        await restart(leader)
+        await restart(self.cluster, leader)
 
     async def etcd_member(self) -> None:
         member = await follower(self.cluster)
         await off_loop(member.kill)
         self.log(f"etcd member {member.name} down for {self.ttl + 1}s")
         await asyncio.sleep(self.ttl + 1)
-        await restart(member)
+        await restart(self.cluster, member)
 
     async def compact(self) -> None:
         revision = int((await self.coords.etcd.get("soak-compaction-probe")).header.revision)

@@ -8,8 +8,10 @@ increasing in real time, IDs never repeated, acknowledged state surviving, terms
 overlapping in accepted writes.
 
 - The etcd leader killed three times (restarted each time), then a member down for TTL + 1 s:
-  no coordinator fails over at all (ACTIVE keys keep their create revisions, no "session lost").
-- Quorum lost (the leader and a follower killed): every ACTIVE refuses writes ("not serving") and
+  no coordinator fails over at all (ACTIVE keys keep their create revisions, no "session lost"). A
+  killed member of etcd 3.5.0-3.5.2 comes back empty (:meth:`~etcd_server.EtcdCluster.restart_member`:
+  such a member may lose applied writes in its crash, etcd-io/etcd#13766).
+- Quorum lost (the leader and a follower frozen): every ACTIVE refuses writes ("not serving") and
   leaves Healthy before its lease could expire, within TTL of the loss; quorum back: exactly one
   ACTIVE per role within TTL + 2 s.
 - A single-member etcd restarted (SIGKILL, then SIGTERM) within the TTL: no failover.
@@ -93,14 +95,14 @@ async def test_etcd_leader_killed_three_times_and_a_member_down_cause_no_failove
             leader = await kill_leader(etcd3)
             await asyncio.sleep(1.0)  # an election, then two members serve
             await load.wait_progress(calls=10, timeout=TTL + 5)
-            await restart(leader)
+            await restart(etcd3, leader)
             await load.wait_progress(calls=10, timeout=TTL + 5)
         # One member down for a while: longer than a TTL, so every lease is renewed without it.
         down = etcd3.members[1]
         await off_loop(down.kill)
         await asyncio.sleep(TTL + 1)
         await load.wait_progress(calls=10, timeout=TTL + 5)
-        await restart(down)
+        await restart(etcd3, down)
         await load.wait_progress(calls=10, timeout=TTL + 5)
         verdict = await load.verdict()
     await assert_no_failover(etcd3, coords, load, verdict, epochs)
@@ -117,12 +119,14 @@ async def test_quorum_loss_stops_every_active_before_its_lease_could_expire_then
         await asyncio.sleep(0.3)
         # The leader and one follower: the survivor is a follower, which renews no lease once its
         # leader is gone (an isolated leader keeps renewing until it steps down, up to an election
-        # timeout later, and the leases then rightly last that much longer).
+        # timeout later, and the leases then rightly last that much longer). Frozen (SIGSTOP), not
+        # killed: two members killed come back on their own data, and etcd 3.5.0-3.5.2 may bring one
+        # back from a SIGKILL under load without writes it applied (etcd-io/etcd#13766).
         leader = await off_loop(etcd3.leader)
         lost = [leader, next(m for m in etcd3.members if m is not leader)]
         t_loss = time.monotonic()
         for member in lost:
-            await off_loop(member.kill)
+            await off_loop(member.pause)
         # Every active stops on its own: a refusal ("not serving") and the state leaves Healthy.
         refused: dict[str, float] = {}
         demoted: dict[str, float] = {}
@@ -141,11 +145,10 @@ async def test_quorum_loss_stops_every_active_before_its_lease_could_expire_then
             await prober.stop()
         late = {role: [str(c) for c in p.accepted_after(t_loss + TTL - 0.3)] for role, p in probers.items()}
         t_back = time.monotonic()
-        await asyncio.gather(*(restart(m) for m in lost))
+        for member in lost:
+            await off_loop(member.resume)
         while problems := await one_active_per_role(coords):
             if time.monotonic() - t_back >= TTL + 2:
-                # etcd 3.5.0-3.5.2 may come back from a SIGKILL under load with a member that lost applied
-                # writes (etcd-io/etcd#13766): then each member answers a claim by its own state.
                 diverged = await members_disagree(etcd3, coords.meta_root) or "every etcd member holds the same keys"
                 raise AssertionError(f"not one active per role {TTL + 2}s after quorum came back: {problems}; {diverged}")
             await asyncio.sleep(0.05)
@@ -181,7 +184,7 @@ async def test_single_member_etcd_restarted_within_the_ttl_causes_no_failover(
                     member = single.members[0]
                     t0 = time.monotonic()
                     await off_loop(member.kill if how == "SIGKILL" else member.stop)
-                    await restart(member)
+                    await restart(single, member)
                     downtimes.append(round(time.monotonic() - t0, 2))
                     assert downtimes[-1] < TTL - 1, f"etcd took {downtimes[-1]}s to restart: not a restart within the TTL"
                     await load.wait_progress(calls=20, timeout=TTL + 5)
@@ -348,7 +351,7 @@ async def test_etcd_trouble_at_the_default_ttl_pauses_the_actives_and_costs_no_t
             await load.wait_progress(calls=30)
             leader = await kill_leader(etcd3)
             await load.wait_progress(calls=10, timeout=20)
-            await restart(leader)
+            await restart(etcd3, leader)
             await load.wait_progress(calls=10, timeout=20)
             for member in etcd3.members:
                 await off_loop(member.pause)
@@ -356,8 +359,8 @@ async def test_etcd_trouble_at_the_default_ttl_pauses_the_actives_and_costs_no_t
             for member in etcd3.members:
                 await off_loop(member.resume)
             await load.wait_progress(calls=10, timeout=20)
-            # Quorum lost by pausing two members (a SIGKILL under load can make etcd 3.5.1 lose applied
-            # writes on the killed member, etcd-io/etcd#13766: the leader kill above is the one kill).
+            # Quorum lost by pausing two members (two members killed come back on their own data, and a
+            # SIGKILL under load can make etcd 3.5.1 lose applied writes, etcd-io/etcd#13766).
             leader = await off_loop(etcd3.leader)
             lost = [leader, next(m for m in etcd3.members if m is not leader)]
             for member in lost:

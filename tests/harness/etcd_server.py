@@ -267,6 +267,12 @@ def _tail(path: Path, lines: int = 40) -> str:
 # --------------------------------------------------------------------------- member
 
 
+#: The first etcd 3.5 whose member comes back from a SIGKILL with every applied write (etcd-io/etcd#13766).
+CRASH_SAFE_FROM = (3, 5, 3)
+#: How long a replaced member's ``member add`` may wait for etcd to call the cluster healthy.
+REJOIN_TIMEOUT = 15.0
+
+
 class EtcdMember:
     """One etcd process on 127.0.0.1 with its own ports, data dir and log file."""
 
@@ -299,6 +305,10 @@ class EtcdMember:
         self.process: subprocess.Popen[bytes] | None = None
         self._log_fh: IO[bytes] | None = None
         self._paused = False
+        #: Its last exit was a SIGKILL (a crash): see :meth:`EtcdCluster.restart_member`.
+        self.killed = False
+        #: ``new`` for a member bootstrapped with the cluster, ``existing`` once it joined by ``member add``.
+        self.cluster_state = "new"
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"
@@ -342,7 +352,7 @@ class EtcdMember:
             f"--initial-advertise-peer-urls={self.peer_url}",
             f"--initial-cluster={self.initial_cluster}",
             f"--initial-cluster-token={self.cluster_token}",
-            "--initial-cluster-state=new",
+            f"--initial-cluster-state={self.cluster_state}",
             f"--heartbeat-interval={self.heartbeat_ms}",
             f"--election-timeout={self.election_ms}",
             "--auto-compaction-retention=0",
@@ -451,9 +461,11 @@ class EtcdMember:
             self._signal(signal.SIGCONT)  # a paused etcd cannot act on SIGTERM
             try:
                 proc.wait(timeout=timeout)
+                self.killed = False
             except subprocess.TimeoutExpired:
                 self._signal(signal.SIGKILL)
                 proc.wait(timeout=5)
+                self.killed = True
         self._after_exit()
 
     def kill(self) -> None:
@@ -462,6 +474,7 @@ class EtcdMember:
         if proc is not None and proc.poll() is None:
             self._signal(signal.SIGKILL)
             proc.wait(timeout=5)
+            self.killed = True
         self._after_exit()
 
     def pause(self, timeout: float = 2.0) -> None:
@@ -768,6 +781,42 @@ class EtcdCluster:
             if time.monotonic() >= deadline:
                 raise EtcdError(f"no etcd leader among {list(by_endpoint)} after {timeout:.1f} s: {last}")
             time.sleep(0.05)
+
+    def restart_member(self, member: EtcdMember, *, wait: bool = True,
+                       timeout: float = DEFAULT_START_TIMEOUT) -> None:
+        """Start a stopped or killed ``member`` again, as an operator would bring it back.
+
+        On its ports and data, except one case: etcd 3.5.0-3.5.2 may come back from a SIGKILL under load
+        with applied writes lost (it persisted the consistent index ahead of the data: etcd-io/etcd#13766,
+        fixed in 3.5.3), so that its reads disagree with the other members'. A member of such a version
+        that was killed, while the others keep a quorum without it, is replaced as etcd's docs say for a
+        member whose data cannot be trusted: removed, its data deleted, added again and started empty (it
+        catches up from the leader). Same name, ports and endpoint: the coordinators see a member restart.
+        """
+        others = [m for m in self.running_members() if m is not member]
+        version = etcd_version(member.etcd_bin)
+        keeps_quorum = len(others) >= (len(self.members) - 1) // 2 + 1
+        if member.killed and (3, 5, 0) <= version < CRASH_SAFE_FROM and len(self.members) > 1 and keeps_quorum:
+            self._rejoin_empty(member, [m.endpoint for m in others])
+        member.start(wait=wait, timeout=timeout)
+
+    def _rejoin_empty(self, member: EtcdMember, endpoints: list[str]) -> None:
+        """``member remove`` then ``member add`` of a stopped ``member``, its data deleted."""
+        listing = json.loads(etcdctl("member", "list", "-w", "json", endpoints=endpoints).stdout or "{}")
+        for entry in listing.get("members", []):
+            if member.peer_url in entry.get("peerURLs", []):
+                etcdctl("member", "remove", f"{int(entry['ID']):x}", endpoints=endpoints)
+        member.remove_data()
+        # etcd refuses to add a voting member ("unhealthy cluster") until the leader has been connected
+        # to every other member for 5 s (its strict reconfiguration check): a member that just came back.
+        deadline = time.monotonic() + REJOIN_TIMEOUT
+        while (added := etcdctl("member", "add", member.name, f"--peer-urls={member.peer_url}",
+                                endpoints=endpoints, check=False)).returncode != 0:
+            if "unhealthy cluster" not in added.stderr or time.monotonic() >= deadline:
+                raise EtcdError(f"etcdctl member add {member.name} failed (exit {added.returncode}): "
+                                f"{added.stderr.strip()[-500:]}")
+            time.sleep(0.2)
+        member.cluster_state, member.killed = "existing", False
 
     def kill_leader(self) -> EtcdMember:
         """SIGKILL the current leader and return it (restart it with ``.start()``)."""

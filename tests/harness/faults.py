@@ -54,9 +54,10 @@ async def kill_leader(cluster: EtcdCluster) -> EtcdMember:
     return await off_loop(cluster.kill_leader)
 
 
-async def restart(member: EtcdMember, *, wait: bool = True) -> None:
-    """Start a killed or stopped member again on its ports and data (waits for /health)."""
-    await off_loop(member.start, wait=wait)
+async def restart(cluster: EtcdCluster, member: EtcdMember, *, wait: bool = True) -> None:
+    """Start a killed or stopped member of ``cluster`` again on its ports (waits for /health), on its data
+    unless etcd could have lost writes in its crash (:meth:`EtcdCluster.restart_member`)."""
+    await off_loop(cluster.restart_member, member, wait=wait)
 
 
 async def members_disagree(cluster: EtcdCluster, prefix: str) -> str:

@@ -8,6 +8,7 @@ real tests pass or fail for the wrong reason.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
 
 from harness.etcd_server import (
+    CRASH_SAFE_FROM,
     EtcdCluster,
     EtcdMember,
     etcd_version,
@@ -218,3 +220,31 @@ async def test_proxy_blackhole_holds_new_connections(
     await proxy.stop()
     assert proxy.active_connections == 0
     assert not proxy._tasks
+
+
+def _member_ids(cluster: EtcdCluster) -> dict[str, int]:
+    listing = json.loads(etcdctl("member", "list", "-w", "json", endpoints=cluster.endpoints_csv.split(",")).stdout)
+    return {peer: int(m["ID"]) for m in listing["members"] for peer in m.get("peerURLs", [])}
+
+
+def test_a_killed_member_of_an_etcd_that_loses_writes_in_a_crash_comes_back_empty_and_caught_up(
+    etcd3: EtcdCluster, etcd_prefix: str
+) -> None:
+    """etcd-io/etcd#13766 (3.5.0-3.5.2): a killed member is replaced by ``restart_member`` (new member ID,
+    its writes from the leader); a stopped one, or one of a fixed etcd, restarts on its own data."""
+    member = next(m for m in etcd3.members if m is not etcd3.leader())
+    before = _member_ids(etcd3)
+    etcdctl("put", f"{etcd_prefix}/kept", "1", endpoints=[member.endpoint])
+    crash_loses_writes = (3, 5, 0) <= etcd_version(member.etcd_bin) < CRASH_SAFE_FROM
+    member.kill()
+    etcdctl("put", f"{etcd_prefix}/while-down", "2", endpoints=[m.endpoint for m in etcd3.running_members()])
+    etcd3.restart_member(member)
+    after = _member_ids(etcd3)
+    assert (after[member.peer_url] != before[member.peer_url]) is crash_loses_writes, (before, after)
+    assert len(after) == 3 and not member.killed
+    for key, value in (("kept", "1"), ("while-down", "2")):
+        out = etcdctl("get", f"{etcd_prefix}/{key}", "--print-value-only", endpoints=[member.endpoint]).stdout
+        assert out.strip() == value, (key, out)
+    member.stop()  # graceful: its data is trusted
+    etcd3.restart_member(member)
+    assert _member_ids(etcd3)[member.peer_url] == after[member.peer_url]
