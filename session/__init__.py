@@ -19,7 +19,8 @@ Read in this order (README.md's "Layout" lists the same):
   epoch), :mod:`session.serving` (the ACTIVE member's short serving lease);
 - :mod:`session.lapse` (a STANDBY's proof through etcd that the serving lease is over),
   :mod:`session.fastpath` (removing a holder proven dead), :mod:`session.switchover` (the
-  operator's planned move), :mod:`session.handover` (a graceful stop hands the key to the next in
+  operator's planned move), :mod:`session.pause` (no automatic takeover while a role is paused),
+  :mod:`session.handover` (a graceful stop hands the key to the next in
   line), :mod:`session.mirror` (the hot standby's copy of a role's keys).
 
 The library takes plain parameters and reads no config file.
@@ -36,6 +37,7 @@ from session.errors import (
     NotActive,
     SessionError,
     SessionLost,
+    TakeoverPaused,
 )
 from session.etcd import Etcd, EtcdTLS
 from session.fencing import FencedWriter
@@ -64,6 +66,7 @@ __all__ = [
     "SessionInfo",
     "SessionLost",
     "SessionObserver",
+    "TakeoverPaused",
     "Term",
     "TermEnd",
     "WatchRestart",

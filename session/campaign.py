@@ -26,7 +26,7 @@ from dataclasses import replace
 
 import structlog
 
-from session.errors import AlreadyActive, EtcdUnavailable, LeaseNotFound, SessionError, SessionLost
+from session.errors import AlreadyActive, EtcdUnavailable, LeaseNotFound, SessionError, SessionLost, TakeoverPaused
 from session.etcd import (
     GREATER,
     Compare,
@@ -46,7 +46,8 @@ from session.keys import RoleKeys
 from session.lapse import LapseWatch
 from session.lease import LeaseSession
 from session.lineup import Lineup
-from session.standby import Standby
+from session.pause import describe_raw
+from session.standby import Backoff, Standby
 from session.switchover import Successor
 from session.takeover import TakeoverCause, TakeoverMark, read_mark, takeover_cause
 from session.tasks import cancel_and_wait
@@ -147,10 +148,10 @@ class Campaign:
         keys, standby = self.keys, self.standby
         own = self._own_key_ops()
         resp = await self._txn(
-            [cmp_version(keys.active, 0), cmp_version(keys.successor, 0), *own[0]],
+            [cmp_version(keys.active, 0), cmp_version(keys.successor, 0), cmp_version(keys.pause, 0), *own[0]],
             [op_put(keys.active, encoded, lease=info.lease_id), *own[1]],
             [op_get(keys.active), op_get(keys.successor),
-             op_get(keys.member_prefix, range_end=prefix_range_end(keys.member_prefix))],
+             op_get(keys.member_prefix, range_end=prefix_range_end(keys.member_prefix)), op_get(keys.pause)],
         )
         if resp.succeeded:
             return self._won(int(resp.header.revision), value)
@@ -172,7 +173,7 @@ class Campaign:
                 return Term(self.role, keys.active, kv.create_revision, info.server_id, info.lease_id)
             standby.saw_holder(kv)
             return None
-        if not successor_kvs:  # deleted between compare and read: cannot happen in one txn, but be safe
+        if not successor_kvs:  # paused (session.pause): no claim of its own until the resume
             return None
         raw = bytes(successor_kvs[0].value)
         successor = standby.saw_successor(raw)
@@ -226,6 +227,9 @@ class Campaign:
         if term is not None:
             return term
         holder = self.holder
+        if holder is None and self.successor is None and (pause := self.lineup.pause) is not None:
+            raise TakeoverPaused(f"{self.role} is paused {describe_raw(pause.key, pause.value)}: no process takes "
+                                 f"its ACTIVE key on its own until `milvus resume {self.role}`")
         left = await self._lease_left(holder.kv.lease) if holder else -1
         if holder and holder.info:
             who = f"ServerID={holder.info.server_id} at {holder.info.address} on {holder.info.hostname}"
@@ -262,7 +266,7 @@ class Campaign:
         standby.start(on_position)
         log.info(f"serverName: {self.role} enter STANDBY mode")
         ticker = asyncio.create_task(self._standby_ticker(), name=f"standby-log-{self.role}")
-        backoff = _Backoff(min(1.0, self.backstop_interval / 4))
+        backoff = Backoff(min(1.0, self.backstop_interval / 4))
         session = self.session
         # Closed after the claim: ending its stream is not on the takeover's path.
         death = DeathWatchTask(session.etcd, session.meta_root, self.role, session.server_id, self.death_watch,
@@ -285,7 +289,7 @@ class Campaign:
                 if term is not None:
                     log.info("quit STANDBY mode, this node will become ACTIVE", ServerID=term.server_id)
                     return term
-                if self.holder is None and self.successor is None:
+                if self.holder is None and self.successor is None and self.lineup.pause is None:
                     # A named successor's claim lost a race, or the key moved in between: look again soon.
                     await standby.sleep_or_lost(backoff.next())
                     continue
@@ -432,18 +436,3 @@ class Campaign:
             )
         else:
             log.info(f"ACTIVE {self.role} has already been registered")
-
-
-class _Backoff:
-    """Retry delays after failed attempts: 0.05 s doubling up to ``cap``; :meth:`reset` after a success."""
-
-    def __init__(self, cap: float) -> None:
-        self.cap = cap
-        self._delay = 0.05
-
-    def next(self) -> float:
-        delay, self._delay = self._delay, min(self._delay * 2, self.cap)
-        return min(delay, self.cap)
-
-    def reset(self) -> None:
-        self._delay = 0.05

@@ -52,3 +52,8 @@ class NotActive(SessionError):
 
 class AlreadyActive(SessionError):
     """Active-standby is off and another process of the role holds the ACTIVE key."""
+
+
+class TakeoverPaused(SessionError):
+    """Active-standby is off, the ACTIVE key is free, and the role is paused (:mod:`session.pause`):
+    this process may not take the key on its own."""

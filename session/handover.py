@@ -51,7 +51,7 @@ import structlog
 from session.errors import CorruptValue, SessionError
 from session.etcd import Etcd, cmp_create_revision, cmp_mod_revision, cmp_version, op_delete, op_put
 from session.info import SessionInfo
-from session.keys import active_key, successor_key
+from session.keys import active_key, pause_key, successor_key
 from session.lineup import Lineup
 from session.observer import WatchRestart
 from session.watch import KeyEvent, KeyValue, Resync, read_state, watch
@@ -123,9 +123,9 @@ class LineView:
 
     def heir(self) -> Heir | None:
         """The first member in line after this one, not stopping; None while a successor key exists,
-        before the first read, or when nobody waits."""
+        while the role is paused (:mod:`session.pause`), before the first read, or when nobody waits."""
         line = self.lineup
-        if not self.ready.is_set() or line.successor is not None:
+        if not self.ready.is_set() or line.successor is not None or line.pause is not None:
             return None
         waiting = sorted((m.create_revision, key) for key, m in line.members.items()
                          if not m.stopping and m.server_id != self.me)
@@ -145,11 +145,12 @@ class LineView:
 async def hand_over(etcd: Etcd, meta_root: str, role: str, heir: Heir, *, timeout: float | None = None) -> int:
     """Put the ACTIVE key for ``heir`` (see the module docstring). Returns its create revision (the
     new term's epoch) when done, 0 when a compare failed (the key still held or claimed meanwhile,
-    a successor key, the heir's key changed or gone)."""
+    a successor key, a pause, the heir's key changed or gone)."""
     key, own = active_key(meta_root, role), heir.own
     value = replace(heir.info, active_since_ms=time.time_ns() // 1_000_000)
     resp = await etcd.txn(
-        [cmp_version(key, 0), cmp_version(successor_key(meta_root, role), 0), cmp_mod_revision(own.key, own.mod_revision)],
+        [cmp_version(key, 0), cmp_version(successor_key(meta_root, role), 0), cmp_version(pause_key(meta_root, role), 0),
+         cmp_mod_revision(own.key, own.mod_revision)],
         [op_put(key, value.to_json(), lease=own.lease), op_put(own.key, own.value, lease=own.lease)],
         timeout=timeout,
     )

@@ -5,6 +5,7 @@
     {metaRoot}/session/id                    the server-ID counter (Milvus's)
     {metaRoot}/session/{role}                the ACTIVE key: the ACTIVE member's session value (Milvus's)
     {metaRoot}/session/{role}-{id}           each member's own key, on its lease (Milvus's)
+    {metaRoot}/switchover/{role}/pause       ``milvus pause``: no automatic takeover while it exists
     {metaRoot}/switchover/{role}/request     a ``milvus switchover`` request
     {metaRoot}/switchover/{role}/successor   the successor a releasing ACTIVE member names
     {metaRoot}/takeover/{role}               why the crash fast path removed the last term
@@ -25,6 +26,7 @@ __all__ = [
     "active_key",
     "line_range",
     "member_key",
+    "pause_key",
     "request_key",
     "server_id_key",
     "serving_key",
@@ -65,6 +67,11 @@ def request_key(meta_root: str, role: str) -> str:
     return switchover_prefix(meta_root, role) + "request"
 
 
+def pause_key(meta_root: str, role: str) -> str:
+    """Where ``milvus pause`` puts its pause (:mod:`session.pause`); inside :func:`line_range`."""
+    return switchover_prefix(meta_root, role) + "pause"
+
+
 def successor_key(meta_root: str, role: str) -> str:
     """Where the releasing ACTIVE member names its successor."""
     return switchover_prefix(meta_root, role) + "successor"
@@ -81,8 +88,8 @@ def serving_key(meta_root: str, role: str) -> str:
 
 
 def line_range(meta_root: str, role: str) -> tuple[bytes, bytes]:
-    """``[start, end)`` holding the role's ACTIVE key, its members' own keys and its successor key:
-    what a STANDBY in line follows with one watch."""
+    """``[start, end)`` holding the role's ACTIVE key, its members' own keys, its pause and its successor
+    key: what a STANDBY in line follows with one watch."""
     return covering_range([active_key(meta_root, role)], successor_key(meta_root, role))
 
 
@@ -112,6 +119,10 @@ class RoleKeys:
     @property
     def successor(self) -> str:
         return successor_key(self.meta_root, self.role)
+
+    @property
+    def pause(self) -> str:
+        return pause_key(self.meta_root, self.role)
 
     @property
     def takeover(self) -> str:

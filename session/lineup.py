@@ -12,6 +12,7 @@ ACTIVE key is free:
 
 - a switchover's successor key decides first: the member it allows claims at once, the others wait
   (for the successor key to be claimed, to expire, or to be withdrawn);
+- while the role is paused (:mod:`session.pause`) nobody else claims: all wait for the resume;
 - else the first in line claims at once; a member with ``n`` others ahead claims when they are
   gone, or once the key has stayed free for ``n`` grace periods (one ahead may be frozen, or busy
   starting), so a lost claimer delays a takeover by one grace, never by its lease.
@@ -68,9 +69,11 @@ class Lineup:
         self.active_key = keys.active
         self.member_prefix = keys.member_prefix
         self.successor_key = keys.successor
+        self.pause_key = keys.pause
         self.range = keys.line_range
         self.holder: KeyValue | None = None
         self.successor: KeyValue | None = None
+        self.pause: KeyValue | None = None  #: the role's pause (:mod:`session.pause`), as last seen
         self.members: dict[str, Member] = {}
         #: The holder whose vacancy this member is in: out of the line until another one holds.
         self.vacated_by: int | None = None
@@ -80,22 +83,29 @@ class Lineup:
 
     def load(self, kvs: Iterable[KeyValue], now: float) -> None:
         """The whole state, read at one revision (a failed claim's reads, a backstop read, a resync)."""
-        holder, successor, members = None, None, {}
+        holder, successor, pause, members = None, None, None, {}
         for kv in kvs:
             if kv.key == self.active_key:
                 holder = kv
             elif kv.key == self.successor_key:
                 successor = kv
+            elif kv.key == self.pause_key:
+                pause = kv
             elif (member := self._member(kv)) is not None:
                 members[kv.key] = member
-        self.members, self.successor = members, successor
+        resumed = self.pause is not None and pause is None
+        self.members, self.successor, self.pause = members, successor, pause
         self._set_holder(holder, now)
+        if resumed:
+            self._resumed(now)
 
     def put(self, kv: KeyValue, now: float) -> None:
         if kv.key == self.active_key:
             self._set_holder(kv, now)
         elif kv.key == self.successor_key:
             self.successor = kv
+        elif kv.key == self.pause_key:
+            self.pause = kv
         elif (member := self._member(kv)) is not None:
             self.members[kv.key] = member
 
@@ -104,6 +114,9 @@ class Lineup:
             self._set_holder(None, now)
         elif key == self.successor_key:
             self.successor = None
+        elif key == self.pause_key:
+            self.pause = None
+            self._resumed(now)
         else:
             self.members.pop(key, None)
 
@@ -116,6 +129,12 @@ class Lineup:
         else:
             self.vacated_by, self.vacant_since = None, None
         self.holder = holder
+
+    def _resumed(self, now: float) -> None:
+        """The pause is gone: a vacancy's graces count from now, so that those ahead claim first (from the
+        vacancy's start, every member would claim at once after a long pause)."""
+        if self.holder is None:
+            self.vacant_since = now
 
     def _member(self, kv: KeyValue) -> Member | None:
         suffix = kv.key[len(self.member_prefix):] if kv.key.startswith(self.member_prefix) else ""
@@ -180,6 +199,8 @@ class Lineup:
             if successor is None or successor.allows(self.me):
                 return Decision("claim", named=True)
             return Decision("wait")
+        if self.pause is not None:
+            return Decision("wait")  # until the resume: its DELETE wakes the line
         ahead = self.ahead()
         if ahead == 0:
             return Decision("claim")

@@ -37,7 +37,7 @@ from session.term import Holder
 from session.turn import NEAR, Phase, StepAction, next_step
 from session.watch import KeyEvent, KeyValue, Resync, next_or, read_state, watch
 
-__all__ = ["Standby"]
+__all__ = ["Backoff", "Standby"]
 
 log = structlog.get_logger(__name__)
 
@@ -404,3 +404,18 @@ def _parse_info(kv: KeyValue) -> SessionInfo | None:
         return SessionInfo.from_json(kv.key, kv.value)
     except CorruptValue:
         return None
+
+
+class Backoff:
+    """Retry delays after failed attempts: 0.05 s doubling up to ``cap``; :meth:`reset` after a success."""
+
+    def __init__(self, cap: float) -> None:
+        self.cap = cap
+        self._delay = 0.05
+
+    def next(self) -> float:
+        delay, self._delay = self._delay, min(self._delay * 2, self.cap)
+        return min(delay, self.cap)
+
+    def reset(self) -> None:
+        self._delay = 0.05

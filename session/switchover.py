@@ -128,6 +128,8 @@ class Successor:
 
     def describe(self) -> str:
         target = f"ServerID={self.to_server}" if self.to_server else f"any member but ServerID={self.from_server}"
+        if not self.from_server:  # appointed by `milvus switchover` while paused and nobody was ACTIVE
+            return f"{target} (switchover {self.request_id} of a paused role without an ACTIVE member)"
         return f"{target} (switchover {self.request_id} from ServerID={self.from_server}, epoch {self.epoch})"
 
     def to_json(self) -> bytes:

@@ -24,6 +24,7 @@ class Phase(StrEnum):
     NEAR_FRONT = "near_front"  #: first or second in line: follows the ACTIVE key, the line, the successor key
     FAR_BACK = "far_back"  #: two or more ahead: watches only the two members just ahead
     RESERVED = "reserved"  #: the key is free, but a switchover keeps it for another member
+    PAUSED = "paused"  #: the key is free, but the role is paused (``milvus pause``): nobody takes it on its own
     RELEASED = "released"  #: this member released the key in a switchover; it waits for its successor
     HANDED = "handed"  #: the releasing member handed the key to this member: it takes the term
 
@@ -80,12 +81,16 @@ def next_step(
         withdraw_at = released[1] if released is not None and mine else None
         if withdraw_at is not None and now >= withdraw_at:
             return Step(StepAction.WITHDRAW, phase)
+    elif line.pause is not None and holder is None:
+        phase = Phase.PAUSED
     timeout = _earliest(decision.timeout, None if withdraw_at is None else withdraw_at - now, backstop_at - now)
-    return Step(StepAction.WAIT, phase, timeout, follow_death=holder is not None and line.first_in_line())
+    # While paused nobody removes the holder either: a dead one's key goes at its TTL (session.pause).
+    follow_death = holder is not None and line.pause is None and line.first_in_line()
+    return Step(StepAction.WAIT, phase, timeout, follow_death=follow_death)
 
 
 #: Which phases are near the front (following the line) and which far back; the others say nothing of it.
-NEAR = {Phase.NEAR_FRONT: True, Phase.RESERVED: True, Phase.RELEASED: True, Phase.FAR_BACK: False}
+NEAR = {Phase.NEAR_FRONT: True, Phase.RESERVED: True, Phase.RELEASED: True, Phase.PAUSED: True, Phase.FAR_BACK: False}
 
 
 def _earliest(*timeouts: float | None) -> float | None:

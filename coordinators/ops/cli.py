@@ -1,5 +1,5 @@
-"""The ``milvus`` command: ``run <role>``, ``stop <role>``, ``status``, ``switchover <role>``, ``check``,
-and ``<role> <action>``.
+"""The ``milvus`` command: ``run <role>``, ``stop <role>``, ``status``, ``switchover <role>``, ``pause
+<role>``, ``resume <role>``, ``check``, and ``<role> <action>``.
 
 Bad input (a broken config, an unknown role, a wrong value) is one line on stderr and exit code 2,
 never a traceback.
@@ -14,8 +14,8 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
-from typing import Any, NoReturn
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import structlog
 
@@ -25,6 +25,9 @@ from coordinators.runtime.exit_codes import ExitCode
 from coordinators.runtime.logging_setup import LogSetupError, configure_logging
 from coordinators.runtime.pidfile import AlreadyRunning, PidFile, PidFileError, check_alias
 from coordinators.server.signals import hold_early_signals
+
+if TYPE_CHECKING:
+    from session import Etcd
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 #: The commands built in here; the others are the role commands above.
-_BUILTIN_COMMANDS = ("run", "stop", "status", "switchover", "check")
+_BUILTIN_COMMANDS = ("run", "stop", "status", "switchover", "pause", "resume", "check")
 
 
 def build_parser(*, role_commands: bool = True) -> argparse.ArgumentParser:
@@ -97,6 +100,18 @@ def build_parser(*, role_commands: bool = True) -> argparse.ArgumentParser:
     switch.add_argument("--to", type=_server_id, default=0, metavar="SERVER_ID", help="the standby that must take over")
     switch.add_argument("--timeout", type=_seconds, default=10.0, help="seconds the handover may take (default 10)")
     switch.add_argument("--config", default=None, help="milvus.yaml to use")
+
+    pause = sub.add_parser(
+        "pause", help="no automatic takeover for a role until `milvus resume` (its ACTIVE member keeps serving)",
+        description="While paused, no member takes the role's ACTIVE key over on its own: a crash or a lost host "
+        "leaves the role without an ACTIVE member until `milvus resume` or `milvus switchover`. Kept in etcd.",
+    )
+    pause.add_argument("role", help=f"one of {', '.join(ROLES)}")
+    pause.add_argument("--reason", default="", help="why (shown by `milvus status` and in every member's log)")
+    pause.add_argument("--config", default=None, help="milvus.yaml to use")
+    resume = sub.add_parser("resume", help="automatic takeover again for a paused role")
+    resume.add_argument("role", help=f"one of {', '.join(ROLES)}")
+    resume.add_argument("--config", default=None, help="milvus.yaml to use")
 
     for module in _ROLE_COMMANDS if role_commands else ():
         role_parser = importlib.import_module(module).register(sub)
@@ -191,6 +206,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return _switchover(config, args.role, to=args.to, timeout=args.timeout)
     if args.command == "check":
         return _check(config, as_json=args.json)
+    if args.command in ("pause", "resume"):
+        return _pause(config, args.command, args.role, reason=getattr(args, "reason", ""))
     return _role_command(config, args)
 
 
@@ -265,7 +282,29 @@ def _check(config: Config, *, as_json: bool) -> int:
 
 def _switchover(config: Config, role: str, *, to: int, timeout: float) -> int:
     from coordinators.ops.switchover import switchover
-    from coordinators.tls import client_ssl_context, make_etcd
+    from coordinators.tls import client_ssl_context
+
+    meta_root = config.etcd.meta_root
+    return _on_etcd(config, "switchover", lambda etcd: switchover(
+        etcd, meta_root, role, to=to, timeout=timeout, out=sys.stdout, err=sys.stderr,
+        ssl_context=client_ssl_context(config)))
+
+
+def _pause(config: Config, command: str, role: str, *, reason: str) -> int:
+    """``milvus pause`` / ``milvus resume``."""
+    from coordinators.ops.pause import run_pause, run_resume
+
+    meta_root = config.etcd.meta_root
+    if command == "pause":
+        return _on_etcd(config, command, lambda etcd: run_pause(etcd, meta_root, role, reason=reason, out=sys.stdout,
+                                                                err=sys.stderr))
+    return _on_etcd(config, command, lambda etcd: run_resume(etcd, meta_root, role, out=sys.stdout, err=sys.stderr))
+
+
+def _on_etcd(config: Config, command: str, run: Callable[[Etcd], Awaitable[ExitCode]]) -> int:
+    """Run a command that changes something in etcd: connected with the config's credentials and TLS;
+    an etcd that cannot be reached is exit 3, nothing changed."""
+    from coordinators.tls import make_etcd
     from session import SessionError
 
     configure_logging("error", config.log.format, sys.stderr)
@@ -274,10 +313,9 @@ def _switchover(config: Config, role: str, *, to: int, timeout: float) -> int:
         etcd = make_etcd(config, timeout=min(config.etcd.request_timeout, 5.0))  # etcd.ssl.*, etcd.auth.*
         try:
             await etcd.connect()
-            return int(await switchover(etcd, config.etcd.meta_root, role, to=to, timeout=timeout, out=sys.stdout,
-                                        err=sys.stderr, ssl_context=client_ssl_context(config)))
+            return int(await run(etcd))
         except SessionError as exc:
-            print(f"milvus switchover: cannot reach etcd at {','.join(config.etcd.endpoints)}: {exc}; nothing changed",
+            print(f"milvus {command}: cannot reach etcd at {','.join(config.etcd.endpoints)}: {exc}; nothing changed",
                   file=sys.stderr)
             return ExitCode.ETCD
         finally:

@@ -3,7 +3,8 @@
 Read-only: it never writes to etcd, and a garbage value at a session key is shown as INVALID
 rather than stopping the listing. Beside each member's address, state, lease and version it shows
 what an operator acts on (as ``patronictl list`` does): the ACTIVE member's term epoch and how long
-it has been ACTIVE, each member's HTTP address (health and metrics), a switchover in progress.
+it has been ACTIVE, each member's HTTP address (health and metrics), a switchover in progress, and
+a role paused (``milvus pause``: a line under the table, and each of its rows' ``paused``).
 ``--watch`` redraws until Ctrl-C; ``--json`` carries every field.
 """
 
@@ -26,6 +27,8 @@ from coordinators.config import Config
 from coordinators.registry import ROLES, spec
 from coordinators.runtime.exit_codes import ExitCode
 from session import CorruptValue, Etcd, SessionError, SessionInfo, session_prefix
+from session.keys import pause_key
+from session.pause import describe_raw, read_pause
 
 _OWN_KEY = re.compile(r"^(?P<role>[a-z]+)-(?P<id>\d+)$")
 
@@ -60,6 +63,8 @@ class SessionRow:
     #: Where a STANDBY stands (claiming, near_front, far_back, reserved, released, handed), as its
     #: ``/status`` says; '' for the others, '?' when its HTTP address did not answer in time.
     phase: str = ""
+    #: The role is paused (``milvus pause``): since when, by whom, why; '' when it is not.
+    paused: str = ""
 
 
 async def read_sessions(etcd: Etcd, meta_root: str, role: str | None = None, *, phases: bool = True) -> list[SessionRow]:
@@ -84,9 +89,18 @@ async def read_sessions(etcd: Etcd, meta_root: str, role: str | None = None, *, 
     for r, epoch in zip(list(active), epochs, strict=True):
         active[r] = (active[r][0], epoch)
     rows = await asyncio.gather(*(_row(etcd, r, key, value, active) for r, key, value in own))
+    pauses = await _pauses(etcd, meta_root, {row.role for row in rows})
+    rows = [replace(row, paused=pauses[row.role]) if row.role in pauses else row for row in rows]
     if phases:
         rows = list(await asyncio.gather(*(_with_phase(row) for row in rows)))
     return sorted(rows, key=lambda r: (ROLES.index(r.role) if r.role in ROLES else len(ROLES), r.role, r.server_id))
+
+
+async def _pauses(etcd: Etcd, meta_root: str, roles: set[str]) -> dict[str, str]:
+    """The roles of ``roles`` that are paused, each with what its pause says."""
+    values = await asyncio.gather(*(read_pause(etcd, meta_root, role) for role in sorted(roles)))
+    return {role: describe_raw(pause_key(meta_root, role), value)
+            for role, value in zip(sorted(roles), values, strict=True) if value is not None}
 
 
 async def _create_revision(etcd: Etcd, key: str) -> int:
@@ -200,6 +214,9 @@ def render_table(rows: list[SessionRow]) -> str:
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip() for line in lines)
+    for role, paused in {r.role: r.paused for r in rows if r.paused}.items():
+        text += (f"\n{role}: automatic takeover PAUSED {paused}: no member takes the ACTIVE key over on its own "
+                 f"(`milvus resume {role}`)")
     for role, members in mixed.items():
         ids = ", ".join(f"ServerID={r.server_id}" for r in members)
         text += (f"\n{OFF_MARK} {role}: {ids} run(s) with active-standby off while other members have it on: "

@@ -6,6 +6,12 @@ bound to the current term (see :mod:`session.switchover` for the protocol), and 
 member holds the ACTIVE key and reports itself serving. It prints the old and the new member and
 how long the handover took. Refusals leave nothing behind; on a timeout the request is withdrawn if
 the ACTIVE member has not acted on it yet, and the line says what state the role was left in.
+
+A role paused (``milvus pause``) with nobody ACTIVE (its member crashed: nobody took over) has no
+member to ask: the command then appoints the standby itself (``--to``, or the first in line), by
+putting the successor key on that standby's lease, comparing that the ACTIVE key and any successor
+key are absent and that the standby's key is unchanged; the standby claims as a switchover's named
+successor (a claim that does not compare the pause). Not claimed within the timeout: withdrawn.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from coordinators.registry import ROLE_SPECS
 from coordinators.runtime.exit_codes import ExitCode
 from session import CorruptValue, Etcd, SessionError, SessionInfo, active_key
 from session.etcd import cmp_create_revision, cmp_lease, cmp_mod_revision, cmp_value, cmp_version, op_delete, op_put
-from session.keys import request_key, session_prefix, successor_key, switchover_prefix
+from session.keys import pause_key, request_key, session_prefix, successor_key, switchover_prefix
 from session.switchover import Request, Successor
 from session.watch import KeyEvent, KeyValue, Resync, key_value, watch
 
@@ -60,6 +66,7 @@ class _Role:
     request: KeyValue | None
     successor: KeyValue | None
     revision: int
+    paused: bool = False
 
 
 async def _read_role(etcd: Etcd, meta_root: str, role: str) -> _Role:
@@ -87,7 +94,25 @@ async def _read_role(etcd: Etcd, meta_root: str, role: str) -> _Role:
         except CorruptValue:
             active_info = None
     return _Role(active, active_info, members, by_key.get(request_key(meta_root, role)),
-                 by_key.get(successor_key(meta_root, role)), revision)
+                 by_key.get(successor_key(meta_root, role)), revision, pause_key(meta_root, role) in by_key)
+
+
+def _standbys(state: _Role, active: int) -> dict[int, _Member]:
+    """The live STANDBYs that could take over (not ``active``, not stopping, active-standby on)."""
+    return {sid: m for sid, m in state.members.items()
+            if sid != active and not m.info.stopping and m.info.active_standby is not False}
+
+
+def _target(state: _Role, role: str, to: int, standbys: dict[int, _Member]) -> _Member:
+    """The live STANDBY ``to``; :class:`Refused` saying why it is not one."""
+    target = standbys.get(to)
+    if target is None:
+        member = state.members.get(to)
+        why = ("it is STOPPING" if member is not None and member.info.stopping
+               else "it runs with active-standby off" if member is not None
+               else f"no session {role}-{to} exists (another role, or a process that is gone)")
+        raise Refused(f"ServerID={to} is not a live STANDBY of {role}: {why}")
+    return target
 
 
 def _plan(state: _Role, role: str, to: int) -> tuple[_Member, _Member | None]:
@@ -108,19 +133,11 @@ def _plan(state: _Role, role: str, to: int) -> tuple[_Member, _Member | None]:
         raise Refused(f"the ACTIVE {role} {current.describe()} is STOPPING: its standby takes over anyway")
     if state.request is not None:
         raise Refused(f"a switchover of {role} is already requested ({state.request.key}); wait for it or for its timeout")
-    standbys = {sid: m for sid, m in state.members.items()
-                if sid != current.info.server_id and not m.info.stopping and m.info.active_standby is not False}
+    standbys = _standbys(state, current.info.server_id)
     if to:
         if to == current.info.server_id:
             raise Refused(f"ServerID={to} is the ACTIVE {role} already")
-        target = standbys.get(to)
-        if target is None:
-            member = state.members.get(to)
-            why = ("it is STOPPING" if member is not None and member.info.stopping
-                   else "it runs with active-standby off" if member is not None
-                   else f"no session {role}-{to} exists (another role, or a process that is gone)")
-            raise Refused(f"ServerID={to} is not a live STANDBY of {role}: {why}")
-        return current, target
+        return current, _target(state, role, to, standbys)
     if not standbys:
         raise Refused(f"{role} has no live STANDBY: nobody could take over from {current.describe()}")
     return current, None
@@ -146,6 +163,9 @@ async def switchover(
     req_key = request_key(meta_root, role)
     try:
         state = await _read_role(etcd, meta_root, role)
+        if state.active is None and state.successor is None and state.paused:
+            return await _appoint(etcd, meta_root, role, state, _target_in_line(state, role, to), timeout=timeout,
+                                  out=out, err=err, ssl_context=ssl_context)
         current, target = _plan(state, role, to)
     except Refused as exc:
         return refused(str(exc))
@@ -184,6 +204,52 @@ async def switchover(
     what = ("the request was withdrawn before the ACTIVE member acted on it; nothing changed" if left
             else "the ACTIVE member had already acted on it")
     print(f"milvus switchover: timed out after {timeout:g} s ({outcome}): {what}; now {now}", file=err, flush=True)
+    return ExitCode.SWITCHOVER_TIMEOUT
+
+
+def _target_in_line(state: _Role, role: str, to: int) -> _Member:
+    """A paused role without an ACTIVE member: the standby ``to``, or the first in line (the earliest own key)."""
+    standbys = _standbys(state, 0)
+    if to:
+        return _target(state, role, to, standbys)
+    if not standbys:
+        raise Refused(f"no {role} is ACTIVE and it has no live STANDBY: nobody could take over")
+    return min(standbys.values(), key=lambda m: m.kv.create_revision)
+
+
+async def _appoint(
+    etcd: Etcd, meta_root: str, role: str, state: _Role, target: _Member, *, timeout: float, out: TextIO, err: TextIO,
+    ssl_context: ssl.SSLContext | None,
+) -> ExitCode:
+    """A paused role without an ACTIVE member: name ``target`` the successor (see the module docstring)."""
+    key, succ_key = active_key(meta_root, role), successor_key(meta_root, role)
+    successor = Successor(uuid.uuid4().hex[:12], 0, 0, target.info.server_id)
+    raw = successor.to_json()
+    t0 = time.monotonic()
+    try:
+        resp = await etcd.txn([cmp_version(key, 0), cmp_version(succ_key, 0),
+                               cmp_mod_revision(target.kv.key, target.kv.mod_revision)],
+                              [op_put(succ_key, raw, lease=target.kv.lease)])
+    except SessionError as exc:
+        print(f"milvus switchover: etcd did not confirm the appointment ({exc}); see `milvus status`", file=err,
+              flush=True)
+        return ExitCode.ETCD
+    if not resp.succeeded:
+        print(f"milvus switchover: refused: the {role} members changed while the appointment was being made; look "
+              "at `milvus status` and try again", file=err, flush=True)
+        return ExitCode.SWITCHOVER_REFUSED
+    # Any new ACTIVE key will do: the request's epoch 0 is no term's.
+    request = Request(successor.request_id, 0, 0, target.info.server_id, timeout)
+    outcome = await _wait(etcd, meta_root, role, request, raw, int(resp.header.revision), t0 + timeout, ssl_context)
+    took = time.monotonic() - t0
+    if isinstance(outcome, _Member):
+        print(f"{role} had no ACTIVE member and is paused: {outcome.describe()} took over as appointed in "
+              f"{took:.2f} s (epoch {outcome.kv.create_revision}); still paused", file=out, flush=True)
+        return ExitCode.OK
+    left = await _withdraw(etcd, succ_key, raw)
+    what = "the appointment was withdrawn" if left else "the standby had already claimed"
+    print(f"milvus switchover: timed out after {timeout:g} s ({outcome}): {what}; now "
+          f"{await _describe_state(etcd, meta_root, role)}", file=err, flush=True)
     return ExitCode.SWITCHOVER_TIMEOUT
 
 

@@ -20,3 +20,4 @@ class ExitCode(IntEnum):
     NOT_RUNNING = 9  #: ``stop``: no pid file, or a stale one (removed): nothing of that role was running
     SWITCHOVER_REFUSED = 10  #: ``switchover``: not possible now (no standby, bad target, off); nothing changed
     SWITCHOVER_TIMEOUT = 11  #: ``switchover``: no new ACTIVE member served within ``--timeout``
+    PAUSED = 12  #: ``run`` with active-standby off: the role is paused (``milvus pause``) and nobody is ACTIVE

@@ -10,7 +10,7 @@ import structlog
 
 from coordinators.config import Config
 from coordinators.server.peer_probe import GrpcDeathWatch, ProbeBounds, Verdict
-from session import AlreadyActive, Campaign, LeaseSession, SessionError, SessionLost, Term
+from session import AlreadyActive, Campaign, LeaseSession, SessionError, SessionLost, TakeoverPaused, Term
 from session.keys import RoleKeys
 from session.lapse import LapseWatch
 
@@ -43,7 +43,7 @@ async def claim_exclusive(campaign: Campaign) -> Term:
     while True:
         try:
             return await campaign.claim_exclusive()
-        except (AlreadyActive, SessionLost):
+        except (AlreadyActive, TakeoverPaused, SessionLost):
             raise
         except SessionError as exc:
             log.warning("could not claim the ACTIVE key, retrying", role=campaign.session.role, error=str(exc))

@@ -7,7 +7,7 @@ import structlog
 from coordinators.registry import spec
 from coordinators.runtime.exit_codes import ExitCode
 from coordinators.server.grpc_server import PortInUseError
-from session import AlreadyActive, CorruptValue, EtcdAuthError, EtcdUnavailable
+from session import AlreadyActive, CorruptValue, EtcdAuthError, EtcdUnavailable, TakeoverPaused
 from session.etcd import EtcdTLSError
 
 __all__ = ["FINAL_ERRORS", "exit_code"]
@@ -15,7 +15,8 @@ __all__ = ["FINAL_ERRORS", "exit_code"]
 log = structlog.get_logger(__name__)
 
 #: The errors that end the process (each with its own exit code); any other is a bug, raised.
-FINAL_ERRORS = (PortInUseError, EtcdAuthError, EtcdTLSError, EtcdUnavailable, CorruptValue, AlreadyActive)
+FINAL_ERRORS = (PortInUseError, EtcdAuthError, EtcdTLSError, EtcdUnavailable, CorruptValue, AlreadyActive,
+                TakeoverPaused)
 
 
 def exit_code(exc: Exception, role: str, endpoints: str) -> ExitCode:
@@ -47,4 +48,7 @@ def exit_code(exc: Exception, role: str, endpoints: str) -> ExitCode:
             f"{section}.enableActiveStandby: true in milvus.yaml, or {prefix}_ENABLE_ACTIVE_STANDBY=true"
         )
         return ExitCode.ALREADY_ACTIVE
+    if isinstance(exc, TakeoverPaused):
+        log.error(str(exc))
+        return ExitCode.PAUSED
     raise TypeError(f"not a final error: {exc!r}")

@@ -1,10 +1,11 @@
-"""The process's HTTP endpoint: ``/healthz`` (liveness), ``/readyz`` (readiness), ``/metrics``.
+"""The process's HTTP endpoint: ``/healthz`` (liveness), ``/readyz`` (readiness), ``/active`` and
+``/standby`` (role-coded, for load balancers), ``/status``, ``/metrics``.
 
 Why HTTP beside gRPC: orchestrators (Kubernetes probes, docker-compose health checks) and
 Prometheus speak plain HTTP. One small server per process, on the process's own event loop, on the
 gRPC listen host and the role's ``httpPort``; it reads a fresh :class:`ProcessView` per request.
 
-Why our own and not aiohttp: four GET endpoints need a request line, headers and a response;
+Why our own and not aiohttp: six GET endpoints need a request line, headers and a response;
 aiohttp cost every process (a STANDBY too) megabytes of RSS and start-up time for them. The server
 reads one request per connection (bounded in size and time: :class:`HttpServer`), answers with
 ``Connection: close`` (kubelet, docker and Prometheus all accept it), and keeps nothing between requests.
@@ -15,9 +16,14 @@ reads one request per connection (bounded in size and time: :class:`HttpServer`)
   member still believes it is ACTIVE while etcd may already have expired its lease: restart it).
 - ``/readyz``: 200 only on the ACTIVE member that serves (state Healthy, deadline not passed);
   503 otherwise, the body naming the state.
+- ``/active``: 200 only on the ACTIVE member that serves and may answer now (its serving lease not
+  run out), else 503 (Patroni's ``/primary``): a load balancer's check sends traffic only there.
+- ``/standby``: 200 only on a STANDBY that holds its session and follows the line (it could take
+  over), else 503 (Patroni's ``/replica``).
 - ``/metrics``: the Prometheus text format of the process's own registry.
-- ``/status``: the process as ``milvus status`` shows it, in JSON: role, state, server ID, epoch and
-  the STANDBY's phase.
+- ``/status``: the process as ``milvus status`` shows it, in JSON: role, state, server ID, epoch, the
+  STANDBY's phase, seconds left on the session and on the serving lease, and whether the role is
+  paused (``milvus pause``).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from coordinators.runtime.throttled_log import ThrottledWarning
 from coordinators.server.grpc_server import PortInUseError
 from coordinators.server.metrics import ProcessView
 
-__all__ = ["HttpServer", "Probe", "liveness", "readiness", "start_with_fallback"]
+__all__ = ["HttpServer", "Probe", "active_check", "liveness", "readiness", "standby_check", "start_with_fallback"]
 
 #: How many ports above a taken ``httpPort`` are tried before the system picks a free one.
 FALLBACK_PORTS = 50
@@ -81,6 +87,31 @@ def readiness(view: ProcessView) -> Probe:
     if view.session_lost is not None or view.time_left is None or view.time_left <= 0:
         return Probe(False, f"{view.state_name}: not serving, the session is not certainly held")
     return Probe(True, f"{view.state_name}: ACTIVE and serving (ServerID={view.server_id}, epoch={view.epoch})")
+
+
+def active_check(view: ProcessView) -> Probe:
+    """``/active``: the ACTIVE member, serving, that may answer now (its serving lease has time left)."""
+    ready = readiness(view)
+    if ready.ok and view.serving_left <= 0:
+        return Probe(False, f"{view.state_name}: ACTIVE, but paused: etcd has not confirmed the term within the "
+                            "serving lease")
+    return ready
+
+
+#: The STANDBY phases of a member that follows the line: it could take over (session.turn.Phase).
+FOLLOWING = frozenset({"near_front", "far_back", "reserved", "released", "paused", "claiming", "handed"})
+
+
+def standby_check(view: ProcessView) -> Probe:
+    """``/standby``: a STANDBY that holds its session and follows the line."""
+    if view.state != common_pb2.StandBy or view.stopping:
+        return Probe(False, f"{view.state_name}: not a STANDBY")
+    if view.session_lost is not None or view.time_left is None or view.time_left <= 0:
+        return Probe(False, f"{view.state_name}: its session is not certainly held")
+    if view.standby_phase not in FOLLOWING:
+        return Probe(False, f"{view.state_name}: not following the line yet")
+    paused = ", the role is paused" if view.takeover_paused else ""
+    return Probe(True, f"{view.state_name}: following the line ({view.standby_phase}{paused}, ServerID={view.server_id})")
 
 
 #: Bounds on a request: its head (request line and headers), the time to receive it whole, and the
@@ -227,7 +258,7 @@ class HttpServer:
             self._loop.add_reader(listener.fileno(), self._accept, listener)
         self._sweep = self._loop.call_later(SWEEP_S, self._sweep_deadlines)
         log.info("HTTP server listening", role=self.role, host=host, port=self._port,
-                 endpoints="/healthz,/readyz,/metrics,/status")
+                 endpoints=",".join(_PATHS))
 
     async def close(self) -> None:
         """Stop listening and close every connection (idempotent)."""
@@ -329,15 +360,15 @@ class HttpServer:
             return 400, _TEXT, b"bad request line\n", False
         method, target = parts[0], parts[1]
         path = target.split("?", 1)[0]
-        if path not in ("/healthz", "/readyz", "/metrics", "/status"):
-            return 404, _TEXT, b"not found: try /healthz, /readyz, /metrics or /status\n", method == "HEAD"
+        if path not in _PATHS:
+            return 404, _TEXT, b"not found: try " + ", ".join(_PATHS).encode() + b"\n", method == "HEAD"
         if method not in ("GET", "HEAD"):
             return 405, _TEXT, b"only GET and HEAD\n", False
         if path == "/metrics":
             return 200, CONTENT_TYPE_LATEST, self._render_metrics(), method == "HEAD"
         if path == "/status":
             return 200, _JSON, status_document(self._view()), method == "HEAD"
-        probe = liveness(self._view()) if path == "/healthz" else readiness(self._view())
+        probe = _PROBES[path](self._view())
         return probe.status, _TEXT, (probe.reason + "\n").encode(), method == "HEAD"
 
 
@@ -364,14 +395,21 @@ async def _listen(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list
     return listeners
 
 
+#: The probes by path; with /metrics and /status, every path served.
+_PROBES: dict[str, Callable[[ProcessView], Probe]] = {
+    "/healthz": liveness, "/readyz": readiness, "/active": active_check, "/standby": standby_check}
+_PATHS = (*_PROBES, "/metrics", "/status")
 _TEXT = "text/plain; charset=utf-8"
 _JSON = "application/json"
 
 
 def status_document(view: ProcessView) -> bytes:
     """``/status``: the process in JSON (``milvus status`` reads each member's ``phase`` here)."""
+    lease_left = view.time_left if view.time_left is not None and view.session_lost is None else 0.0
     return json.dumps({"role": view.role, "state": view.state_name, "server_id": view.server_id, "epoch": view.epoch,
-                       "phase": view.standby_phase}).encode()
+                       "phase": view.standby_phase, "lease_left": round(lease_left, 3),
+                       "serving_left": round(view.serving_left, 3), "paused": view.takeover_paused,
+                       "stopping": view.stopping}).encode()
 
 
 def _response(status: int, content_type: str, body: bytes, length: int) -> bytes:

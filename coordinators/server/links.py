@@ -1,18 +1,22 @@
 """How one coordinator process reaches the others: its etcd client, its TLS contexts, its clients
-to the other roles' ACTIVE members, and the start-up's retried connection to etcd."""
+to the other roles' ACTIVE members, its view of its role's pause in etcd (``milvus pause``:
+:mod:`coordinators.server.pause_watch`), and the start-up's retried connection to etcd."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
 from coordinators.client import CoordinatorClient
 from coordinators.config import Config
+from coordinators.server.pause_watch import PauseWatch
 from coordinators.tls import client_ssl_context, make_etcd, server_ssl_context
 from session import EtcdAuthError, EtcdRequestFailed, EtcdUnavailable
 from session.etcd import EtcdTLSError
+from session.observer import WatchRestart
 
 __all__ = ["Links", "retry_delay", "retry_span"]
 
@@ -30,15 +34,22 @@ def retry_span(attempts: int) -> float:
 
 
 class Links:
-    """The etcd client the config describes, the gRPC TLS contexts (None when ``tlsMode`` is 0), and
-    one shared client per other role, all closed by :meth:`close`."""
+    """The etcd client the config describes, the gRPC TLS contexts (None when ``tlsMode`` is 0), one
+    shared client per other role, and ``role``'s pause watch (started by the process once etcd answers),
+    all closed by :meth:`close`.
 
-    def __init__(self, config: Config) -> None:
+    :param server_id: the process's current server ID (for the pause watch's log lines).
+    :param on_restart: told each time a watch stream of these links is re-created.
+    """
+
+    def __init__(self, config: Config, role: str, *, server_id: Callable[[], int],
+                 on_restart: Callable[[str, WatchRestart], None] | None = None) -> None:
         self.config = config
         self.etcd = make_etcd(config)
         self.server_ssl = server_ssl_context(config)
         self.client_ssl = client_ssl_context(config)
         self.clients: dict[str, CoordinatorClient] = {}
+        self.pause = PauseWatch(self.etcd, config.etcd.meta_root, role, server_id, on_restart=on_restart)
 
     async def connect_etcd(self) -> None:
         """Connect and probe etcd, ``retryTimes`` attempts, one log line each; raises
@@ -95,7 +106,8 @@ class Links:
         return self.clients[role]
 
     async def close(self) -> None:
-        """Close the clients, then etcd's channel."""
+        """Stop the pause watch, close the clients, then etcd's channel."""
+        await self.pause.stop()
         for client in self.clients.values():
             await client.close()
         await self.etcd.close()

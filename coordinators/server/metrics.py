@@ -69,6 +69,7 @@ class ProcessView:
     refusal: str | None
     standby_phase: str = ""
     serving_left: float = 0.0  #: seconds left on the ACTIVE term's serving lease (0: not ACTIVE, or paused)
+    takeover_paused: bool = False  #: the role is paused (``milvus pause``): nobody takes over on its own
 
     @property
     def state_name(self) -> str:
@@ -118,6 +119,10 @@ class _ViewCollector(Collector):
             "Seconds the ACTIVE member may still answer without another renewal etcd acknowledges (its last "
             "acknowledged renewal's send time + common.session.servingLease); 0 when paused or not ACTIVE",
             labels, view.serving_left,
+        )
+        yield _gauge(
+            "takeover_paused", "1 while the role is paused (milvus pause): no member takes the ACTIVE key over on its "
+            "own; the ACTIVE member keeps serving", labels, 1.0 if view.takeover_paused else 0.0,
         )
         yield _gauge(
             "lease_time_left_seconds",

@@ -87,7 +87,9 @@ class CoordinatorProcess:
         self.role = role
         self.stopping = StopProgress()
         self._state: common_pb2.StateCode = common_pb2.Initializing
-        self.links = Links(config)
+        # The pause watch's restarts are counted by the metrics, made below: looked up when it happens.
+        self.links = Links(config, role, server_id=lambda: self.server_id,
+                           on_restart=lambda key, why: self.metrics.observer.watch_restarted(key, why))
         self.role_impl = role_class(role)(RoleContext(
             role, config.etcd.meta_root, config.etcd.kv_root, self.links.call,
             segment_max_rows=config.datacoord.segment_max_rows,
@@ -211,6 +213,7 @@ class CoordinatorProcess:
             standby_phase=str(self.campaign.standby.phase or "") if self.campaign is not None else "",
             serving_left=self.active.lease.left() if self.active is not None and self.state == common_pb2.Healthy
             else 0.0,
+            takeover_paused=self.links.pause.paused,
         )
 
     def request_stop(self) -> None:
@@ -235,6 +238,7 @@ class CoordinatorProcess:
         try:
             self.watchdog.start()
             await until_stopped(self.links.connect_etcd(), self.stopping)
+            self.links.pause.start()
             await self.listeners.start(self.links.server_ssl)
             return await self._serve_sessions()
         except Stopped:

@@ -54,6 +54,10 @@ async def release_for_stop(
     meta_root, bound = host.config.etcd.meta_root, handover_bound(host.config.session.claim_grace)
     mark = TakeoverMark(term.epoch, TakeoverCause.GRACEFUL, session.server_id, "the ACTIVE member stopped")
     heir = line.heir() if line is not None else None
+    if line is not None and line.lineup.pause is not None:
+        log.warning(f"stopping while {host.role} is paused: the ACTIVE key is released without a handover, and no "
+                    f"standby takes it over until `milvus resume {host.role}` (or `milvus switchover`)",
+                    role=host.role, ServerID=session.server_id)
     release = asyncio.ensure_future(writer.txn([], [op_delete(term.key), session.stopping_op(),
                                                     mark_op(meta_root, host.role, mark), lease.end()]))
     # Sent right behind the release, without waiting for its answer (see session.handover).

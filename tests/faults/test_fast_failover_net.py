@@ -4,7 +4,9 @@ Members run in network namespaces of their own (:mod:`netns`), each a host with 
 bridge; etcd listens on the bridge too. A lost host answers nothing (every packet dropped): no RST,
 no verdict from the crash fast path; etcd proves its serving lease lapsed instead, within seconds at
 the default TTL. A partition between the standby and the ACTIVE only (both still reach etcd): no
-takeover at all, however often the standby's stream to the ACTIVE fails.
+takeover at all, however often the standby's stream to the ACTIVE fails. A paused role (``milvus
+pause``): neither a SIGKILL (the fast path) nor a lost host (the serving lease) of its ACTIVE member
+makes the standby take over, until ``milvus resume``.
 """
 
 from __future__ import annotations
@@ -16,9 +18,20 @@ import time
 import pytest
 from etcd3aio import Etcd3Client
 
+from harness.etcd_server import EtcdCluster
 from harness.net_members import Members, serving_and_waiting
 from harness.netns import NetHosts
-from harness.procs import TTL, active_key, get_kv, wait_for_log, wait_for_serving
+from harness.procs import (
+    TTL,
+    MilvusProcess,
+    active_key,
+    clean_env,
+    get_kv,
+    run_cli,
+    wait_for_log,
+    wait_for_serving,
+    wait_until,
+)
 
 pytestmark = pytest.mark.process
 
@@ -85,3 +98,52 @@ async def test_a_partition_between_standby_and_active_only_never_causes_a_takeov
     # the serving lease: seen in 3 runs of 4) the lapse through etcd.
     cause = next(ln for ln in lines if ln.msg == f"{ROLE} is ACTIVE and serving").fields["cause"]
     assert cause in ("fast_path", "serving_lease"), cause
+
+
+def said(proc: MilvusProcess, start: str) -> int:
+    return sum(1 for ln in proc.lines() if ln.msg.startswith(start))
+
+
+async def cli(bridged_etcd: EtcdCluster, root: str, *args: str) -> str:
+    code, out, err, _ = await run_cli(list(args), clean_env({"ETCD_ENDPOINTS": bridged_etcd.endpoints_csv,
+                                                             "ETCD_ROOT_PATH": root}), timeout=30)
+    assert code == 0, out + err
+    return out
+
+
+async def no_takeover(client: Etcd3Client, root: str, waiting: MilvusProcess) -> None:
+    """The ACTIVE key gone (its lease expired: TTL), then a while longer (the line would have claimed at
+    once, the fast path in 50 ms): nobody holds it, the waiting member never served."""
+    async def gone() -> bool:
+        return await holder_address(client, root) is None
+
+    await wait_until(gone, timeout=TTL + 5, what="the ACTIVE key gone")
+    await asyncio.sleep(2.0)  # a negative: nothing may happen
+    assert await holder_address(client, root) is None
+    assert not said(waiting, f"{ROLE} is ACTIVE and serving") and not said(waiting, "the ACTIVE member is dead")
+
+
+async def test_paused_neither_a_sigkill_nor_a_lost_host_of_the_active_causes_a_takeover_until_the_resume(
+    hosts: NetHosts, members: Members, client: Etcd3Client, etcd_prefix: str, bridged_etcd: EtcdCluster
+) -> None:
+    a, b = hosts.hosts
+    first, second = await serving_and_waiting(members, a, b, ttl=TTL)
+    await cli(bridged_etcd, etcd_prefix, "pause", ROLE, "--reason", "test")
+    paused = f"automatic takeover of {ROLE} is paused"
+    for member in (first, second):
+        await wait_for_log(member, lambda ls: any(ln.msg.startswith(paused) for ln in ls), 10, "the pause said")
+    first.signal(signal.SIGKILL)  # a crash: the fast path would take over in ~50 ms
+    await no_takeover(client, etcd_prefix, second)
+    await cli(bridged_etcd, etcd_prefix, "resume", ROLE)
+    await wait_for_serving(second, ROLE, timeout=10)
+    # Paused again; now the ACTIVE member's host is lost (silence: the serving lease would prove it in ~1 s).
+    third = members.launch(a, "c", ttl=TTL)
+    await wait_for_log(third, lambda ls: any(ln.msg == f"ACTIVE {ROLE} has already been registered" for ln in ls),
+                       10, "the new standby to wait")
+    await cli(bridged_etcd, etcd_prefix, "pause", ROLE)
+    await wait_for_log(third, lambda ls: any(ln.msg.startswith(paused) for ln in ls), 10, "the pause said")
+    await wait_for_log(second, lambda ls: sum(ln.msg.startswith(paused) for ln in ls) == 2, 10, "the pause said again")
+    b.drop_all()
+    await no_takeover(client, etcd_prefix, third)
+    await cli(bridged_etcd, etcd_prefix, "resume", ROLE)
+    await wait_for_serving(third, ROLE, timeout=10)

@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from coordinators.config import load_config
 from coordinators.proto import common_pb2, rootcoord_pb2
 from coordinators.proto.rootcoord_grpc import RootCoordStub
-from coordinators.server.http_server import liveness, readiness
+from coordinators.server.http_server import active_check, liveness, readiness, standby_check
 from coordinators.server.metrics import CoordinatorMetrics, ProcessView, SessionMetrics
 from coordinators.server.process import CoordinatorProcess
 from harness.etcd_server import EtcdCluster, free_port
@@ -57,7 +57,7 @@ FAMILIES = (
     "state", "is_active", "epoch", "server_id", "lease_time_left_seconds", "state_transitions_total",
     "keepalive_latency_seconds", "keepalive_failures_total", "last_takeover_seconds", "watch_restarts_total",
     "event_loop_lag_seconds", "event_loop_stalls_total", "sessions_lost_total", "rpc_requests_total",
-    "rpc_duration_seconds", "standby_phase",
+    "rpc_duration_seconds", "standby_phase", "takeover_paused",
 )
 
 
@@ -176,6 +176,30 @@ def test_probe_rules(changes: dict[str, object], live: bool, ready: bool, says: 
     assert says in liveness(view).reason + " | " + readiness(view).reason
 
 
+@pytest.mark.parametrize(
+    ("changes", "active", "standby", "says"),
+    [
+        ({}, True, False, "Healthy: ACTIVE and serving"),
+        ({"serving_left": 0.0}, False, False, "ACTIVE, but paused: etcd has not confirmed the term"),
+        ({"state": common_pb2.StandBy, "epoch": 0, "standby_phase": "near_front"}, False, True,
+         "StandBy: following the line (near_front, ServerID=7)"),
+        ({"state": common_pb2.StandBy, "standby_phase": "paused", "takeover_paused": True}, False, True,
+         "following the line (paused, the role is paused"),
+        ({"state": common_pb2.StandBy, "standby_phase": ""}, False, False, "not following the line yet"),
+        ({"state": common_pb2.StandBy, "standby_phase": "far_back", "time_left": -0.1}, False, False,
+         "its session is not certainly held"),
+        ({"state": common_pb2.Stopping, "stopping": True, "standby_phase": "far_back"}, False, False, "not a STANDBY"),
+        ({"state": common_pb2.Initializing, "time_left": None}, False, False, "Initializing"),
+    ],
+)
+def test_role_coded_check_rules(changes: dict[str, object], active: bool, standby: bool, says: str) -> None:
+    """/active: the serving ACTIVE whose serving lease has time left; /standby: a STANDBY holding its session
+    and following the line."""
+    view = _view(**{"serving_left": 1.0, **changes})
+    assert (active_check(view).ok, standby_check(view).ok) == (active, standby)
+    assert says in active_check(view).reason + " | " + standby_check(view).reason
+
+
 # --------------------------------------------------------------------------- processes
 
 
@@ -243,8 +267,16 @@ async def test_metrics_and_probes_follow_a_takeover(
     for member, state, server_id, at, phase in ((old, "Healthy", kv.value["ServerID"], epoch, ""),
                                                (new, "StandBy", standby_id, 0, "near_front")):
         code, body = await member.get("/status")
-        assert code == 200 and json.loads(body) == {"role": role, "state": state, "server_id": server_id, "epoch": at,
-                                                    "phase": phase}, body
+        doc = json.loads(body)
+        assert code == 200 and {k: doc.pop(k) for k in ("lease_left", "serving_left")} and doc == {
+            "role": role, "state": state, "server_id": server_id, "epoch": at, "phase": phase, "paused": False,
+            "stopping": False}, body
+        assert 0 < json.loads(body)["lease_left"] <= TTL
+        assert (json.loads(body)["serving_left"] > 0) is (member is old), body
+    # Role-coded checks for load balancers: /active on the serving ACTIVE only, /standby on the STANDBY only.
+    assert [(await old.get(p))[0] for p in ("/active", "/standby")] == [200, 503]
+    assert [(await new.get(p))[0] for p in ("/active", "/standby")] == [503, 200]
+    assert (await new.get("/standby"))[1] == f"StandBy: following the line (near_front, ServerID={standby_id})\n"
 
     # ---- partition: the old ACTIVE gives up at its deadline; the STANDBY takes over once etcd expires the lease.
     proxy.blackhole()

@@ -11,6 +11,7 @@ import pytest
 
 from harness.lines import META, holder, own
 from session.lineup import Lineup
+from session.pause import Pause
 from session.switchover import Successor
 from session.turn import NEAR, Phase, Step, StepAction, next_step
 from session.watch import KeyValue
@@ -21,6 +22,7 @@ GRACE = 0.5
 BACKSTOP_AT = NOW + 3.0
 SUCCESSOR = Successor("r1", 20, 1, 4)
 SUCCESSOR_KEY = KeyValue(f"{META}/switchover/rootcoord/successor", SUCCESSOR.to_json(), 30, 30, 7)
+PAUSE_KEY = KeyValue(f"{META}/switchover/rootcoord/pause", Pause(1, "root@host").to_json(), 31, 31, 0)
 
 
 def line(me: int, *kvs: KeyValue, vacated_at: float | None = None) -> Lineup:
@@ -84,6 +86,18 @@ CASES = {
     "another switchover than this member's: reserved, no withdrawal": (
         step(line(1, *MEMBERS, SUCCESSOR_KEY), now=NOW + 5.0, successor=SUCCESSOR, released=(b"other", NOW)),
         Step(StepAction.WAIT, Phase.RESERVED, 0.0)),
+    # the role is paused (milvus pause): nobody claims or removes the holder on its own
+    "paused, first in line behind a holder: wait, no death watch": (
+        step(line(2, holder(1, 20), *MEMBERS, PAUSE_KEY)), Step(StepAction.WAIT, Phase.NEAR_FRONT, 3.0)),
+    "paused, the holder left, first in line: wait for the resume": (
+        step(line(2, holder(1, 20), *MEMBERS, PAUSE_KEY, vacated_at=NOW)), Step(StepAction.WAIT, Phase.PAUSED, 3.0)),
+    "paused, the holder left long ago, one ahead: still no claim": (
+        step(line(3, holder(1, 20), *MEMBERS, PAUSE_KEY, vacated_at=NOW - 10 * GRACE)),
+        Step(StepAction.WAIT, Phase.PAUSED, 3.0)),
+    "paused, a successor key for this member (a switchover): claim": (
+        step(line(4, *MEMBERS, SUCCESSOR_KEY, PAUSE_KEY), successor=SUCCESSOR), Step(StepAction.CLAIM, Phase.CLAIMING)),
+    "paused, the key on this member's lease (handed before the pause): take it": (
+        step(line(2, handed(1, 20), *MEMBERS, PAUSE_KEY)), Step(StepAction.TAKE_HANDED, Phase.HANDED)),
     # the backstop read bounds every wait
     "the backstop read is due: wait no longer": (
         step(line(3, holder(1, 20), *MEMBERS), now=BACKSTOP_AT + 1), Step(StepAction.WAIT, Phase.NEAR_FRONT, 0.0)),
@@ -99,5 +113,19 @@ def test_next_step(case: str) -> None:
 def test_the_position_the_mirror_follows() -> None:
     """Near the front the hot mirror follows the ACTIVE key; far back it does not; claiming and handed
     say nothing of it (the mirror is told when the position changes)."""
-    assert NEAR == {Phase.NEAR_FRONT: True, Phase.RESERVED: True, Phase.RELEASED: True, Phase.FAR_BACK: False}
+    assert NEAR == {Phase.NEAR_FRONT: True, Phase.RESERVED: True, Phase.RELEASED: True, Phase.PAUSED: True,
+                    Phase.FAR_BACK: False}
     assert set(Phase) - set(NEAR) == {Phase.CLAIMING, Phase.HANDED}
+
+
+def test_after_a_resume_the_graces_count_from_the_resume() -> None:
+    """Paused long after the vacancy: at the resume the first in line claims, the next waits one grace
+    from then (not from the vacancy, which would have every member claim at once)."""
+    second = line(3, holder(1, 20), *MEMBERS, PAUSE_KEY, vacated_at=NOW - 100)
+    assert step(second) == Step(StepAction.WAIT, Phase.PAUSED, 3.0)
+    second.delete(PAUSE_KEY.key, now=NOW)
+    assert step(second) == Step(StepAction.WAIT, Phase.NEAR_FRONT, GRACE)
+    assert step(second, now=NOW + GRACE) == Step(StepAction.CLAIM, Phase.CLAIMING)
+    reread = line(3, holder(1, 20), *MEMBERS, PAUSE_KEY, vacated_at=NOW - 100)
+    reread.load([kv for kv in MEMBERS], now=NOW)  # a backstop read finds the pause gone
+    assert step(reread) == Step(StepAction.WAIT, Phase.NEAR_FRONT, GRACE)
