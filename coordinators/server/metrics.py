@@ -70,6 +70,7 @@ class ProcessView:
     standby_phase: str = ""
     serving_left: float = 0.0  #: seconds left on the ACTIVE term's serving lease (0: not ACTIVE, or paused)
     takeover_paused: bool = False  #: the role is paused (``milvus pause``): nobody takes over on its own
+    ttl: float = 0.0  #: the session TTL (``common.session.ttl``): what lease_time_left is read against
 
     @property
     def state_name(self) -> str:
@@ -124,6 +125,8 @@ class _ViewCollector(Collector):
             "takeover_paused", "1 while the role is paused (milvus pause): no member takes the ACTIVE key over on its "
             "own; the ACTIVE member keeps serving", labels, 1.0 if view.takeover_paused else 0.0,
         )
+        yield _gauge("session_ttl_seconds", "The session TTL (common.session.ttl): lease_time_left_seconds is read "
+                     "against it (a third of it between keep-alives)", labels, view.ttl)
         yield _gauge(
             "lease_time_left_seconds",
             "Seconds before the session's local deadline (last acknowledged keep-alive sent + TTL - safety margin); "

@@ -214,6 +214,7 @@ class CoordinatorProcess:
             serving_left=self.active.lease.left() if self.active is not None and self.state == common_pb2.Healthy
             else 0.0,
             takeover_paused=self.links.pause.paused,
+            ttl=float(self.config.session.ttl),
         )
 
     def request_stop(self) -> None:

@@ -57,7 +57,7 @@ FAMILIES = (
     "state", "is_active", "epoch", "server_id", "lease_time_left_seconds", "state_transitions_total",
     "keepalive_latency_seconds", "keepalive_failures_total", "last_takeover_seconds", "watch_restarts_total",
     "event_loop_lag_seconds", "event_loop_stalls_total", "sessions_lost_total", "rpc_requests_total",
-    "rpc_duration_seconds", "standby_phase", "takeover_paused",
+    "rpc_duration_seconds", "standby_phase", "takeover_paused", "session_ttl_seconds",
 )
 
 
