@@ -175,6 +175,7 @@ def _session(r: Reader) -> SessionConfig:
         hot_standby=r.boolean("common", "session", "hotStandby"),
         claim_grace=r.integer("common", "session", "claimGrace", low=1, high=60_000) / 1000,
         handover=r.boolean("common", "session", "handover"),
+        history_size=r.integer("common", "session", "historySize", low=1, high=100_000),
         fast_failover=FastFailoverConfig(
             enabled=r.boolean("common", "session", "fastFailover", "enabled"),
             trust_refusals=r.boolean("common", "session", "fastFailover", "trustRefusals"),

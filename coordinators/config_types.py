@@ -69,6 +69,7 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
                 "claimGrace": 500,
                 "handover": True,
                 "servingLease": 750,
+                "historySize": 100,
             },
             "security": {"tlsMode": 0},
             "eventLoop": "asyncio",
@@ -184,6 +185,7 @@ class SessionConfig:
     claim_grace: float = 0.5  #: seconds a STANDBY waits per member ahead in line before claiming a free key
     handover: bool = True  #: a graceful stop hands the ACTIVE key to the first STANDBY in line (session.handover)
     serving_lease: float = 0.75  #: seconds an ACTIVE member may answer after etcd last confirmed its term (session.serving)
+    history_size: int = 100  #: the terms ``milvus history`` keeps per role (session.history)
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ Read in this order (README.md's "Layout" lists the same):
   :mod:`session.server_id`, :mod:`session.clock` (the deadline clock), :mod:`session.lease` (the
   lease, its keep-alive and local deadline), :mod:`session.observer` (how a user hears about
   keep-alives, watch restarts and vacancies);
-- :mod:`session.term` (one ACTIVE term and why it ended), :mod:`session.campaign` (ACTIVE /
-  STANDBY) with :mod:`session.lineup` (who claims a freed key), :mod:`session.turn` (a STANDBY's
+- :mod:`session.term` (one ACTIVE term and why it ended), :mod:`session.history` (every term, kept
+  in etcd), :mod:`session.campaign` (ACTIVE / STANDBY) with :mod:`session.lineup` (who claims a freed key), :mod:`session.turn` (a STANDBY's
   phases and its next step, pure), :mod:`session.standby` (the STANDBY's wait, carried out),
   :mod:`session.takeover` (what freed the key), :mod:`session.fencing` (writes guarded by the
   epoch), :mod:`session.serving` (the ACTIVE member's short serving lease);

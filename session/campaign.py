@@ -41,6 +41,7 @@ from session.etcd import (
     prefix_range_end,
 )
 from session.fastpath import DeathWatch, DeathWatchTask
+from session.history import new_record_op
 from session.info import SessionInfo
 from session.keys import RoleKeys
 from session.lapse import LapseWatch
@@ -147,9 +148,11 @@ class Campaign:
         encoded = value.to_json()
         keys, standby = self.keys, self.standby
         own = self._own_key_ops()
+        # The term's history record, created with the key (session.history): no term without one.
+        record = new_record_op(self.session.meta_root, self.role, info, value.active_since_ms)
         resp = await self._txn(
             [cmp_version(keys.active, 0), cmp_version(keys.successor, 0), cmp_version(keys.pause, 0), *own[0]],
-            [op_put(keys.active, encoded, lease=info.lease_id), *own[1]],
+            [op_put(keys.active, encoded, lease=info.lease_id), *own[1], record],
             [op_get(keys.active), op_get(keys.successor),
              op_get(keys.member_prefix, range_end=prefix_range_end(keys.member_prefix)), op_get(keys.pause)],
         )
@@ -183,7 +186,7 @@ class Campaign:
         standby.successor = None
         resp = await self._txn(
             [cmp_version(keys.active, 0), cmp_value(keys.successor, raw), *own[0]],
-            [op_put(keys.active, encoded, lease=info.lease_id), op_delete(keys.successor), *own[1]],
+            [op_put(keys.active, encoded, lease=info.lease_id), op_delete(keys.successor), *own[1], record],
         )
         self._waiting_from = int(resp.header.revision) + 1
         if not resp.succeeded:

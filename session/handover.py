@@ -50,6 +50,7 @@ import structlog
 
 from session.errors import CorruptValue, SessionError
 from session.etcd import Etcd, cmp_create_revision, cmp_mod_revision, cmp_version, op_delete, op_put
+from session.history import new_record_op
 from session.info import SessionInfo
 from session.keys import active_key, pause_key, successor_key
 from session.lineup import Lineup
@@ -151,7 +152,8 @@ async def hand_over(etcd: Etcd, meta_root: str, role: str, heir: Heir, *, timeou
     resp = await etcd.txn(
         [cmp_version(key, 0), cmp_version(successor_key(meta_root, role), 0), cmp_version(pause_key(meta_root, role), 0),
          cmp_mod_revision(own.key, own.mod_revision)],
-        [op_put(key, value.to_json(), lease=own.lease), op_put(own.key, own.value, lease=own.lease)],
+        [op_put(key, value.to_json(), lease=own.lease), op_put(own.key, own.value, lease=own.lease),
+         new_record_op(meta_root, role, heir.info, value.active_since_ms)],  # the term's record (session.history)
         timeout=timeout,
     )
     return int(resp.header.revision) if resp.succeeded else 0

@@ -10,8 +10,9 @@
     {metaRoot}/switchover/{role}/successor   the successor a releasing ACTIVE member names
     {metaRoot}/takeover/{role}               why the crash fast path removed the last term
     {metaRoot}/serving/{role}                the ACTIVE term's serving lease (session.serving)
+    {metaRoot}/history/{role}/{lease}-{token} one record per ACTIVE term (session.history)
 
-The switchover, takeover and serving keys stay outside ``session/``, whose keys Milvus's tools read as
+The switchover, takeover, serving and history keys stay outside ``session/``, whose keys Milvus's tools read as
 sessions. Every module of the library and of the coordinators finds a key here, and nowhere else.
 """
 
@@ -24,6 +25,7 @@ from session.watch import covering_range
 __all__ = [
     "RoleKeys",
     "active_key",
+    "history_prefix",
     "line_range",
     "member_key",
     "pause_key",
@@ -80,6 +82,12 @@ def successor_key(meta_root: str, role: str) -> str:
 def takeover_key(meta_root: str, role: str) -> str:
     """``{metaRoot}/takeover/{role}``: why the last ACTIVE term was removed by the fast path."""
     return f"{meta_root}/takeover/{role}"
+
+
+def history_prefix(meta_root: str, role: str) -> str:
+    """``{metaRoot}/history/{role}/``: the records of the role's terms (:mod:`session.history`); outside
+    :func:`line_range` (a record written at each takeover must wake no standby)."""
+    return f"{meta_root}/history/{role}/"
 
 
 def serving_key(meta_root: str, role: str) -> str:

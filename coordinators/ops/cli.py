@@ -1,5 +1,5 @@
 """The ``milvus`` command: ``run <role>``, ``stop <role>``, ``status``, ``switchover <role>``, ``pause
-<role>``, ``resume <role>``, ``check``, and ``<role> <action>``.
+<role>``, ``resume <role>``, ``history <role>``, ``check``, and ``<role> <action>``.
 
 Bad input (a broken config, an unknown role, a wrong value) is one line on stderr and exit code 2,
 never a traceback.
@@ -47,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 #: The commands built in here; the others are the role commands above.
-_BUILTIN_COMMANDS = ("run", "stop", "status", "switchover", "pause", "resume", "check")
+_BUILTIN_COMMANDS = ("run", "stop", "status", "switchover", "pause", "resume", "history", "check")
 
 
 def build_parser(*, role_commands: bool = True) -> argparse.ArgumentParser:
@@ -113,6 +113,14 @@ def build_parser(*, role_commands: bool = True) -> argparse.ArgumentParser:
     resume.add_argument("role", help=f"one of {', '.join(ROLES)}")
     resume.add_argument("--config", default=None, help="milvus.yaml to use")
 
+    history = sub.add_parser(
+        "history", help="every ACTIVE term of a role: epoch, member, start, end, cause of the takeover, why it ended",
+    )
+    history.add_argument("role", help=f"one of {', '.join(ROLES)}")
+    history.add_argument("--json", action="store_true", help="machine-readable output")
+    history.add_argument("--limit", type=_count, default=0, metavar="N", help="only the last N terms")
+    history.add_argument("--config", default=None, help="milvus.yaml to use")
+
     for module in _ROLE_COMMANDS if role_commands else ():
         role_parser = importlib.import_module(module).register(sub)
         _call_options(role_parser, config=None, timeout=30.0)
@@ -144,6 +152,13 @@ def _seconds(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
     return value
+
+
+def _count(text: str) -> int:
+    """A positive count (argparse type)."""
+    if not text.isdigit() or not text.isascii() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive count: {text!r}")
+    return int(text)
 
 
 def _server_id(text: str) -> int:
@@ -206,6 +221,12 @@ def _main(argv: Sequence[str] | None) -> int:
         return _switchover(config, args.role, to=args.to, timeout=args.timeout)
     if args.command == "check":
         return _check(config, as_json=args.json)
+    if args.command == "history":
+        from coordinators.ops.history import run_history
+
+        meta_root = config.etcd.meta_root
+        return _on_etcd(config, "history", lambda etcd: run_history(
+            etcd, meta_root, args.role, as_json=args.json, limit=args.limit, out=sys.stdout, err=sys.stderr))
     if args.command in ("pause", "resume"):
         return _pause(config, args.command, args.role, reason=getattr(args, "reason", ""))
     return _role_command(config, args)
@@ -302,8 +323,8 @@ def _pause(config: Config, command: str, role: str, *, reason: str) -> int:
 
 
 def _on_etcd(config: Config, command: str, run: Callable[[Etcd], Awaitable[ExitCode]]) -> int:
-    """Run a command that changes something in etcd: connected with the config's credentials and TLS;
-    an etcd that cannot be reached is exit 3, nothing changed."""
+    """Run a command on etcd: connected with the config's credentials and TLS; an etcd that cannot be
+    reached is exit 3, nothing changed."""
     from coordinators.tls import make_etcd
     from session import SessionError
 

@@ -21,6 +21,7 @@ from coordinators.proto import common_pb2
 from coordinators.server.host import TermHost
 from coordinators.server.release import release_for_stop
 from coordinators.server.stopping import DRAIN_DEADLINE_S, until_stopped
+from coordinators.server.term_history import TermHistory
 from session import Campaign, CorruptValue, FencedWriter, LeaseSession, NotActive, SessionError, Term, TermEnd, switchover
 from session.handover import LineView
 from session.serving import ServingLease
@@ -76,6 +77,8 @@ class ActiveTerm:
                                   seen_at=lapse.seen_at if lapse is not None else lambda _rev: None,
                                   on_pause=host.metrics.serving_paused)
         self.address = host.config.role(host.role).advertised_address
+        self.history = TermHistory(host.links.etcd, self.writer, host.config.etcd.meta_root, host.role,
+                                   keep=host.config.session.history_size)
         self.line_view: LineView | None = None  # the line followed for the handover (tests read it)
         self.served = False  # it reached Healthy
         self.start = start
@@ -122,7 +125,8 @@ class ActiveTerm:
             leftover = await self._serve_until_over(holder)
             try:
                 if host.stopping.asked:
-                    await release_for_stop(host, self.session, term, self.writer, line, self.lease)
+                    await release_for_stop(host, self.session, term, self.writer, line, self.lease,
+                                           await self.history.ending("stopped"))
                 else:
                     log.warning(f"{host.role} stops serving: ACTIVE term ended", ServerID=self.session.server_id,
                                 cause=str(term.end_cause), reason=term.end_reason)
@@ -136,6 +140,7 @@ class ActiveTerm:
             if term.end_cause is not None:
                 host.metrics.term_ended(term.end_cause)
             await cancel_and_wait(holder)
+            await self.history.close()
             await cancel_and_wait(renewer)
             await cancel_and_wait(line_task)
             self.line_view = None
@@ -209,6 +214,7 @@ class ActiveTerm:
         if start.restarted_over:
             cause = TakeoverCause.RESTART
         self.host.metrics.takeover(takeover, cause)
+        self.history.settle(cause, time.time_ns() // 1_000_000 - int(takeover * 1000))  # the vacancy, on the wall clock
         log.info(
             f"{self.host.role} is ACTIVE and serving",
             ServerID=self.session.server_id,
@@ -280,7 +286,8 @@ class ActiveTerm:
         if left:
             log.warning("switchover: calls still in flight after the drain deadline", role=host.role, calls=left)
         try:
-            successor = await switchover.release(writer, request, raw, target, ops=[self.lease.end()])
+            successor = await switchover.release(writer, request, raw, target,
+                                                 ops=[self.lease.end(), *await self.history.ending("switched_over")])
         except NotActive:
             return  # the term ended meanwhile: the process demotes as for any ended term
         except SessionError as exc:

@@ -10,6 +10,7 @@ lease come after, off its path (docs/design.md, *Graceful stop*).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import structlog
 
@@ -18,7 +19,7 @@ from coordinators.server.host import TermHost
 from coordinators.server.peer_probe import answers
 from coordinators.server.stopping import DRAIN_DEADLINE_S
 from session import FencedWriter, LeaseSession, SessionError, Term, TermEnd
-from session.etcd import op_delete
+from session.etcd import RequestOp, op_delete
 from session.handover import Heir, LineView, confirm_or_take_back, hand_over_behind
 from session.serving import ServingLease
 from session.takeover import TakeoverCause, TakeoverMark, mark_op
@@ -35,10 +36,12 @@ def handover_bound(claim_grace: float) -> float:
 
 
 async def release_for_stop(
-    host: TermHost, session: LeaseSession, term: Term, writer: FencedWriter, line: LineView | None, lease: ServingLease
+    host: TermHost, session: LeaseSession, term: Term, writer: FencedWriter, line: LineView | None, lease: ServingLease,
+    ending: Sequence[RequestOp] = (),
 ) -> None:
     """Drain, then release ``term``'s key (and hand it to the heir ``line`` names); ends the term. The
     serving ``lease`` ends before the release, whose txn records it released: the heir serves at once.
+    ``ending`` goes in the release txn too (the end of the term's history record).
 
     A failed release is logged: the lease's revocation at the end of the stop frees the key then.
     """
@@ -59,7 +62,7 @@ async def release_for_stop(
                     f"standby takes it over until `milvus resume {host.role}` (or `milvus switchover`)",
                     role=host.role, ServerID=session.server_id)
     release = asyncio.ensure_future(writer.txn([], [op_delete(term.key), session.stopping_op(),
-                                                    mark_op(meta_root, host.role, mark), lease.end()]))
+                                                    mark_op(meta_root, host.role, mark), lease.end(), *ending]))
     # Sent right behind the release, without waiting for its answer (see session.handover).
     handing = asyncio.ensure_future(hand_over_behind(
         host.links.etcd, meta_root, host.role, heir, release, timeout=bound,
