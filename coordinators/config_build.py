@@ -26,6 +26,7 @@ from coordinators.config_types import (
     SessionConfig,
 )
 from coordinators.registry import ROLES
+from session.info import MAX_PRIORITY
 
 __all__ = ["build"]
 
@@ -210,7 +211,9 @@ def _role(r: Reader, role: str) -> RoleConfig:
         raise r.error((section, "listenHost"), "must name an interface's address (0.0.0.0 = every IPv4 one, :: = all)")
     return RoleConfig(role=role, address=host, port=port, enable_active_standby=enabled, http_port=http_port,
                       listen_host=listen_host, max_recv_size=_message_size(r, section, "serverMaxRecvSize"),
-                      max_send_size=_message_size(r, section, "serverMaxSendSize"))
+                      max_send_size=_message_size(r, section, "serverMaxSendSize"),
+                      failover_priority=r.integer(section, "failoverPriority", low=0, high=MAX_PRIORITY),
+                      preempt=r.boolean(section, "preempt"))
 
 
 #: A gRPC message's length prefix is 32 bits; Milvus writes 2147483647 for "no limit".

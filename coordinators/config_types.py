@@ -44,15 +44,19 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
             "auth": {"enabled": False, "userName": "", "password": ""},
         },
         "rootCoord": {"address": "localhost", "port": 53100, "httpPort": 9101, "listenHost": "0.0.0.0",
-                      "enableActiveStandby": False, "grpc": {"serverMaxRecvSize": "", "serverMaxSendSize": ""}},
+                      "enableActiveStandby": False, "failoverPriority": 1, "preempt": False,
+                      "grpc": {"serverMaxRecvSize": "", "serverMaxSendSize": ""}},
         "queryCoord": {"address": "localhost", "port": 19531, "httpPort": 9102, "listenHost": "0.0.0.0",
-                       "enableActiveStandby": False, "grpc": {"serverMaxRecvSize": "", "serverMaxSendSize": ""}},
+                       "enableActiveStandby": False, "failoverPriority": 1, "preempt": False,
+                      "grpc": {"serverMaxRecvSize": "", "serverMaxSendSize": ""}},
         "dataCoord": {
             "address": "localhost",
             "port": 13333,
             "httpPort": 9103,
             "listenHost": "0.0.0.0",
             "enableActiveStandby": False,
+            "failoverPriority": 1,
+            "preempt": False,
             "grpc": {"serverMaxRecvSize": "", "serverMaxSendSize": ""},
             "segment": {"maxRows": 1000000},
         },
@@ -149,6 +153,8 @@ class RoleConfig:
     listen_host: str = "0.0.0.0"  #: where gRPC and HTTP listen (``address`` is what others dial)
     max_recv_size: int = 4 * 1024 * 1024  #: bytes of one gRPC request, refused from its length prefix above
     max_send_size: int = 64 * 1024 * 1024  #: bytes of one gRPC reply, refused (RESOURCE_EXHAUSTED) above
+    failover_priority: int = 1  #: who takes over first: higher first; 0 never on its own (session.lineup)
+    preempt: bool = False  #: as ACTIVE, hand the role (a switchover) to a STANDBY of higher priority that joins
 
     @property
     def address_host(self) -> str:

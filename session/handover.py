@@ -85,6 +85,8 @@ class LineView:
         #: Every member's own key as last seen (the heir's is needed whole: value, lease, mod revision).
         self._own: dict[str, KeyValue] = {}
         self.ready = asyncio.Event()
+        #: Set at each change of the line (a waiter clears it before it waits).
+        self.changed = asyncio.Event()
 
     async def run(self, *, on_restart: Callable[[str, WatchRestart], None] | None = None) -> None:
         """Follow the line until cancelled (the owner cancels it when the term ends)."""
@@ -111,9 +113,11 @@ class LineView:
         self.lineup.load(kvs, now)
         self._own = {kv.key: kv for kv in kvs if kv.key in self.lineup.members}
         self.ready.set()
+        self.changed.set()
 
     def _apply(self, item: KeyEvent) -> None:
         now = time.monotonic()
+        self.changed.set()
         if item.kind == "DELETE":
             self.lineup.delete(item.kv.key, now)
             self._own.pop(item.kv.key, None)
@@ -123,13 +127,18 @@ class LineView:
             self._own[item.kv.key] = item.kv
 
     def heir(self) -> Heir | None:
-        """The first member in line after this one, not stopping; None while a successor key exists,
-        while the role is paused (:mod:`session.pause`), before the first read, or when nobody waits."""
+        """The first member in line after this one (by priority, then the order they joined), not stopping,
+        of priority above 0; None while a successor key exists, while the role is paused
+        (:mod:`session.pause`), before the first read, or when nobody waits."""
+        return self.best(0)
+
+    def best(self, above: int) -> Heir | None:
+        """The first member in line of priority above ``above`` (:meth:`heir` with ``above`` 0)."""
         line = self.lineup
         if not self.ready.is_set() or line.successor is not None or line.pause is not None:
             return None
-        waiting = sorted((m.create_revision, key) for key, m in line.members.items()
-                         if not m.stopping and m.server_id != self.me)
+        waiting = sorted((m.rank, key) for key, m in line.members.items()
+                         if not m.stopping and m.server_id != self.me and m.priority > above)
         for _, key in waiting:
             own = self._own.get(key)
             if own is None or not own.lease:

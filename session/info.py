@@ -9,6 +9,8 @@ from typing import Any
 from session.errors import CorruptValue
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # etcd's lease IDs and Milvus's server IDs are int64
+#: The highest failover priority (``<role>.failoverPriority``).
+MAX_PRIORITY = 1000
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,8 @@ class SessionInfo:
     http_address: str = ""
     active_standby: bool | None = None
     active_since_ms: int = 0
+    #: Who takes over first (session.lineup): higher first; 0 never on its own (Patroni's ``nofailover``).
+    failover_priority: int = 1
 
     def to_json(self) -> bytes:
         """Serialize with Milvus's field names, so Milvus tools can read our keys."""
@@ -50,6 +54,8 @@ class SessionInfo:
             doc["ActiveStandby"] = self.active_standby
         if self.active_since_ms:
             doc["ActiveSince"] = self.active_since_ms
+        if self.failover_priority != 1:
+            doc["FailoverPriority"] = self.failover_priority
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
@@ -72,6 +78,9 @@ class SessionInfo:
             since = doc.get("ActiveSince", 0)
             if not isinstance(since, int) or isinstance(since, bool) or not 0 <= since <= _INT64_MAX:
                 since = 0  # our own informational field: a bad one is ignored, not fatal
+            priority = doc.get("FailoverPriority", 1)
+            if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= MAX_PRIORITY:
+                priority = 1  # as a member that says nothing
             return cls(
                 server_id=server_id,
                 server_name=str(doc.get("ServerName", "")),
@@ -85,6 +94,7 @@ class SessionInfo:
                 http_address=str(doc.get("HTTPAddress", "") or ""),
                 active_standby=active_standby if isinstance(active_standby, bool) else None,
                 active_since_ms=since,
+                failover_priority=priority,
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: "LeaseID": 1e400
             raise CorruptValue(key, raw, f"not a session: {exc}") from exc

@@ -77,6 +77,7 @@ class LeaseSession:
         active_standby: bool | None = None,
         clock: Clock = deadline_clock,
         above_server_id: int = 0,
+        failover_priority: int = 1,
     ) -> None:
         if ttl < 1:
             raise ValueError("session TTL must be at least 1 s")
@@ -91,6 +92,7 @@ class LeaseSession:
         self.observer = observer or NO_OBSERVER
         self.http_address = http_address
         self.active_standby = active_standby
+        self.failover_priority = failover_priority
         self.clock = clock
         #: The highest server ID this process (or a predecessor of it) held: the new one is above it.
         self.above_server_id = above_server_id
@@ -183,6 +185,7 @@ class LeaseSession:
             hostname=self.hostname,
             http_address=self.http_address,
             active_standby=self.active_standby,
+            failover_priority=self.failover_priority,
         )
         try:
             resp = await self.etcd.txn(

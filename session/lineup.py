@@ -5,10 +5,12 @@ many times one standby's time to the key: every waiter woke, and etcd serialised
 before the next request (docs/performance.md, *Standbys*). etcd's election recipe has each candidate wait for the one just
 before it; here the same order decides, from what every waiter already sees.
 
-How: each member's own key (``{metaRoot}/session/{role}-{id}``) has a create revision: the order
-the members joined. Out of the line are the holder being waited behind (alive or not: its own key
-outlives a crashed holder until its lease expires) and the members marked stopping. When the
-ACTIVE key is free:
+How: each member's own key (``{metaRoot}/session/{role}-{id}``) says its failover priority
+(``<role>.failoverPriority``) and has a create revision: the line is by priority, higher first, then
+in the order the members joined. Out of the line are the holder being waited behind (alive or not:
+its own key outlives a crashed holder until its lease expires), the members marked stopping, and the
+members of priority 0 (they never claim on their own; a switchover may name one). When the ACTIVE
+key is free:
 
 - a switchover's successor key decides first: the member it allows claims at once, the others wait
   (for the successor key to be claimed, to expire, or to be withdrawn);
@@ -48,6 +50,12 @@ class Member:
     server_id: int
     create_revision: int
     stopping: bool
+    priority: int = 1
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        """Its place in line: a lower rank goes first (higher priority, then joined earlier)."""
+        return -self.priority, self.create_revision
 
 
 @dataclass(frozen=True)
@@ -141,10 +149,11 @@ class Lineup:
         if not suffix.isdigit():
             return None
         try:
-            stopping = SessionInfo.from_json(kv.key, kv.value).stopping
+            info = SessionInfo.from_json(kv.key, kv.value)
+            stopping, priority = info.stopping, info.failover_priority
         except CorruptValue:  # a garbage own key keeps its place; its lease decides
-            stopping = False
-        return Member(int(suffix), kv.create_revision, stopping)
+            stopping, priority = False, 1
+        return Member(int(suffix), kv.create_revision, stopping, priority)
 
     # -- the line --------------------------------------------------------------------------
 
@@ -156,11 +165,20 @@ class Lineup:
     def _ahead_of_me(self) -> list[tuple[str, Member]] | None:
         """The members before this one in line, by key (None: this member's own key is not seen)."""
         out = {self.vacated_by, self.holder_id}
-        mine = next((m for m in self.members.values() if m.server_id == self.me), None)
+        mine = self.mine()
         if mine is None:
             return None
         return [(key, m) for key, m in self.members.items()
-                if m.create_revision < mine.create_revision and not m.stopping and m.server_id not in out]
+                if m.rank < mine.rank and m.priority > 0 and not m.stopping and m.server_id not in out]
+
+    def mine(self) -> Member | None:
+        """This member as its own key says (None: not seen)."""
+        return next((m for m in self.members.values() if m.server_id == self.me), None)
+
+    def never_claims(self) -> bool:
+        """This member's priority is 0: it claims only when a switchover names it."""
+        mine = self.mine()
+        return mine is not None and mine.priority == 0
 
     def far_back(self) -> bool:
         """Someone holds the key and at least two members are ahead of this one: it cannot be the next
@@ -169,13 +187,13 @@ class Lineup:
         return self.holder is not None and self.ahead() >= 2
 
     def nearest_ahead(self, count: int = 2) -> list[str]:
-        """The own keys of the ``count`` members just ahead of this one (latest create revision first).
+        """The own keys of the ``count`` members just ahead of this one (the nearest first).
 
         Why two: while both stay in line (no event on either key) at least two are ahead, so a member
         far back only has to watch these, as in etcd's election recipe (which waits for one); a
         member leaving the line (claiming, stopping, gone) is an event on its own key, since the claim
         rewrites the claimer's key in the same txn."""
-        ahead = sorted(self._ahead_of_me() or [], key=lambda km: km[1].create_revision, reverse=True)
+        ahead = sorted(self._ahead_of_me() or [], key=lambda km: km[1].rank, reverse=True)
         return [key for key, _ in ahead[:count]]
 
     def handed_to_me(self, lease: int) -> bool:
@@ -188,7 +206,7 @@ class Lineup:
         return _holder_id(self.holder) if self.holder is not None else None
 
     def first_in_line(self) -> bool:
-        return self.ahead() == 0
+        return self.ahead() == 0 and not self.never_claims()
 
     def decide(self, now: float, grace: float, successor: Successor | None) -> Decision:
         """The turn rule of the module docstring; ``successor`` is :attr:`successor` parsed (None
@@ -199,8 +217,8 @@ class Lineup:
             if successor is None or successor.allows(self.me):
                 return Decision("claim", named=True)
             return Decision("wait")
-        if self.pause is not None:
-            return Decision("wait")  # until the resume: its DELETE wakes the line
+        if self.pause is not None or self.never_claims():
+            return Decision("wait")  # paused: until the resume (its DELETE wakes the line); priority 0: ever
         ahead = self.ahead()
         if ahead == 0:
             return Decision("claim")

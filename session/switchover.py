@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import uuid
 from collections.abc import Callable, Sequence
 from contextlib import aclosing
 from dataclasses import asdict, dataclass
@@ -33,7 +34,17 @@ from typing import Any
 import structlog
 
 from session.errors import CorruptValue, SessionError
-from session.etcd import Etcd, RequestOp, cmp_mod_revision, cmp_value, op_delete, op_put
+from session.etcd import (
+    Etcd,
+    RequestOp,
+    cmp_create_revision,
+    cmp_lease,
+    cmp_mod_revision,
+    cmp_value,
+    cmp_version,
+    op_delete,
+    op_put,
+)
 from session.fencing import FencedWriter
 from session.info import SessionInfo
 from session.keys import member_key, request_key, successor_key, switchover_prefix
@@ -45,6 +56,7 @@ __all__ = [
     "Request",
     "Successor",
     "Target",
+    "ask",
     "check_target",
     "next_request",
     "refuse",
@@ -225,6 +237,19 @@ async def check_target(etcd: Etcd, meta_root: str, role: str, server_id: int, *,
     if not kv.lease:
         return f"ServerID={server_id}'s session key has no lease"
     return Target(info, key, kv.mod_revision)
+
+
+async def ask(etcd: Etcd, meta_root: str, term: Term, target: KeyValue, *, timeout: float) -> bool:
+    """Request a switchover of ``term`` to the member whose own key is ``target`` (as last seen), as
+    ``milvus switchover --to`` does: bound to the term, on its lease, only if no request is pending and
+    the target's key is unchanged. The term's own request watch then carries it out. True when put."""
+    key = request_key(meta_root, term.role)
+    server_id = SessionInfo.from_json(target.key, target.value).server_id
+    request = Request(uuid.uuid4().hex[:12], term.epoch, term.server_id, server_id, timeout)
+    resp = await etcd.txn([cmp_create_revision(term.key, term.epoch), cmp_lease(term.key, term.lease),
+                           cmp_version(key, 0), cmp_mod_revision(target.key, target.mod_revision)],
+                          [op_put(key, request.to_json(), lease=term.lease)])
+    return bool(resp.succeeded)
 
 
 async def refuse(writer: FencedWriter, meta_root: str, request: Request, raw: bytes, reason: str) -> None:

@@ -94,7 +94,7 @@ def build_parser(*, role_commands: bool = True) -> argparse.ArgumentParser:
         "switchover",
         help="hand a role's ACTIVE duty to a standby, without stopping anything",
         description="The ACTIVE member finishes the calls in flight, releases the role and goes back to "
-        "STANDBY; the named standby (--to) or any standby takes over.",
+        "STANDBY; the named standby (--to) or the first in line (by failoverPriority, then join order) takes over.",
     )
     switch.add_argument("role", help=f"one of {', '.join(ROLES)}")
     switch.add_argument("--to", type=_server_id, default=0, metavar="SERVER_ID", help="the standby that must take over")

@@ -115,8 +115,8 @@ def _target(state: _Role, role: str, to: int, standbys: dict[int, _Member]) -> _
     return target
 
 
-def _plan(state: _Role, role: str, to: int) -> tuple[_Member, _Member | None]:
-    """The ACTIVE member and the target (None: any standby); :class:`Refused` naming what is wrong."""
+def _plan(state: _Role, role: str, to: int) -> tuple[_Member, _Member]:
+    """The ACTIVE member and the target (``to``, else the first in line); :class:`Refused` naming what is wrong."""
     if state.active is None:
         if state.successor is not None:
             raise Refused(f"no {role} is ACTIVE: a switchover is in progress (successor key {state.successor.key})")
@@ -140,7 +140,17 @@ def _plan(state: _Role, role: str, to: int) -> tuple[_Member, _Member | None]:
         return current, _target(state, role, to, standbys)
     if not standbys:
         raise Refused(f"{role} has no live STANDBY: nobody could take over from {current.describe()}")
-    return current, None
+    return current, _first_in_line(standbys, role)
+
+
+def _first_in_line(standbys: dict[int, _Member], role: str) -> _Member:
+    """The standby the line puts first: the highest failover priority, then the first to join; a
+    member of priority 0 only when named (``--to``)."""
+    eligible = [m for m in standbys.values() if m.info.failover_priority > 0]
+    if not eligible:
+        raise Refused(f"every live STANDBY of {role} has failoverPriority 0 (never takes over on its own): "
+                      "name one with --to")
+    return min(eligible, key=lambda m: (-m.info.failover_priority, m.kv.create_revision))
 
 
 async def switchover(
@@ -154,7 +164,7 @@ async def switchover(
     err: TextIO,
     ssl_context: ssl.SSLContext | None = None,
 ) -> ExitCode:
-    """Ask the ACTIVE member of ``role`` to hand over (to ``to``, or any standby when 0) and wait for it."""
+    """Ask the ACTIVE member of ``role`` to hand over (to ``to``, or the first in line when 0) and wait for it."""
 
     def refused(message: str) -> ExitCode:
         print(f"milvus switchover: refused: {message}", file=err, flush=True)
@@ -173,6 +183,7 @@ async def switchover(
         print(f"milvus switchover: cannot read {role}'s sessions from etcd: {exc}; nothing changed", file=err, flush=True)
         return ExitCode.ETCD
     assert state.active is not None
+    to = target.info.server_id if target is not None else to  # without --to, the first in line is named
     request = Request(uuid.uuid4().hex[:12], state.active.create_revision, current.info.server_id, to, timeout)
     compares = [cmp_create_revision(state.active.key, state.active.create_revision),
                 cmp_lease(state.active.key, state.active.lease), cmp_version(req_key, 0)]
@@ -214,7 +225,7 @@ def _target_in_line(state: _Role, role: str, to: int) -> _Member:
         return _target(state, role, to, standbys)
     if not standbys:
         raise Refused(f"no {role} is ACTIVE and it has no live STANDBY: nobody could take over")
-    return min(standbys.values(), key=lambda m: m.kv.create_revision)
+    return _first_in_line(standbys, role)
 
 
 async def _appoint(

@@ -19,6 +19,7 @@ import structlog
 
 from coordinators.proto import common_pb2
 from coordinators.server.host import TermHost
+from coordinators.server.preempt import preempt_when_outranked
 from coordinators.server.release import release_for_stop
 from coordinators.server.stopping import DRAIN_DEADLINE_S, until_stopped
 from coordinators.server.term_history import TermHistory
@@ -114,6 +115,7 @@ class ActiveTerm:
         self.line_view = line = self._new_line_view()
         line_task = asyncio.create_task(line.run(on_restart=host.metrics.observer.watch_restarted),
                                         name=f"line-{host.role}") if line is not None else None
+        preempt: asyncio.Task[None] | None = None
         try:
             host.state = common_pb2.Initializing  # holds the key, reloading: clients wait for it
             if not await self._activate() or not await self._await_lease():
@@ -122,6 +124,11 @@ class ActiveTerm:
             host.server.set_serving(True)
             self.served = True
             await self._announce()
+            role_config = host.config.role(host.role)
+            if role_config.preempt and line is not None:
+                preempt = asyncio.create_task(preempt_when_outranked(
+                    line, host.links.etcd, host.config.etcd.meta_root, term, role_config.failover_priority),
+                    name=f"preempt-{host.role}")
             leftover = await self._serve_until_over(holder)
             try:
                 if host.stopping.asked:
@@ -140,6 +147,7 @@ class ActiveTerm:
             if term.end_cause is not None:
                 host.metrics.term_ended(term.end_cause)
             await cancel_and_wait(holder)
+            await cancel_and_wait(preempt)
             await self.history.close()
             await cancel_and_wait(renewer)
             await cancel_and_wait(line_task)

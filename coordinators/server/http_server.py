@@ -22,8 +22,8 @@ reads one request per connection (bounded in size and time: :class:`HttpServer`)
   over), else 503 (Patroni's ``/replica``).
 - ``/metrics``: the Prometheus text format of the process's own registry.
 - ``/status``: the process as ``milvus status`` shows it, in JSON: role, state, server ID, epoch, the
-  STANDBY's phase, seconds left on the session and on the serving lease, and whether the role is
-  paused (``milvus pause``).
+  STANDBY's phase, seconds left on the session and on the serving lease, whether the role is paused
+  (``milvus pause``), and the member's failover priority.
 """
 
 from __future__ import annotations
@@ -409,7 +409,7 @@ def status_document(view: ProcessView) -> bytes:
     return json.dumps({"role": view.role, "state": view.state_name, "server_id": view.server_id, "epoch": view.epoch,
                        "phase": view.standby_phase, "lease_left": round(lease_left, 3),
                        "serving_left": round(view.serving_left, 3), "paused": view.takeover_paused,
-                       "stopping": view.stopping}).encode()
+                       "priority": view.priority, "stopping": view.stopping}).encode()
 
 
 def _response(status: int, content_type: str, body: bytes, length: int) -> bytes:

@@ -71,6 +71,7 @@ class ProcessView:
     serving_left: float = 0.0  #: seconds left on the ACTIVE term's serving lease (0: not ACTIVE, or paused)
     takeover_paused: bool = False  #: the role is paused (``milvus pause``): nobody takes over on its own
     ttl: float = 0.0  #: the session TTL (``common.session.ttl``): what lease_time_left is read against
+    priority: int = 1  #: ``<role>.failoverPriority``: its place in line (0: never takes over on its own)
 
     @property
     def state_name(self) -> str:

@@ -215,6 +215,7 @@ class CoordinatorProcess:
             else 0.0,
             takeover_paused=self.links.pause.paused,
             ttl=float(self.config.session.ttl),
+            priority=self.role_config.failover_priority,
         )
 
     def request_stop(self) -> None:

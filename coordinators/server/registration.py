@@ -88,6 +88,7 @@ class Registration:
                 observer=self.observer,
                 http_address=http_address,
                 active_standby=role_config.enable_active_standby,
+                failover_priority=role_config.failover_priority,
                 clock=self.clock,
                 above_server_id=self.held_server_id,
             )

@@ -11,9 +11,10 @@ __all__ = ["META", "holder", "own"]
 META = "by-dev/meta"
 
 
-def own(server_id: int, create_revision: int, *, stopping: bool = False) -> KeyValue:
-    """Member ``server_id``'s own key, created at ``create_revision``."""
-    info = SessionInfo(server_id, "rootcoord", f"10.0.0.{server_id}:53100", True, "2.4.0", 7, "h", stopping=stopping)
+def own(server_id: int, create_revision: int, *, stopping: bool = False, priority: int = 1) -> KeyValue:
+    """Member ``server_id``'s own key, created at ``create_revision``, of failover priority ``priority``."""
+    info = SessionInfo(server_id, "rootcoord", f"10.0.0.{server_id}:53100", True, "2.4.0", 7, "h", stopping=stopping,
+                       failover_priority=priority)
     return KeyValue(f"{META}/session/rootcoord-{server_id}", info.to_json(), create_revision, create_revision, 7)
 
 

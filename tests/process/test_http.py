@@ -270,7 +270,7 @@ async def test_metrics_and_probes_follow_a_takeover(
         doc = json.loads(body)
         assert code == 200 and {k: doc.pop(k) for k in ("lease_left", "serving_left")} and doc == {
             "role": role, "state": state, "server_id": server_id, "epoch": at, "phase": phase, "paused": False,
-            "stopping": False}, body
+            "priority": 1, "stopping": False}, body
         assert 0 < json.loads(body)["lease_left"] <= TTL
         assert (json.loads(body)["serving_left"] > 0) is (member is old), body
     # Role-coded checks for load balancers: /active on the serving ACTIVE only, /standby on the STANDBY only.

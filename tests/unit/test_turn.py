@@ -129,3 +129,27 @@ def test_after_a_resume_the_graces_count_from_the_resume() -> None:
     reread = line(3, holder(1, 20), *MEMBERS, PAUSE_KEY, vacated_at=NOW - 100)
     reread.load([kv for kv in MEMBERS], now=NOW)  # a backstop read finds the pause gone
     assert step(reread) == Step(StepAction.WAIT, Phase.NEAR_FRONT, GRACE)
+
+
+def test_the_line_goes_by_failover_priority_then_by_the_order_the_members_joined() -> None:
+    """Priority 3 first whenever it joined; equal priorities in join order; priority 0 never claims on its
+    own (not even alone in line, nor after every grace), but a switchover may name it."""
+    members = (own(1, 10), own(2, 11, priority=2), own(3, 12, priority=3), own(4, 13, priority=2),
+               own(5, 14, priority=0))
+    vacant = {me: line(me, holder(1, 20), *members, vacated_at=NOW) for me in (2, 3, 4, 5)}
+    assert {me: lineup.ahead() for me, lineup in vacant.items() if me != 5} == {3: 0, 2: 1, 4: 2}
+    assert step(vacant[3]) == Step(StepAction.CLAIM, Phase.CLAIMING)
+    assert step(vacant[2]) == Step(StepAction.WAIT, Phase.NEAR_FRONT, GRACE)
+    assert step(vacant[4]) == Step(StepAction.WAIT, Phase.NEAR_FRONT, 2 * GRACE)
+    assert step(vacant[5], now=NOW + 100) == Step(StepAction.WAIT, Phase.NEAR_FRONT, 0.0)  # only its backstop read
+    alone = line(5, holder(1, 20), own(5, 14, priority=0), vacated_at=NOW)
+    assert step(alone, now=NOW + 100).action is StepAction.WAIT
+    named = Successor("r9", 20, 1, 5)
+    succ = KeyValue(SUCCESSOR_KEY.key, named.to_json(), 30, 30, 7)
+    assert step(line(5, *members, succ), successor=named) == Step(StepAction.CLAIM, Phase.CLAIMING)
+    # Behind a holder: the first in line by priority follows its death; priority 0 never does; far back
+    # is counted by priority too (member 4 has 3 and 2 ahead).
+    held = {me: line(me, holder(1, 20), *members) for me in (2, 3, 4, 5)}
+    assert step(held[3]).follow_death and not step(held[2]).follow_death
+    assert held[4].far_back() and held[4].nearest_ahead() == [f"{META}/session/rootcoord-2", f"{META}/session/rootcoord-3"]
+    assert not step(held[5]).follow_death
