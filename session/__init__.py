@@ -19,9 +19,9 @@ Read in this order (README.md's "Layout" lists the same):
   epoch), :mod:`session.serving` (the ACTIVE member's short serving lease);
 - :mod:`session.lapse` (a STANDBY's proof through etcd that the serving lease is over),
   :mod:`session.fastpath` (removing a holder proven dead), :mod:`session.switchover` (the
-  operator's planned move), :mod:`session.pause` (no automatic takeover while a role is paused),
-  :mod:`session.handover` (a graceful stop hands the key to the next in
-  line), :mod:`session.mirror` (the hot standby's copy of a role's keys).
+  operator's planned move) with :mod:`session.schedule` (at a set time), :mod:`session.pause` (no
+  automatic takeover while a role is paused), :mod:`session.handover` (a graceful stop hands the key
+  to the next in line), :mod:`session.mirror` (the hot standby's copy of a role's keys).
 
 The library takes plain parameters and reads no config file.
 """

@@ -7,6 +7,7 @@
     {metaRoot}/session/{role}-{id}           each member's own key, on its lease (Milvus's)
     {metaRoot}/switchover/{role}/pause       ``milvus pause``: no automatic takeover while it exists
     {metaRoot}/switchover/{role}/request     a ``milvus switchover`` request
+    {metaRoot}/switchover/{role}/scheduled   a ``milvus switchover --at`` waiting for its time
     {metaRoot}/switchover/{role}/successor   the successor a releasing ACTIVE member names
     {metaRoot}/takeover/{role}               why the crash fast path removed the last term
     {metaRoot}/serving/{role}                the ACTIVE term's serving lease (session.serving)
@@ -30,6 +31,7 @@ __all__ = [
     "member_key",
     "pause_key",
     "request_key",
+    "scheduled_key",
     "server_id_key",
     "serving_key",
     "session_prefix",
@@ -72,6 +74,11 @@ def request_key(meta_root: str, role: str) -> str:
 def pause_key(meta_root: str, role: str) -> str:
     """Where ``milvus pause`` puts its pause (:mod:`session.pause`); inside :func:`line_range`."""
     return switchover_prefix(meta_root, role) + "pause"
+
+
+def scheduled_key(meta_root: str, role: str) -> str:
+    """Where ``milvus switchover --at`` keeps a switchover until its time."""
+    return switchover_prefix(meta_root, role) + "scheduled"
 
 
 def successor_key(meta_root: str, role: str) -> str:

@@ -99,6 +99,10 @@ def build_parser(*, role_commands: bool = True) -> argparse.ArgumentParser:
     switch.add_argument("role", help=f"one of {', '.join(ROLES)}")
     switch.add_argument("--to", type=_server_id, default=0, metavar="SERVER_ID", help="the standby that must take over")
     switch.add_argument("--timeout", type=_seconds, default=10.0, help="seconds the handover may take (default 10)")
+    switch.add_argument("--at", default=None, metavar="TIME",
+                        help="not now: at TIME (ISO 8601, local time unless it says: 2026-12-08T02:00); the member "
+                        "ACTIVE then hands over")
+    switch.add_argument("--cancel", action="store_true", help="cancel the role's scheduled switchover")
     switch.add_argument("--config", default=None, help="milvus.yaml to use")
 
     pause = sub.add_parser(
@@ -217,6 +221,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return _run_locked(config, args.role, args.alias)
     if args.command == "status":
         return _status(config, as_json=args.json, role=args.role, watch=args.watch)
+    if args.command == "switchover" and (args.at is not None or args.cancel):
+        return _scheduled(config, args)
     if args.command == "switchover":
         return _switchover(config, args.role, to=args.to, timeout=args.timeout)
     if args.command == "check":
@@ -309,6 +315,27 @@ def _switchover(config: Config, role: str, *, to: int, timeout: float) -> int:
     return _on_etcd(config, "switchover", lambda etcd: switchover(
         etcd, meta_root, role, to=to, timeout=timeout, out=sys.stdout, err=sys.stderr,
         ssl_context=client_ssl_context(config)))
+
+
+def _scheduled(config: Config, args: argparse.Namespace) -> int:
+    """``milvus switchover --at`` / ``--cancel``."""
+    from coordinators.ops.schedule import cancel, parse_time, schedule
+
+    meta_root = config.etcd.meta_root
+    if args.cancel:
+        if args.at is not None or args.to:
+            print("milvus switchover: --cancel takes neither --at nor --to", file=sys.stderr)
+            return ExitCode.CONFIG
+        return _on_etcd(config, "switchover", lambda etcd: cancel(etcd, meta_root, args.role, out=sys.stdout,
+                                                                  err=sys.stderr))
+    try:
+        at_ms = parse_time(args.at)
+    except ValueError:
+        print(f"milvus switchover: --at {args.at!r} is not an ISO 8601 time (2026-12-08T02:00, "
+              "2026-12-08T02:00:00Z, 2026-12-08T02:00+01:00)", file=sys.stderr)
+        return ExitCode.CONFIG
+    return _on_etcd(config, "switchover", lambda etcd: schedule(etcd, meta_root, args.role, at_ms=at_ms, to=args.to,
+                                                                timeout=args.timeout, out=sys.stdout, err=sys.stderr))
 
 
 def _pause(config: Config, command: str, role: str, *, reason: str) -> int:

@@ -27,8 +27,9 @@ from coordinators.config import Config
 from coordinators.registry import ROLES, spec
 from coordinators.runtime.exit_codes import ExitCode
 from session import CorruptValue, Etcd, SessionError, SessionInfo, session_prefix
-from session.keys import pause_key
+from session.keys import pause_key, scheduled_key
 from session.pause import describe_raw, read_pause
+from session.schedule import Scheduled
 
 _OWN_KEY = re.compile(r"^(?P<role>[a-z]+)-(?P<id>\d+)$")
 
@@ -65,6 +66,8 @@ class SessionRow:
     phase: str = ""
     #: The role is paused (``milvus pause``): since when, by whom, why; '' when it is not.
     paused: str = ""
+    #: The role's scheduled switchover (``milvus switchover --at``): when, to whom; '' when none.
+    scheduled: str = ""
 
 
 async def read_sessions(etcd: Etcd, meta_root: str, role: str | None = None, *, phases: bool = True) -> list[SessionRow]:
@@ -89,18 +92,32 @@ async def read_sessions(etcd: Etcd, meta_root: str, role: str | None = None, *, 
     for r, epoch in zip(list(active), epochs, strict=True):
         active[r] = (active[r][0], epoch)
     rows = await asyncio.gather(*(_row(etcd, r, key, value, active) for r, key, value in own))
-    pauses = await _pauses(etcd, meta_root, {row.role for row in rows})
-    rows = [replace(row, paused=pauses[row.role]) if row.role in pauses else row for row in rows]
+    roles = sorted({row.role for row in rows})
+    pauses, plans = await _pauses(etcd, meta_root, roles), await _scheduled(etcd, meta_root, roles)
+    rows = [replace(row, paused=pauses.get(row.role, ""), scheduled=plans.get(row.role, "")) for row in rows]
     if phases:
         rows = list(await asyncio.gather(*(_with_phase(row) for row in rows)))
     return sorted(rows, key=lambda r: (ROLES.index(r.role) if r.role in ROLES else len(ROLES), r.role, r.server_id))
 
 
-async def _pauses(etcd: Etcd, meta_root: str, roles: set[str]) -> dict[str, str]:
+async def _pauses(etcd: Etcd, meta_root: str, roles: list[str]) -> dict[str, str]:
     """The roles of ``roles`` that are paused, each with what its pause says."""
-    values = await asyncio.gather(*(read_pause(etcd, meta_root, role) for role in sorted(roles)))
+    values = await asyncio.gather(*(read_pause(etcd, meta_root, role) for role in roles))
     return {role: describe_raw(pause_key(meta_root, role), value)
-            for role, value in zip(sorted(roles), values, strict=True) if value is not None}
+            for role, value in zip(roles, values, strict=True) if value is not None}
+
+
+async def _scheduled(etcd: Etcd, meta_root: str, roles: list[str]) -> dict[str, str]:
+    """The roles of ``roles`` with a scheduled switchover, each with what it says."""
+    found = {}
+    for role, resp in zip(roles, await asyncio.gather(*(etcd.get(scheduled_key(meta_root, r)) for r in roles)),
+                          strict=True):
+        if resp.kvs:
+            try:
+                found[role] = Scheduled.from_json(scheduled_key(meta_root, role), bytes(resp.kvs[0].value)).describe()
+            except CorruptValue:
+                found[role] = "(unreadable: `milvus switchover --cancel` deletes it)"
+    return found
 
 
 async def _create_revision(etcd: Etcd, key: str) -> int:
@@ -214,6 +231,8 @@ def render_table(rows: list[SessionRow]) -> str:
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip() for line in lines)
+    for role, plan in {r.role: r.scheduled for r in rows if r.scheduled}.items():
+        text += f"\n{role}: switchover scheduled {plan}"
     for role, paused in {r.role: r.paused for r in rows if r.paused}.items():
         text += (f"\n{role}: automatic takeover PAUSED {paused}: no member takes the ACTIVE key over on its own "
                  f"(`milvus resume {role}`)")

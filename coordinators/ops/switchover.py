@@ -69,7 +69,7 @@ class _Role:
     paused: bool = False
 
 
-async def _read_role(etcd: Etcd, meta_root: str, role: str) -> _Role:
+async def read_role(etcd: Etcd, meta_root: str, role: str) -> _Role:
     prefix = session_prefix(meta_root)
     resp = await etcd.get(prefix + role, prefix=True)  # the ACTIVE key and every {role}-{id}
     active, members = None, {}
@@ -115,7 +115,7 @@ def _target(state: _Role, role: str, to: int, standbys: dict[int, _Member]) -> _
     return target
 
 
-def _plan(state: _Role, role: str, to: int) -> tuple[_Member, _Member]:
+def plan(state: _Role, role: str, to: int) -> tuple[_Member, _Member]:
     """The ACTIVE member and the target (``to``, else the first in line); :class:`Refused` naming what is wrong."""
     if state.active is None:
         if state.successor is not None:
@@ -172,11 +172,11 @@ async def switchover(
 
     req_key = request_key(meta_root, role)
     try:
-        state = await _read_role(etcd, meta_root, role)
+        state = await read_role(etcd, meta_root, role)
         if state.active is None and state.successor is None and state.paused:
             return await _appoint(etcd, meta_root, role, state, _target_in_line(state, role, to), timeout=timeout,
                                   out=out, err=err, ssl_context=ssl_context)
-        current, target = _plan(state, role, to)
+        current, target = plan(state, role, to)
     except Refused as exc:
         return refused(str(exc))
     except SessionError as exc:
@@ -353,7 +353,7 @@ async def _withdraw(etcd: Etcd, req_key: str, raw: bytes | None = None) -> bool:
 async def _describe_state(etcd: Etcd, meta_root: str, role: str) -> str:
     """One phrase for the timeout line: who is ACTIVE now, and any successor key left."""
     try:
-        state = await _read_role(etcd, meta_root, role)
+        state = await read_role(etcd, meta_root, role)
     except SessionError as exc:
         return f"etcd does not answer ({exc})"
     parts = []

@@ -25,6 +25,7 @@ from coordinators.server.stopping import DRAIN_DEADLINE_S, until_stopped
 from coordinators.server.term_history import TermHistory
 from session import Campaign, CorruptValue, FencedWriter, LeaseSession, NotActive, SessionError, Term, TermEnd, switchover
 from session.handover import LineView
+from session.schedule import run_scheduled
 from session.serving import ServingLease
 from session.takeover import TakeoverCause
 from session.tasks import cancel_and_wait
@@ -116,6 +117,7 @@ class ActiveTerm:
         line_task = asyncio.create_task(line.run(on_restart=host.metrics.observer.watch_restarted),
                                         name=f"line-{host.role}") if line is not None else None
         preempt: asyncio.Task[None] | None = None
+        scheduled: asyncio.Task[None] | None = None
         try:
             host.state = common_pb2.Initializing  # holds the key, reloading: clients wait for it
             if not await self._activate() or not await self._await_lease():
@@ -124,6 +126,8 @@ class ActiveTerm:
             host.server.set_serving(True)
             self.served = True
             await self._announce()
+            scheduled = asyncio.create_task(run_scheduled(host.links.etcd, host.config.etcd.meta_root, term),
+                                            name=f"scheduled-switchover-{host.role}")
             role_config = host.config.role(host.role)
             if role_config.preempt and line is not None:
                 preempt = asyncio.create_task(preempt_when_outranked(
@@ -148,6 +152,7 @@ class ActiveTerm:
                 host.metrics.term_ended(term.end_cause)
             await cancel_and_wait(holder)
             await cancel_and_wait(preempt)
+            await cancel_and_wait(scheduled)
             await self.history.close()
             await cancel_and_wait(renewer)
             await cancel_and_wait(line_task)

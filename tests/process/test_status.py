@@ -62,7 +62,7 @@ async def test_status_shows_epoch_active_time_and_http_address_and_filters_by_ro
     docs = json.loads(out)
     assert {tuple(sorted(d)) for d in docs} == {(
         "active_seconds", "active_standby", "address", "epoch", "hostname", "http_address", "key",
-        "lease_seconds_left", "paused", "phase", "role", "server_id", "state", "version")}
+        "lease_seconds_left", "paused", "phase", "role", "scheduled", "server_id", "state", "version")}
     lead = next(d for d in docs if d["state"] == "ACTIVE")
     assert lead["epoch"] == kv.create_revision and lead["active_seconds"] >= 1.0 and lead["active_standby"] is True
     assert lead["http_address"] == by_address[active.address]["HTTP"]
