@@ -27,7 +27,7 @@ from session.switchover import MAX_TIMEOUT, Request
 from session.term import Term
 from session.watch import KeyValue, Resync, read_state, watch
 
-__all__ = ["RECHECK_S", "Scheduled", "run_scheduled"]
+__all__ = ["RECHECK_S", "Scheduled", "run_scheduled", "turn_into_request"]
 
 log = structlog.get_logger(__name__)
 
@@ -81,7 +81,7 @@ async def run_scheduled(etcd: Etcd, meta_root: str, term: Term) -> None:
             while True:
                 due = _due_in(key, kv)
                 if due is not None and due <= 0 and kv is not None:
-                    if await _turn_into_request(etcd, meta_root, term, kv):
+                    if await turn_into_request(etcd, meta_root, term, kv):
                         return
                     due = 0.2  # a request is pending, or the key changed: look again in a moment
                 try:
@@ -106,7 +106,7 @@ def _due_in(key: str, kv: KeyValue | None) -> float | None:
     return scheduled.at_ms / 1000 - time.time()
 
 
-async def _turn_into_request(etcd: Etcd, meta_root: str, term: Term, kv: KeyValue) -> bool:
+async def turn_into_request(etcd: Etcd, meta_root: str, term: Term, kv: KeyValue) -> bool:
     """The due switchover at ``kv``, made a request of ``term``; True when done (the key is gone)."""
     scheduled = Scheduled.from_json(kv.key, kv.value)
     request = Request(scheduled.id, term.epoch, term.server_id, scheduled.to_server, scheduled.timeout)

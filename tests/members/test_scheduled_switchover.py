@@ -15,10 +15,14 @@ from datetime import UTC, datetime
 import pytest
 from structlog.testing import capture_logs
 
+from harness.etcd_server import EtcdCluster
 from harness.inproc import Healthy, InProcCluster, StandBy
 from harness.procs import run_cli
-from harness.session_helpers import wait_until
-from session.keys import scheduled_key
+from harness.session_helpers import connected, new_session, wait_until
+from session import Campaign
+from session.keys import request_key, scheduled_key
+from session.schedule import Scheduled, turn_into_request
+from session.watch import key_value
 
 ROLE = "rootcoord"
 TTL = 3
@@ -78,3 +82,19 @@ async def test_a_cancelled_switchover_never_happens_and_bad_schedules_are_refuse
         assert code == code_ and says in err, (args, out, err)
     assert not (await cluster.etcd.get(scheduled_key(cluster.meta_root, ROLE))).kvs
     await wait_until(lambda: active.state == Healthy, timeout=1)
+
+
+async def test_a_member_that_missed_the_cancellation_cannot_carry_it_out(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    """The due switchover becomes a request only if the scheduled key is still what the member read."""
+    async with connected(etcd.endpoints) as e, new_session(e, etcd_prefix, ttl=10) as session:
+        term = await Campaign(session).try_claim()
+        assert term is not None
+        key = scheduled_key(session.meta_root, ROLE)
+        await e.put(key, Scheduled("s1", 1, 0, 10.0).to_json())  # due long ago
+        seen = key_value((await e.get(key)).kvs[0])
+        await e.delete(key)  # cancelled after the member read it
+        assert not await turn_into_request(e, session.meta_root, term, seen)
+        assert not (await e.get(request_key(session.meta_root, ROLE))).kvs
+        await e.put(key, seen.value)  # scheduled again: a new key, and this member reads it anew
+        assert await turn_into_request(e, session.meta_root, term, key_value((await e.get(key)).kvs[0]))
+        assert not (await e.get(key)).kvs and (await e.get(request_key(session.meta_root, ROLE))).kvs
