@@ -93,10 +93,10 @@ def new_record_op(meta_root: str, role: str, info: SessionInfo, start_ms: int) -
     return op_put(key, TermRecord(info.server_id, info.address, start_ms).to_json())
 
 
-async def read_history(etcd: Etcd, meta_root: str, role: str) -> list[Entry]:
+async def read_history(etcd: Etcd, meta_root: str, role: str, *, timeout: float | None = None) -> list[Entry]:
     """Every record of ``role``, oldest term first."""
     entries = []
-    resp = await etcd.get(history_prefix(meta_root, role), prefix=True)  # at most keep + a few
+    resp = await etcd.get(history_prefix(meta_root, role), prefix=True, timeout=timeout)  # at most keep + a few
     for raw in resp.kvs:
         kv = key_value(raw)
         try:
@@ -136,8 +136,9 @@ class Settlement:
 
 def settle_ops(entries: list[Entry], epoch: int, cause: str, *, vacated_ms: int, keep: int) -> Settlement:
     """The settlement of term ``epoch``: its record's ``cause``; the end of the term before it, if nobody
-    wrote one (at ``vacated_ms``, why: :func:`ended_by` ``cause``); the deletion of the records older
-    than the newest ``keep``."""
+    wrote one (at ``vacated_ms``, why: :func:`ended_by` ``cause``), and of any earlier term still open
+    (a term between that never served settled nothing: at the next term's start, why ``vacated``); the
+    deletion of the records older than the newest ``keep``."""
     compares: list[Compare] = []
     ops: list[RequestOp] = []
     own = next((e for e in entries if e.epoch == epoch), None)
@@ -147,8 +148,14 @@ def settle_ops(entries: list[Entry], epoch: int, cause: str, *, vacated_ms: int,
         compares.append(cmp_mod_revision(own.key, own.mod_revision))
         ops.append(op_put(own.key, record.to_json()))
     before = [e for e in entries if e.epoch < epoch]
-    if before and (end := ended_op(before[-1], vacated_ms, ended_by(cause))) is not None:
-        compares.append(end[0])
-        ops.append(end[1])
+    for n, earlier in enumerate(before):
+        if n == len(before) - 1:
+            end = ended_op(earlier, vacated_ms, ended_by(cause))
+        else:
+            following = before[n + 1].record
+            end = ended_op(earlier, following.start_ms if following is not None else vacated_ms, "vacated")
+        if end is not None:
+            compares.append(end[0])
+            ops.append(end[1])
     ops.extend(op_delete(e.key) for e in entries[:max(len(entries) - keep, 0)] if e.epoch != epoch)
     return Settlement(compares, ops, own.key if own is not None else "", record)

@@ -24,6 +24,8 @@ log = structlog.get_logger(__name__)
 
 #: Longest pause between two attempts to settle the record.
 _RETRY_MAX_S = 1.0
+#: Bound on the read of the record at a release, when the settlement was not done yet.
+_READ_TIMEOUT_S = 0.5
 
 
 class TermHistory:
@@ -62,12 +64,20 @@ class TermHistory:
             delay = min(delay * 2, _RETRY_MAX_S)
 
     async def ending(self, why: str) -> list[RequestOp]:
-        """The put ending this term's record, for its release txn (why: ``stopped``, ``switched_over``);
-        none before the settlement is done (the next ACTIVE member ends it then). A plain put: while the
-        term holds the key, no other member writes its record."""
+        """The put ending this term's record, for its release txn (why: ``stopped``, ``switched_over``). A
+        plain put: while the term holds the key, no other member writes its record. Before the settlement
+        is done the record is read first (bounded); unreadable or not found, none (the next ACTIVE member
+        ends it then)."""
         await self.close()
         if self.settled is None:
-            return []
+            try:
+                entries = await read_history(self.etcd, self.meta_root, self.role, timeout=_READ_TIMEOUT_S)
+            except SessionError:
+                return []
+            own = next((e for e in entries if e.epoch == self.writer.term.epoch and e.record is not None), None)
+            if own is None or own.record is None:
+                return []
+            self.settled = (own.key, own.record)
         key, record = self.settled
         return [op_put(key, record.ending(time.time_ns() // 1_000_000, why).to_json())]
 

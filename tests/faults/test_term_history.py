@@ -94,10 +94,13 @@ async def test_history_is_complete_and_right_after_twenty_mixed_failovers(
     causes = serving_causes(everyone)
     assert len(terms) >= len(ROUNDS) + 1
     assert [(r["epoch"], r["server_id"]) for r in rows] == sorted(terms.items()), "a term missing, or one too many"
-    assert [r["cause"] for r in rows] == [causes.get(int(str(r["epoch"])), "?") for r in rows]
+    # A term that never served (under load: its activation ended by a loop stall, say) logged no cause and
+    # settled none; the one after it ends it ("vacated": nobody knows why it went).
+    assert [r["cause"] for r in rows] == [causes.get(int(str(r["epoch"])), "") for r in rows]
     for before, after in itertools.pairwise(rows):
-        cause = TakeoverCause(str(after["cause"]))
-        assert before["ended"] == RELEASED.get(cause, ENDED_BY[cause]) and int(str(before["end_ms"])) > 0, (before, after)
+        expected = {"vacated", *RELEASED.values()} if not after["cause"] else {
+            RELEASED.get(TakeoverCause(str(after["cause"])), ENDED_BY[TakeoverCause(str(after["cause"]))])}
+        assert before["ended"] in expected and int(str(before["end_ms"])) > 0, (before, after)
     assert rows[-1]["active"] and not rows[-1]["end_ms"]
     seen = {r["cause"] for r in rows}
     assert {"initial", "graceful", "switchover"} <= seen and seen & {"fast_path", "serving_lease"}, seen

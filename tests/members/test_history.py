@@ -50,6 +50,13 @@ def test_the_settlement_writes_the_cause_ends_the_previous_term_once_and_keeps_t
     done = settle_ops([entry(7, cause="graceful", end_ms=8000, ended="switched_over"), entry(9, cause="switchover")],
                       9, "switchover", vacated_ms=8500, keep=100)
     assert done.ops == [] and done.compares == []
+    # A term between that never served (it settled nothing): the open term before it is ended too, at
+    # that term's start, why unknown; the one just before by this term's cause.
+    gap = settle_ops([entry(5, cause="initial"), entry(7), entry(9)], 9, "fast_path", vacated_ms=8500, keep=100)
+    ended = {op.request_put.key.decode(): TermRecord.from_json("k", op.request_put.value)
+             for op in gap.ops if op.HasField("request_put")}
+    assert (ended["h/5"].end_ms, ended["h/5"].ended) == (7000, "vacated")
+    assert (ended["h/7"].end_ms, ended["h/7"].ended) == (8500, "proven_dead")
 
 
 async def test_every_txn_that_creates_the_active_key_creates_the_terms_record(etcd: EtcdCluster, etcd_prefix: str) -> None:
