@@ -25,7 +25,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from coordinators.deadline import remaining as deadline_left
 from coordinators.errors import CoordinatorError
 from coordinators.registry import spec
-from coordinators.rpc import EPOCH_HEADER, REFUSAL_HEADER, SERVER_ID_HEADER, Refusal
+from coordinators.rpc import EPOCH_HEADER, REDIRECT_HEADER, REFUSAL_HEADER, SERVER_ID_HEADER, Redirect, Refusal
 from session import CorruptValue, Etcd, EtcdUnavailable, SessionInfo, active_key
 from session.tasks import cancel_and_wait
 from session.watch import KeyEvent, Resync, read_state, watch
@@ -55,6 +55,8 @@ class _Unavailable(CoordinatorError):
             self.code: Refusal | None = Refusal(raw)
         except ValueError:
             self.code = None
+        #: Where the refusing member says the ACTIVE member is (None: it did not say).
+        self.redirect = Redirect.parse((trailers or {}).get(REDIRECT_HEADER, ""))
 
 
 class NoActiveMember(CoordinatorError):
@@ -66,13 +68,17 @@ class OutcomeUnknown(CoordinatorError):
 
 
 class ActiveTracker:
-    """The current ACTIVE member of one role, kept fresh by a watch on its key."""
+    """The current ACTIVE member of one role, kept fresh by a watch on its key, and by what refusing
+    members say (:meth:`suggest`) when that is newer."""
 
     def __init__(self, etcd: Etcd, meta_root: str, role: str) -> None:
         self.etcd = etcd
         self.role = role
         self.key = active_key(meta_root, role)
         self._active: SessionInfo | None = None
+        #: The revision what :attr:`active` says is as of: the key's create revision (its epoch), a
+        #: deletion's revision, a read's; or a redirect's epoch. Anything older is not news.
+        self._revision = 0
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -111,7 +117,17 @@ class ActiveTracker:
     def forget(self, server_id: int) -> None:
         """The member ``server_id`` did not serve us: stop sending to it until the key says otherwise."""
         if self._active is not None and self._active.server_id == server_id:
-            self._set(None)
+            self._set(None, self._revision)
+
+    def suggest(self, redirect: Redirect) -> bool:
+        """A refusing member said the ACTIVE member is ``redirect`` (the heir it handed its key to, the
+        holder it waits behind): taken when its epoch is newer than what is known (True), so the next
+        attempt goes there without waiting for the watch. Only a hint: that member answers only if it
+        is ACTIVE, and the watch's later events replace it."""
+        if redirect.epoch <= self._revision:
+            return False
+        self._set(SessionInfo(redirect.server_id, self.role, redirect.address, True, "", 0, ""), redirect.epoch)
+        return True
 
     async def _refresh(self) -> int:
         try:
@@ -119,7 +135,7 @@ class ActiveTracker:
         except EtcdUnavailable as exc:
             log.warning("cannot read the ACTIVE key", role=self.role, error=str(exc))
             return 0
-        self._set(self._parse(state.kvs[0].value) if state.kvs else None)
+        self._set(self._parse(state.kvs[0].value) if state.kvs else None, state.revision)
         return state.revision
 
     async def _follow(self) -> None:
@@ -131,9 +147,12 @@ class ActiveTracker:
         async with aclosing(watch(self.etcd, self.key, start_revision=revision + 1)) as events:
             async for item in events:
                 if isinstance(item, Resync):
-                    self._set(self._parse(item.kvs[0].value) if item.kvs else None)
+                    self._set(self._parse(item.kvs[0].value) if item.kvs else None, item.revision)
                 elif isinstance(item, KeyEvent):
-                    self._set(None if item.kind == "DELETE" else self._parse(item.kv.value))
+                    if item.kind == "DELETE":
+                        self._set(None, item.kv.mod_revision)
+                    else:
+                        self._set(self._parse(item.kv.value), item.kv.create_revision)
 
     def _parse(self, raw: bytes) -> SessionInfo | None:
         try:
@@ -142,8 +161,12 @@ class ActiveTracker:
             log.warning("the ACTIVE key is unreadable", role=self.role, error=str(exc))
             return None
 
-    def _set(self, info: SessionInfo | None) -> None:
-        self._active = info
+    def _set(self, info: SessionInfo | None, revision: int) -> None:
+        """What the key says as of ``revision``; ignored when older than what is known (a redirect got
+        there first: the old term's deletion, still on its way, is not news)."""
+        if revision < self._revision:
+            return
+        self._active, self._revision = info, revision
         self._changed.set()
 
 
@@ -253,6 +276,14 @@ class CoordinatorClient:
                     later = exc.error if exc.code == Refusal.RETRY_LATER else None
                     await asyncio.sleep(min(backoff, max(deadline - time.monotonic(), 0)))
                     backoff = min(backoff * 2, _RETRY_LATER_MAX_S if exc.code == Refusal.RETRY_LATER else 0.1)
+                    continue
+                if exc.code in (Refusal.STOPPING, Refusal.NOT_ACTIVE) and exc.redirect is not None \
+                        and self.tracker.suggest(exc.redirect):
+                    # The member said where the ACTIVE one is (its heir, the holder it waits behind), newer
+                    # than the key as this client saw it: go there at once.
+                    avoid = target.server_id
+                    if exc.code == Refusal.STOPPING:
+                        self._drop_channel(target.address)
                     continue
                 named = self.tracker.active
                 if exc.code == Refusal.INITIALIZING or (named is not None and named.server_id == target.server_id):

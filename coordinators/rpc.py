@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -37,6 +38,31 @@ SERVER_ID_HEADER = "x-milvus-server-id"
 EPOCH_HEADER = "x-milvus-epoch"
 #: Trailing-metadata key of a refused call's :class:`Refusal` code.
 REFUSAL_HEADER = "x-milvus-refusal"
+#: Trailing-metadata key of a refusal that knows where the ACTIVE member is: :class:`Redirect`.
+REDIRECT_HEADER = "x-milvus-active"
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """Where a refusing member knows the ACTIVE member to be: the heir it handed its key to, or the
+    holder it waits behind. A hint, never trusted as such: the member named answers only if it is
+    ACTIVE (its own gate), and says who it is (``x-milvus-server-id``, ``x-milvus-epoch``)."""
+
+    address: str
+    server_id: int
+    epoch: int
+
+    def header(self) -> str:
+        return f"{self.server_id};{self.epoch};{self.address}"
+
+    @classmethod
+    def parse(cls, raw: str) -> Redirect | None:
+        """The redirect a header says, None when it is absent or malformed."""
+        server_id, _, rest = raw.partition(";")
+        epoch, _, address = rest.partition(";")
+        if not (server_id.isdigit() and epoch.isdigit() and ":" in address):
+            return None
+        return cls(address, int(server_id), int(epoch))
 
 
 class Refusal(StrEnum):

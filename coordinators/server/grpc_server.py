@@ -36,7 +36,16 @@ from grpclib.server import Server, Stream
 from coordinators.errors import CoordinatorError
 from coordinators.proto import common_pb2
 from coordinators.registry import spec
-from coordinators.rpc import EPOCH_HEADER, REFUSAL_HEADER, SERVER_ID_HEADER, Refusal, refusal_of_this_call, refuse
+from coordinators.rpc import (
+    EPOCH_HEADER,
+    REDIRECT_HEADER,
+    REFUSAL_HEADER,
+    SERVER_ID_HEADER,
+    Redirect,
+    Refusal,
+    refusal_of_this_call,
+    refuse,
+)
 from coordinators.server.h2_guard import GuardAction, GuardedProtocol, H2Guard, H2Limits, StrictProtoCodec
 
 __all__ = [
@@ -65,11 +74,8 @@ _States = Stream[common_pb2.GetComponentStatesRequest, common_pb2.ComponentState
 CallDone = Callable[[str, GrpcStatus, float], None]
 
 
-async def _tag_refusal(event: SendTrailingMetadata) -> None:
-    """A refused call's trailers carry its :class:`Refusal` code (the client acts on it, not on the message)."""
-    code = refusal_of_this_call()
-    if code is not None:
-        event.metadata[REFUSAL_HEADER] = code.value
+#: The refusals after which a client looks for the ACTIVE member elsewhere: they carry a redirect when known.
+_ELSEWHERE = frozenset({Refusal.NOT_ACTIVE, Refusal.STOPPING})
 
 
 class PortInUseError(CoordinatorError, OSError):
@@ -171,9 +177,11 @@ class CoordinatorServer:
         answer_gate: Callable[[], tuple[Refusal, str] | None] | None = None,
         limits: H2Limits | None = None,
         on_guard: Callable[[GuardAction], None] | None = None,
+        redirect: Callable[[], Redirect | None] | None = None,
     ) -> None:
         """``limits``: what one connection and one message may cost (:mod:`~coordinators.server.h2_guard`);
-        ``on_guard`` is told each time a guard acts."""
+        ``on_guard`` is told each time a guard acts; ``redirect`` says where the ACTIVE member is, when
+        this process knows (it goes into the trailers of a ``not_active`` or ``stopping`` refusal)."""
         base = spec(role).service_base()  # ValueError for an unknown role
         for handler in extra_handlers:
             if not callable(getattr(handler, "__mapping__", None)):
@@ -181,6 +189,7 @@ class CoordinatorServer:
         self._role = role
         self._snapshot = snapshot
         self._gate, self._answer_gate = gate, answer_gate
+        self._redirect = redirect
         self._guard = H2Guard(role, limits or H2Limits(), on_guard)
         #: The calls the answer gate is asked about again when they answer (the role's API: not status, health).
         self._gated: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
@@ -242,7 +251,7 @@ class CoordinatorServer:
             listen(server, SendTrailingMetadata, self._on_send_trailing_metadata)
         listen(server, RecvRequest, self._on_recv_request)
         listen(server, SendInitialMetadata, self._on_send_initial_metadata)
-        listen(server, SendTrailingMetadata, _tag_refusal)
+        listen(server, SendTrailingMetadata, self._tag_refusal)
         if self._answer_gate is not None:
             listen(server, SendMessage, self._on_send_message)
         try:
@@ -341,6 +350,16 @@ class CoordinatorServer:
             return
         event.metadata[SERVER_ID_HEADER] = str(snap.server_id)
         event.metadata[EPOCH_HEADER] = snap.extra.get("epoch", "0")
+
+    async def _tag_refusal(self, event: SendTrailingMetadata) -> None:
+        """A refused call's trailers carry its :class:`Refusal` code (the client acts on it, not on the
+        message) and, when it sends the client elsewhere, where the ACTIVE member is if known."""
+        code = refusal_of_this_call()
+        if code is None:
+            return
+        event.metadata[REFUSAL_HEADER] = code.value
+        if code in _ELSEWHERE and self._redirect is not None and (where := self._redirect()) is not None:
+            event.metadata[REDIRECT_HEADER] = where.header()
 
     async def _on_timed_request(self, event: RecvRequest) -> None:
         task = asyncio.current_task()

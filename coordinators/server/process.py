@@ -24,7 +24,7 @@ import structlog
 from coordinators.config import Config, RoleConfig
 from coordinators.proto import common_pb2
 from coordinators.roles.base import RoleContext, role_class
-from coordinators.rpc import Refusal
+from coordinators.rpc import Redirect, Refusal
 from coordinators.runtime.exit_codes import ExitCode
 from coordinators.runtime.pidfile import PidFile
 from coordinators.runtime.resources import open_files_limit
@@ -100,7 +100,7 @@ class CoordinatorProcess:
         self.listeners = Listeners(config, role, listen_host or role_config.listen_host, CoordinatorServer(
             role, self.snapshot, [self.role_impl.service()], gate=self._gate, on_call_done=self.metrics.rpc,
             answer_gate=self._answer_gate, limits=H2Limits.of(role_config, open_files_limit()),
-            on_guard=self.metrics.grpc_guard,
+            on_guard=self.metrics.grpc_guard, redirect=self.redirect,
         ), HttpServer(role, self.view, self.metrics.render))
         self.watchdog = LoopWatchdog(
             threshold=self._stall_threshold, on_lag=self.metrics.loop_lag, on_stall=self._on_loop_stall, clock=clock
@@ -179,6 +179,16 @@ class CoordinatorProcess:
         if holder is not None and holder.info is not None:
             reason += f"; active: {holder.info.address} (ServerID={holder.info.server_id})"
         return reason
+
+    def redirect(self) -> Redirect | None:
+        """Where this process knows the ACTIVE member to be, for its refusals: the heir its stop handed
+        the key to, else the holder its campaign waits behind (None: it does not know)."""
+        if self.stopping.heir is not None:
+            return self.stopping.heir
+        holder = self.campaign.holder if self.campaign is not None else None
+        if holder is None or holder.info is None or holder.info.server_id == self.server_id:
+            return None
+        return Redirect(holder.info.address, holder.info.server_id, holder.kv.create_revision)
 
     def _gate(self) -> tuple[Refusal, str] | None:
         """The server's gate: the :meth:`refusal`, with the code the client acts on."""

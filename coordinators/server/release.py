@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import structlog
 
 from coordinators.proto import common_pb2
+from coordinators.rpc import Redirect
 from coordinators.server.host import TermHost
 from coordinators.server.peer_probe import answers
 from coordinators.server.stopping import DRAIN_DEADLINE_S
@@ -91,6 +92,7 @@ async def _confirm_heir(host: TermHost, session: LeaseSession, heir: Heir, handi
         return
     if not epoch:
         return
+    host.stopping.heir = Redirect(heir.info.address, heir.info.server_id, epoch)  # clients refused go there
     log.info("handed the ACTIVE key over to the first STANDBY in line", role=host.role,
              ServerID=heir.info.server_id, epoch=epoch)
     bound = handover_bound(host.config.session.claim_grace)

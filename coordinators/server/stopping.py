@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from coordinators.errors import CoordinatorError
+from coordinators.rpc import Redirect
 from session import LeaseSession, SessionError, SessionLost
 from session.tasks import cancel_and_wait
 
@@ -43,6 +44,8 @@ class StopProgress:
     released: bool = False
     #: Calls still in flight when the drain deadline passed (cancelled).
     cancelled_calls: int = 0
+    #: The member the release handed the ACTIVE key to, and its epoch (refusals send clients there).
+    heir: Redirect | None = None
 
     @property
     def asked(self) -> bool:
