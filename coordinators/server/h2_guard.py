@@ -17,7 +17,7 @@ kept the loop busy for seconds. The guards, installed under grpclib's protocol b
   before any handler starts: nothing was done, a client may send it again.
 - **Resets**: every stream the peer resets and every stream refused takes a token from a bucket of
   ``reset_burst`` tokens refilled at ``reset_rate`` a second (nghttp2's numbers); an empty bucket ends
-  the connection with GOAWAY (ENHANCE_YOUR_CALM).
+  the connection with GOAWAY (ENHANCE_YOUR_CALM), closed lingering (:class:`_Lingering`) so the peer reads it.
 - **Connections**: at most ``max_connections`` open at once (the process's open-files limit less what
   HTTP, etcd and logs need, by default); one more is closed as soon as it is accepted. A connection that
   has not sent its HTTP/2 preface within :data:`PREFACE_DEADLINE_S` is closed: a slowloris on the gRPC
@@ -272,6 +272,32 @@ class _GuardedProcessor(EventsProcessor):
             self._protocol.spend_token()
 
 
+#: After a GOAWAY, how long the peer's further bytes are read and dropped before the socket is closed. Closed at
+#: once with unread bytes (a flooding peer always has some in flight), the kernel resets the connection, and the
+#: reset can discard the GOAWAY before the peer reads it: the peer would never learn why.
+LINGER_S = 2.0
+
+
+class _Lingering:
+    """What grpclib's connection closes instead of the transport after a GOAWAY (a lingering close): the
+    write side is shut once the GOAWAY is out (FIN after it), the socket closed when the peer closes too,
+    or :data:`LINGER_S` later at the latest; meanwhile the protocol drops what arrives."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.deadline: asyncio.TimerHandle | None = None
+
+    def close(self) -> None:
+        if not self.transport.can_write_eof():  # TLS: no half-close
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self.deadline = asyncio.get_running_loop().call_later(LINGER_S, self.transport.abort)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
 class GuardedProtocol(H2Protocol):
     """grpclib's HTTP/2 protocol with the guards (see the module docstring)."""
 
@@ -285,6 +311,7 @@ class GuardedProtocol(H2Protocol):
         self._transport: asyncio.Transport | None = None
         self._preface: asyncio.TimerHandle | None = None
         self._counted = False
+        self._lingering: _Lingering | None = None  #: set by a GOAWAY: what arrives is dropped
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -306,8 +333,8 @@ class GuardedProtocol(H2Protocol):
         return self.connection._connection  # grpclib keeps the h2 connection there
 
     def data_received(self, data: bytes) -> None:
-        if not self._counted:
-            return  # refused at connection_made
+        if not self._counted or self._lingering is not None:
+            return  # refused at connection_made, or told GOAWAY: read only to be dropped
         self._pending += data
         if self._turn is None:
             self._feed()
@@ -317,6 +344,8 @@ class GuardedProtocol(H2Protocol):
             return  # refused at connection_made: grpclib never saw it
         self.guard.connections -= 1
         self._counted = False
+        if self._lingering is not None and self._lingering.deadline is not None:
+            self._lingering.deadline.cancel()
         for handle in (self._turn, self._preface):
             if handle is not None:
                 handle.cancel()
@@ -377,4 +406,8 @@ class GuardedProtocol(H2Protocol):
         self.guard.acted(GuardAction.GOAWAY, peer=self.peer)
         self._h2.close_connection(error_code=ErrorCodes.ENHANCE_YOUR_CALM, additional_data=b"too many resets")
         self.connection.flush()
+        assert self._transport is not None
+        self._lingering = _Lingering(self._transport)
+        self.connection._transport = self._lingering  # type: ignore[assignment]  # grpclib's close closes it: lingering
+        self._pending.clear()
         self.processor.close("GOAWAY: too many resets")
