@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-__all__ = ["Clock", "deadline_clock"]
+__all__ = ["Clock", "deadline_clock", "utc_text"]
 
 #: A clock: seconds as a float, only ever going forward.
 Clock = Callable[[], float]
@@ -40,3 +40,9 @@ def _probe() -> Clock:
 
 #: Seconds on CLOCK_BOOTTIME where available, else CLOCK_MONOTONIC.
 deadline_clock: Clock = _probe()
+
+
+def utc_text(unix_ms: int) -> str:
+    """A wall-clock time kept in etcd (Unix ms), as operators read it: ``2026-12-07 22:30:00 UTC``. Never a
+    deadline: those are on :func:`deadline_clock`."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unix_ms / 1000))

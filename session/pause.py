@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from session.clock import utc_text
 from session.errors import CorruptValue
 from session.etcd import GREATER, Etcd, cmp_version, op_delete, op_get, op_put
 from session.keys import pause_key
@@ -59,8 +60,7 @@ class Pause:
 
     def describe(self) -> str:
         """``since 2026-12-07 22:30:00 UTC by root@host: the reason``."""
-        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.since_ms / 1000))
-        return f"since {when} by {self.by}" + (f": {self.reason}" if self.reason else "")
+        return f"since {utc_text(self.since_ms)} by {self.by}" + (f": {self.reason}" if self.reason else "")
 
 
 def describe_raw(key: str, raw: bytes) -> str:

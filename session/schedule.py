@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from session.clock import utc_text
 from session.errors import CorruptValue, SessionError
 from session.etcd import Etcd, cmp_create_revision, cmp_lease, cmp_value, cmp_version, op_delete, op_put
 from session.keys import request_key, scheduled_key
@@ -60,9 +61,8 @@ class Scheduled:
         return scheduled
 
     def describe(self) -> str:
-        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.at_ms / 1000))
         to = f"ServerID={self.to_server}" if self.to_server else "the first in line"
-        return f"at {when} to {to} (switchover {self.id})"
+        return f"at {utc_text(self.at_ms)} to {to} (switchover {self.id})"
 
 
 async def run_scheduled(etcd: Etcd, meta_root: str, term: Term) -> None:

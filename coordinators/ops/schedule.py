@@ -18,6 +18,7 @@ from typing import TextIO
 from coordinators.ops.switchover import Refused, plan, read_role
 from coordinators.runtime.exit_codes import ExitCode
 from session import CorruptValue, Etcd, SessionError
+from session.clock import utc_text
 from session.etcd import GREATER, cmp_version, op_delete, op_get, op_put
 from session.keys import scheduled_key
 from session.schedule import Scheduled
@@ -44,8 +45,7 @@ async def schedule(etcd: Etcd, meta_root: str, role: str, *, at_ms: int, to: int
                    err: TextIO) -> ExitCode:
     """Put a switchover of ``role`` due at ``at_ms``."""
     if at_ms <= time.time_ns() // 1_000_000:
-        print(f"milvus switchover: --at must lie ahead (it is {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(at_ms / 1000))})",
-              file=err, flush=True)
+        print(f"milvus switchover: --at must lie ahead (it is {utc_text(at_ms)})", file=err, flush=True)
         return ExitCode.CONFIG
     key = scheduled_key(meta_root, role)
     try:
