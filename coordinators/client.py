@@ -261,10 +261,12 @@ class CoordinatorClient:
             except NoActiveMember as exc:
                 raise NoActiveMember(f"{exc}; last error: {last_error or 'none'}") from None
             later = None
+            stopping = False  # the member reached said it is stopping
             try:
                 reply, server_id, epoch = await self._attempt(target, method, request)
             except _Unavailable as exc:
                 last_error = exc.message
+                stopping = exc.code == Refusal.STOPPING
                 if exc.code is None:
                     raise exc.error from None  # no refusal this client knows: not a reason to retry
                 if not idempotent and exc.code == Refusal.METADATA_UNAVAILABLE:
@@ -311,7 +313,8 @@ class CoordinatorClient:
             self.tracker.forget(target.server_id)
             avoid = target.server_id
             self._drop_channel(target.address)
-            await asyncio.sleep(0.02)
+            if not stopping:  # a stopping member's successor comes through the watch: wait for it, not longer
+                await asyncio.sleep(0.02)
 
     async def _attempt(self, target: SessionInfo, method: str, request: Any) -> tuple[Any, int, int]:
         stub = self._stub(self._channel(target.address))

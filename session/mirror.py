@@ -122,6 +122,7 @@ class Mirror:
         self.events_dropped = 0  # keys of the covering range outside the image's prefixes
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
+        self._frozen_at: int | None = None  # catch_up's revision: no later change is applied
 
     def start(self) -> None:
         if self._task is None:
@@ -159,13 +160,20 @@ class Mirror:
                     await asyncio.wait_for(self._changed.wait(), left)
         image = self.image
         assert image is not None
-        await self.stop()  # nothing after ``revision`` may reach the image now
+        # Nothing after ``revision`` may reach the image now: frozen at once; the watch ends while the
+        # single keys are read (its stream's teardown is not on the takeover's path).
+        self._frozen_at = revision
+        if self._task is not None:
+            self._task.cancel()
         try:
             await self._read_keys(image, revision, timeout=max(deadline - time.monotonic(), 0.1))
         except SessionError as exc:
+            await self.stop()
             self.state, self.behind_reason = MirrorState.BEHIND, f"its single keys could not be read: {exc}"
+            self._frozen_at = None
             self.start()  # a new snapshot, for the next takeover
             return None
+        await self.stop()
         return image
 
     # -- the follower --------------------------------------------------------------------------
@@ -253,8 +261,9 @@ class Mirror:
                     if item.rewind is not None:
                         return item.rewind.describe()
                     return f"its history was compacted at revision {item.compact_revision}"
-                if not isinstance(item, KeyEvent):
-                    continue
+                if not isinstance(item, KeyEvent) or (
+                        self._frozen_at is not None and item.kv.mod_revision > self._frozen_at):
+                    continue  # a frozen image is the new term's (catch_up): the watch is ending
                 if self._in_image(item.kv.key):
                     if item.kind == "PUT":
                         self.image.put(item.kv.key, item.kv.value, item.kv.mod_revision)

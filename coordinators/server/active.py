@@ -111,11 +111,12 @@ class ActiveTerm:
         either cuts the activation short, and :class:`~session.CorruptValue` for unreadable metadata.
         """
         host, term = self.host, self.term
-        holder = asyncio.create_task(self.campaign.hold(term), name=f"hold-{host.role}")
         renewer = asyncio.create_task(self.lease.run(), name=f"serving-lease-{host.role}")
-        self.line_view = line = self._new_line_view()
-        line_task = asyncio.create_task(line.run(on_restart=host.metrics.observer.watch_restarted),
-                                        name=f"line-{host.role}") if line is not None else None
+        # Started once the term serves, off the takeover's path: the key's watch (meanwhile the serving
+        # lease's renewals, compared with the key, end a term whose key is gone), the line followed for
+        # the next handover, a scheduled switchover's wait, the preemption.
+        holder: asyncio.Task[None] | None = None
+        line_task: asyncio.Task[None] | None = None
         preempt: asyncio.Task[None] | None = None
         scheduled: asyncio.Task[None] | None = None
         try:
@@ -125,7 +126,12 @@ class ActiveTerm:
             host.state = common_pb2.Healthy
             host.server.set_serving(True)
             self.served = True
-            await self._announce()
+            holder = asyncio.create_task(self.campaign.hold(term), name=f"hold-{host.role}")
+            self.line_view = line = self._new_line_view()
+            if line is not None:
+                line_task = asyncio.create_task(line.run(on_restart=host.metrics.observer.watch_restarted),
+                                                name=f"line-{host.role}")
+            self._announce(await self.campaign.takeover_cause())
             scheduled = asyncio.create_task(run_scheduled(host.links.etcd, host.config.etcd.meta_root, term),
                                             name=f"scheduled-switchover-{host.role}")
             role_config = host.config.role(host.role)
@@ -150,9 +156,8 @@ class ActiveTerm:
                 host.state = common_pb2.Stopping
             if term.end_cause is not None:
                 host.metrics.term_ended(term.end_cause)
-            await cancel_and_wait(holder)
-            await cancel_and_wait(preempt)
-            await cancel_and_wait(scheduled)
+            for task in (holder, preempt, scheduled):
+                await cancel_and_wait(task)
             await self.history.close()
             await cancel_and_wait(renewer)
             await cancel_and_wait(line_task)
@@ -219,11 +224,10 @@ class ActiveTerm:
             ended.cancel()
         return term.active
 
-    async def _announce(self) -> None:
-        """Count the takeover by its cause and say ``{role} is ACTIVE and serving``."""
+    def _announce(self, cause: TakeoverCause) -> None:
+        """Count the takeover by its ``cause`` and say ``{role} is ACTIVE and serving``."""
         start = self.start
         takeover = time.monotonic() - start.since
-        cause = await self.campaign.takeover_cause()
         if start.restarted_over:
             cause = TakeoverCause.RESTART
         self.host.metrics.takeover(takeover, cause)

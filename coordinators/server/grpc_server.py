@@ -9,6 +9,9 @@ Graceful stop (docs/design.md, *Graceful stop*) needs what grpclib does not give
 flight. :meth:`CoordinatorServer.drain_and_close` first refuses new work (``UNAVAILABLE
 "stopping"``) while status and health keep answering, waits for the calls in flight up to a
 deadline, and only then closes.
+
+A call that arrives while the member is about to serve waits at the gate for it
+(:mod:`~coordinators.server.call_hold`) instead of being refused at once.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from coordinators.rpc import (
     refusal_of_this_call,
     refuse,
 )
+from coordinators.server.call_hold import Gate, GateWithHold
 from coordinators.server.h2_guard import GuardAction, GuardedProtocol, H2Guard, H2Limits, StrictProtoCodec
 
 __all__ = [
@@ -172,23 +176,27 @@ class CoordinatorServer:
         role: str,
         snapshot: Callable[[], ComponentSnapshot],
         extra_handlers: Sequence[object] = (),
-        gate: Callable[[], tuple[Refusal, str] | None] | None = None,
+        gate: Gate | None = None,
         on_call_done: CallDone | None = None,
         answer_gate: Callable[[], tuple[Refusal, str] | None] | None = None,
         limits: H2Limits | None = None,
         on_guard: Callable[[GuardAction], None] | None = None,
         redirect: Callable[[], Redirect | None] | None = None,
+        hold: Callable[[], bool] | None = None,
     ) -> None:
         """``limits``: what one connection and one message may cost (:mod:`~coordinators.server.h2_guard`);
         ``on_guard`` is told each time a guard acts; ``redirect`` says where the ACTIVE member is, when
-        this process knows (it goes into the trailers of a ``not_active`` or ``stopping`` refusal)."""
+        this process knows (it goes into the trailers of a ``not_active`` or ``stopping`` refusal);
+        ``hold`` says whether a call the gate refuses should wait for the serving state to change
+        (the member holds the key and is activating)."""
         base = spec(role).service_base()  # ValueError for an unknown role
         for handler in extra_handlers:
             if not callable(getattr(handler, "__mapping__", None)):
                 raise TypeError(f"extra handler {handler!r} is not a grpclib service (no __mapping__)")
         self._role = role
         self._snapshot = snapshot
-        self._gate, self._answer_gate = gate, answer_gate
+        self._gate = GateWithHold(gate, hold) if gate is not None else None
+        self._answer_gate = answer_gate
         self._redirect = redirect
         self._guard = H2Guard(role, limits or H2Limits(), on_guard)
         #: The calls the answer gate is asked about again when they answer (the role's API: not status, health).
@@ -268,6 +276,11 @@ class CoordinatorServer:
     def set_serving(self, serving: bool) -> None:
         """Health follows this: SERVING only while the ACTIVE member serves; draining forces NOT_SERVING."""
         self._status.set(bool(serving) and not self._draining)
+        self._wake_held()
+
+    def _wake_held(self) -> None:
+        if self._gate is not None:
+            self._gate.wake()
 
     async def wait_idle(self, deadline: float) -> int:
         """Wait up to ``deadline`` seconds for the calls in flight to finish, without closing.
@@ -289,6 +302,7 @@ class CoordinatorServer:
             return 0
         self._draining = True
         self._status.set(False)
+        self._wake_held()
         left = await self.wait_idle(deadline)
         if left:
             log.warning("closing with calls still in flight", role=self._role, calls=left)
@@ -311,26 +325,29 @@ class CoordinatorServer:
         await server.wait_closed()
 
     async def _on_recv_request(self, event: RecvRequest) -> None:
-        """Gate every call (extra handlers included) and count the ones a drain must wait for."""
+        """Gate every call (extra handlers included) and count the ones a drain must wait for: every
+        call of the role's API from here on, a held or refused one too (its refusal is written before
+        a close)."""
         exempt = _is_exempt(event.method_name)
         if self._closed or (self._draining and not exempt):
             raise refuse(Refusal.STOPPING, _STOPPING)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            if not exempt:
+                # Counted until the request task ends, i.e. after the reply (or refusal) and trailers are written.
+                self._in_flight += 1
+                self._idle.clear()
+                task.add_done_callback(self._call_done)
         if not exempt and self._gate is not None:
-            refusal = self._gate()
+            refusal = await self._gate.admit(event.deadline, lambda: self._closed or self._draining)
+            if self._closed or self._draining:
+                raise refuse(Refusal.STOPPING, _STOPPING)
             if refusal is not None:
                 raise refuse(*refusal)
-        task = asyncio.current_task()
-        if task is None:
-            return
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        if not exempt and self._answer_gate is not None:
+        if task is not None and not exempt and self._answer_gate is not None:
             self._gated.add(task)
-        if not exempt:
-            # Counted until the request task ends, i.e. after the reply and trailers are written.
-            self._in_flight += 1
-            self._idle.clear()
-            task.add_done_callback(self._call_done)
 
     async def _on_send_message(self, _event: SendMessage) -> None:
         """Ask the answer gate again right before a reply of the role's API leaves: a call that began while

@@ -101,6 +101,8 @@ class CoordinatorProcess:
             role, self.snapshot, [self.role_impl.service()], gate=self._gate, on_call_done=self.metrics.rpc,
             answer_gate=self._answer_gate, limits=H2Limits.of(role_config, open_files_limit()),
             on_guard=self.metrics.grpc_guard, redirect=self.redirect,
+            # Calls wait for a member that holds (or claims) the ACTIVE key and serves once activated.
+            hold=lambda: self.state == common_pb2.Initializing and self.session is not None,
         ), HttpServer(role, self.view, self.metrics.render))
         self.watchdog = LoopWatchdog(
             threshold=self._stall_threshold, on_lag=self.metrics.loop_lag, on_stall=self._on_loop_stall, clock=clock
@@ -336,6 +338,7 @@ class CoordinatorProcess:
         try:
             term = await until_stopped(
                 campaign.acquire(on_position=mirror.set_fenced if mirror is not None else None), self.stopping, session)
+            self.state = common_pb2.Initializing  # holds the key: calls wait for it to serve
             log.info(f"{self.role} switch from standby to active, activating", ServerID=session.server_id)
             if mirror is not None:
                 image = await mirror.catch_up(term.epoch, timeout=_CATCH_UP_S)

@@ -308,3 +308,63 @@ async def test_a_call_on_a_connection_grpclib_is_closing_fails_as_a_refused_conn
     finally:
         await client.close()
         await server.drain_and_close(1.0)
+
+
+async def test_a_call_to_an_activating_member_waits_for_it_to_serve_instead_of_being_refused(
+    channels: Callable[[int], Channel],
+) -> None:
+    """While ``hold`` says the member is activating (it holds the key), a call the gate refuses waits
+    at the gate and is served the moment ``set_serving(True)`` comes; one whose wait runs past 80 % of
+    its deadline is refused ``initializing`` in time; a drain ends the wait with ``stopping``."""
+    refusal: list[tuple[Refusal, str] | None] = [(Refusal.INITIALIZING, "activating")]
+    activating = [True]
+    slow = SlowService(0.0)
+    server = await started(CoordinatorServer("rootcoord", Snap("rootcoord"), extra_handlers=[slow],
+                                             gate=lambda: refusal[0], hold=lambda: activating[0]))
+    try:
+        method = slow_method(channels(server.port))
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        call = asyncio.create_task(method(pb.GetComponentStatesRequest(), timeout=10))
+        await asyncio.sleep(0.2)
+        assert not call.done()  # held, not refused
+        refusal[0] = None
+        server.set_serving(True)
+        assert (await asyncio.wait_for(call, 5)).status.reason == "slow done"
+        assert loop.time() - t0 >= 0.2
+
+        # A short deadline: refused (initializing) before it, not left to time out.
+        refusal[0] = (Refusal.INITIALIZING, "activating")
+        server.set_serving(False)
+        t0 = loop.time()
+        async with method.open(timeout=0.5) as stream:
+            await stream.send_message(pb.GetComponentStatesRequest(), end=True)
+            with pytest.raises(GRPCError) as raised:
+                await stream.recv_message()
+            assert stream.trailing_metadata is not None
+            assert stream.trailing_metadata.get(REFUSAL_HEADER) == Refusal.INITIALIZING.value
+        assert raised.value.status == GrpcStatus.UNAVAILABLE
+        assert 0.3 <= loop.time() - t0 < 0.5
+
+        # Not activating (a STANDBY that holds nothing): refused at once.
+        activating[0] = False
+        t0 = loop.time()
+        with pytest.raises(GRPCError):
+            await method(pb.GetComponentStatesRequest(), timeout=10)
+        assert loop.time() - t0 < 0.5  # generous: no hold at all (HOLD_S is 1 s)
+
+        # A drain ends a wait with stopping.
+        activating[0] = True
+        held = asyncio.create_task(method.open(timeout=10).__aenter__())
+        stream = await held
+        await stream.send_message(pb.GetComponentStatesRequest(), end=True)
+        await asyncio.sleep(0.1)
+        drain = asyncio.create_task(server.drain_and_close(1.0))
+        with pytest.raises(GRPCError):
+            await asyncio.wait_for(stream.recv_message(), 5)
+        assert stream.trailing_metadata is not None
+        assert stream.trailing_metadata.get(REFUSAL_HEADER) == Refusal.STOPPING.value
+        await stream.__aexit__(None, None, None)
+        await drain
+    finally:
+        await server.drain_and_close(1.0)

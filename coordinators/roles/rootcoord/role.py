@@ -65,9 +65,14 @@ class _TermState:
 
     async def activate(self) -> None:
         """Start the oracle above the saved bound (its new bound saved before serving) and the allocator
-        at its saved bound, both as the image holds them (no read: the image is current)."""
-        await self.oracle.activate(self.image.tso)
-        await self.ids.activate(self.image.gid)
+        at its saved bound, both as the image holds them (no read: the image is current). The two saves
+        go to etcd together (one round trip on the takeover's path); the first failure is raised once
+        both are over."""
+        outcomes = await asyncio.gather(self.oracle.activate(self.image.tso), self.ids.activate(self.image.gid),
+                                        return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     def start(self) -> None:
         """The term's background work: keep the timestamp bound ahead, parse the records."""
