@@ -1,6 +1,6 @@
-"""Container and Helm-style deployment files agree with what ``milvus run`` accepts.
+"""Container deployment files agree with what ``milvus run`` accepts (the Helm chart: test_helm.py).
 
-Why: docker-compose.yml, values.yaml and the Dockerfile are read by tools we cannot run here (no
+Why: docker-compose.yml and the Dockerfile are read by tools we cannot run here (no
 Docker engine), so a typo in a variable name would be silently ignored (Milvus's rule ignores
 variables that match no key) and a member would run without active-standby. These tests hold each
 file against the real CLI parser and the real config loader instead.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib.util
 import json
 import re
 import shutil
@@ -21,7 +20,6 @@ import threading
 from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -37,7 +35,6 @@ from harness.procs import Launch, MilvusProcess, clean_env, holder, sessions, wa
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "deployments" / "docker-compose.yml"
-VALUES = REPO / "deployments" / "values.yaml"
 DOCKERFILE = REPO / "Dockerfile"
 
 #: The seed's variables for parts this suite does not have: accepted and ignored.
@@ -77,16 +74,6 @@ def parse_run(argv: list[str]) -> str:
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
-
-
-@pytest.fixture(scope="module")
-def values_to_env() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("values_to_env", REPO / "deployments" / "values_to_env.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
 
 
 class HealthServer:
@@ -289,68 +276,6 @@ async def test_compose_members_run_as_active_standby_pairs_and_pass_their_health
         return kv is not None and kv.value["Address"] != stopped.address
 
     await wait_until(other_active, timeout=5, what="the other rootcoord to take over")
-
-
-# ------------------------------------------------------------------ values.yaml
-
-def test_values_pairs_per_coordinator() -> None:
-    values = yaml.safe_load(VALUES.read_text(encoding="utf-8"))
-    for section in ("rootCoordinator", "queryCoordinator", "dataCoordinator"):
-        assert values[section]["enabled"] is True
-        assert values[section]["replicas"] == 2
-        assert values[section]["activeStandby"]["enabled"] is True
-
-
-def test_values_map_to_milvus_run_processes(values_to_env: ModuleType) -> None:
-    values = yaml.safe_load(VALUES.read_text(encoding="utf-8"))
-    members = values_to_env.values_to_members(values, release="prod")
-    assert sorted(m.name for m in members) == sorted(f"prod-{role}-{i}" for role in ROLES for i in (0, 1))
-    for member in members:
-        assert parse_run(member.command[1:]) == member.role
-        check_variables(member.env, member.name)
-        config = load_config(env=member.env)
-        role = config.role(member.role)
-        section = values[{"rootcoord": "rootCoordinator", "querycoord": "queryCoordinator",
-                          "datacoord": "dataCoordinator"}[member.role]]
-        assert role.enable_active_standby is True
-        assert (role.address, role.port) == (member.name, section["service"]["port"])
-        assert role.http_port == section["service"]["httpPort"]
-        assert config.etcd.endpoints == ("prod-etcd:2379",)
-        assert (config.log.level, config.log.file.max_size_mb, config.log.file.max_backups) == ("info", 300, 20)
-
-
-def test_values_mapping_rules(values_to_env: ModuleType) -> None:
-    values = yaml.safe_load(VALUES.read_text(encoding="utf-8"))
-    values["queryCoordinator"]["enabled"] = False
-    values["dataCoordinator"]["replicas"] = 1
-    values["dataCoordinator"]["activeStandby"]["enabled"] = False
-    values["rootCoordinator"]["extraEnv"] = [{"name": "COMMON_SESSION_TTL", "value": "30"}]
-    values["externalEtcd"] = {"enabled": True, "endpoints": ["10.0.0.1:2379", "10.0.0.2:2379"]}
-    values["log"]["file"]["rootPath"] = "/milvus/logs"
-    members = values_to_env.values_to_members(values)
-    assert [m.role for m in members] == ["rootcoord", "rootcoord", "datacoord"]  # querycoord disabled
-    root = load_config(env=members[0].env)
-    assert root.session.ttl == 30  # extraEnv passed through
-    assert root.etcd.endpoints == ("10.0.0.1:2379", "10.0.0.2:2379")
-    assert root.log.file.root_path == "/milvus/logs"
-    assert load_config(env=members[2].env).role("datacoord").enable_active_standby is False
-
-    values["dataCoordinator"]["replicas"] = 2  # two replicas without active-standby: the seed forbids it
-    with pytest.raises(values_to_env.ValuesError, match=r"dataCoordinator\.replicas is 2 but"):
-        values_to_env.values_to_members(values)
-
-
-def test_values_to_env_script_prints_runnable_lines(values_to_env: ModuleType,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    assert values_to_env.main([str(VALUES)]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
-    assert len(lines) == 6
-    for line in lines:
-        *assignments, milvus, run, role = line.split(" ")
-        assert milvus == "milvus" and parse_run([run, role]) == role
-        env = dict(a.split("=", 1) for a in assignments)
-        env = {k: v.strip("'") for k, v in env.items()}
-        assert load_config(env=env).role(role).enable_active_standby is True
 
 
 # ------------------------------------------------------------------ Dockerfile
