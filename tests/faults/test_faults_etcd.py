@@ -291,16 +291,10 @@ async def test_compaction_and_defragmentation_while_standbys_watch_then_graceful
         # ...but a watch that starts again does. Forced, not hoped for: the standbys' connections are
         # reset and new ones refused, history is compacted past anything they can have read (their
         # backstop reads included: two writes after the cut), then they reconnect. Their watches of the
-        # ACTIVE key must resume from a revision that is gone, and re-read the key.
-        for member in standbys.values():
-            assert member.link is not None
-            member.link.reset()
-        await coords.etcd.put("compaction-probe", b"1")
-        cut_revision = await coords.etcd.put("compaction-probe", b"2")
-        await coords.etcd.compact(cut_revision, physical=True)
-        for member in standbys.values():
-            assert member.link is not None
-            member.link.heal()
+        # ACTIVE key must resume from a revision that is gone, and re-read the key. One race remains: a
+        # standby's backstop read (every TTL) may land after the heal and before its watch's reconnect
+        # (backoff up to 1 s), and its watch then starts from that read: no compaction to see. Such a
+        # standby is cut again, up to three times (seen once in a loaded run: one role of three).
 
         def compacted_watches() -> dict[str, list[str]]:
             return {
@@ -309,10 +303,27 @@ async def test_compaction_and_defragmentation_while_standbys_watch_then_graceful
                 for role, m in standbys.items()
             }
 
-        t_heal = time.monotonic()
-        while not all(compacted_watches().values()):
-            assert time.monotonic() - t_heal < TTL + 5, f"no compacted watch after the reconnect: {compacted_watches()}"
-            await asyncio.sleep(0.05)
+        for _attempt in range(3):
+            missing = [role for role, lines in compacted_watches().items() if not lines]
+            if not missing:
+                break
+            for role in missing:
+                link = standbys[role].link
+                assert link is not None
+                link.reset()
+            await coords.etcd.put("compaction-probe", b"1")
+            cut_revision = await coords.etcd.put("compaction-probe", b"2")
+            await coords.etcd.compact(cut_revision, physical=True)
+            for role in missing:
+                link = standbys[role].link
+                assert link is not None
+                link.heal()
+            t_heal = time.monotonic()
+            while not all(compacted_watches()[role] for role in missing):
+                if time.monotonic() - t_heal > TTL + 2:
+                    break
+                await asyncio.sleep(0.05)
+        assert all(compacted_watches().values()), f"no compacted watch after three reconnects: {compacted_watches()}"
         # The graceful stops follow at once, well inside the backstop interval (TTL): only the watch can see them.
         actives = {role: coords.by_address((await coords.active_key(role)).address) for role in ROLES}  # type: ignore[union-attr]
         t0 = time.monotonic()
