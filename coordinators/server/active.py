@@ -28,7 +28,7 @@ from session.handover import LineView
 from session.schedule import run_scheduled
 from session.serving import ServingLease
 from session.takeover import TakeoverCause
-from session.tasks import cancel_and_wait
+from session.tasks import cancel_and_wait, cancel_until_done
 
 __all__ = ["ActiveTerm", "TermOutcome", "TermStart", "freeze_long_lived_state"]
 
@@ -156,11 +156,13 @@ class ActiveTerm:
                 host.state = common_pb2.Stopping
             if term.end_cause is not None:
                 host.metrics.term_ended(term.end_cause)
+            # Watches and etcd calls: a cancellation that meets a stream being opened can be swallowed (grpclib),
+            # and a term stopped right after it began serving cancels them just then: cancelled until done.
             for task in (holder, preempt, scheduled):
-                await cancel_and_wait(task)
+                await cancel_until_done(task)
             await self.history.close()
-            await cancel_and_wait(renewer)
-            await cancel_and_wait(line_task)
+            await cancel_until_done(renewer)
+            await cancel_until_done(line_task)
             self.line_view = None
 
     def _new_line_view(self) -> LineView | None:
