@@ -178,7 +178,7 @@ class CoordinatorServer:
         extra_handlers: Sequence[object] = (),
         gate: Gate | None = None,
         on_call_done: CallDone | None = None,
-        answer_gate: Callable[[], tuple[Refusal, str] | None] | None = None,
+        answer_gate: Gate | None = None,
         limits: H2Limits | None = None,
         on_guard: Callable[[GuardAction], None] | None = None,
         redirect: Callable[[], Redirect | None] | None = None,
